@@ -1,0 +1,65 @@
+"""The ``edgellm`` command: parses arguments and hands each subcommand to its module.
+
+Every failure a user can cause ends in one line on stderr and a documented exit code; the
+traceback appears only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from edgellm import __version__
+from edgellm.cli import demo_cmd, devices_cmd, plan_cmd
+from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError
+
+COMMANDS = (plan_cmd, devices_cmd, demo_cmd)
+
+EPILOG = """exit codes:
+  0  success
+  1  failed (e.g. a file could not be written)
+  2  bad input: a missing or malformed file, an unknown device, an unsupported model
+  3  nothing fits the budgets (the message says what would)
+  4  the hub could not be reached
+  130 interrupted
+
+start here:
+  edgellm demo                                   plan the bundled example models for a device
+  edgellm plan Qwen/Qwen2.5-0.5B-Instruct --device rpi5-8gb
+  edgellm devices                                known device profiles
+  edgellm device measure                         profile the machine you are on
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgellm", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Which build of a language model fits a small device, how fast it runs there, "
+                    "and what it costs in quality.")
+    parser.add_argument("--version", action="version", version=f"edgellm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS:
+        cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except EdgeLLMError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"edgellm: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgellm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,105 @@
+"""``edgellm devices``: list and show device profiles; ``edgellm device measure``: make one."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from edgellm import devices
+from edgellm.cli.common import print_json
+from edgellm.devices.measure import default_name, measure, stderr_progress
+from edgellm.fsutil import atomic_write
+from edgellm.textfmt import table
+from edgellm.units import fmt_bytes, fmt_rate
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("devices", aliases=["device"], help="list, show and measure device profiles",
+                       description="Device profiles describe a machine's memory, CPU and accelerators. "
+                                   f"Your own go in {devices.user_dir()} (or $EDGELLM_DEVICES_DIR); "
+                                   "`--device FILE.toml` also works.")
+    p.set_defaults(func=run_list, json=False)
+    dsub = p.add_subparsers(dest="devices_command", metavar="SUBCOMMAND")
+    ls = dsub.add_parser("list", help="list known profiles (the default)")
+    ls.add_argument("--json", action="store_true", help="print as JSON")
+    ls.set_defaults(func=run_list)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    show = dsub.add_parser("show", help="show one profile")
+    show.add_argument("name", help="profile name, alias, or .toml file")
+    show.add_argument("--json", action="store_true", help="print as JSON")
+    show.set_defaults(func=run_show)
+    m = dsub.add_parser("measure", help="measure this machine and write its profile",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Measure this machine (cores, ISA, RAM, multi-threaded memory "
+                                    "read and copy bandwidth, fp32 matmul rate) and write a profile "
+                                    "that `--device NAME` then finds.  Takes about ten seconds.")
+    m.add_argument("--name", default=None, help=f"profile name (default: {default_name()})")
+    m.add_argument("-o", "--output", type=Path, default=None,
+                   help=f"file to write (default: {devices.user_dir()}/NAME.toml)")
+    m.add_argument("--json", action="store_true", help="print the measured profile as JSON")
+    m.set_defaults(func=run_measure)
+
+
+def _profile_json(p: devices.DeviceProfile) -> dict:
+    data = dataclasses.asdict(p)
+    data["memory_budget_bytes"] = p.memory_budget
+    data["effective_bandwidth_bytes_per_s"] = p.memory.effective_bandwidth
+    data["effective_fp32_flops"] = p.cpu.effective_fp32
+    return data
+
+
+def run_list(args) -> int:
+    profiles = sorted(devices.all_profiles(), key=lambda p: p.name)
+    if args.json:
+        print_json([_profile_json(p) for p in profiles])
+        return 0
+    rows = [[p.name, fmt_bytes(p.memory.ram), fmt_bytes(p.memory_budget),
+             fmt_rate(p.memory.effective_bandwidth, "B/s"),
+             f"{p.cpu.cores_big}+{p.cpu.cores_little}" if p.cpu.cores_little else str(p.cpu.cores_big),
+             ",".join(a.kind + ":" + a.provider for a in p.accelerators) or "-", p.description]
+            for p in profiles]
+    print(table(["name", "RAM", "app budget", "eff. bandwidth", "cores", "accelerators", "description"],
+                rows, right={1, 2, 3}))
+    return 0
+
+
+def run_show(args) -> int:
+    p = devices.find(args.name)
+    if args.json:
+        print_json(_profile_json(p))
+        return 0
+    m, c = p.memory, p.cpu
+    lines = [
+        f"{p.name}: {p.description}", f"  file         {p.source}",
+        f"  aliases      {', '.join(p.aliases) or '-'}",
+        f"  RAM          {fmt_bytes(m.ram)}; an app may use {m.app_share:.0%} = {fmt_bytes(p.memory_budget)}",
+        f"  bandwidth    theoretical {fmt_rate(m.bandwidth, 'B/s') if m.bandwidth else '-'}, "
+        f"measured {fmt_rate(m.bandwidth_measured, 'B/s') if m.bandwidth_measured else '-'}; "
+        f"planner uses {fmt_rate(m.effective_bandwidth, 'B/s')}",
+        f"  CPU          {c.name} ({c.arch}), {c.cores_big} big + {c.cores_little} little cores"
+        + (f" at {c.freq / 1e9:.2f} GHz" if c.freq else ""),
+        f"  ISA          {', '.join(c.isa) or '-'}",
+        f"  fp32         peak {fmt_rate(c.fp32_peak, 'FLOPS') if c.fp32_peak else '-'}, measured "
+        f"{fmt_rate(c.fp32_measured, 'FLOPS') if c.fp32_measured else '-'}; planner uses {fmt_rate(c.effective_fp32, 'FLOPS')}",
+    ]
+    for a in p.accelerators:
+        lines.append(f"  accelerator  {a.kind} {a.name}: {fmt_rate(a.compute, 'OPS')} {a.precision}, "
+                     f"{a.runtime} via {a.provider}, takes {', '.join(a.formats)}"
+                     + (f" ({', '.join(a.weight_types)} weights)" if a.weight_types else ""))
+    lines += [f"  runtimes     {', '.join(p.runtimes)}; prefers {', '.join(p.preferred_formats)}",
+              f"  budgets      context {p.budgets.context}, decode >= {p.budgets.min_decode_tps:g} tok/s"]
+    print("\n".join(lines))
+    return 0
+
+
+def run_measure(args) -> int:
+    name = args.name or default_name()
+    prof, text = measure(name, stderr_progress)
+    out = args.output or devices.user_dir() / f"{name}.toml"
+    atomic_write(out, text.encode("utf-8"))
+    if args.json:
+        print_json(_profile_json(dataclasses.replace(prof, source=str(out))))
+    else:
+        print(f"wrote {out}\nuse it with: edgellm plan MODEL --device {name if args.output is None else out}")
+    return 0

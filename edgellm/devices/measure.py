@@ -1,0 +1,76 @@
+"""``edgellm device measure``: a profile of the machine edgellm runs on, from measurements.
+
+Host facts come from :mod:`edgellm.runtime.hostinfo`, bandwidth and matmul rate from
+:mod:`edgellm.runtime.membench` (numpy only, so it runs on the device itself).  The profile is
+validated with the same schema as any other before it is written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import socket
+import sys
+import tomllib
+from typing import Callable
+
+from edgellm.devices.schema import DeviceProfile, profile_from_dict
+from edgellm.units import fmt_bytes, fmt_rate
+
+
+def default_name() -> str:
+    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-") or "machine"
+    return f"local-{host}"
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)       # a JSON string is a valid TOML basic string
+
+
+def measure(name: str, progress: Callable[[str], None] = lambda s: None,
+            buffer_bytes: int = 512 << 20) -> tuple[DeviceProfile, str]:
+    """Measure this machine; return the validated profile and its TOML text."""
+    from edgellm.runtime import hostinfo, membench
+
+    progress("reading CPU and memory facts")
+    host = hostinfo.probe()
+    threads = host.cores_big + host.cores_little
+    buffer_bytes = min(buffer_bytes, host.ram_bytes // 8)
+    progress(f"measuring memory bandwidth ({threads} threads, {fmt_bytes(2 * buffer_bytes)} of buffers)")
+    bw = membench.memory_bandwidth(threads, buffer_bytes)
+    progress("measuring fp32 matmul throughput")
+    flops = max(membench.matmul_throughput(1024), membench.matmul_throughput(2048, passes=3))
+    today = _dt.date.today().isoformat()
+    by = f"measured by edgellm device measure, {today}"
+    freq = f'freq = "{host.freq_hz / 1e9:.2f} GHz"              # {by} (max clock)\n' if host.freq_hz else ""
+    text = f"""# {name}: measured on this machine by `edgellm device measure` ({today}).
+# Edit app_share and [budgets] to suit the app; rerun the command to refresh the measurements.
+schema = 1
+name = {_q(name)}
+description = {_q(f"{host.cpu_name}, {fmt_bytes(host.ram_bytes)} (measured)")}
+runtimes = ["llama.cpp", "onnxruntime"]
+preferred_formats = ["gguf", "onnx"]
+
+[memory]
+ram = "{host.ram_bytes} B"                 # {by} (physical RAM, or the cgroup limit if lower)
+app_share = 0.7                            # assumption: edit to what your app may use
+bandwidth_measured = "{bw.read / 1e9:.2f} GB/s"   # {by}: {bw.threads}-thread read of {fmt_bytes(bw.buffer_bytes)}
+copy_measured = "{bw.copy / 1e9:.2f} GB/s"        # {by}: {bw.threads}-thread copy, read + write bytes
+
+[cpu]
+name = {_q(host.cpu_name)}
+arch = "{host.arch}"
+cores_big = {host.cores_big}                              # {by}
+cores_little = {host.cores_little}                           # {by}
+{freq}isa = {json.dumps(list(host.isa))}   # {by} (/proc/cpuinfo or sysctl)
+fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threads
+"""
+    prof = profile_from_dict(tomllib.loads(text), f"<measured {name}>")
+    progress(f"read {fmt_rate(bw.read, 'B/s')}, copy {fmt_rate(bw.copy, 'B/s')}, "
+             f"matmul {fmt_rate(flops, 'FLOPS')}")
+    return prof, text
+
+
+def stderr_progress(msg: str) -> None:
+    print(f"edgellm: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,38 @@
+"""Errors a user can act on, each with its own exit code.
+
+The CLI prints ``edgellm: error: <message>`` and exits with ``exit_code``; a traceback is shown
+only with ``--debug``.  Library callers catch :class:`EdgeLLMError`.
+"""
+
+from __future__ import annotations
+
+
+class EdgeLLMError(Exception):
+    """Base class: a message meant for the user and the exit code the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(EdgeLLMError):
+    """A file, flag or value the user gave is missing, malformed or unsupported."""
+
+    exit_code = 2
+
+
+class NothingFits(EdgeLLMError):
+    """No candidate build meets the budgets; the message says what would."""
+
+    exit_code = 3
+
+
+class Unreachable(EdgeLLMError):
+    """Something needed the network (a hub id) and could not get it."""
+
+    exit_code = 4
+
+
+EXIT_INTERRUPTED = 130

@@ -1,0 +1,34 @@
+"""Writing files so that a crash, Ctrl-C or a full disk never leaves a complete-looking one.
+
+Data goes to a temporary name in the destination folder, is flushed and fsynced, and only then
+renamed over the final path (atomic on POSIX and Windows).  On any failure the temporary file is
+removed and the final path is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from edgellm.errors import EdgeLLMError
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as e:
+        raise EdgeLLMError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise EdgeLLMError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,52 @@
+"""A model's shape, read from its Hugging Face ``config.json``: everything the planner needs.
+
+Only the shape is read; no weights, no code.  Architecture-specific field names and layouts are
+handled by the classes in :mod:`edgellm.models.architectures`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgellm.models.tensors import TensorSpec
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str                        # what the user typed (path or hub id)
+    model_type: str                  # HF model_type, e.g. "qwen2"
+    hidden: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    tied_embeddings: bool
+    max_context: int
+    # per-layer attention window: None for full attention, else the window length
+    windows: tuple[int | None, ...] = ()
+    tensors: tuple[TensorSpec, ...] = field(default=(), repr=False)
+    source: str = ""                 # where config.json came from
+    raw: dict = field(default_factory=dict, repr=False, compare=False)   # config.json as read
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count as Hugging Face reports it (tied embeddings counted once)."""
+        return sum(t.n_elements for t in self.tensors if t.is_param)
+
+    @property
+    def n_embedding_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors
+                   if t.name in ("token_embd.weight", "position_embd.weight"))
+
+    @property
+    def gqa_ratio(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def kv_elements(self, context: int) -> int:
+        """K and V elements the cache holds at ``context`` tokens, summed over layers;
+        sliding-window layers keep at most their window."""
+        per_layer_token = 2 * self.n_kv_heads * self.head_dim
+        return sum(per_layer_token * (context if w is None else min(context, w))
+                   for w in (self.windows or (None,) * self.n_layers))

@@ -1,0 +1,38 @@
+"""The tensors a model has, named and shaped as they appear in a GGUF file.
+
+Shapes follow GGUF's order: ``ne0`` is the row length (the input dimension of a linear layer), the
+one that block quantization runs along; ``ne1`` is the number of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str                 # GGUF name, e.g. "blk.3.ffn_down.weight"
+    ne0: int                  # row length
+    ne1: int = 1              # rows (1 for vectors)
+    is_param: bool = True     # False for buffers such as rope frequency tables
+
+    @property
+    def n_elements(self) -> int:
+        return self.ne0 * self.ne1
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.ne1 > 1
+
+    @property
+    def layer(self) -> int | None:
+        if self.name.startswith("blk."):
+            return int(self.name.split(".")[1])
+        return None
+
+    @property
+    def quantizable(self) -> bool:
+        """llama.cpp quantizes 2-D weights only, never norms or position embeddings
+        (llama-quant.cpp, tensor_allows_quantization)."""
+        return (self.is_matrix and self.name.endswith("weight")
+                and "_norm.weight" not in self.name and self.name != "position_embd.weight")

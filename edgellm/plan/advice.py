@@ -1,0 +1,82 @@
+"""When nothing fits: what would.  A shorter context, a smaller (distilled) student of the same
+width, or another known device; each checked with the same predictions as the plan itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from edgellm.devices.catalog import all_profiles
+from edgellm.devices.schema import DeviceProfile
+from edgellm.models.architectures import student_config
+from edgellm.models.config import ModelConfig
+from edgellm.plan.planner import Budgets, evaluate
+from edgellm.units import fmt_bytes, fmt_count
+
+MIN_CONTEXT = 256
+
+
+def _first_fit(model, device, budgets, formats):
+    return next((c for c in evaluate(model, device, budgets, formats) if c.fits), None)
+
+
+WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
+
+
+def shorter_context(model, device, budgets, formats) -> str | None:
+    ctx = budgets.context // 2
+    while ctx >= MIN_CONTEXT:
+        c = _first_fit(model, device, dataclasses.replace(budgets, context=ctx), formats)
+        if c:
+            return (f"a shorter context: --context {ctx} fits {c.choice.label} "
+                    f"({fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s)")
+        ctx //= 2
+    return None
+
+
+def smaller_student(model, device, budgets, formats) -> str | None:
+    """The largest pruned student that fits: for each width, the most layers that fit (found by
+    bisection), never shallower relative to the teacher than half its width share, so that
+    students keep a sensible shape; the student with the most parameters wins."""
+    best = None
+    for width in WIDTHS:
+        lo = max(1, math.ceil(model.n_layers * width / 2))
+        hi = model.n_layers if width < 1 else model.n_layers - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            student = student_config(model, mid, width)
+            c = _first_fit(student, device, budgets, formats)
+            if c:
+                if best is None or student.n_params > best[0].n_params:
+                    best = (student, c, width)
+                lo = mid + 1
+            else:
+                hi = mid - 1
+    if best is None:
+        return None
+    s, c, width = best
+    return (f"a distilled student of about {fmt_count(s.n_params)} parameters ({s.n_layers} of "
+            f"{model.n_layers} layers, hidden {s.hidden} of {model.hidden}) as {c.choice.label}: "
+            f"{fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s")
+
+
+def bigger_devices(model, device, budgets, formats, limit: int = 3) -> str | None:
+    fits = []
+    for other in all_profiles():
+        if other.name == device.name:
+            continue
+        b = dataclasses.replace(budgets, max_memory=other.memory_budget)
+        c = _first_fit(model, other, b, formats)
+        if c:
+            fits.append((other.memory.ram, other.name, c.choice.label))
+    if not fits:
+        return None
+    fits.sort()
+    names = ", ".join(f"{name} ({label})" for _, name, label in fits[:limit])
+    return f"a bigger device: {names}"
+
+
+def what_would_fit(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
+                   formats: tuple[str, ...]) -> list[str]:
+    found = [s(model, device, budgets, formats) for s in (shorter_context, smaller_student, bigger_devices)]
+    return [s for s in found if s]

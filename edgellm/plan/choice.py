@@ -1,0 +1,42 @@
+"""One build of a model: the choice the planner makes, the manifest records and exporters obey."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildChoice:
+    """``format`` "gguf" or "onnx"; ``quant`` a GGUF file type (Q4_K_M ...) or an ONNX weight type
+    (fp16, int8, int4); ``kv_cache`` the cache element type; ``block_size`` for ONNX int4."""
+
+    format: str
+    quant: str
+    kv_cache: str
+    block_size: int | None = None
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        if self.format not in ("gguf", "onnx"):
+            raise ValueError(f"format must be gguf or onnx, not {self.format!r}")
+        if (self.block_size is not None) != (self.format == "onnx" and self.quant == "int4"):
+            raise ValueError("block_size is given exactly for ONNX int4")
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: 'gguf Q4_K_M', 'onnx int4/32'."""
+        q = f"{self.quant}/{self.block_size}" if self.block_size else self.quant
+        return f"{self.format} {q}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BuildChoice":
+        allowed = {"format", "quant", "kv_cache", "block_size", "version"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"unknown BuildChoice fields: {sorted(unknown)}")
+        return cls(**data)

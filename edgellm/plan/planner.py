@@ -1,0 +1,140 @@
+"""The planner: every candidate build of a model for a device, predicted, checked against the
+budgets, and the best-quality one that fits chosen, with a reason for every other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgellm.devices.schema import DeviceProfile
+from edgellm.errors import BadInput
+from edgellm.models.config import ModelConfig
+from edgellm.plan import quality as quality_table
+from edgellm.plan.choice import BuildChoice
+from edgellm.plan.estimate import Estimate, estimate
+from edgellm.plan.gguf_recipes import RECIPES
+from edgellm.units import fmt_bytes
+
+GGUF_QUANTS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
+# Below this mean KLD a build is treated as lossless: among such builds the fastest wins, since
+# no user can tell them apart (llama.cpp's Q8_0 measures 0.0003 on a small model).
+LOSSLESS_KLD = 0.001
+ONNX_BUILDS = (("fp16", "f16", None), ("int8", "f32", None), ("int4", "f32", 32), ("int4", "f32", 128))
+assert set(GGUF_QUANTS) <= set(RECIPES)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    max_memory: int
+    min_decode_tps: float
+    context: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    estimate: Estimate
+    quality: quality_table.Quality
+    failures: tuple[str, ...]           # budgets it misses; empty when it fits
+    verdict: str = ""
+
+    @property
+    def choice(self) -> BuildChoice:
+        return self.estimate.choice
+
+    @property
+    def fits(self) -> bool:
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: ModelConfig
+    device: DeviceProfile
+    budgets: Budgets
+    candidates: tuple[Candidate, ...]   # best quality first
+    winner: Candidate | None
+    suggestions: tuple[str, ...] = field(default=())
+
+
+def candidate_choices(formats: tuple[str, ...]) -> list[BuildChoice]:
+    out = []
+    if "gguf" in formats:
+        out += [BuildChoice("gguf", q, kv) for q in GGUF_QUANTS for kv in ("f16", "q8_0")]
+    if "onnx" in formats:
+        out += [BuildChoice("onnx", q, kv, b) for q, kv, b in ONNX_BUILDS]
+    return out
+
+
+def budgets_for(device: DeviceProfile, max_memory: int | None, min_decode_tps: float | None,
+                context: int | None) -> Budgets:
+    """The device's default budgets, overridden by the user's flags."""
+    mem = device.memory_budget if max_memory is None else max_memory
+    if mem > device.memory.ram:
+        raise BadInput(f"--max-memory {fmt_bytes(mem)} is more than {device.name}'s "
+                       f"{fmt_bytes(device.memory.ram)} of RAM")
+    return Budgets(max_memory=mem,
+                   min_decode_tps=device.budgets.min_decode_tps if min_decode_tps is None else min_decode_tps,
+                   context=device.budgets.context if context is None else context)
+
+
+def _failures(e: Estimate, b: Budgets) -> tuple[str, ...]:
+    out = []
+    if e.memory.total > b.max_memory:
+        out.append(f"needs {fmt_bytes(e.memory.total)} > {fmt_bytes(b.max_memory)} budget")
+    if e.decode_tps < b.min_decode_tps:
+        out.append(f"decode {e.decode_tps:.1f} < {b.min_decode_tps:g} tok/s")
+    return tuple(out)
+
+
+def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
+             formats: tuple[str, ...] = ("gguf", "onnx")) -> list[Candidate]:
+    """Every candidate the device can run, predicted and checked, best quality first."""
+    prefs = {f: i for i, f in enumerate(device.preferred_formats)}
+    out = []
+    for choice in candidate_choices(formats):
+        e = estimate(model, device, choice, budgets.context)
+        if e is not None:
+            out.append(Candidate(e, quality_table.expected(choice), _failures(e, budgets)))
+    out.sort(key=lambda c: (quality_rank(c), prefs.get(c.choice.format, 9), -c.estimate.decode_tps,
+                            c.estimate.file_bytes))
+    return out
+
+
+def quality_rank(c: Candidate) -> float:
+    return 0.0 if c.quality.kld < LOSSLESS_KLD else c.quality.kld
+
+
+def _with_verdicts(cands: list[Candidate], winner: Candidate | None) -> tuple[Candidate, ...]:
+    out = []
+    for c in cands:
+        if c is winner:
+            v = ("chosen: fastest lossless build that fits" if quality_rank(c) == 0
+                 else "chosen: best quality that fits")
+        elif not c.fits:
+            v = "; ".join(c.failures)
+        elif quality_rank(c) > quality_rank(winner):
+            v = "fits; lower quality"
+        else:
+            v = "fits; as good, but slower or a less preferred format"
+        out.append(Candidate(c.estimate, c.quality, c.failures, v))
+    return tuple(out)
+
+
+def plan(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
+         formats: tuple[str, ...] = ("gguf", "onnx"), advise: bool = True) -> Plan:
+    if budgets.context < 16:
+        raise BadInput(f"--context {budgets.context} is too short to be useful (at least 16)")
+    if model.max_context and budgets.context > model.max_context:
+        raise BadInput(f"--context {budgets.context} is longer than {model.name} supports "
+                       f"({model.max_context} tokens)")
+    cands = evaluate(model, device, budgets, formats)
+    if not cands:
+        raise BadInput(f"{device.name} has no runtime for {' or '.join(formats)} builds "
+                       f"(it lists {', '.join(device.runtimes)})")
+    winner = next((c for c in cands if c.fits), None)
+    suggestions: tuple[str, ...] = ()
+    if winner is None and advise:
+        from edgellm.plan.advice import what_would_fit
+        suggestions = tuple(what_would_fit(model, device, budgets, formats))
+    judged = _with_verdicts(cands, winner)
+    chosen = judged[cands.index(winner)] if winner is not None else None
+    return Plan(model, device, budgets, judged, chosen, suggestions)

@@ -1,0 +1,76 @@
+"""A plan as the user reads it (a table with the winner marked) or as a script reads it (JSON)."""
+
+from __future__ import annotations
+
+from edgellm.plan.planner import Candidate, Plan
+from edgellm.textfmt import table
+from edgellm.units import fmt_bytes, fmt_count, fmt_rate
+
+
+def _candidate_json(c: Candidate) -> dict:
+    e = c.estimate
+    return {
+        "choice": c.choice.to_dict(), "label": c.choice.label, "runs_on": e.unit,
+        "file_bytes": e.file_bytes, "tensor_types": e.tensor_types,
+        "memory": {"total_bytes": e.memory.total, "weights_bytes": e.memory.weights,
+                   "kv_cache_bytes": e.memory.kv_cache, "compute_bytes": e.memory.compute,
+                   "runtime_bytes": e.memory.runtime},
+        "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
+        "quality": {"mean_kld": c.quality.kld, "ppl_ratio": c.quality.ppl_ratio,
+                    "top1_agreement": c.quality.top1, "source": c.quality.source},
+        "fits": c.fits, "failures": list(c.failures), "verdict": c.verdict,
+    }
+
+
+def to_json(p: Plan) -> dict:
+    m, d, b = p.model, p.device, p.budgets
+    return {
+        "model": {"name": m.name, "source": m.source, "architecture": m.model_type,
+                  "parameters": m.n_params, "layers": m.n_layers, "hidden": m.hidden,
+                  "vocab": m.vocab, "tied_embeddings": m.tied_embeddings},
+        "device": {"name": d.name, "profile": d.source, "ram_bytes": d.memory.ram,
+                   "effective_bandwidth_bytes_per_s": d.memory.effective_bandwidth,
+                   "effective_fp32_flops": d.cpu.effective_fp32},
+        "budgets": {"max_memory_bytes": b.max_memory, "min_decode_tokens_per_s": b.min_decode_tps,
+                    "context": b.context},
+        "winner": _candidate_json(p.winner) if p.winner else None,
+        "candidates": [_candidate_json(c) for c in p.candidates],
+        "suggestions": list(p.suggestions),
+    }
+
+
+def to_text(p: Plan) -> str:
+    m, d, b = p.model, p.device, p.budgets
+    head = [
+        f"model   {m.name}: {m.model_type}, {fmt_count(m.n_params)} params, {m.n_layers} layers, "
+        f"hidden {m.hidden}, vocab {m.vocab}  [{m.source}]",
+        f"device  {d.name}: {fmt_bytes(d.memory.ram)} RAM, "
+        f"{fmt_rate(d.memory.effective_bandwidth, 'B/s')} effective bandwidth, "
+        f"{fmt_rate(d.cpu.effective_fp32, 'FLOPS')} fp32 CPU",
+        f"budget  memory <= {fmt_bytes(b.max_memory)}, decode >= {b.min_decode_tps:g} tok/s, "
+        f"context {b.context}",
+        "",
+    ]
+    rows = []
+    for c in p.candidates:
+        e = c.estimate
+        mark = "*" if p.winner is not None and c.choice == p.winner.choice else " "
+        est = "~" if c.quality.source == "estimate" else " "
+        rows.append([mark, c.choice.label, c.choice.kv_cache, fmt_bytes(e.file_bytes),
+                     fmt_bytes(e.memory.total), f"{e.prefill_tps:.0f}", f"{e.decode_tps:.1f}",
+                     f"{est}{c.quality.kld:.4f}", e.unit, c.verdict])
+    body = table(["", "build", "kv", "file", "peak RAM", "prefill/s", "decode/s", "KLD", "runs on",
+                  "verdict"], rows, right={3, 4, 5, 6, 7})
+    foot = ["", "speeds in tokens/s for a 512-token prompt then 128 new tokens; peak RAM at the full context.",
+            "KLD: expected mean KL divergence vs the unquantized model, from llama.cpp measurements on a "
+            "small trained model; ~ marks estimates. Below 0.001 a build counts as lossless and the fastest "
+            "such build wins."]
+    if p.winner:
+        w = p.winner
+        foot.insert(0, f"\nchosen: {w.choice.label} with {w.choice.kv_cache} KV cache on {w.estimate.unit}: "
+                       f"{fmt_bytes(w.estimate.file_bytes)} file, {fmt_bytes(w.estimate.memory.total)} peak, "
+                       f"{w.estimate.decode_tps:.1f} tok/s decode ({w.verdict.removeprefix('chosen: ')}).")
+    else:
+        foot.insert(0, "\nnothing fits these budgets." + ("" if p.suggestions else " No shorter context, smaller student or known device fits either."))
+        foot[1:1] = [f"  would fit: {s}" for s in p.suggestions]
+    return "\n".join(head) + body + "\n" + "\n".join(foot)
