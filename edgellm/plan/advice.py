@@ -61,18 +61,22 @@ def smaller_student(model, device, budgets, formats) -> str | None:
 
 
 def bigger_devices(model, device, budgets, formats, limit: int = 3) -> str | None:
+    """Known devices with more RAM or faster memory where a build fits within their own memory
+    budget: least RAM first, then the best quality."""
     fits = []
     for other in all_profiles():
-        if other.name == device.name:
+        bigger = (other.memory.ram > device.memory.ram
+                  or other.memory.effective_bandwidth > device.memory.effective_bandwidth)
+        if other.name == device.name or not bigger:
             continue
         b = dataclasses.replace(budgets, max_memory=other.memory_budget)
         c = _first_fit(model, other, b, formats)
         if c:
-            fits.append((other.memory.ram, other.name, c.choice.label))
+            fits.append((other.memory.ram, c.quality.kld, other.name, c.choice.label))
     if not fits:
         return None
     fits.sort()
-    names = ", ".join(f"{name} ({label})" for _, name, label in fits[:limit])
+    names = ", ".join(f"{name} ({label})" for _, _, name, label in fits[:limit])
     return f"a bigger device: {names}"
 
 

@@ -1,0 +1,39 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """No test sees the developer's own profiles or HF cache, and none touches the network."""
+    monkeypatch.setenv("EDGELLM_DEVICES_DIR", str(tmp_path / "user-devices"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run the installed `edgellm` console script the way a user does."""
+    def run(*args, **kw):
+        env = {**os.environ, **kw.pop("env", {})}
+        exe = Path(sys.executable).with_name("edgellm")
+        return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env,
+                              cwd=kw.pop("cwd", tmp_path), timeout=120)
+    return run
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """Write a config.json into a fresh folder and return the folder."""
+    def make(cfg: dict, name: str = "model") -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(cfg))
+        return d
+    return make

@@ -1,0 +1,169 @@
+"""Planner arithmetic against hand-computed values, and its fit / no-fit decisions."""
+
+import dataclasses
+
+import pytest
+
+from edgellm import devices, models
+from edgellm.devices.schema import Budgets as ProfileBudgets, Cpu, DeviceProfile, Memory
+from edgellm.errors import BadInput
+from edgellm.plan import planner
+from edgellm.plan.choice import BuildChoice
+from edgellm.plan.estimate import estimate
+from edgellm.plan.ggml_types import TYPES
+from edgellm.plan.gguf_recipes import tensor_types
+
+MiB = 1 << 20
+
+
+def board(bandwidth=10e9, flops=1e15, isa=("neon", "dotprod"), ram=8 << 30):
+    return DeviceProfile(
+        name="test-board", description="test", runtimes=("llama.cpp", "onnxruntime"),
+        preferred_formats=("gguf", "onnx"),
+        memory=Memory(ram=ram, app_share=0.5, bandwidth_measured=bandwidth),
+        cpu=Cpu(name="test", arch="arm64", cores_big=4, isa=isa, fp32_measured=flops),
+        budgets=ProfileBudgets(context=4096, min_decode_tps=5))
+
+
+@pytest.fixture(scope="module")
+def llama1b():
+    return models.load_config("meta-llama/Llama-3.2-1B-Instruct")
+
+
+def q8_bytes(m):
+    return sum(TYPES[ty].row_bytes(t.ne0) * t.ne1 for t, ty in tensor_types(m, "Q8_0"))
+
+
+def test_memory_is_weights_plus_kv_plus_buffers(llama1b):
+    e = estimate(llama1b, board(), BuildChoice("gguf", "Q8_0", "f16"), 4096)
+    assert e.memory.kv_cache == 2 * 16 * 8 * 64 * 4096 * 2 == 134_217_728
+    assert e.memory.weights == q8_bytes(llama1b)
+    assert e.memory.compute == 4 * 512 * (128256 + 2 * 2048 + 2 * 8192) + 128256 * 4
+    assert e.memory.runtime == 45 * MiB
+    assert e.memory.total == sum(dataclasses.astuple(e.memory))
+    q8kv = estimate(llama1b, board(), BuildChoice("gguf", "Q8_0", "q8_0"), 4096)
+    assert q8kv.memory.kv_cache == 134_217_728 // 2 * 34 // 32
+
+
+def test_decode_is_bandwidth_bound_when_compute_is_plentiful(llama1b):
+    e = estimate(llama1b, board(bandwidth=10e9), BuildChoice("gguf", "Q8_0", "f16"), 4096)
+    kv_at_576 = 2 * 16 * 8 * 64 * 576 * 2             # 512-token prompt + half of 128 new tokens
+    expected = 1 / ((q8_bytes(llama1b) + kv_at_576) / 10e9 + 0.0003)
+    assert e.decode_tps == pytest.approx(expected, rel=1e-9)
+
+
+def test_decode_is_compute_bound_when_bandwidth_is_plentiful(llama1b):
+    e = estimate(llama1b, board(bandwidth=1e15, flops=100e9), BuildChoice("gguf", "Q8_0", "f16"), 4096)
+    matmul = llama1b.n_params - (16 * 2 * 2048 + 2048)   # every matrix, the tied head included
+    flops = 2 * matmul + 4 * 32 * 64 * 576 * 16
+    assert e.decode_tps == pytest.approx(1 / (flops / (100e9 * 0.22) + 0.0003), rel=1e-9)
+    slow = estimate(llama1b, board(bandwidth=1e15, flops=100e9, isa=("neon",)),
+                    BuildChoice("gguf", "Q8_0", "f16"), 4096)
+    assert slow.decode_tps < e.decode_tps * 0.55       # no int8 dot product: half the kernel rate
+
+
+def test_untied_embedding_is_not_read_per_token():
+    m = models.load_config("meta-llama/Llama-3.1-8B-Instruct")
+    e = estimate(m, board(bandwidth=10e9), BuildChoice("gguf", "F16", "f16"), 4096)
+    embd = 4096 * 128256 * 2
+    assert 1 / e.decode_tps > (e.memory.weights - embd) / 10e9
+    assert 1 / e.decode_tps < e.memory.weights / 10e9
+
+
+def test_onnx_int4_sizes_follow_matmulnbits_blocks():
+    m = models.load_config("Qwen/Qwen2.5-0.5B-Instruct")
+    b32 = estimate(m, board(), BuildChoice("onnx", "int4", "f32", 32), 4096)
+    b128 = estimate(m, board(), BuildChoice("onnx", "int4", "f32", 128), 4096)
+    # 16 bytes of nibbles + 4 scale + 0.5 zero point per 32 weights, shared tied embedding
+    assert b32.memory.weights == pytest.approx(m.n_params * 20.5 / 32, rel=0.01)
+    assert b128.memory.weights < b32.memory.weights
+    assert b32.memory.kv_cache == 2 * 24 * 2 * 64 * 4096 * 4   # float32 cache
+
+
+def test_winner_is_best_quality_that_fits(llama1b):
+    dev = board(bandwidth=20e9, flops=200e9)
+    b = planner.Budgets(max_memory=1200 * MiB, min_decode_tps=1, context=4096)
+    p = planner.plan(llama1b, dev, b, advise=False)
+    assert p.winner is not None and p.winner.fits
+    better = [c for c in p.candidates if planner.quality_rank(c) < planner.quality_rank(p.winner)]
+    assert better and all(not c.fits for c in better)
+    assert all("budget" in c.verdict for c in better)
+
+
+def test_lossless_builds_tie_and_the_fastest_wins(llama1b):
+    p = planner.plan(llama1b, board(bandwidth=20e9, flops=200e9),
+                     planner.Budgets(max_memory=6 << 30, min_decode_tps=1, context=4096), advise=False)
+    assert p.winner.quality.kld < planner.LOSSLESS_KLD
+    lossless = [c for c in p.candidates if c.quality.kld < planner.LOSSLESS_KLD]
+    assert p.winner.estimate.decode_tps == max(c.estimate.decode_tps for c in lossless)
+    assert p.winner.choice.quant != "F16"
+
+
+def test_speed_budget_excludes_slow_builds(llama1b):
+    p = planner.plan(llama1b, board(bandwidth=10e9, flops=1e15),
+                     planner.Budgets(max_memory=6 << 30, min_decode_tps=9, context=4096), advise=False)
+    assert p.winner.estimate.decode_tps >= 9
+    f16 = next(c for c in p.candidates if c.choice == BuildChoice("gguf", "F16", "f16"))
+    assert not f16.fits and "decode" in f16.verdict
+
+
+def test_format_filter_and_device_runtimes(llama1b):
+    p = planner.plan(llama1b, board(), planner.Budgets(6 << 30, 1, 4096), formats=("onnx",), advise=False)
+    assert {c.choice.format for c in p.candidates} == {"onnx"}
+    gguf_only = dataclasses.replace(board(), runtimes=("llama.cpp",))
+    with pytest.raises(BadInput, match="no runtime for onnx"):
+        planner.plan(llama1b, gguf_only, planner.Budgets(6 << 30, 1, 4096), formats=("onnx",))
+
+
+def test_npu_runs_quantized_onnx_on_the_sd8gen3():
+    m = models.load_config("Qwen/Qwen2.5-0.5B-Instruct")
+    dev = devices.find("android-sd8gen3-12gb")
+    p = planner.plan(m, dev, planner.budgets_for(dev, None, None, None), formats=("onnx",))
+    units = {c.choice.quant: c.estimate.unit for c in p.candidates}
+    assert units["int8"] == "npu:hexagon-npu" and units["fp16"] == "cpu"
+
+
+def test_nothing_fits_suggests_a_shorter_context():
+    m = models.load_config("meta-llama/Llama-3.1-8B-Instruct")
+    dev = devices.find("laptop-x86-16gb")
+    p = planner.plan(m, dev, planner.budgets_for(dev, None, 1, 131072))
+    assert p.winner is None
+    assert any(s.startswith("a shorter context: --context") for s in p.suggestions)
+
+
+def test_nothing_fits_suggests_a_student_and_bigger_devices():
+    m = models.load_config("meta-llama/Llama-3.1-8B-Instruct")
+    dev = devices.find("rpi5-4gb")
+    p = planner.plan(m, dev, planner.budgets_for(dev, None, 1, 2048))
+    student = next(s for s in p.suggestions if s.startswith("a distilled student"))
+    assert "layers" in student
+    bigger = next(s for s in p.suggestions if s.startswith("a bigger device"))
+    named = [part.split(" (")[0] for part in bigger.removeprefix("a bigger device: ").split(", ")]
+    assert named and all(devices.find(n).memory.ram > dev.memory.ram for n in named)
+
+
+def test_students_keep_a_sensible_depth():
+    m = models.load_config("meta-llama/Llama-3.1-70B-Instruct")
+    dev = devices.find("rpi5-8gb")
+    p = planner.plan(m, dev, planner.budgets_for(dev, None, None, None))
+    student = next(s for s in p.suggestions if s.startswith("a distilled student"))
+    layers = int(student.split("(")[1].split(" of ")[0])
+    assert layers >= 10
+
+
+def test_impossible_budgets_are_refused():
+    m = models.load_config("Qwen/Qwen2.5-0.5B-Instruct")
+    dev = devices.find("rpi5-8gb")
+    with pytest.raises(BadInput, match="longer than .* supports"):
+        planner.plan(m, dev, planner.budgets_for(dev, None, None, 10**6))
+    with pytest.raises(BadInput, match="more than rpi5-8gb's 8 GiB of RAM"):
+        planner.budgets_for(dev, 100 << 30, None, None)
+
+
+def test_build_choice_round_trips_and_validates():
+    c = BuildChoice("onnx", "int4", "f32", 32)
+    assert BuildChoice.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError):
+        BuildChoice("gguf", "Q4_K_M", "f16", block_size=32)
+    with pytest.raises(ValueError, match="unknown BuildChoice fields"):
+        BuildChoice.from_dict({**c.to_dict(), "evil": 1})
