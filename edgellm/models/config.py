@@ -7,6 +7,7 @@ handled by the classes in :mod:`edgellm.models.architectures`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from edgellm.models.tensors import TensorSpec
 
@@ -30,7 +31,7 @@ class ModelConfig:
     source: str = ""                 # where config.json came from
     raw: dict = field(default_factory=dict, repr=False, compare=False)   # config.json as read
 
-    @property
+    @cached_property
     def n_params(self) -> int:
         """Parameter count as Hugging Face reports it (tied embeddings counted once)."""
         return sum(t.n_elements for t in self.tensors if t.is_param)
@@ -39,6 +40,18 @@ class ModelConfig:
     def n_embedding_params(self) -> int:
         return sum(t.n_elements for t in self.tensors
                    if t.name in ("token_embd.weight", "position_embd.weight"))
+
+    @cached_property
+    def decode_matmul_elements(self) -> int:
+        """Weights multiplied per generated token: every quantizable matrix except embedding
+        tables read one row at a time (an untied token embedding, GPT-2's positions)."""
+        return sum(t.n_elements for t in self.tensors if t.quantizable and not self.gathered_only(t.name))
+
+    def gathered_only(self, name: str) -> bool:
+        """Embedding tables of which a token reads one row, not the whole table."""
+        if name == "position_embd.weight":
+            return True
+        return name == "token_embd.weight" and not self.tied_embeddings
 
     @property
     def gqa_ratio(self) -> int:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -87,6 +85,9 @@ def _from_bundled(hub_id: str) -> ConfigSource | None:
 
 
 def _from_hub(hub_id: str) -> ConfigSource:
+    import urllib.error     # imported here: only a hub fetch needs it, and it is slow to import
+    import urllib.request
+
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise Unreachable(f"{hub_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                           "pass a local model folder")

@@ -7,6 +7,7 @@ one that block quantization runs along; ``ne1`` is the number of rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,13 @@ class TensorSpec:
     def is_matrix(self) -> bool:
         return self.ne1 > 1
 
-    @property
+    @cached_property
     def layer(self) -> int | None:
         if self.name.startswith("blk."):
             return int(self.name.split(".")[1])
         return None
 
-    @property
+    @cached_property
     def quantizable(self) -> bool:
         """llama.cpp quantizes 2-D weights only, never norms or position embeddings
         (llama-quant.cpp, tensor_allows_quantization)."""

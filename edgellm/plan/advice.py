@@ -10,7 +10,9 @@ from edgellm.devices.catalog import all_profiles
 from edgellm.devices.schema import DeviceProfile
 from edgellm.models.architectures import student_config
 from edgellm.models.config import ModelConfig
-from edgellm.plan.planner import Budgets, evaluate
+from edgellm.plan.choice import BuildChoice
+from edgellm.plan.estimate import estimate
+from edgellm.plan.planner import Budgets, failures, evaluate
 from edgellm.units import fmt_bytes, fmt_count
 
 MIN_CONTEXT = 256
@@ -20,13 +22,30 @@ def _first_fit(model, device, budgets, formats):
     return next((c for c in evaluate(model, device, budgets, formats) if c.fits), None)
 
 
-WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
+# The leanest build of each format: fewest weight bytes (so least memory and fastest decode, since
+# quantized kernels share one rate), plus ONNX fp16 whose 2-byte cache can win at long contexts.
+# If none of these fits, no build fits; the bisections below ask only them.
+LEANEST = (BuildChoice("gguf", "Q2_K", "q8_0"), BuildChoice("onnx", "int4", "f32", 128),
+           BuildChoice("onnx", "fp16", "f16"))
+
+
+def _anything_fits(model, device, budgets, formats) -> bool:
+    for choice in LEANEST:
+        if choice.format in formats:
+            e = estimate(model, device, choice, budgets.context)
+            if e is not None and not failures(e, budgets):
+                return True
+    return False
+
+
+WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)   # widest first: see smaller_student
 
 
 def shorter_context(model, device, budgets, formats) -> str | None:
     ctx = budgets.context // 2
     while ctx >= MIN_CONTEXT:
-        c = _first_fit(model, device, dataclasses.replace(budgets, context=ctx), formats)
+        shorter = dataclasses.replace(budgets, context=ctx)
+        c = _anything_fits(model, device, shorter, formats) and _first_fit(model, device, shorter, formats)
         if c:
             return (f"a shorter context: --context {ctx} fits {c.choice.label} "
                     f"({fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s)")
@@ -40,21 +59,23 @@ def smaller_student(model, device, budgets, formats) -> str | None:
     students keep a sensible shape; the student with the most parameters wins."""
     best = None
     for width in WIDTHS:
+        if best and student_config(model, model.n_layers, width).n_params <= best[0].n_params:
+            break        # narrower widths only get smaller: no student there can win
         lo = max(1, math.ceil(model.n_layers * width / 2))
         hi = model.n_layers if width < 1 else model.n_layers - 1
         while lo <= hi:
             mid = (lo + hi) // 2
             student = student_config(model, mid, width)
-            c = _first_fit(student, device, budgets, formats)
-            if c:
+            if _anything_fits(student, device, budgets, formats):
                 if best is None or student.n_params > best[0].n_params:
-                    best = (student, c, width)
+                    best = (student, width)
                 lo = mid + 1
             else:
                 hi = mid - 1
     if best is None:
         return None
-    s, c, width = best
+    s, width = best
+    c = _first_fit(s, device, budgets, formats)
     return (f"a distilled student of about {fmt_count(s.n_params)} parameters ({s.n_layers} of "
             f"{model.n_layers} layers, hidden {s.hidden} of {model.hidden}) as {c.choice.label}: "
             f"{fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s")
@@ -70,7 +91,7 @@ def bigger_devices(model, device, budgets, formats, limit: int = 3) -> str | Non
         if other.name == device.name or not bigger:
             continue
         b = dataclasses.replace(budgets, max_memory=other.memory_budget)
-        c = _first_fit(model, other, b, formats)
+        c = _anything_fits(model, other, b, formats) and _first_fit(model, other, b, formats)
         if c:
             fits.append((other.memory.ram, c.quality.kld, other.name, c.choice.label))
     if not fits:

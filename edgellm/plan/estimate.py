@@ -65,16 +65,9 @@ def _gguf_weights(model: ModelConfig, quant: str) -> tuple[int, int, Counter]:
         nbytes = TYPES[ty].row_bytes(t.ne0) * t.ne1
         total += nbytes
         hist[ty] += 1
-        if not _gathered_only(t.name, model):
+        if not model.gathered_only(t.name):
             read += nbytes
     return total, read, hist
-
-
-def _gathered_only(name: str, model: ModelConfig) -> bool:
-    """Embedding tables of which decode reads one row, not the whole table."""
-    if name == "position_embd.weight":
-        return True
-    return name == "token_embd.weight" and not model.tied_embeddings
 
 
 def _onnx_weights(model: ModelConfig, quant: str, block: int | None) -> tuple[int, int, Counter]:
@@ -90,9 +83,7 @@ def _onnx_weights(model: ModelConfig, quant: str, block: int | None) -> tuple[in
 
 def _flops_per_token(model: ModelConfig, position: int) -> float:
     """Matrix FLOPs for one token plus attention over ``position`` cached tokens."""
-    matmul = sum(t.n_elements for t in model.tensors if t.quantizable and not _gathered_only(t.name, model))
-    if model.tied_embeddings:
-        pass  # the head reuses token_embd, already counted as a matrix
+    matmul = model.decode_matmul_elements      # a tied head is token_embd, counted once
     attn = 4 * model.n_heads * model.head_dim * sum(
         position if w is None else min(position, w) for w in (model.windows or (None,) * model.n_layers))
     return 2 * matmul + attn

@@ -8,6 +8,7 @@ matrix.  Each file type is one small class; each rule names the tensor category 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 from edgellm.models.config import ModelConfig
@@ -22,6 +23,7 @@ def register(cls: type["Recipe"]) -> type["Recipe"]:
     return cls
 
 
+@lru_cache(maxsize=65536)
 def category(name: str) -> str:
     """llama.cpp's tensor categories (tensor_get_category); attn_qkv counts as attn_v."""
     if name == "output.weight":
@@ -178,4 +180,8 @@ class Q2_K(Recipe):
 
 
 def tensor_types(model: ModelConfig, ftype: str) -> list[tuple[TensorSpec, str]]:
-    return RECIPES[ftype]().types(model)
+    """Memoized per model: the planner asks once per KV-cache variant and per runtime unit."""
+    cache = model.__dict__.setdefault("_recipe_cache", {})
+    if ftype not in cache:
+        cache[ftype] = RECIPES[ftype]().types(model)
+    return cache[ftype]

@@ -76,7 +76,7 @@ def budgets_for(device: DeviceProfile, max_memory: int | None, min_decode_tps: f
                    context=device.budgets.context if context is None else context)
 
 
-def _failures(e: Estimate, b: Budgets) -> tuple[str, ...]:
+def failures(e: Estimate, b: Budgets) -> tuple[str, ...]:
     out = []
     if e.memory.total > b.max_memory:
         out.append(f"needs {fmt_bytes(e.memory.total)} > {fmt_bytes(b.max_memory)} budget")
@@ -93,7 +93,7 @@ def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
     for choice in candidate_choices(formats):
         e = estimate(model, device, choice, budgets.context)
         if e is not None:
-            out.append(Candidate(e, quality_table.expected(choice), _failures(e, budgets)))
+            out.append(Candidate(e, quality_table.expected(choice), failures(e, budgets)))
     out.sort(key=lambda c: (quality_rank(c), prefs.get(c.choice.format, 9), -c.estimate.decode_tps,
                             c.estimate.file_bytes))
     return out
