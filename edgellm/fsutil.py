@@ -14,7 +14,14 @@ from pathlib import Path
 from edgellm.errors import EdgeLLMError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all at once or not at all, with the mode a plain open() gives."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +29,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as e:
         raise EdgeLLMError(f"cannot write {path}: {e.strerror}") from None
     try:
+        os.chmod(tmp, 0o666 & ~_umask())         # mkstemp creates 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

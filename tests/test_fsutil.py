@@ -13,6 +13,9 @@ def test_writes_and_replaces(tmp_path):
     atomic_write(path, b"two")
     assert path.read_bytes() == b"two"
     assert os.listdir(path.parent) == ["out.toml"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")])
