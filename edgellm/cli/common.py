@@ -19,24 +19,21 @@ def size_arg(text: str) -> int:
     return n
 
 
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
-    return v
+def _positive(convert, kind: str):
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+        return v
+    parse.__name__ = kind           # argparse names the type in its messages
+    return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
-    return v
+positive_float = _positive(float, "a number")
+positive_int = _positive(int, "a whole number")
 
 
 def print_json(data) -> None:

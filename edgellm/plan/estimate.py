@@ -9,7 +9,7 @@ kernels' rate.  Prefill is compute-bound: it is timed on FLOPs alone.  Both are 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgellm.devices.schema import Accelerator, DeviceProfile
 from edgellm.models.config import ModelConfig
@@ -47,7 +47,6 @@ class Estimate:
     prefill_tps: float
     decode_tps: float
     unit: str                           # "cpu" or "gpu:<name>" / "npu:<name>"
-    notes: tuple[str, ...] = field(default=())
 
 
 def _gguf_metadata_bytes(model: ModelConfig) -> int:
