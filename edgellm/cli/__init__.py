@@ -11,10 +11,10 @@ import sys
 import traceback
 
 from edgellm import __version__
-from edgellm.cli import demo_cmd, devices_cmd, plan_cmd
+from edgellm.cli import demo_cmd, devices_cmd, export_cmd, plan_cmd, run_cmd
 from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError
 
-COMMANDS = (plan_cmd, devices_cmd, demo_cmd)
+COMMANDS = (plan_cmd, export_cmd, run_cmd, devices_cmd, demo_cmd)
 
 EPILOG = """exit codes:
   0  success
@@ -22,6 +22,7 @@ EPILOG = """exit codes:
   2  bad input: a missing or malformed file, an unknown device, an unsupported model
   3  nothing fits the budgets (the message says what would)
   4  the hub could not be reached
+  5  an export failed verification against the original model
   130 interrupted
 
 start here:

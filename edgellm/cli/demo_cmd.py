@@ -26,13 +26,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     device = devices.find(args.device)
-    budgets = planner.budgets_for(device, None, None, None)
     plans = []
     for hub_id in models.bundled_ids():
         m = models.load_config(hub_id)
-        b = budgets if not m.max_context or m.max_context >= budgets.context else \
-            planner.Budgets(budgets.max_memory, budgets.min_decode_tps, m.max_context)
-        plans.append(planner.plan(m, device, b))
+        plans.append(planner.plan(m, device, planner.budgets_for(device, None, None, None, m)))
     if args.json:
         print_json([report.to_json(p) for p in plans])
         return 0
@@ -46,6 +43,7 @@ def run(args) -> int:
                      fmt_bytes(w.estimate.memory.total) if w else "-",
                      f"{w.estimate.decode_tps:.1f}" if w else "-",
                      "" if w else (p.suggestions[0] if p.suggestions else "")])
-    print(f"\nevery bundled model on {device.name} (context {budgets.context}):")
+    print(f"\nevery bundled model on {device.name} (context {device.budgets.context}, or the model's "
+          "maximum when shorter):")
     print(table(["model", "params", "chosen", "file", "peak RAM", "decode/s", "note"], rows, right={1, 3, 4, 5}))
     return 0

@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     model = models.load_config(args.model)
     device = devices.find(args.device)
-    budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context)
+    budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
     formats = ("gguf", "onnx") if args.format == "any" else (args.format,)
     result = planner.plan(model, device, budgets, formats)
     if args.json:

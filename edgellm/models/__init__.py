@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from edgellm.models.architectures import from_config_dict, supported
 from edgellm.models.config import ModelConfig
 from edgellm.models.source import ConfigSource, bundled_ids, locate
@@ -12,7 +14,7 @@ def load_config(model: str) -> ModelConfig:
     """Read the shape of ``model`` (a folder, a config.json, or a hub id); no weights, no code."""
     src = locate(model)
     cfg = from_config_dict(src.data, model)
-    return ModelConfig(**{**cfg.__dict__, "source": f"{src.where}: {src.path}"})
+    return dataclasses.replace(cfg, source=f"{src.where}: {src.path}")
 
 
 __all__ = ["ConfigSource", "ModelConfig", "TensorSpec", "bundled_ids", "from_config_dict",

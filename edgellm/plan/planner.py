@@ -65,15 +65,20 @@ def candidate_choices(formats: tuple[str, ...]) -> list[BuildChoice]:
 
 
 def budgets_for(device: DeviceProfile, max_memory: int | None, min_decode_tps: float | None,
-                context: int | None) -> Budgets:
-    """The device's default budgets, overridden by the user's flags."""
+                context: int | None, model: ModelConfig | None = None) -> Budgets:
+    """The device's default budgets, overridden by the user's flags.  A default context longer
+    than the model supports is cut to the model's; an explicit one is checked by ``plan``."""
+    if context is None:
+        context = device.budgets.context
+        if model is not None and model.max_context:
+            context = min(context, model.max_context)
     mem = device.memory_budget if max_memory is None else max_memory
     if mem > device.memory.ram:
         raise BadInput(f"--max-memory {fmt_bytes(mem)} is more than {device.name}'s "
                        f"{fmt_bytes(device.memory.ram)} of RAM")
     return Budgets(max_memory=mem,
                    min_decode_tps=device.budgets.min_decode_tps if min_decode_tps is None else min_decode_tps,
-                   context=device.budgets.context if context is None else context)
+                   context=context)
 
 
 def failures(e: Estimate, b: Budgets) -> tuple[str, ...]:

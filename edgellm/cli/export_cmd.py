@@ -1,0 +1,127 @@
+"""``edgellm export MODEL --device D``: a verified, self-contained bundle for the device."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from edgellm import devices, models
+from edgellm.cli.common import positive_float, positive_int, print_json, size_arg
+from edgellm.cli.progress import StageLine
+from edgellm.errors import BadInput, EdgeLLMError, NothingFits
+from edgellm.plan import planner
+from edgellm.plan.choice import BuildChoice
+from edgellm.plan.planner import GGUF_QUANTS
+from edgellm.units import fmt_bytes
+
+HELP = """Convert MODEL to GGUF for a device, quantize it with llama.cpp's quantizer, check it
+against the original model, and write one folder holding the model file, the tokenizer and a
+manifest (source, device, plan, sha256 of every file, verification numbers, tool versions).
+
+--quant auto takes the planner's choice for the device and budgets (see `edgellm plan`).
+Verification compares llama.cpp's logits with the original model's in transformers: F16 must
+match to float tolerance with identical greedy continuations; quantized files report KL
+divergence, top-1 agreement and perplexity change.  --no-verify skips it.
+
+examples:
+  edgellm export ./my-model --device rpi5-8gb
+  edgellm export Qwen/Qwen2.5-0.5B-Instruct --device rpi5 --quant Q4_K_M -o qwen-rpi5
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a verified GGUF bundle for a device", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="local model folder or hub id")
+    p.add_argument("--device", "-d", required=True, help="device profile name or .toml file")
+    p.add_argument("--format", choices=("gguf",), default="gguf", help="artifact format (gguf)")
+    p.add_argument("--quant", default="auto", choices=("auto",) + GGUF_QUANTS,
+                   help="GGUF file type, or auto for the planner's choice (default)")
+    p.add_argument("-o", "--output", type=Path, help="bundle folder (default: ./NAME-QUANT-DEVICE)")
+    p.add_argument("--max-memory", type=size_arg, metavar="SIZE", help="memory budget for --quant auto")
+    p.add_argument("--min-decode-tps", type=positive_float, metavar="TOK_S", help="speed budget for --quant auto")
+    p.add_argument("--context", type=positive_int, metavar="TOKENS", help="context for the plan")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads for quantization and verification")
+    p.add_argument("--no-verify", action="store_true", help="skip verification against the original model")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickle checkpoints (.bin/.pt), loaded with torch.load(weights_only=True)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run code shipped with the model during verification")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def _choose(args, model, device) -> tuple[BuildChoice, dict]:
+    budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
+    plan = planner.plan(model, device, budgets, formats=("gguf",))
+    if args.quant == "auto":
+        if plan.winner is None:
+            hint = f"; would fit: {plan.suggestions[0]}" if plan.suggestions else ""
+            raise NothingFits(f"no GGUF build of {model.name} fits {device.name}{hint}")
+        c = plan.winner
+    else:
+        c = next(c for c in plan.candidates if c.choice.quant == args.quant and c.choice.kv_cache == "f16")
+        if not c.fits:
+            print(f"edgellm: warning: {args.quant} misses {device.name}'s budgets: {'; '.join(c.failures)}",
+                  file=sys.stderr)
+    e = c.estimate
+    prediction = {"file_bytes": e.file_bytes, "peak_memory_bytes": e.memory.total,
+                  "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
+                  "runs_on": e.unit, "context": budgets.context, "kv_cache": c.choice.kv_cache}
+    return c.choice, prediction
+
+
+def _need_export_extra() -> None:
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "gguf", "llama_cpp") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EdgeLLMError(f"export needs the host toolchain ({', '.join(missing)} missing): "
+                           "pip install 'edgellm[export]'")
+
+
+def run(args) -> int:
+    _need_export_extra()
+    from edgellm.exporters.export_gguf import ExportRequest, export_gguf
+    from edgellm.exporters.weights_source import weights_folder
+    from edgellm.runtime.llamacpp import default_threads
+
+    device = devices.find(args.device)
+    folder = weights_folder(args.model)
+    model = models.load_config(str(folder))
+    model = dataclasses.replace(model, name=args.model)
+    choice, prediction = _choose(args, model, device)
+    out = args.output or Path(f"{Path(args.model).name}-{choice.quant}-{device.name}")
+    if out.resolve() == folder.resolve():
+        raise BadInput(f"{out}: the bundle cannot be written into the model folder")
+    line = StageLine()
+    try:
+        result = export_gguf(ExportRequest(
+            model_dir=folder, model=model, choice=choice, out=out, device=device.name,
+            prediction=prediction, verify=not args.no_verify, threads=args.threads or default_threads(),
+            allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, force=args.force),
+            stage=line)
+    finally:
+        line.done()
+    if args.json:
+        print_json({"bundle": str(result.bundle), "artifact": str(result.artifact),
+                    "file_bytes": result.file_bytes, "tensor_types": result.tensor_types,
+                    "prediction": prediction, "verification": result.verification,
+                    "seconds": round(result.seconds, 2)})
+        return 0
+    print(f"wrote {result.bundle}/ ({choice.label}, {fmt_bytes(result.file_bytes)}; predicted "
+          f"{fmt_bytes(prediction['file_bytes'])}) in {result.seconds:.1f} s")
+    v = result.verification
+    if v:
+        h = v["held_out"]
+        print(f"verified against the original: tokenizer identical"
+              + (f", greedy tokens match ({v['greedy_ties_within_float_tolerance']} ties within float tolerance)" if "greedy_tokens_checked" in v else "")
+              + f"; held-out KLD {h['mean_kld']:.4f} (p99 {h['p99_kld']:.4f}), top-1 {h['top1_agreement']:.1%}, "
+              f"perplexity x{h['ppl_ratio']:.4f}")
+    else:
+        print("not verified (--no-verify)")
+    print(f"run it:     edgellm run {result.bundle} -p \"Hello\"\nprofile it: edgellm profile {result.bundle}")
+    return 0

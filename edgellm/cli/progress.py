@@ -1,0 +1,28 @@
+"""One-line stage progress on stderr: rewritten in place on a terminal, one line per stage when
+stderr is a file or pipe (so logs stay readable)."""
+
+from __future__ import annotations
+
+import sys
+
+
+class StageLine:
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_stage = None
+
+    def __call__(self, msg: str) -> None:
+        stage = msg.split(":")[0]
+        if self.tty:
+            self.stream.write("\r\033[2K" + msg[:200])
+            self.stream.flush()
+        elif stage != self.last_stage:
+            self.stream.write(msg + "\n")
+            self.stream.flush()
+        self.last_stage = stage
+
+    def done(self) -> None:
+        if self.tty and self.last_stage is not None:
+            self.stream.write("\n")
+            self.stream.flush()

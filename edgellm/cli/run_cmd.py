@@ -1,0 +1,79 @@
+"""``edgellm run BUNDLE -p TEXT`` and ``edgellm profile BUNDLE``: the bundle on this machine."""
+
+from __future__ import annotations
+
+import sys
+
+from edgellm.cli.common import positive_int, print_json
+from edgellm.errors import BadInput
+from edgellm.textfmt import table
+from edgellm.units import fmt_bytes
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("run", help="generate text with an exported bundle",
+                       description="Check the bundle's checksums, load it and stream generated text. "
+                                   "Models with a chat template get the prompt as a user message.")
+    r.add_argument("bundle", help="bundle folder written by `edgellm export`")
+    r.add_argument("-p", "--prompt", required=True, help="prompt text")
+    r.add_argument("--max-tokens", type=positive_int, default=128, help="tokens to generate (default 128)")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default), e.g. 0.7 to sample")
+    r.add_argument("--seed", type=int, default=0, help="sampling seed")
+    r.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    r.add_argument("--threads", type=positive_int, default=None, help="threads (default: all usable)")
+    r.add_argument("--context", type=positive_int, default=2048, help="context length (default 2048)")
+    r.set_defaults(func=run)
+    p = sub.add_parser("profile", help="measure load time, TTFT, prefill and decode speed, peak RAM",
+                       description="Time the bundle on this machine (llama-bench's method: one prefill "
+                                   "batch, then token-by-token decode; medians of repeats) and print each "
+                                   "figure beside the planner's prediction recorded at export.")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads (default: all usable)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=512, help="prompt length (default 512)")
+    p.add_argument("--gen-tokens", type=positive_int, default=128, help="generated tokens (default 128)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="repeats; medians are reported (default 3)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=profile)
+
+
+def _open(path: str, n_ctx: int, threads):
+    from edgellm.runtime.bundle import open_bundle
+    from edgellm.runtime.gguf_check import read_header
+    from edgellm.runtime.llamacpp import LlamaCppModel
+
+    bundle = open_bundle(path)
+    if bundle.format != "gguf":
+        raise BadInput(f"{path}: a {bundle.format} bundle; this runtime has the llama.cpp backend only")
+    read_header(bundle.artifact)                  # our bounds checks before llama.cpp parses it
+    return bundle, LlamaCppModel(bundle.artifact, n_ctx=n_ctx, threads=threads)
+
+
+def run(args) -> int:
+    bundle, model = _open(args.bundle, args.context, args.threads)
+    chat = not args.raw and "tokenizer.chat_template" in model.llm.metadata
+    for piece in model.stream(args.prompt, args.max_tokens, args.temperature, chat=chat, seed=args.seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def profile(args) -> int:
+    bundle, model = _open(args.bundle, args.prompt_tokens + args.gen_tokens + 8, args.threads)
+    prof = model.profile(args.prompt_tokens, args.gen_tokens, args.repeats)
+    pred = bundle.manifest.get("prediction", {})
+    if args.json:
+        print_json({"bundle": str(bundle.folder), "measured": prof.to_dict(), "predicted": pred})
+        return 0
+    rows = [
+        ["load time", f"{prof.load_s:.2f} s", "-"],
+        ["time to first token", f"{prof.ttft_s * 1000:.0f} ms", "-"],
+        ["prefill", f"{prof.prefill_tps:.1f} tok/s", f"{pred['prefill_tokens_per_s']:.1f} tok/s" if pred else "-"],
+        ["decode", f"{prof.decode_tps:.1f} tok/s", f"{pred['decode_tokens_per_s']:.1f} tok/s" if pred else "-"],
+        ["peak RSS", fmt_bytes(prof.peak_rss_bytes), fmt_bytes(pred["peak_memory_bytes"]) + f" at context {pred['context']}" if pred else "-"],
+    ]
+    print(f"{bundle.folder}: {bundle.manifest['choice']['quant']}, {prof.threads} threads, "
+          f"{prof.prompt_tokens}-token prompt, {prof.gen_tokens} generated, median of {prof.repeats}")
+    print(f"(predictions were made for {bundle.manifest.get('device')}; compare on that device)")
+    print(table(["", "measured", "predicted"], rows, right={1, 2}))
+    return 0

@@ -1,0 +1,89 @@
+"""Small models edgellm builds itself, offline: a byte-level BPE tokenizer trained on text found on
+every machine with Python (the standard library's own source files), and random-weight models of
+each supported architecture around it.  Deterministic from a seed.  Used by the tests and by
+``edgellm demo``; needs the ``[export]`` extra (torch, transformers, tokenizers).
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def corpus_files(limit_bytes: int = 4 << 20) -> list[Path]:
+    """Python standard library sources, in a fixed order, up to ``limit_bytes``."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files, total = [], 0
+    for p in sorted(stdlib.glob("*.py")):
+        size = p.stat().st_size
+        if total + size > limit_bytes:
+            break
+        files.append(p)
+        total += size
+    if not files:
+        raise RuntimeError(f"no Python sources under {stdlib} to train a tokenizer on")
+    return files
+
+
+def corpus_text(limit_bytes: int = 4 << 20) -> str:
+    return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in corpus_files(limit_bytes))
+
+
+def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20):
+    """A GPT-2-style byte-level BPE tokenizer, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([str(p) for p in corpus_files(limit_bytes)], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[2],
+                                   pad_token=SPECIALS[0], unk_token=None)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-quants
+    "llama": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "qwen2": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "qwen3": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64),
+    "mistral": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, sliding_window=None),
+    "gpt2": dict(n_embd=256, n_layer=2, n_head=4, n_positions=1024),
+}
+
+
+def build_model(arch: str, folder: Path, tokenizer=None, seed: int = 0, pad_vocab: int = 0,
+                tied: bool = True, **overrides) -> Path:
+    """Write a random-weight ``arch`` model with its tokenizer into ``folder`` (safetensors)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = tokenizer or train_tokenizer()
+    shape = {**SHAPES[arch], **overrides}
+    vocab = len(tokenizer) + pad_vocab
+    if arch != "gpt2":
+        shape.setdefault("max_position_embeddings", 1024)
+        shape["tie_word_embeddings"] = tied
+    cfg = AutoConfig.for_model(arch, vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=tokenizer.eos_token_id, **shape)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    with torch.no_grad():                       # larger than init scale, so logits are not flat
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,110 @@
+"""The tokenizer, as GGUF metadata that llama.cpp reads.
+
+Byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, SmolLM, and any trained locally with the same
+pre-tokenizer) are read straight from ``tokenizer.json``.  llama.cpp needs to know which
+pre-tokenizer splits text before BPE (``tokenizer.ggml.pre``); its own converter guesses that
+from a hash of a test encoding and refuses any tokenizer it has not seen.  Here it is identified
+from the definition in tokenizer.json itself, compared with the split rules llama.cpp implements
+for each name (src/llama-vocab.cpp), so a retrained or fine-tuned tokenizer converts.  A definition
+that matches none is an error that says so, never a silent fallback to GPT-2's rules.
+
+Merges, special token ids, add-bos/eos flags and the chat template come from the ``gguf``
+package's SpecialVocab.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgellm.errors import BadInput
+
+# tokenizer.json split regexes -> llama.cpp pre-tokenizer names
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_REGEXES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2"}
+SUPPORTED_PRE = ("gpt-2 (ByteLevel with its own regex)", "smollm (Digits + ByteLevel)",
+                 "llama-bpe (Llama 3 split regex)", "qwen2 (Qwen2 split regex)")
+
+# GGUF token types (gguf.TokenType)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+@dataclass
+class Vocab:
+    model: str                  # tokenizer.ggml.model
+    pre: str                    # tokenizer.ggml.pre
+    tokens: list[str]
+    types: list[int]
+    n_real: int                 # tokens the tokenizer defines; the rest pad the embedding
+
+
+def _byte_level(p: dict, use_regex: bool) -> bool:
+    return (p.get("type") == "ByteLevel" and not p.get("add_prefix_space", False)
+            and p.get("use_regex", True) == use_regex)
+
+
+def identify_pre_tokenizer(tj: dict, where: str) -> str:
+    pre = tj.get("pre_tokenizer") or {}
+    if _byte_level(pre, use_regex=True):
+        return "gpt-2"
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits") \
+            and _byte_level(parts[1], use_regex=True):
+        return "smollm"
+    if len(parts) == 2 and parts[0].get("type") == "Split" and _byte_level(parts[1], use_regex=False) \
+            and parts[0].get("behavior") == "Isolated" and not parts[0].get("invert"):
+        name = SPLIT_REGEXES.get((parts[0].get("pattern") or {}).get("Regex", ""))
+        if name:
+            return name
+    summary = json.dumps(pre)[:160]
+    raise BadInput(f"{where}: this BPE pre-tokenizer is not one llama.cpp implements, so the GGUF "
+                   f"would tokenize differently ({summary}); recognised: {'; '.join(SUPPORTED_PRE)}")
+
+
+def read_vocab(folder: Path, n_vocab: int) -> Vocab:
+    """Tokens and their types from tokenizer.json, padded to the model's embedding rows."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise BadInput(f"{folder}: no tokenizer.json; the bundle needs the tokenizer (a fast "
+                       "tokenizer saved by transformers)")
+    try:
+        tj = json.loads(path.read_text(encoding="utf-8"))
+        model = tj["model"]
+    except (ValueError, KeyError, TypeError):
+        raise BadInput(f"{path}: not a valid tokenizer.json") from None
+    if model.get("type") != "BPE" or model.get("byte_fallback") or (tj.get("decoder") or {}).get("type") != "ByteLevel":
+        raise BadInput(f"{path}: only byte-level BPE tokenizers convert so far (this one is "
+                       f"{model.get('type')}{' with byte fallback' if model.get('byte_fallback') else ''}); "
+                       "SentencePiece tokenizers are not supported yet")
+    pre = identify_pre_tokenizer(tj, str(path))
+    by_id: dict[int, tuple[str, int]] = {i: (t, NORMAL) for t, i in model["vocab"].items()}
+    for added in tj.get("added_tokens", []):
+        by_id[added["id"]] = (added["content"], CONTROL if added.get("special") else USER_DEFINED)
+    n_real = max(by_id) + 1
+    if n_real > n_vocab:
+        raise BadInput(f"{path}: the tokenizer has {n_real} tokens but the model's embedding only "
+                       f"{n_vocab} rows; tokenizer and model do not belong together")
+    tokens, types = [], []
+    for i in range(n_vocab):
+        text, kind = by_id.get(i, (f"[PAD{i}]", UNUSED))
+        tokens.append(text)
+        types.append(kind)
+    return Vocab(model="gpt2", pre=pre, tokens=tokens, types=types, n_real=n_real)
+
+
+def add_to_writer(writer, folder: Path, vocab: Vocab) -> None:
+    """Write the tokenizer keys: model, pre-tokenizer, tokens, types, merges, specials, template."""
+    import gguf
+
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(vocab.tokens))
+    if not special.merges:
+        raise BadInput(f"{folder}: tokenizer.json has no BPE merges")
+    special.add_to_gguf(writer, quiet=True)

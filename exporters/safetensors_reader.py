@@ -1,0 +1,125 @@
+"""A bounds-checked, lazy safetensors reader: header validated before any tensor is touched.
+
+Why our own: the file is untrusted input.  Every check here fails with one message naming the
+file: header length past the end of the file, a header that is not a JSON object, an unknown
+dtype, a shape that does not match its byte range, ranges past the data or overlapping, a file
+truncated after its header.  Tensors are then read through a memory map one at a time, so peak
+memory is about one tensor (or one chunk of rows), never the checkpoint.  bfloat16 is widened to
+float32 with integer shifts, since numpy has no bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgellm.errors import BadInput
+
+MAX_HEADER = 100 << 20
+DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
+          "I64": (np.int64, 8), "I32": (np.int32, 4), "I16": (np.int16, 2), "I8": (np.int8, 1),
+          "U8": (np.uint8, 1), "BOOL": (np.bool_, 1)}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int          # byte offset from the start of the data section
+    end: int
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+class SafetensorsFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise self._bad("shorter than the 8-byte header length")
+                (n,) = struct.unpack("<Q", head)
+                if n > size - 8 or n > MAX_HEADER:
+                    raise self._bad(f"header length {n} runs past the end of the {size}-byte file")
+                raw = f.read(n)
+        except OSError as e:
+            raise BadInput(f"{self.path}: cannot read ({e.strerror})") from None
+        self.data_start = 8 + n
+        self.data_size = size - self.data_start
+        try:
+            header = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise self._bad("header is not valid JSON") from None
+        if not isinstance(header, dict):
+            raise self._bad("header is not a JSON object")
+        self.metadata = header.pop("__metadata__", {}) or {}
+        self.tensors = {name: self._entry(name, spec) for name, spec in header.items()}
+        self._check_ranges()
+        self._map: np.memmap | None = None
+
+    def _bad(self, what: str) -> BadInput:
+        return BadInput(f"{self.path}: not a valid safetensors file: {what}")
+
+    def _entry(self, name: str, spec) -> TensorEntry:
+        if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES:
+            raise self._bad(f"tensor {name!r} has an unknown dtype {spec.get('dtype') if isinstance(spec, dict) else spec!r}")
+        shape, offs = spec.get("shape"), spec.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise self._bad(f"tensor {name!r} has a malformed shape {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
+                and 0 <= offs[0] <= offs[1]):
+            raise self._bad(f"tensor {name!r} has malformed data_offsets {offs!r}")
+        e = TensorEntry(name, spec["dtype"], tuple(shape), offs[0], offs[1])
+        if e.end - e.begin != e.n_elements * DTYPES[e.dtype][1]:
+            raise self._bad(f"tensor {name!r}: {e.end - e.begin} bytes do not hold shape {list(e.shape)} of {e.dtype}")
+        return e
+
+    def _check_ranges(self) -> None:
+        last_end, last = 0, None
+        for e in sorted(self.tensors.values(), key=lambda t: (t.begin, t.end)):
+            if e.begin < last_end:
+                raise self._bad(f"tensors {last!r} and {e.name!r} overlap")
+            last_end, last = e.end, e.name
+        if last_end > self.data_size:
+            raise self._bad(f"truncated: tensor data needs {last_end} bytes after the header, "
+                            f"the file has {self.data_size}")
+
+    def _array(self, e: TensorEntry) -> np.ndarray:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        raw = self._map[self.data_start + e.begin:self.data_start + e.end]
+        return raw.view(DTYPES[e.dtype][0]).reshape(e.shape)
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor as float32 (floats) or its own dtype (integers)."""
+        e = self.tensors[name]
+        return _widen(self._array(e), e.dtype)
+
+    def read_rows(self, name: str, rows_per_chunk: int) -> Iterator[np.ndarray]:
+        """The tensor as float32 chunks of whole rows (first dimension), for streaming."""
+        e = self.tensors[name]
+        arr = self._array(e)
+        if arr.ndim == 0:
+            yield _widen(arr, e.dtype)
+            return
+        for start in range(0, arr.shape[0], rows_per_chunk):
+            yield _widen(arr[start:start + rows_per_chunk], e.dtype)
+
+
+def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    if dtype in ("F16", "F32", "F64"):
+        return arr.astype(np.float32)
+    return np.array(arr)

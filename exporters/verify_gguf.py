@@ -1,0 +1,140 @@
+"""Verification of a GGUF export against the original model, run by every export.
+
+The reference is the Hugging Face model in float32 through transformers; the candidate is the
+GGUF through llama.cpp, fed the very same token ids.  Checked, in order:
+1. tokenization: llama.cpp's tokenizer gives the ids the Hugging Face tokenizer gives;
+2. F16 files: logits agree to float tolerance, and along the original's 32-token greedy
+   continuation of each prompt llama.cpp picks the same token at every step, except where the
+   original's own top-2 margin is inside the measured float difference (a tie: counted, reported);
+3. every file: mean/p99 KL divergence, top-1 agreement and perplexity change on held-out text.
+A failure of 1 or 2 fails the export, naming the prompt and the size of the difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgellm.errors import EdgeLLMError
+from edgellm.metrics import compare
+
+PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "Small devices run language models when the weights fit in memory and",
+    "1, 2, 3, 4, 5,",
+)
+GREEDY_TOKENS = 32
+# max |logit difference| / std(reference logits) allowed for an F16 file: f16 weights round at
+# 2^-11 relative, which moves logits by far less than this
+F16_TOLERANCE = 0.02
+
+
+class VerificationFailed(EdgeLLMError):
+    exit_code = 5
+
+
+def held_out_text(limit_bytes: int = 64 << 10) -> str:
+    """Text none of edgellm's demo models was trained on: the tail of the Python standard library."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"), reverse=True)
+    out, total = [], 0
+    for p in files:
+        text = p.read_text(encoding="utf-8", errors="replace")
+        out.append(text)
+        total += len(text)
+        if total >= limit_bytes:
+            break
+    return "\n".join(out)[:limit_bytes]
+
+
+def _hf(model_dir: Path, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code)
+    model.eval()
+    return tok, model
+
+
+def _hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             num_beams=1, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def _check_greedy(ref: np.ndarray, got: np.ndarray, seq: list[int], start: int, prompt: str, name: str) -> int:
+    """Teacher-forced along the original's greedy continuation ``seq[start:]``: each position must
+    choose the original's token, unless the original's margin over the token chosen instead is
+    within the float difference measured at that position (a tie); returns the number of ties."""
+    ties = 0
+    for pos in range(start - 1, len(seq) - 1):
+        want, chose = seq[pos + 1], int(got[pos].argmax())
+        if chose == want:
+            continue
+        margin = float(ref[pos, want] - ref[pos, chose])
+        noise = float(np.abs(ref[pos] - got[pos]).max())
+        if margin > 2 * noise:
+            raise VerificationFailed(f"{name}: greedy continuation of {prompt[:30]!r} diverges from the original "
+                                     f"at token {pos + 2 - start} of {GREEDY_TOKENS} (margin {margin:.4f} > "
+                                     f"float noise {noise:.4f})")
+        ties += 1
+    return ties
+
+
+def verify(model_dir: Path, gguf_path: Path, quant: str, threads: int, trust_remote_code: bool = False,
+           context: int = 512, progress=lambda msg: None) -> dict:
+    from edgellm.runtime.llamacpp import LlamaCppModel
+
+    tok, hf = _hf(model_dir, trust_remote_code)
+    llm = LlamaCppModel(gguf_path, n_ctx=context, threads=threads, logits_all=True)
+    bos = [tok.bos_token_id] if llm.tokenize("", add_bos=True) and tok.bos_token_id is not None else []
+    report: dict = {"reference": "transformers float32", "context": context}
+
+    progress("checking the tokenizer")
+    for p in PROMPTS + (held_out_text(2000),):
+        ours, theirs = llm.tokenize(p, add_bos=False), tok.encode(p, add_special_tokens=False)
+        if ours != theirs:
+            at = next(i for i, (a, b) in enumerate(zip(ours + [-1], theirs + [-1])) if a != b)
+            raise VerificationFailed(f"{gguf_path.name}: llama.cpp tokenizes {p[:30]!r} differently from "
+                                     f"the original tokenizer (first difference at token {at})")
+    report["tokenizer"] = "identical ids on all prompts"
+
+    if quant in ("F16", "F32"):
+        progress("comparing logits and greedy continuations")
+        worst, ties = 0.0, 0
+        for p in PROMPTS:
+            ids = bos + tok.encode(p, add_special_tokens=False)
+            seq = ids + _hf_greedy(hf, ids, GREEDY_TOKENS)
+            ref, got = _hf_logits(hf, seq), llm.logits(seq)
+            rel = float(np.abs(ref - got).max() / (ref.std() + 1e-12))
+            worst = max(worst, rel)
+            if rel > F16_TOLERANCE:
+                raise VerificationFailed(f"{gguf_path.name}: logits for {p[:30]!r} differ by {rel:.4f} x their "
+                                         f"spread (allowed {F16_TOLERANCE}); the conversion is wrong")
+            ties += _check_greedy(ref, got, seq, len(ids), p, gguf_path.name)
+        report["logits_max_rel_diff"] = worst
+        report["greedy_tokens_checked"] = GREEDY_TOKENS * len(PROMPTS)
+        report["greedy_ties_within_float_tolerance"] = ties
+
+    progress("measuring KL divergence, top-1 agreement and perplexity on held-out text")
+    ids = (bos + tok.encode(held_out_text(), add_special_tokens=False))[:context]
+    agreement = compare(_hf_logits(hf, ids), llm.logits(ids), np.array(ids))
+    if not np.isfinite(agreement.mean_kld):
+        raise VerificationFailed(f"{gguf_path.name}: non-finite logits; the file is broken")
+    report["held_out"] = agreement.to_dict()
+    return report

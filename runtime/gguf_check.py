@@ -1,0 +1,170 @@
+"""A bounds-checked GGUF header reader: the gate every file passes before llama.cpp parses it.
+
+llama.cpp's loader has had a series of advisories from crafted files (CVE-2024-21802,
+CVE-2025-49847, CVE-2026-27940, CVE-2026-33298), and the ``gguf`` package's reader does not check
+tensor data against the file size.  This reader checks everything the header claims against the
+bytes actually there: magic, version, counts, string and array lengths, nesting, duplicate keys
+and tensors, dimension products, tensor types and block shapes, alignment, overlap, and tensor
+data past the end of the file (truncation).  Standard library only.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgellm.errors import BadInput
+
+MAGIC = b"GGUF"
+MAX_DIMS = 4
+MAX_STRING = 1 << 30
+# ggml type id -> (name, elements per block, bytes per block), from ggml.h / ggml.c type_traits
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
+    28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+}
+# GGUF value types: id -> struct format (None: string / array)
+SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+STRING, ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    shape: tuple[int, ...]       # ne0 first
+    type_name: str
+    offset: int
+    nbytes: int
+
+
+@dataclass
+class GgufHeader:
+    version: int
+    metadata: dict = field(default_factory=dict)
+    tensors: list[TensorRecord] = field(default_factory=list)
+    data_start: int = 0
+    file_size: int = 0
+
+
+class _Cursor:
+    def __init__(self, f, size: int, fail):
+        self.f, self.size, self.fail = f, size, fail
+
+    def take(self, n: int) -> bytes:
+        pos = self.f.tell()
+        if n < 0 or n > self.size - pos:
+            raise self.fail(f"needs {n} bytes at offset {pos}, only {self.size - pos} remain (truncated?)")
+        return self.f.read(n)
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if n > MAX_STRING:
+            raise self.fail(f"string of {n} bytes at offset {self.f.tell() - 8}")
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"string at offset {self.f.tell() - n} is not UTF-8") from None
+
+    def value(self, vtype: int, depth: int = 0):
+        if vtype in SCALARS:
+            return self.unpack(SCALARS[vtype])
+        if vtype == STRING:
+            return self.string()
+        if vtype == ARRAY:
+            if depth > 1:
+                raise self.fail("arrays nested more than two deep")
+            etype, count = self.unpack("<I"), self.unpack("<Q")
+            if etype not in SCALARS and etype not in (STRING, ARRAY):
+                raise self.fail(f"array of unknown value type {etype}")
+            least = struct.calcsize(SCALARS[etype]) if etype in SCALARS else 8
+            if count * least > self.size - self.f.tell():
+                raise self.fail(f"array of {count} elements is larger than the {self.size - self.f.tell()} bytes left")
+            if etype in SCALARS and etype != 7:      # bulk-read numeric arrays without building them
+                self.take(count * least)
+                return f"<{count} values>"
+            return [self.value(etype, depth + 1) for _ in range(count)]
+        raise self.fail(f"unknown value type {vtype}")
+
+
+def read_header(path: Path) -> GgufHeader:
+    """Validate ``path`` as a GGUF file and return its header, or raise BadInput naming the flaw."""
+    path = Path(path)
+
+    def fail(what: str) -> BadInput:
+        return BadInput(f"{path}: not a valid GGUF file: {what}")
+
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        c = _Cursor(f, size, fail)
+        if c.take(4) != MAGIC:
+            raise fail("bad magic (not a GGUF file)")
+        version = c.unpack("<I")
+        if version not in (2, 3):
+            raise fail(f"unsupported version {version}")
+        n_tensors, n_kv = c.unpack("<Q"), c.unpack("<Q")
+        if n_kv > size // 12 or n_tensors > size // 24:
+            raise fail(f"claims {n_kv} keys and {n_tensors} tensors, more than {size} bytes can hold")
+        h = GgufHeader(version=version, file_size=size)
+        for _ in range(n_kv):
+            key = c.string()
+            if key in h.metadata:
+                raise fail(f"duplicate key {key!r}")
+            h.metadata[key] = c.value(c.unpack("<I"))
+        align = h.metadata.get("general.alignment", 32)
+        if not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise fail(f"general.alignment {align!r} is not a power of two")
+        infos = []
+        seen = set()
+        for _ in range(n_tensors):
+            name = c.string()
+            if name in seen:
+                raise fail(f"duplicate tensor {name!r}")
+            seen.add(name)
+            n_dims = c.unpack("<I")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise fail(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+            dims = tuple(c.unpack("<Q") for _ in range(n_dims))
+            ttype, offset = c.unpack("<I"), c.unpack("<Q")
+            infos.append((name, dims, ttype, offset))
+        h.data_start = -(-f.tell() // align) * align
+    data_size = size - h.data_start
+    spans = []
+    for name, dims, ttype, offset in infos:
+        if ttype not in GGML_TYPES:
+            raise fail(f"tensor {name!r} has unknown type {ttype}")
+        tname, block, block_bytes = GGML_TYPES[ttype]
+        n = 1
+        for d in dims:
+            if d == 0 or d >= 1 << 62:
+                raise fail(f"tensor {name!r} has a dimension of {d}")
+            n *= d
+            if n >= 1 << 62:
+                raise fail(f"tensor {name!r}: the product of its dimensions overflows")
+        if dims[0] % block:
+            raise fail(f"tensor {name!r}: rows of {dims[0]} are not a multiple of {tname}'s block of {block}")
+        nbytes = n // block * block_bytes
+        if offset % align:
+            raise fail(f"tensor {name!r} is not aligned to {align} bytes")
+        if offset + nbytes > data_size:
+            raise fail(f"tensor {name!r} runs past the end of the file (truncated?)")
+        spans.append((offset, offset + nbytes, name))
+        h.tensors.append(TensorRecord(name, dims, tname, offset, nbytes))
+    spans.sort()
+    for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise fail(f"tensors {an!r} and {bn!r} overlap")
+    return h

@@ -1,0 +1,152 @@
+"""The llama.cpp backend: load a GGUF, score tokens, generate text, and time it.
+
+Runs on the device with llama-cpp-python and numpy only.  Timing follows llama-bench's method:
+the prompt is evaluated as one batch (prefill), then tokens are generated one at a time (decode),
+each phase timed on its own; the figures are medians over repeats.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.runtime.quiet import captured_stderr
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+@dataclass(frozen=True)
+class Profile:
+    threads: int
+    prompt_tokens: int
+    gen_tokens: int
+    repeats: int
+    load_s: float
+    ttft_s: float
+    prefill_tps: float
+    decode_tps: float
+    peak_rss_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _trained_context(path: Path) -> int | None:
+    """The context the model was trained for (GGUF ``<arch>.context_length``), if readable."""
+    from edgellm.runtime.gguf_check import read_header
+
+    meta = read_header(path).metadata
+    value = meta.get(f"{meta.get('general.architecture')}.context_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class LlamaCppModel:
+    def __init__(self, path: Path, n_ctx: int = 2048, threads: int | None = None, logits_all: bool = False):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise EdgeLLMError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
+        self.path = Path(path)
+        self.threads = threads or default_threads()
+        trained = _trained_context(self.path)
+        if trained:
+            n_ctx = min(n_ctx, trained)
+        t0 = time.perf_counter()
+        try:
+            with captured_stderr():
+                    self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
+                                 n_threads=self.threads, n_threads_batch=self.threads,
+                                 logits_all=logits_all, verbose=False)
+        except (ValueError, RuntimeError) as e:
+            raise BadInput(f"{self.path}: llama.cpp could not load it ({e})") from None
+        self.load_s = time.perf_counter() - t0
+        self.n_ctx = n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self.llm.n_vocab()
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits for every position of ``tokens`` (needs ``logits_all=True``)."""
+        if len(tokens) > self.n_ctx:
+            raise ValueError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[:len(tokens)], dtype=np.float32)
+
+    def greedy(self, tokens: list[int], n: int) -> list[int]:
+        """``n`` greedy continuation tokens (no stop on end-of-text: for comparisons)."""
+        self.llm.reset()
+        self.llm.eval(tokens)
+        out = []
+        for _ in range(n):
+            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            out.append(nxt)
+            self.llm.eval([nxt])
+        return out
+
+    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
+        """Generated text piece by piece; with ``chat`` the GGUF's own chat template wraps the prompt."""
+        if chat:
+            chunks = self.llm.create_chat_completion(
+                messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                temperature=temperature, seed=seed, stream=True)
+            for c in chunks:
+                piece = c["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
+        else:
+            for c in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
+                                                seed=seed, stream=True):
+                yield c["choices"][0]["text"]
+
+    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
+        """Time prefill of a ``prompt_tokens`` prompt and greedy decode of ``gen_tokens``."""
+        if prompt_tokens + gen_tokens > self.n_ctx:
+            raise BadInput(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed the "
+                           f"context ({self.n_ctx})")
+        seed_text = "The quick brown fox jumps over the lazy dog. 0123456789 " * 4
+        base = self.tokenize(seed_text, add_bos=False) or [0]
+        prompt = (self.tokenize("", add_bos=True) + base * (prompt_tokens // len(base) + 1))[:prompt_tokens]
+        prefill, decode, ttft = [], [], []
+        for _ in range(repeats):
+            self.llm.reset()
+            t0 = time.perf_counter()
+            self.llm.eval(prompt)
+            t1 = time.perf_counter()
+            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            ttft.append(time.perf_counter() - t0)
+            t2 = time.perf_counter()
+            for _ in range(gen_tokens):
+                self.llm.eval([nxt])
+                nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            t3 = time.perf_counter()
+            prefill.append(prompt_tokens / (t1 - t0))
+            decode.append(gen_tokens / (t3 - t2))
+        return Profile(threads=self.threads, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
+                       repeats=repeats, load_s=self.load_s, ttft_s=statistics.median(ttft),
+                       prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode),
+                       peak_rss_bytes=peak_rss_bytes())
