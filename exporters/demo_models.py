@@ -78,7 +78,7 @@ def build_model(arch: str, folder: Path, tokenizer=None, seed: int = 0, pad_voca
     cfg = AutoConfig.for_model(arch, vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
                                eos_token_id=tokenizer.eos_token_id, **shape)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():                       # larger than init scale, so logits are not flat
         for p in model.parameters():
             if p.dim() == 2:

@@ -54,9 +54,13 @@ def _hf(model_dir: Path, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises, the user needs one line
+        raise EdgeLLMError(f"{model_dir}: transformers cannot load the original model to verify against "
+                           f"({type(e).__name__}: {e}); --no-verify skips verification") from None
     model.eval()
     return tok, model
 

@@ -37,3 +37,24 @@ def model_dir(tmp_path):
         (d / "config.json").write_text(json.dumps(cfg))
         return d
     return make
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from edgellm.exporters.demo_models import train_tokenizer
+    return train_tokenizer(vocab_size=768, limit_bytes=1 << 20)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, tokenizer):
+    """Build (once) and return the folder of a tiny random-weight model: tiny("llama")."""
+    from edgellm.exporters.demo_models import build_model
+    built = {}
+
+    def get(arch: str, **kw) -> Path:
+        key = (arch, tuple(sorted(kw.items())))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+            built[key] = build_model(arch, folder, tokenizer, **kw)
+        return built[key]
+    return get

@@ -64,3 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"edgellm: error: unexpected {type(e).__name__}: {e} (--debug shows where)", file=sys.stderr)
+        return 1

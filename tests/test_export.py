@@ -1,0 +1,103 @@
+"""GGUF export end to end, as a user runs it: every architecture converts and verifies, the
+quantized files hold exactly the tensor types the planner predicted, and the bundle runs."""
+
+import json
+
+import pytest
+
+from edgellm import models
+from edgellm.plan.ggml_types import TYPES
+from edgellm.plan.gguf_recipes import tensor_types
+from edgellm.runtime.gguf_check import read_header
+
+
+def export(run_cli, model, out, *flags):
+    r = run_cli("export", str(model), "--device", "rpi5", "-o", str(out), *flags)
+    assert r.returncode == 0, r.stderr
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gpt2"])
+def test_every_architecture_exports_f16_and_verifies(run_cli, tiny, tmp_path, arch):
+    folder = tiny(arch, tied=arch != "mistral")
+    manifest = export(run_cli, folder, tmp_path / "b", "--quant", "F16")
+    v = manifest["verification"]
+    assert v["tokenizer"].startswith("identical")
+    # random-weight models have near-flat distributions: a few exact ties within float noise are
+    # expected; a wrong conversion fails the export outright
+    assert v["greedy_tokens_checked"] == 128 and v["greedy_ties_within_float_tolerance"] <= 6
+    assert v["logits_max_rel_diff"] < 0.02
+    assert v["held_out"]["mean_kld"] < 1e-3 and v["held_out"]["top1_agreement"] > 0.97
+    files = manifest["files"]
+    assert manifest["artifact"] in files and "tokenizer.json" in files
+    assert all(len(f["sha256"]) == 64 for f in files.values())
+
+
+def planned(folder, quant):
+    m = models.load_config(str(folder))
+    hist, data = {}, 0
+    for t, ty in tensor_types(m, quant):
+        hist[ty] = hist.get(ty, 0) + 1
+        data += TYPES[ty].row_bytes(t.ne0) * t.ne1
+    return hist, data
+
+
+@pytest.mark.parametrize("quant", ["Q4_K_M", "Q8_0", "Q2_K", "IQ4_XS"])
+def test_quantized_file_has_the_planned_tensor_types(run_cli, tiny, tmp_path, quant):
+    folder = tiny("llama", num_hidden_layers=8)
+    manifest = export(run_cli, folder, tmp_path / "b", "--quant", quant, "--no-verify")
+    hist, data = planned(folder, quant)
+    assert manifest["tensor_types"] == hist
+    header = read_header(tmp_path / "b" / manifest["artifact"])
+    assert sum(t.nbytes for t in header.tensors) == data
+    assert manifest["verification"] == {"skipped": True}
+
+
+def test_rows_not_divisible_by_256_fall_back_like_llama_cpp(run_cli, tiny, tmp_path):
+    folder = tiny("qwen2", hidden_size=320, intermediate_size=640, num_attention_heads=5, num_key_value_heads=1)
+    manifest = export(run_cli, folder, tmp_path / "b", "--quant", "Q4_K_M")
+    hist, _ = planned(folder, "Q4_K_M")
+    assert manifest["tensor_types"] == hist and "Q5_0" in hist
+    assert manifest["verification"]["held_out"]["top1_agreement"] > 0.5
+
+
+def test_padded_vocabulary_exports(run_cli, tiny, tmp_path):
+    folder = tiny("llama", pad_vocab=7)
+    manifest = export(run_cli, folder, tmp_path / "b", "--quant", "Q8_0")
+    header = read_header(tmp_path / "b" / manifest["artifact"])
+    tokens = header.metadata["tokenizer.ggml.tokens"]
+    assert tokens[-1].startswith("[PAD") and len(tokens) == models.load_config(str(folder)).vocab
+
+
+def test_auto_takes_the_planners_choice(run_cli, tiny, tmp_path):
+    folder = tiny("llama")
+    plan = json.loads(run_cli("plan", str(folder), "--device", "rpi5", "--format", "gguf", "--json").stdout)
+    manifest = export(run_cli, folder, tmp_path / "b")
+    assert manifest["choice"] == plan["winner"]["choice"]
+    assert manifest["prediction"]["decode_tokens_per_s"] == plan["winner"]["decode_tokens_per_s"]
+
+
+def test_run_and_profile_the_bundle(run_cli, tiny, tmp_path):
+    export(run_cli, tiny("llama"), tmp_path / "b", "--quant", "Q4_K_M", "--no-verify")
+    r = run_cli("run", str(tmp_path / "b"), "-p", "def main():", "--max-tokens", "8")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert r.stderr == ""                                    # llama.cpp's chatter stays hidden
+    r = run_cli("profile", str(tmp_path / "b"), "--prompt-tokens", "64", "--gen-tokens", "16",
+                "--repeats", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    m = data["measured"]
+    assert m["prefill_tps"] > 0 and m["decode_tps"] > 0 and m["peak_rss_bytes"] > 1 << 20
+    assert m["ttft_s"] > 0 and data["predicted"]["decode_tokens_per_s"] > 0
+    r = run_cli("profile", str(tmp_path / "b"), "--prompt-tokens", "64", "--gen-tokens", "16", "--repeats", "1")
+    assert "predicted" in r.stdout and "decode" in r.stdout
+
+
+def test_one_flipped_byte_is_refused_naming_the_file(run_cli, tiny, tmp_path):
+    manifest = export(run_cli, tiny("llama"), tmp_path / "b", "--quant", "Q8_0", "--no-verify")
+    path = tmp_path / "b" / manifest["artifact"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = run_cli("run", str(tmp_path / "b"), "-p", "x")
+    assert r.returncode == 2 and manifest["artifact"] in r.stderr and "checksum mismatch" in r.stderr
