@@ -30,7 +30,15 @@ def default_threads() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process.  Linux: VmHWM, the high-water mark of this address
+    space (ru_maxrss would also count a parent that forked us before exec).  Elsewhere ru_maxrss
+    (bytes on macOS)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 

@@ -105,10 +105,23 @@ def test_measured_profile_goes_to_the_user_folder(run_cli, tmp_path):
     assert not list((tmp_path / "user-devices").glob("*.partial"))
 
 
-def test_demo_runs_offline(run_cli):
-    r = run_cli("demo")
+def test_demo_plan_only_runs_offline(run_cli):
+    r = run_cli("demo", "--plan-only")
     assert r.returncode == 0, r.stderr
-    assert "every bundled model on rpi5-8gb" in r.stdout and "Llama-3.1-70B" in r.stdout
+    assert "published models on rpi5-8gb" in r.stdout and "Llama-3.1-70B" in r.stdout
+
+
+def test_demo_builds_exports_verifies_runs_and_profiles(run_cli, tmp_path):
+    r = run_cli("demo", "--json", env={"EDGELLM_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    demo = json.loads(r.stdout)["demo"]
+    assert demo["verification"]["tokenizer"].startswith("identical")
+    assert demo["verification"]["held_out"]["mean_kld"] < 0.01
+    assert demo["sample"].startswith("def ") and len(demo["sample"]) > 10
+    assert demo["profile"]["decode_tps"] > 0 and demo["profile"]["peak_rss_bytes"] < 300 << 20
+    assert (tmp_path / "cache" / "demo" / "bundle-rpi5-8gb" / "manifest.json").is_file()
+    again = run_cli("demo", env={"EDGELLM_CACHE": str(tmp_path / "cache")})      # cached model: no retraining
+    assert again.returncode == 0 and "cached at" in again.stderr
 
 
 def test_no_command_prints_help(run_cli):
