@@ -60,6 +60,15 @@ SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-qu
     "mistral": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, sliding_window=None),
     "gpt2": dict(n_embd=256, n_layer=2, n_head=4, n_positions=1024),
+    "phi3": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, original_max_position_embeddings=1024, sliding_window=None),
+    "gemma": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=64),
+    "gemma2": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, sliding_window=128),
+    "gemma3_text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, sliding_window=128,
+                        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0),
 }
 
 
@@ -76,7 +85,8 @@ def build_model(arch: str, folder: Path, tokenizer=None, seed: int = 0, pad_voca
         shape.setdefault("max_position_embeddings", 1024)
         shape["tie_word_embeddings"] = tied
     cfg = AutoConfig.for_model(arch, vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
-                               eos_token_id=tokenizer.eos_token_id, **shape)
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                               **shape)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():                       # larger than init scale, so logits are not flat

@@ -89,6 +89,10 @@ class GgufArch:
     def needs_transform(self, hf_name: str, gguf_name: str) -> bool:
         return False
 
+    def general_name(self, name: str, tokens: list[str]) -> str | None:
+        """``general.name`` for the file, or None to leave it out."""
+        return name
+
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         return iter(())
 
@@ -175,3 +179,100 @@ class GPT2(GgufArch):
 
     def transform(self, hf_name: str, gguf_name: str, data: np.ndarray) -> np.ndarray | None:
         return np.ascontiguousarray(data.T) if hf_name.endswith(self.conv1d) else None
+
+
+@register
+class Phi3(GgufArch):
+    """Phi-3/3.5 mini: fused qkv and gate_up, NEOX rotary (no permutation); long-context variants
+    carry long/short rope factor tables (convert_hf_to_gguf.py Phi3MiniModel)."""
+    model_types = ("phi3",)
+    arch_name = "phi3"
+
+    def _rope(self) -> dict:
+        return self.cfg.get("rope_scaling") or {}
+
+    def general_name(self, name: str, tokens: list[str]) -> str | None:
+        # llama.cpp (llama-vocab.cpp) adjusts </s>, <unk>, <s> and <|endoftext|> when general.name
+        # contains "phi3" and aborts if the vocabulary lacks them (retrained BPE vocabularies do)
+        needed = {"</s>", "<unk>", "<s>", "<|endoftext|>"}
+        if any(k in name.lower() for k in ("phi3", "phi-3")) and not needed <= set(tokens):
+            return None
+        return name
+
+    def add_metadata(self, w) -> None:
+        super().add_metadata(w)
+        c, m = self.cfg, self.model
+        orig = c.get("original_max_position_embeddings") or m.max_context
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_sliding_window(c.get("sliding_window") or 0)
+        rope = self._rope()
+        if rope.get("long_factor"):
+            kind = (rope.get("rope_type") or rope.get("type") or "").lower()
+            if kind not in ("su", "longrope"):
+                raise BadInput(f"{m.name}: rope scaling '{kind}' is not supported for phi3 export")
+            scale = m.max_context / orig
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0)
+
+    def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+        rope = self._rope()
+        if rope.get("long_factor"):
+            yield "rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32)
+            yield "rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32)
+
+
+class _GemmaNorms(GgufArch):
+    """Gemma's RMSNorm multiplies by (1 + w); llama.cpp's by w, so the converter adds 1."""
+
+    def needs_transform(self, hf_name: str, gguf_name: str) -> bool:
+        return hf_name.endswith("norm.weight")
+
+    def transform(self, hf_name: str, gguf_name: str, data: np.ndarray) -> np.ndarray | None:
+        return data + 1.0 if hf_name.endswith("norm.weight") else None
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        if hf_name == "lm_head.weight":
+            return None                                  # Gemma always ties the head
+        return super().gguf_name(hf_name)
+
+    def add_metadata(self, w) -> None:
+        super().add_metadata(w)
+        w.add_key_length(self.model.head_dim)
+        w.add_value_length(self.model.head_dim)
+
+
+@register
+class Gemma(_GemmaNorms):
+    model_types = ("gemma",)
+    arch_name = "gemma"
+
+
+@register
+class Gemma2(_GemmaNorms):
+    model_types = ("gemma2",)
+    arch_name = "gemma2"
+
+    def add_metadata(self, w) -> None:
+        super().add_metadata(w)
+        c = self.cfg
+        w.add_attn_logit_softcapping(float(c.get("attn_logit_softcapping") or 0.0))
+        w.add_final_logit_softcapping(float(c.get("final_logit_softcapping") or 0.0))
+        w.add_sliding_window(int(c.get("sliding_window") or 0))
+
+
+@register
+class Gemma3(_GemmaNorms):
+    model_types = ("gemma3_text", "gemma3")
+    arch_name = "gemma3"
+
+    def add_metadata(self, w) -> None:
+        super().add_metadata(w)
+        c = self.cfg
+        if c.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
+        if c.get("sliding_window_pattern") != 1 and c.get("sliding_window"):
+            w.add_sliding_window(int(c["sliding_window"]))
+        rope = c.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type")) == "linear":
+            import gguf
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(rope["factor"]))

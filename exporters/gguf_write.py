@@ -95,7 +95,9 @@ def write_f16_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: 
     entries = _plan_tensors(model, ckpt, arch)
     extras = dict(arch.extra_tensors())
     w = gguf.GGUFWriter(path=None, arch=arch.gguf_arch_name)
-    w.add_name(Path(model.name).name)
+    name = arch.general_name(Path(model.name).name, vocab.tokens)
+    if name:
+        w.add_name(name)
     w.add_file_type(GGUF_FTYPE_MOSTLY_F16)
     arch.add_metadata(w)
     add_to_writer(w, folder, vocab)

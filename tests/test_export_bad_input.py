@@ -128,8 +128,8 @@ def test_unsupported_and_non_causal_models(run_cli, tiny, tmp_path):
     cfg = json.loads((m / "config.json").read_text())
     (m / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
     assert "not a causal language model" in fails(run_cli, m, tmp_path / "out")
-    (m / "config.json").write_text(json.dumps({**cfg, "model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}))
-    assert "GGUF export does not support 'phi3' yet; supported: gpt2, llama" in fails(run_cli, m, tmp_path / "out")
+    (m / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon", "architectures": ["FalconForCausalLM"]}))
+    assert "architecture 'falcon' is not supported; supported:" in fails(run_cli, m, tmp_path / "out")
 
 
 def test_existing_output_needs_force(run_cli, tiny, tmp_path):
