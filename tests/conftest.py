@@ -24,7 +24,7 @@ def run_cli(tmp_path):
         env = {**os.environ, **kw.pop("env", {})}
         exe = Path(sys.executable).with_name("edgellm")
         return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env,
-                              cwd=kw.pop("cwd", tmp_path), timeout=120)
+                              cwd=kw.pop("cwd", tmp_path), timeout=kw.pop("timeout", 300))
     return run
 
 

@@ -112,7 +112,7 @@ def test_demo_plan_only_runs_offline(run_cli):
 
 
 def test_demo_builds_exports_verifies_runs_and_profiles(run_cli, tmp_path):
-    r = run_cli("demo", "--json", env={"EDGELLM_CACHE": str(tmp_path / "cache")})
+    r = run_cli("demo", "--json", env={"EDGELLM_CACHE": str(tmp_path / "cache")}, timeout=900)
     assert r.returncode == 0, r.stderr
     demo = json.loads(r.stdout)["demo"]
     assert demo["verification"]["tokenizer"].startswith("identical")
