@@ -1,6 +1,6 @@
 """The GGUF export stage: model folder + build choice in, verified bundle folder out.
 
-load -> convert (F16, streamed) -> quantize (llama.cpp) -> verify -> package.  Everything is
+load -> convert and quantize (streamed, tensor by tensor) -> verify -> package.  Everything is
 written inside ``<out>.partial-<pid>`` next to the destination, which is renamed into place only
 when the bundle is complete; an error, a full disk or Ctrl-C removes it, so nothing at the output
 path ever looks finished when it is not.
@@ -20,9 +20,8 @@ from edgellm import __version__
 from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.exporters.checkpoint import open_checkpoint
 from edgellm.exporters.gguf_arch import for_model
-from edgellm.exporters.gguf_quantize import FTYPE_NAMES, quantize
 from edgellm.exporters.gguf_vocab import read_vocab
-from edgellm.exporters.gguf_write import write_f16_gguf
+from edgellm.exporters.gguf_write import FILE_TYPES, write_gguf
 from edgellm.models.config import ModelConfig
 from edgellm.plan.choice import BuildChoice
 from edgellm.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, sha256_file
@@ -80,8 +79,8 @@ def _prepare_out(req: ExportRequest) -> Path:
 
 
 def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: None) -> ExportResult:
-    if req.choice.format != "gguf" or req.choice.quant not in FTYPE_NAMES:
-        raise BadInput(f"GGUF export offers {', '.join(FTYPE_NAMES)}; not {req.choice.quant}")
+    if req.choice.format != "gguf" or req.choice.quant not in FILE_TYPES:
+        raise BadInput(f"GGUF export offers {', '.join(FILE_TYPES)}; not {req.choice.quant}")
     t0 = time.perf_counter()
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
     arch = for_model(req.model)
@@ -89,14 +88,9 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     tmp = _prepare_out(req)
     try:
         name = f"{Path(req.model.name).name}-{req.choice.quant}.gguf"
-        f16 = tmp / (name if req.choice.quant == "F16" else ".base-F16.gguf")
-        write_f16_gguf(req.model, ckpt, arch, vocab, req.model_dir, f16,
-                       lambda i, n: stage(f"[1/4] converting to GGUF F16: tensor {i}/{n}"))
         artifact = tmp / name
-        if req.choice.quant != "F16":
-            stage(f"[2/4] quantizing to {req.choice.quant} with llama.cpp")
-            quantize(f16, artifact, req.choice.quant, req.threads)
-            f16.unlink()
+        write_gguf(req.model, ckpt, arch, vocab, req.model_dir, artifact, req.choice.quant, req.threads,
+                   lambda i, n: stage(f"[1/3] converting to GGUF {req.choice.quant}: tensor {i}/{n}"))
         header = read_header(artifact)
         types: dict[str, int] = {}
         for t in header.tensors:
@@ -108,8 +102,8 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         if req.verify:
             from edgellm.exporters.verify_gguf import verify
             report = verify(req.model_dir, artifact, req.choice.quant, req.threads, req.trust_remote_code,
-                            progress=lambda m: stage(f"[3/4] verifying: {m}"))
-        stage("[4/4] writing the manifest")
+                            progress=lambda m: stage(f"[2/3] verifying: {m}"))
+        stage("[3/3] writing the manifest")
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {

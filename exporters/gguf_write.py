@@ -1,10 +1,15 @@
-"""Write a Hugging Face checkpoint as an F16 GGUF file, streaming one tensor at a time.
+"""Write a Hugging Face checkpoint as a GGUF file of any offered type, one tensor at a time.
 
-Matrices are written as F16 and vectors (norms, biases) as F32, as llama.cpp's converter does.
+Each tensor gets the ggml type llama.cpp's own recipe gives it (``edgellm.plan.gguf_recipes``,
+checked against llama-quantize's output in the tests): vectors F32, other matrices F16 or a block
+type, quantized row by row with ggml's own code (``ggml_quant``).  Values pass through float16
+first, exactly as in llama.cpp's convert-then-quantize pipeline, so the tensor bytes are the same
+as llama-quantize writes, without its full-size F16 intermediate file.
+
 Every tensor the architecture needs is checked present and of the right shape before anything is
 written; tensors are written in the order the planner assumes (embeddings, then layer by layer),
-which is also the order llama.cpp's quantizer counts layers in.  Big tensors are converted in row
-chunks into one F16 buffer, so peak memory is about one tensor at two bytes per weight.
+the order llama.cpp's quantizer counts layers in.  Big tensors are read and converted in row
+chunks, so peak memory is about one converted tensor.
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ from edgellm.errors import BadInput
 from edgellm.exporters.checkpoint import Checkpoint
 from edgellm.exporters.gguf_arch import GgufArch
 from edgellm.exporters.gguf_vocab import Vocab, add_to_writer
+from edgellm.exporters.ggml_quant import quantize_into, row_bytes
 from edgellm.models.config import ModelConfig
+from edgellm.plan.gguf_recipes import tensor_types
 
 CHUNK_ELEMENTS = 16 << 20          # 64 MB of float32 per conversion step
-GGUF_FTYPE_MOSTLY_F16 = 1
+# llama_ftype values (llama.h) recorded as general.file_type
+FILE_TYPES = {"F16": 1, "Q4_0": 2, "Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17,
+              "Q6_K": 18, "IQ4_XS": 30}
+QUANTIZATION_VERSION = 2           # GGML_QNT_VERSION
 
 
 @dataclass(frozen=True)
@@ -30,10 +40,18 @@ class Entry:
     gguf_name: str
     hf_name: str | None            # None for tables the converter computes (rope factors)
     shape: tuple[int, ...]         # numpy order (rows, cols)
-    dtype: type
+    ggml_type: str                 # F32, F16 or a block type
+
+    @property
+    def nbytes(self) -> int:
+        if self.ggml_type == "F32":
+            return int(np.prod(self.shape)) * 4
+        if self.ggml_type == "F16":
+            return int(np.prod(self.shape)) * 2
+        return self.shape[0] * row_bytes(self.ggml_type, self.shape[-1])
 
 
-def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch) -> list[Entry]:
+def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: str) -> list[Entry]:
     by_gguf: dict[str, str] = {}
     for hf in ckpt.names():
         g = arch.gguf_name(hf)
@@ -43,11 +61,10 @@ def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch) -> list[
             by_gguf[g] = hf
     extras = dict(arch.extra_tensors())
     entries, missing = [], []
-    for spec in model.tensors:
+    for spec, ggml_type in tensor_types(model, quant):
         want = (spec.ne1, spec.ne0) if spec.is_matrix else (spec.ne0,)
-        dtype = np.float16 if spec.is_matrix else np.float32
         if spec.name in extras:
-            entries.append(Entry(spec.name, None, want, np.float32))
+            entries.append(Entry(spec.name, None, want, "F32"))
             continue
         hf = by_gguf.pop(spec.name, None)
         if hf is None:
@@ -58,7 +75,7 @@ def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch) -> list[
             shape = shape[::-1]                       # stored transposed (GPT-2 Conv1D)
         if shape != want:
             raise BadInput(f"{model.name}: {hf} has shape {list(shape)}, config.json implies {list(want)}")
-        entries.append(Entry(spec.name, hf, want, dtype))
+        entries.append(Entry(spec.name, hf, want, ggml_type))
     if missing:
         raise BadInput(f"{model.name}: the checkpoint lacks {len(missing)} tensor(s) the architecture "
                        f"needs, e.g. {', '.join(missing[:3])}")
@@ -68,48 +85,68 @@ def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch) -> list[
     return entries
 
 
-def _convert(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict) -> np.ndarray:
+def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int) -> None:
+    """float32 rows -> ``out`` (a view of the tensor's final bytes) in ``ggml_type``."""
+    if ggml_type == "F32":
+        out.view(np.float32).reshape(rows.shape)[...] = rows
+        return
+    half = rows.astype(np.float16)
+    if ggml_type == "F16":
+        out.view(np.float16).reshape(rows.shape)[...] = half
+    else:
+        quantize_into(ggml_type, half.astype(np.float32).reshape(rows.shape[0], -1), out, threads)
+
+
+def _convert(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict, threads: int) -> np.ndarray:
+    out = np.empty(entry.nbytes, dtype=np.uint8)
     if entry.hf_name is None:
-        return extras[entry.gguf_name].astype(entry.dtype)
+        _encode(extras[entry.gguf_name].astype(np.float32), entry.ggml_type, out, threads)
+        return out
     if arch.needs_transform(entry.hf_name, entry.gguf_name) or len(entry.shape) < 2:
         data = ckpt.read(entry.hf_name)
         changed = arch.transform(entry.hf_name, entry.gguf_name, data)
-        out = (data if changed is None else changed).astype(entry.dtype)
+        chunks = [(data if changed is None else changed).astype(np.float32)]
     else:
-        out = np.empty(entry.shape, dtype=entry.dtype)
         rows = max(1, CHUNK_ELEMENTS // max(1, entry.shape[1]))
-        at = 0
-        for chunk in ckpt.read_rows(entry.hf_name, rows):
-            out[at:at + len(chunk)] = chunk
-            at += len(chunk)
-    if entry.dtype == np.float16 and not np.isfinite(out).all():
-        raise BadInput(f"{entry.hf_name}: values outside float16's range (or NaN); cannot write an F16 GGUF")
+        chunks = ckpt.read_rows(entry.hf_name, rows)
+    per_row = entry.nbytes // entry.shape[0] if len(entry.shape) > 1 else entry.nbytes
+    at = 0
+    for chunk in chunks:
+        if not np.isfinite(chunk).all() or (entry.ggml_type != "F32" and np.abs(chunk).max() > 65504):
+            raise BadInput(f"{entry.hf_name}: values outside float16's range (or NaN); cannot convert")
+        n = len(chunk) if len(entry.shape) > 1 else 1
+        _encode(chunk.reshape(n, -1) if len(entry.shape) > 1 else chunk, entry.ggml_type,
+                out[at:at + n * per_row], threads)
+        at += n * per_row
     return out
 
 
-def write_f16_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: Vocab, folder: Path,
-                   path: Path, progress: Callable[[int, int], None] = lambda done, total: None) -> None:
-    """Write ``path`` (the caller owns making it atomic)."""
+def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: Vocab, folder: Path,
+               path: Path, quant: str = "F16", threads: int = 1,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> None:
+    """Write ``path`` as a ``quant`` GGUF (the caller owns making it atomic)."""
     import gguf
 
-    entries = _plan_tensors(model, ckpt, arch)
+    entries = _plan_tensors(model, ckpt, arch, quant)
     extras = dict(arch.extra_tensors())
     w = gguf.GGUFWriter(path=None, arch=arch.gguf_arch_name)
     name = arch.general_name(Path(model.name).name, vocab.tokens)
     if name:
         w.add_name(name)
-    w.add_file_type(GGUF_FTYPE_MOSTLY_F16)
+    w.add_file_type(FILE_TYPES[quant])
+    if quant != "F16":
+        w.add_quantization_version(QUANTIZATION_VERSION)
     arch.add_metadata(w)
     add_to_writer(w, folder, vocab)
     for e in entries:
-        nbytes = int(np.prod(e.shape)) * np.dtype(e.dtype).itemsize
-        w.add_tensor_info(e.gguf_name, e.shape, np.dtype(e.dtype), nbytes)
+        w.add_tensor_info(e.gguf_name, e.shape, np.dtype(np.float32), e.nbytes,
+                          raw_dtype=gguf.GGMLQuantizationType[e.ggml_type])
     w.write_header_to_file(path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     try:
         for i, e in enumerate(entries):
-            w.write_tensor_data(_convert(e, ckpt, arch, extras))
+            w.write_tensor_data(_convert(e, ckpt, arch, extras, threads))
             progress(i + 1, len(entries))
         w.flush()
     finally:

@@ -3,8 +3,8 @@
 Why our own: the file is untrusted input.  Every check here fails with one message naming the
 file: header length past the end of the file, a header that is not a JSON object, an unknown
 dtype, a shape that does not match its byte range, ranges past the data or overlapping, a file
-truncated after its header.  Tensors are then read through a memory map one at a time, so peak
-memory is about one tensor (or one chunk of rows), never the checkpoint.  bfloat16 is widened to
+truncated after its header.  Tensors are then read one at a time (or one chunk of rows at a time), so
+peak memory is about one tensor, never the checkpoint.  bfloat16 is widened to
 float32 with integer shifts, since numpy has no bfloat16.
 """
 
@@ -66,7 +66,6 @@ class SafetensorsFile:
         self.metadata = header.pop("__metadata__", {}) or {}
         self.tensors = {name: self._entry(name, spec) for name, spec in header.items()}
         self._check_ranges()
-        self._map: np.memmap | None = None
 
     def _bad(self, what: str) -> BadInput:
         return BadInput(f"{self.path}: not a valid safetensors file: {what}")
@@ -95,26 +94,36 @@ class SafetensorsFile:
             raise self._bad(f"truncated: tensor data needs {last_end} bytes after the header, "
                             f"the file has {self.data_size}")
 
-    def _array(self, e: TensorEntry) -> np.ndarray:
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        raw = self._map[self.data_start + e.begin:self.data_start + e.end]
-        return raw.view(DTYPES[e.dtype][0]).reshape(e.shape)
+    def _read(self, e: TensorEntry, first_row: int = 0, n_rows: int | None = None) -> np.ndarray:
+        """Rows of a tensor, read into memory.  Plain reads rather than a memory map: mapped file
+        pages would count toward this process's resident memory for as long as it runs."""
+        np_dtype, itemsize = DTYPES[e.dtype]
+        if not e.shape:
+            count, offset, shape = 1, e.begin, ()
+        else:
+            row = math.prod(e.shape[1:]) if len(e.shape) > 1 else 1
+            n_rows = e.shape[0] - first_row if n_rows is None else min(n_rows, e.shape[0] - first_row)
+            count, offset, shape = n_rows * row, e.begin + first_row * row * itemsize, (n_rows, *e.shape[1:])
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + offset)
+            data = np.fromfile(f, dtype=np_dtype, count=count)
+        if data.size != count:
+            raise self._bad(f"tensor {e.name!r} is truncated")
+        return data.reshape(shape)
 
     def read(self, name: str) -> np.ndarray:
         """The whole tensor as float32 (floats) or its own dtype (integers)."""
         e = self.tensors[name]
-        return _widen(self._array(e), e.dtype)
+        return _widen(self._read(e), e.dtype)
 
     def read_rows(self, name: str, rows_per_chunk: int) -> Iterator[np.ndarray]:
         """The tensor as float32 chunks of whole rows (first dimension), for streaming."""
         e = self.tensors[name]
-        arr = self._array(e)
-        if arr.ndim == 0:
-            yield _widen(arr, e.dtype)
+        if not e.shape:
+            yield _widen(self._read(e), e.dtype)
             return
-        for start in range(0, arr.shape[0], rows_per_chunk):
-            yield _widen(arr[start:start + rows_per_chunk], e.dtype)
+        for start in range(0, e.shape[0], rows_per_chunk):
+            yield _widen(self._read(e, start, rows_per_chunk), e.dtype)
 
 
 def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:

@@ -102,3 +102,31 @@ def test_one_flipped_byte_is_refused_naming_the_file(run_cli, tiny, tmp_path):
     path.write_bytes(bytes(data))
     r = run_cli("run", str(tmp_path / "b"), "-p", "x")
     assert r.returncode == 2 and manifest["artifact"] in r.stderr and "checksum mismatch" in r.stderr
+
+
+def tensor_bytes(path):
+    header = read_header(path)
+    blob = path.read_bytes()
+    return {t.name: (t.type_name, t.shape, blob[header.data_start + t.offset:header.data_start + t.offset + t.nbytes])
+            for t in header.tensors}
+
+
+@pytest.mark.parametrize("quant", ["Q4_K_M", "Q6_K", "Q3_K_M", "IQ4_XS"])
+def test_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, quant):
+    """Our streamed quantization against llama.cpp's own pipeline (F16 file -> llama-quantize)."""
+    import ctypes
+
+    import llama_cpp
+
+    folder = tiny("llama", num_hidden_layers=8)
+    f16 = export(run_cli, folder, tmp_path / "f16", "--quant", "F16", "--no-verify")["artifact"]
+    ours = export(run_cli, folder, tmp_path / "q", "--quant", quant, "--no-verify")["artifact"]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    ref = tmp_path / "ref.gguf"
+    assert llama_cpp.llama_model_quantize(str(tmp_path / "f16" / f16).encode(), str(ref).encode(),
+                                          ctypes.byref(params)) == 0
+    mine, theirs = tensor_bytes(tmp_path / "q" / ours), tensor_bytes(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in theirs:
+        assert mine[name] == theirs[name], name

@@ -157,10 +157,16 @@ def _request(tiny, tmp_path, quant="Q4_K_M"):
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
 def test_interrupt_or_full_disk_mid_export_leaves_nothing(tiny, tmp_path, monkeypatch, failure):
     from edgellm.exporters import export_gguf as mod
+    from edgellm.exporters import gguf_write
 
-    def boom(*a, **k):
-        raise failure
-    monkeypatch.setattr(mod, "quantize", boom)
+    real, calls = gguf_write._convert, []
+
+    def boom(*a, **k):                      # fail after a few tensors are already on disk
+        calls.append(1)
+        if len(calls) > 5:
+            raise failure
+        return real(*a, **k)
+    monkeypatch.setattr(gguf_write, "_convert", boom)
     with pytest.raises((KeyboardInterrupt, EdgeLLMError)) as e:
         mod.export_gguf(_request(tiny, tmp_path))
     if isinstance(failure, OSError):

@@ -73,12 +73,12 @@ def test_truncating_a_real_export_is_caught(tmp_path, tiny):
     from edgellm.exporters.checkpoint import open_checkpoint
     from edgellm.exporters.gguf_arch import for_model
     from edgellm.exporters.gguf_vocab import read_vocab
-    from edgellm.exporters.gguf_write import write_f16_gguf
+    from edgellm.exporters.gguf_write import write_gguf
 
     folder = tiny("llama")
     m = models.load_config(str(folder))
     path = tmp_path / "m.gguf"
-    write_f16_gguf(m, open_checkpoint(folder), for_model(m), read_vocab(folder, m.vocab), folder, path)
+    write_gguf(m, open_checkpoint(folder), for_model(m), read_vocab(folder, m.vocab), folder, path)
     assert len(read_header(path).tensors) == len(m.tensors)
     blob = path.read_bytes()
     for cut in (len(blob) - 1, len(blob) // 2, 100):
