@@ -123,20 +123,22 @@ class Llama(GgufArch):
         rope = self.cfg.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type")) != "llama3":
             return
-        base, dim = float(self.cfg.get("rope_theta", 10000.0)), self.model.head_dim
-        factor = rope.get("factor", 8.0)
-        low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
-        old = rope.get("original_max_position_embeddings", 8192)
+        # float32 arithmetic throughout, as the converter's torch code does, for identical bytes
+        f32 = np.float32
+        base, dim = f32(self.cfg.get("rope_theta", 10000.0)), self.model.head_dim
+        factor = f32(rope.get("factor", 8.0))
+        low, high = f32(rope.get("low_freq_factor", 1.0)), f32(rope.get("high_freq_factor", 4.0))
+        old = f32(rope.get("original_max_position_embeddings", 8192))
         factors = []
-        for freq in 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim):
-            wavelen = 2 * math.pi / freq
+        for freq in f32(1.0) / base ** (np.arange(0, dim, 2, dtype=f32) / f32(dim)):
+            wavelen = f32(2 * math.pi) / freq
             if wavelen < old / high:
-                factors.append(1.0)
+                factors.append(f32(1.0))
             elif wavelen > old / low:
                 factors.append(factor)
             else:
                 smooth = (old / wavelen - low) / (high - low)
-                factors.append(1 / ((1 - smooth) / factor + smooth))
+                factors.append(f32(1.0) / ((f32(1.0) - smooth) / factor + smooth))
         yield "rope_freqs.weight", np.array(factors, dtype=np.float32)
 
 

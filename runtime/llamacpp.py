@@ -82,9 +82,10 @@ class LlamaCppModel:
         t0 = time.perf_counter()
         try:
             with captured_stderr():
-                    self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
+                    # flash attention on, as llama.cpp's own "auto" default picks on CPU
+                self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
                                  n_threads=self.threads, n_threads_batch=self.threads,
-                                 logits_all=logits_all, verbose=False)
+                                 logits_all=logits_all, flash_attn=True, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise BadInput(f"{self.path}: llama.cpp could not load it ({e})") from None
         self.load_s = time.perf_counter() - t0
@@ -131,6 +132,34 @@ class LlamaCppModel:
                                                 seed=seed, stream=True):
                 yield c["choices"][0]["text"]
 
+    def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:
+        """(prefill s, time to first token s, decode s) through llama.cpp's C API directly: one
+        llama_decode for the prompt, then one per token, the greedy choice taken on a zero-copy
+        view of llama.cpp's logits (no per-token copy of the vocabulary, no candidate array)."""
+        import llama_cpp as C
+
+        ctx, n_vocab = self.llm.ctx, self.n_vocab
+        C.llama_memory_clear(C.llama_get_memory(ctx), True)
+
+        def greedy() -> int:
+            return int(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax())
+
+        arr = (C.llama_token * len(prompt))(*prompt)
+        t0 = time.perf_counter()
+        if C.llama_decode(ctx, C.llama_batch_get_one(arr, len(prompt))) != 0:
+            raise EdgeLLMError("llama.cpp failed to evaluate the prompt")
+        t1 = time.perf_counter()
+        tok = (C.llama_token * 1)(greedy())
+        ttft = time.perf_counter() - t0
+        t2 = time.perf_counter()
+        for _ in range(gen_tokens):
+            if C.llama_decode(ctx, C.llama_batch_get_one(tok, 1)) != 0:
+                raise EdgeLLMError("llama.cpp failed to decode a token")
+            tok[0] = greedy()
+        t3 = time.perf_counter()
+        self.llm.reset()
+        return t1 - t0, ttft, t3 - t2
+
     def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
         """Time prefill of a ``prompt_tokens`` prompt and greedy decode of ``gen_tokens``."""
         if prompt_tokens + gen_tokens > self.n_ctx:
@@ -139,21 +168,13 @@ class LlamaCppModel:
         seed_text = "The quick brown fox jumps over the lazy dog. 0123456789 " * 4
         base = self.tokenize(seed_text, add_bos=False) or [0]
         prompt = (self.tokenize("", add_bos=True) + base * (prompt_tokens // len(base) + 1))[:prompt_tokens]
+        self._timed_run(prompt[:min(8, len(prompt))], 2)          # warm-up, as llama-bench does
         prefill, decode, ttft = [], [], []
         for _ in range(repeats):
-            self.llm.reset()
-            t0 = time.perf_counter()
-            self.llm.eval(prompt)
-            t1 = time.perf_counter()
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            ttft.append(time.perf_counter() - t0)
-            t2 = time.perf_counter()
-            for _ in range(gen_tokens):
-                self.llm.eval([nxt])
-                nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            t3 = time.perf_counter()
-            prefill.append(prompt_tokens / (t1 - t0))
-            decode.append(gen_tokens / (t3 - t2))
+            t_prefill, t_first, t_decode = self._timed_run(prompt, gen_tokens)
+            prefill.append(prompt_tokens / t_prefill)
+            decode.append(gen_tokens / t_decode)
+            ttft.append(t_first)
         return Profile(threads=self.threads, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
                        repeats=repeats, load_s=self.load_s, ttft_s=statistics.median(ttft),
                        prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode),

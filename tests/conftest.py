@@ -52,7 +52,7 @@ def tiny(tmp_path_factory, tokenizer):
     built = {}
 
     def get(arch: str, **kw) -> Path:
-        key = (arch, tuple(sorted(kw.items())))
+        key = (arch, json.dumps(kw, sort_keys=True))
         if key not in built:
             folder = tmp_path_factory.mktemp(f"tiny-{arch}")
             built[key] = build_model(arch, folder, tokenizer, **kw)

@@ -34,6 +34,15 @@ def test_every_architecture_exports_f16_and_verifies(run_cli, tiny, tmp_path, ar
     assert all(len(f["sha256"]) == 64 for f in files.values())
 
 
+def test_llama3_rope_scaling_table_verifies(run_cli, tiny, tmp_path):
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}
+    manifest = export(run_cli, tiny("llama", rope_scaling=rope), tmp_path / "b", "--quant", "F16")
+    assert manifest["verification"]["held_out"]["mean_kld"] < 1e-3
+    header = read_header(tmp_path / "b" / manifest["artifact"])
+    assert "rope_freqs.weight" in {t.name for t in header.tensors}
+
+
 def planned(folder, quant):
     m = models.load_config(str(folder))
     hist, data = {}, 0
