@@ -49,13 +49,18 @@ class Checkpoint:
             return self._arrays[name]
         return self._where[name].read(name)
 
-    def read_rows(self, name: str, rows_per_chunk: int) -> Iterator[np.ndarray]:
+    def read_rows(self, name: str, rows_per_chunk: int, raw: bool = False) -> Iterator[np.ndarray]:
+        """Row chunks as float32, or with ``raw`` as stored (see ``stored_dtype`` and ``widen``)."""
         if name in self._arrays:
             arr = self._arrays[name]
             for i in range(0, max(arr.shape[0], 1), rows_per_chunk):
                 yield arr[i:i + rows_per_chunk]
             return
-        yield from self._where[name].read_rows(name, rows_per_chunk)
+        yield from self._where[name].read_rows(name, rows_per_chunk, raw=raw)
+
+    def stored_dtype(self, name: str) -> str:
+        """safetensors dtype name of a tensor ("F32" for tensors already in memory)."""
+        return "F32" if name in self._arrays else self._where[name].dtype(name)
 
 
 def _sharded(folder: Path, index_path: Path) -> Checkpoint:

@@ -14,6 +14,7 @@ chunks, so peak memory is about one converted tensor.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from edgellm.exporters.checkpoint import Checkpoint
 from edgellm.exporters.gguf_arch import GgufArch
 from edgellm.exporters.gguf_vocab import Vocab, add_to_writer
 from edgellm.exporters.ggml_quant import quantize_into, row_bytes
+from edgellm.exporters.safetensors_reader import widen
 from edgellm.models.config import ModelConfig
 from edgellm.plan.gguf_recipes import tensor_types
 
@@ -85,8 +87,10 @@ def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: s
     return entries
 
 
-def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int) -> None:
-    """float32 rows -> ``out`` (a view of the tensor's final bytes) in ``ggml_type``."""
+def _encode_span(rows: np.ndarray, ggml_type: str, out: np.ndarray, stored: str = "F32") -> None:
+    rows = widen(rows, stored)
+    if not np.isfinite(rows).all() or (ggml_type != "F32" and rows.size and np.abs(rows).max() > 65504):
+        raise BadInput("values outside float16's range (or NaN); cannot convert")
     if ggml_type == "F32":
         out.view(np.float32).reshape(rows.shape)[...] = rows
         return
@@ -94,7 +98,22 @@ def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int) -> 
     if ggml_type == "F16":
         out.view(np.float16).reshape(rows.shape)[...] = half
     else:
-        quantize_into(ggml_type, half.astype(np.float32).reshape(rows.shape[0], -1), out, threads)
+        quantize_into(ggml_type, half.astype(np.float32).reshape(rows.shape[0], -1), out, threads=1)
+
+
+def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, stored: str = "F32") -> None:
+    """Rows as stored -> ``out`` (a view of the tensor's final bytes) in ``ggml_type``; the rows are
+    split across threads for the whole pipeline (numpy and ggml both release the GIL)."""
+    n = rows.shape[0] if rows.ndim > 1 else 1
+    if threads <= 1 or rows.ndim < 2 or n < 2 * threads:
+        _encode_span(rows, ggml_type, out, stored)
+        return
+    per_row = out.nbytes // n
+    step = -(-n // threads)
+    spans = [(a, min(n, a + step)) for a in range(0, n, step)]
+    with ThreadPoolExecutor(len(spans)) as pool:
+        list(pool.map(lambda ab: _encode_span(rows[ab[0]:ab[1]], ggml_type,
+                                              out[ab[0] * per_row:ab[1] * per_row], stored), spans))
 
 
 def _convert(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict, threads: int) -> np.ndarray:
@@ -102,22 +121,25 @@ def _convert(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict, threa
     if entry.hf_name is None:
         _encode(extras[entry.gguf_name].astype(np.float32), entry.ggml_type, out, threads)
         return out
+    stored = "F32"
     if arch.needs_transform(entry.hf_name, entry.gguf_name) or len(entry.shape) < 2:
         data = ckpt.read(entry.hf_name)
         changed = arch.transform(entry.hf_name, entry.gguf_name, data)
         chunks = [(data if changed is None else changed).astype(np.float32)]
     else:
         rows = max(1, CHUNK_ELEMENTS // max(1, entry.shape[1]))
-        chunks = ckpt.read_rows(entry.hf_name, rows)
+        stored = ckpt.stored_dtype(entry.hf_name)
+        chunks = ckpt.read_rows(entry.hf_name, rows, raw=True)
     per_row = entry.nbytes // entry.shape[0] if len(entry.shape) > 1 else entry.nbytes
     at = 0
-    for chunk in chunks:
-        if not np.isfinite(chunk).all() or (entry.ggml_type != "F32" and np.abs(chunk).max() > 65504):
-            raise BadInput(f"{entry.hf_name}: values outside float16's range (or NaN); cannot convert")
-        n = len(chunk) if len(entry.shape) > 1 else 1
-        _encode(chunk.reshape(n, -1) if len(entry.shape) > 1 else chunk, entry.ggml_type,
-                out[at:at + n * per_row], threads)
-        at += n * per_row
+    try:
+        for chunk in chunks:
+            n = len(chunk) if len(entry.shape) > 1 else 1
+            _encode(chunk.reshape(n, -1) if len(entry.shape) > 1 else chunk, entry.ggml_type,
+                    out[at:at + n * per_row], threads, stored)
+            at += n * per_row
+    except BadInput as e:
+        raise BadInput(f"{entry.hf_name}: {e.message}") from None
     return out
 
 

@@ -116,14 +116,24 @@ class SafetensorsFile:
         e = self.tensors[name]
         return _widen(self._read(e), e.dtype)
 
-    def read_rows(self, name: str, rows_per_chunk: int) -> Iterator[np.ndarray]:
-        """The tensor as float32 chunks of whole rows (first dimension), for streaming."""
+    def read_rows(self, name: str, rows_per_chunk: int, raw: bool = False) -> Iterator[np.ndarray]:
+        """The tensor in chunks of whole rows (first dimension), for streaming: float32, or with
+        ``raw`` as stored (bfloat16 as uint16; ``widen`` converts), so callers can widen in threads."""
         e = self.tensors[name]
         if not e.shape:
             yield _widen(self._read(e), e.dtype)
             return
         for start in range(0, e.shape[0], rows_per_chunk):
-            yield _widen(self._read(e, start, rows_per_chunk), e.dtype)
+            chunk = self._read(e, start, rows_per_chunk)
+            yield chunk if raw else _widen(chunk, e.dtype)
+
+    def dtype(self, name: str) -> str:
+        return self.tensors[name].dtype
+
+
+def widen(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values as float32 (bfloat16 is stored as uint16)."""
+    return _widen(arr, dtype)
 
 
 def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:

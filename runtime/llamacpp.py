@@ -106,17 +106,6 @@ class LlamaCppModel:
         self.llm.eval(tokens)
         return np.array(self.llm.scores[:len(tokens)], dtype=np.float32)
 
-    def greedy(self, tokens: list[int], n: int) -> list[int]:
-        """``n`` greedy continuation tokens (no stop on end-of-text: for comparisons)."""
-        self.llm.reset()
-        self.llm.eval(tokens)
-        out = []
-        for _ in range(n):
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            out.append(nxt)
-            self.llm.eval([nxt])
-        return out
-
     def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
         """Generated text piece by piece; with ``chat`` the GGUF's own chat template wraps the prompt."""
         if chat:
