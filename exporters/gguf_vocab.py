@@ -68,6 +68,9 @@ def identify_pre_tokenizer(tj: dict, where: str) -> str:
 def read_vocab(folder: Path, n_vocab: int) -> Vocab:
     """Tokens and their types from tokenizer.json, padded to the model's embedding rows."""
     path = folder / "tokenizer.json"
+    if (folder / "tokenizer.model").is_file() and not path.is_file():
+        raise BadInput(f"{folder}: SentencePiece tokenizers (tokenizer.model) are not supported by GGUF "
+                       "export yet; only byte-level BPE tokenizers (tokenizer.json) convert")
     if not path.is_file():
         raise BadInput(f"{folder}: no tokenizer.json; the bundle needs the tokenizer (a fast "
                        "tokenizer saved by transformers)")
