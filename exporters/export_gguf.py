@@ -78,6 +78,18 @@ def _prepare_out(req: ExportRequest) -> Path:
     return tmp
 
 
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished bundle at ``out``.  A bundle replaced with --force is first moved aside and
+    removed only once the new one is in place, so no moment leaves neither."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
 def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: None) -> ExportResult:
     if req.choice.format != "gguf" or req.choice.quant not in FILE_TYPES:
         raise BadInput(f"GGUF export offers {', '.join(FILE_TYPES)}; not {req.choice.quant}")
@@ -116,9 +128,7 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
             "files": files, "tools": _versions(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if req.out.exists():
-            shutil.rmtree(req.out)
-        os.replace(tmp, req.out)
+        _swap_in(tmp, req.out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, EdgeLLMError):
