@@ -98,7 +98,7 @@ def _end_to_end(device, rebuild: bool, quiet: bool) -> dict:
     out = cache_dir() / f"bundle-{device.name}"
     result = export_gguf(ExportRequest(model_dir=model_dir, model=model, choice=w.choice, out=out,
                                        device=device.name, prediction=prediction, threads=default_threads(),
-                                       force=True), stage=lambda m: say(m.replace("[", "[3/5] export ", 1)))
+                                       force=True), stage=lambda m: say("[3/5] export: " + m.split("] ", 1)[-1]))
     say("[4/5] running the bundle")
     sample = _cli("run", str(out), "--raw", "-p", DEMO_PROMPT, "--max-tokens", "48", "--temperature", "0.8")
     say("[5/5] profiling the bundle")
