@@ -188,3 +188,25 @@ def test_a_wrong_conversion_fails_verification(run_cli, tiny, tmp_path, monkeypa
         mod.export_gguf(replace(req, verify=True, threads=2))
     assert list(tmp_path.iterdir()) == []
     assert BadInput is not None
+
+
+def test_ctrl_c_during_export_exits_130_and_leaves_nothing(tiny, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("edgellm")
+    proc = subprocess.Popen([str(exe), "export", str(tiny("llama")), "--device", "rpi5", "-o", str(out),
+                             "--quant", "F16"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.partial-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "export ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)                       # mid-export: verification loads torch next
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
