@@ -50,6 +50,26 @@ def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20):
     return fast
 
 
+def train_spm_tokenizer(folder: Path, vocab_size: int = 1000, limit_bytes: int = 1 << 20):
+    """A SentencePiece BPE tokenizer with byte fallback (Llama 2's kind), trained here, as a
+    transformers Llama tokenizer whose files (tokenizer.model and tokenizer.json) it saves."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "corpus.txt"
+    text.write_text(corpus_text(limit_bytes), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(folder / "spm"), vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, max_sentence_length=1 << 16,
+                                   minloglevel=2, num_threads=2, seed_sentencepiece_size=100000)
+    text.unlink()
+    tok = LlamaTokenizerFast(vocab_file=str(folder / "spm.model"), legacy=True, add_bos_token=True)
+    tok.chat_template = CHAT_TEMPLATE.replace("<|im_start|>", "<s>").replace("<|im_end|>", "</s>")
+    return tok
+
+
 SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-quants
     "llama": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2),

@@ -8,6 +8,8 @@ from the definition in tokenizer.json itself, compared with the split rules llam
 for each name (src/llama-vocab.cpp), so a retrained or fine-tuned tokenizer converts.  A definition
 that matches none is an error that says so, never a silent fallback to GPT-2's rules.
 
+SentencePiece tokenizers (``tokenizer.model``: Llama 2, Gemma, Phi-3) are read with the ``gguf``
+package's SentencePieceVocab: pieces, scores and types, as llama.cpp's "llama" tokenizer takes them.
 Merges, special token ids, add-bos/eos flags and the chat template come from the ``gguf``
 package's SpecialVocab.
 """
@@ -40,6 +42,47 @@ class Vocab:
     tokens: list[str]
     types: list[int]
     n_real: int                 # tokens the tokenizer defines; the rest pad the embedding
+    scores: list[float] | None = None       # SentencePiece merge priorities
+    add_space_prefix: bool | None = None    # SentencePiece: prepend a space to the text
+
+
+def _spm_space_prefix(tj: dict) -> bool:
+    """Whether the Hugging Face tokenizer prepends '▁' (legacy Llama normalizer, or a Metaspace
+    pre-tokenizer that prepends); llama.cpp's add_space_prefix does the same."""
+    norm = tj.get("normalizer") or {}
+    parts = norm.get("normalizers", [norm]) if norm else []
+    if any(p.get("type") == "Prepend" for p in parts):
+        return True
+    pre = tj.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre else []
+    return any(p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") in ("always", "first")
+               for p in pres)
+
+
+def read_spm_vocab(folder: Path, n_vocab: int) -> Vocab:
+    """A SentencePiece tokenizer (tokenizer.model) through the gguf package's reader."""
+    import gguf
+
+    try:
+        spm = gguf.vocab.SentencePieceVocab(folder)
+    except Exception as e:  # noqa: BLE001 - protobuf or sentencepiece errors: one line
+        raise BadInput(f"{folder / 'tokenizer.model'}: cannot read it as a SentencePiece model ({e})") from None
+    tokens, scores, types = [], [], []
+    for text, score, kind in spm.all_tokens():
+        tokens.append(text.decode("utf-8"))
+        scores.append(float(score))
+        types.append(int(kind))
+    n_real = len(tokens)
+    if n_real > n_vocab:
+        raise BadInput(f"{folder}: the tokenizer has {n_real} tokens but the model's embedding only {n_vocab} rows")
+    for i in range(n_real, n_vocab):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-1000.0)
+        types.append(UNUSED)
+    tj_path = folder / "tokenizer.json"
+    tj = json.loads(tj_path.read_text(encoding="utf-8")) if tj_path.is_file() else {}
+    return Vocab(model="llama", pre="default", tokens=tokens, types=types, n_real=n_real, scores=scores,
+                 add_space_prefix=_spm_space_prefix(tj) if tj else True)
 
 
 def _byte_level(p: dict, use_regex: bool) -> bool:
@@ -68,9 +111,8 @@ def identify_pre_tokenizer(tj: dict, where: str) -> str:
 def read_vocab(folder: Path, n_vocab: int) -> Vocab:
     """Tokens and their types from tokenizer.json, padded to the model's embedding rows."""
     path = folder / "tokenizer.json"
-    if (folder / "tokenizer.model").is_file() and not path.is_file():
-        raise BadInput(f"{folder}: SentencePiece tokenizers (tokenizer.model) are not supported by GGUF "
-                       "export yet; only byte-level BPE tokenizers (tokenizer.json) convert")
+    if (folder / "tokenizer.model").is_file():
+        return read_spm_vocab(folder, n_vocab)
     if not path.is_file():
         raise BadInput(f"{folder}: no tokenizer.json; the bundle needs the tokenizer (a fast "
                        "tokenizer saved by transformers)")
@@ -80,9 +122,9 @@ def read_vocab(folder: Path, n_vocab: int) -> Vocab:
     except (ValueError, KeyError, TypeError):
         raise BadInput(f"{path}: not a valid tokenizer.json") from None
     if model.get("type") != "BPE" or model.get("byte_fallback") or (tj.get("decoder") or {}).get("type") != "ByteLevel":
-        raise BadInput(f"{path}: only byte-level BPE tokenizers convert so far (this one is "
-                       f"{model.get('type')}{' with byte fallback' if model.get('byte_fallback') else ''}); "
-                       "SentencePiece tokenizers are not supported yet")
+        raise BadInput(f"{path}: a {model.get('type')} tokenizer"
+                       f"{' with byte fallback' if model.get('byte_fallback') else ''} without its tokenizer.model; "
+                       "GGUF export converts byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model)")
     pre = identify_pre_tokenizer(tj, str(path))
     by_id: dict[int, tuple[str, int]] = {i: (t, NORMAL) for t, i in model["vocab"].items()}
     for added in tj.get("added_tokens", []):
@@ -107,7 +149,12 @@ def add_to_writer(writer, folder: Path, vocab: Vocab) -> None:
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(vocab.tokens))
-    if not special.merges:
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    bpe = vocab.model == "gpt2"
+    special = gguf.SpecialVocab(folder, load_merges=bpe, n_vocab=len(vocab.tokens))
+    if bpe and not special.merges:
         raise BadInput(f"{folder}: tokenizer.json has no BPE merges")
     special.add_to_gguf(writer, quiet=True)

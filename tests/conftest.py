@@ -58,3 +58,9 @@ def tiny(tmp_path_factory, tokenizer):
             built[key] = build_model(arch, folder, tokenizer, **kw)
         return built[key]
     return get
+
+
+@pytest.fixture(scope="session")
+def spm_tokenizer(tmp_path_factory):
+    from edgellm.exporters.demo_models import train_spm_tokenizer
+    return train_spm_tokenizer(tmp_path_factory.mktemp("spm"))

@@ -34,6 +34,21 @@ def test_every_architecture_exports_f16_and_verifies(run_cli, tiny, tmp_path, ar
     assert all(len(f["sha256"]) == 64 for f in files.values())
 
 
+@pytest.mark.parametrize("quant", ["F16", "Q4_K_M"])
+def test_sentencepiece_tokenizer_exports_and_verifies(run_cli, spm_tokenizer, tmp_path, quant):
+    from edgellm.exporters.demo_models import build_model
+
+    folder = build_model("llama", tmp_path / "m", spm_tokenizer)
+    manifest = export(run_cli, folder, tmp_path / "b", "--quant", quant)
+    assert manifest["verification"]["tokenizer"].startswith("identical")
+    header = read_header(tmp_path / "b" / manifest["artifact"])
+    assert header.metadata["tokenizer.ggml.model"] == "llama"
+    # as the saved tokenizer.json says (legacy-free Metaspace here: no prefix); identical ids above
+    assert header.metadata["tokenizer.ggml.add_space_prefix"] is False
+    r = run_cli("run", str(tmp_path / "b"), "--raw", "-p", "def main():", "--max-tokens", "5")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+
+
 def test_llama3_rope_scaling_table_verifies(run_cli, tiny, tmp_path):
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64}

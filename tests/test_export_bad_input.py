@@ -121,8 +121,8 @@ def test_tokenizer_problems(run_cli, tiny, tmp_path):
     assert "not one llama.cpp implements" in fails(run_cli, m, tmp_path / "out")
     (m / "tokenizer.json").unlink()
     assert "no tokenizer.json" in fails(run_cli, m, tmp_path / "out")
-    (m / "tokenizer.model").write_bytes(b"\x0a\x00")
-    assert "SentencePiece tokenizers (tokenizer.model) are not supported" in fails(run_cli, m, tmp_path / "out")
+    (m / "tokenizer.model").write_bytes(b"\x0a\xff\xff")
+    assert "cannot read it as a SentencePiece model" in fails(run_cli, m, tmp_path / "out")
 
 
 def test_unsupported_and_non_causal_models(run_cli, tiny, tmp_path):
