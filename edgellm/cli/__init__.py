@@ -26,8 +26,9 @@ EPILOG = """exit codes:
   130 interrupted
 
 start here:
-  edgellm demo                                   plan the bundled example models for a device
+  edgellm demo                                   build, export, verify, run and profile a demo model
   edgellm plan Qwen/Qwen2.5-0.5B-Instruct --device rpi5-8gb
+  edgellm export ./my-model --device rpi5-8gb    a verified GGUF bundle (then: edgellm run / profile)
   edgellm devices                                known device profiles
   edgellm device measure                         profile the machine you are on
 """
