@@ -138,7 +138,9 @@ def widen(arr: np.ndarray, dtype: str) -> np.ndarray:
 
 def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
+        wide = arr.astype(np.uint32)
+        wide <<= 16                                   # in place: one pass, one allocation
+        return wide.view(np.float32)
     if dtype in ("F16", "F32", "F64"):
         return arr.astype(np.float32)
     return np.array(arr)

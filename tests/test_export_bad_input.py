@@ -200,8 +200,11 @@ def test_ctrl_c_during_export_exits_130_and_leaves_nothing(tiny, tmp_path):
 
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("edgellm")
+    # a runner started in the background inherits SIGINT ignored (and Python then keeps it so);
+    # give the child a terminal's default, as a user pressing Ctrl-C has
     proc = subprocess.Popen([str(exe), "export", str(tiny("llama")), "--device", "rpi5", "-o", str(out),
-                             "--quant", "F16"], stderr=subprocess.PIPE, text=True)
+                             "--quant", "F16"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.partial-*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
