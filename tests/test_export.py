@@ -154,3 +154,13 @@ def test_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, q
     assert sorted(mine) == sorted(theirs)
     for name in theirs:
         assert mine[name] == theirs[name], name
+
+
+def test_exports_are_deterministic(run_cli, tiny, tmp_path):
+    """Same model and options: byte-identical bundles (no timestamps anywhere)."""
+    folder = tiny("llama")
+    a = export(run_cli, folder, tmp_path / "a", "--quant", "Q4_K_M", "--no-verify")
+    b = export(run_cli, folder, tmp_path / "b", "--quant", "Q4_K_M", "--no-verify")
+    assert a == b
+    for name in a["files"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
