@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgellm.plan.ggml_types import TYPES
 from edgellm.runtime.gguf_check import GGML_TYPES
 
 TYPE_IDS = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
@@ -43,8 +44,7 @@ def _lib() -> ctypes.CDLL:
 
 
 def row_bytes(type_name: str, n_per_row: int) -> int:
-    _, block, block_bytes = GGML_TYPES[TYPE_IDS[type_name]]
-    return n_per_row // block * block_bytes
+    return TYPES[type_name].row_bytes(n_per_row)
 
 
 def quantize_into(type_name: str, rows: np.ndarray, out: np.ndarray, threads: int = 1,

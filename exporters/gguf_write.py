@@ -46,11 +46,8 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
-        if self.ggml_type == "F32":
-            return int(np.prod(self.shape)) * 4
-        if self.ggml_type == "F16":
-            return int(np.prod(self.shape)) * 2
-        return self.shape[0] * row_bytes(self.ggml_type, self.shape[-1])
+        rows = self.shape[0] if len(self.shape) > 1 else 1
+        return rows * row_bytes(self.ggml_type, self.shape[-1])
 
 
 def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: str) -> list[Entry]:

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 
 def fails(run_cli, model, out, code=2, *flags):
@@ -63,7 +63,6 @@ def test_missing_shard_is_named_before_anything_is_written(run_cli, tiny, tmp_pa
 
 
 def test_sharded_checkpoint_exports(run_cli, tiny, tmp_path):
-    import torch
     from safetensors.torch import load_file, save_file
 
     m = copy(tiny, tmp_path)
@@ -79,7 +78,6 @@ def test_sharded_checkpoint_exports(run_cli, tiny, tmp_path):
         {"metadata": {"total_size": total}, "weight_map": {k: s for s, ks in shards.items() for k in ks}}))
     r = run_cli("export", str(m), "--device", "rpi5", "-o", str(tmp_path / "out"), "--quant", "F16")
     assert r.returncode == 0, r.stderr
-    assert torch is not None
 
 
 def test_pickle_is_refused_unless_allowed_then_loaded_safely(run_cli, tiny, tmp_path):
@@ -187,7 +185,6 @@ def test_a_wrong_conversion_fails_verification(run_cli, tiny, tmp_path, monkeypa
     with pytest.raises(VerificationFailed, match="logits for|diverges"):
         mod.export_gguf(replace(req, verify=True, threads=2))
     assert list(tmp_path.iterdir()) == []
-    assert BadInput is not None
 
 
 def test_ctrl_c_during_export_exits_130_and_leaves_nothing(tiny, tmp_path):

@@ -28,8 +28,10 @@ DEMO_PROMPT = "def "
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("EDGELLM_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / ("edgellm" if "EDGELLM_CACHE" not in os.environ else "") / "demo"
+    """$EDGELLM_CACHE/demo, else $XDG_CACHE_HOME/edgellm/demo, else ~/.cache/edgellm/demo."""
+    if os.environ.get("EDGELLM_CACHE"):
+        return Path(os.environ["EDGELLM_CACHE"]) / "demo"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgellm" / "demo"
 
 
 def add_parser(sub) -> None:
@@ -91,10 +93,7 @@ def _end_to_end(device, rebuild: bool, quiet: bool) -> dict:
     plan = planner.plan(model, device, planner.budgets_for(device, None, None, None, model), formats=("gguf",))
     w = plan.winner
     say(f"[2/5] planned for {device.name}: {w.choice.label}")
-    e = w.estimate
-    prediction = {"file_bytes": e.file_bytes, "peak_memory_bytes": e.memory.total,
-                  "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
-                  "runs_on": e.unit, "context": plan.budgets.context, "kv_cache": w.choice.kv_cache}
+    prediction = report.prediction(w, plan.budgets.context)
     out = cache_dir() / f"bundle-{device.name}"
     result = export_gguf(ExportRequest(model_dir=model_dir, model=model, choice=w.choice, out=out,
                                        device=device.name, prediction=prediction, threads=default_threads(),

@@ -11,7 +11,7 @@ from edgellm import devices, models
 from edgellm.cli.common import positive_float, positive_int, print_json, size_arg
 from edgellm.cli.progress import StageLine
 from edgellm.errors import BadInput, EdgeLLMError, NothingFits
-from edgellm.plan import planner
+from edgellm.plan import planner, report
 from edgellm.plan.choice import BuildChoice
 from edgellm.plan.planner import GGUF_QUANTS
 from edgellm.units import fmt_bytes
@@ -67,11 +67,7 @@ def _choose(args, model, device) -> tuple[BuildChoice, dict]:
         if not c.fits:
             print(f"edgellm: warning: {args.quant} misses {device.name}'s budgets: {'; '.join(c.failures)}",
                   file=sys.stderr)
-    e = c.estimate
-    prediction = {"file_bytes": e.file_bytes, "peak_memory_bytes": e.memory.total,
-                  "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
-                  "runs_on": e.unit, "context": budgets.context, "kv_cache": c.choice.kv_cache}
-    return c.choice, prediction
+    return c.choice, report.prediction(c, budgets.context)
 
 
 def _need_export_extra() -> None:

@@ -1,12 +1,14 @@
 """Storage of ggml tensor types: elements per block and bytes per block.
 
-From ggml's type traits (ggml/src/ggml.c, ``type_traits``): a row of ``n`` elements of a block
+The sizes live once, in :mod:`edgellm.runtime.gguf_check` (ggml.c ``type_traits``): a row of ``n`` elements of a block
 type takes ``n / block * block_bytes`` bytes, and ``n`` must be a multiple of ``block``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from edgellm.runtime.gguf_check import GGML_TYPES
 
 
 @dataclass(frozen=True)
@@ -25,13 +27,7 @@ class GgmlType:
         return n // self.block * self.block_bytes
 
 
-TYPES = {t.name: t for t in (
-    GgmlType("F32", 1, 4), GgmlType("F16", 1, 2), GgmlType("BF16", 1, 2),
-    GgmlType("Q4_0", 32, 18), GgmlType("Q4_1", 32, 20), GgmlType("Q5_0", 32, 22),
-    GgmlType("Q5_1", 32, 24), GgmlType("Q8_0", 32, 34), GgmlType("IQ4_NL", 32, 18),
-    GgmlType("Q2_K", 256, 84), GgmlType("Q3_K", 256, 110), GgmlType("Q4_K", 256, 144),
-    GgmlType("Q5_K", 256, 176), GgmlType("Q6_K", 256, 210), GgmlType("IQ4_XS", 256, 136),
-)}
+TYPES = {name: GgmlType(name, block, block_bytes) for name, block, block_bytes in GGML_TYPES.values()}
 
 # llama.cpp's fallback when a row is not a multiple of the type's block
 # (llama-quant.cpp, tensor_type_fallback); F16 when the fallback does not fit either.

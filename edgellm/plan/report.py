@@ -22,6 +22,15 @@ def _candidate_json(c: Candidate) -> dict:
     }
 
 
+def prediction(c: Candidate, context: int) -> dict:
+    """What the plan predicted for the chosen build, as the bundle's manifest records it and
+    `edgellm profile` shows it beside the measurement."""
+    e = c.estimate
+    return {"file_bytes": e.file_bytes, "peak_memory_bytes": e.memory.total,
+            "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
+            "runs_on": e.unit, "context": context, "kv_cache": c.choice.kv_cache}
+
+
 def to_json(p: Plan) -> dict:
     m, d, b = p.model, p.device, p.budgets
     return {
