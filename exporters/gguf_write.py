@@ -14,10 +14,13 @@ chunks, so peak memory is about one converted tensor.
 
 from __future__ import annotations
 
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -84,7 +87,30 @@ def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: s
     return entries
 
 
+@lru_cache(maxsize=1)
+def _bf16_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Every bfloat16 bit pattern -> its float16 rounding, as float16 and as float32 (two 65536-entry
+    tables).  One gather replaces widen, range check, round to float16 and widen again: a third of
+    the time those numpy passes take, bit for bit the same values."""
+    wide = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = wide.astype(np.float16)
+    return half, half.astype(np.float32)
+
+
+_BF16_F16_OVERFLOW = 0x4780        # |bfloat16| bits from here up round to inf in float16 (or are inf/NaN)
+
+
 def _encode_span(rows: np.ndarray, ggml_type: str, out: np.ndarray, stored: str = "F32") -> None:
+    if stored == "BF16" and ggml_type != "F32":
+        if rows.size and int((rows & 0x7FFF).max()) >= _BF16_F16_OVERFLOW:
+            raise BadInput("values outside float16's range (or NaN); cannot convert")
+        half, rounded = _bf16_tables()
+        if ggml_type == "F16":
+            np.take(half, rows, out=out.view(np.float16).reshape(rows.shape))
+        else:
+            quantize_into(ggml_type, rounded[rows].reshape(rows.shape[0], -1), out, threads=1)
+        return
     rows = widen(rows, stored)
     if not np.isfinite(rows).all() or (ggml_type != "F32" and rows.size and np.abs(rows).max() > 65504):
         raise BadInput("values outside float16's range (or NaN); cannot convert")
@@ -113,31 +139,66 @@ def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, sto
                                               out[ab[0] * per_row:ab[1] * per_row], stored), spans))
 
 
-def _convert(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict, threads: int) -> np.ndarray:
-    out = np.empty(entry.nbytes, dtype=np.uint8)
+def _chunks(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict) -> Iterator[tuple[np.ndarray, str]]:
+    """A tensor's values as (row chunk, stored dtype): transformed tensors and vectors whole, plain
+    matrices in row chunks as stored (bfloat16 stays uint16 until the encoder's threads widen it)."""
     if entry.hf_name is None:
-        _encode(extras[entry.gguf_name].astype(np.float32), entry.ggml_type, out, threads)
-        return out
-    stored = "F32"
-    if arch.needs_transform(entry.hf_name, entry.gguf_name) or len(entry.shape) < 2:
+        yield extras[entry.gguf_name].astype(np.float32), "F32"
+    elif arch.needs_transform(entry.hf_name, entry.gguf_name) or len(entry.shape) < 2:
         data = ckpt.read(entry.hf_name)
         changed = arch.transform(entry.hf_name, entry.gguf_name, data)
-        chunks = [(data if changed is None else changed).astype(np.float32)]
+        yield (data if changed is None else changed).astype(np.float32), "F32"
     else:
         rows = max(1, CHUNK_ELEMENTS // max(1, entry.shape[1]))
         stored = ckpt.stored_dtype(entry.hf_name)
-        chunks = ckpt.read_rows(entry.hf_name, rows, raw=True)
-    per_row = entry.nbytes // entry.shape[0] if len(entry.shape) > 1 else entry.nbytes
-    at = 0
+        for chunk in ckpt.read_rows(entry.hf_name, rows, raw=True):
+            yield chunk, stored
+
+
+def _read_ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """``items`` produced by a background thread one step ahead of the consumer, so reading the
+    next chunk from disk overlaps quantizing this one.  Errors surface in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as e:              # handed to the consumer
+            put((done, e))
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
     try:
-        for chunk in chunks:
-            n = len(chunk) if len(entry.shape) > 1 else 1
-            _encode(chunk.reshape(n, -1) if len(entry.shape) > 1 else chunk, entry.ggml_type,
-                    out[at:at + n * per_row], threads, stored)
-            at += n * per_row
-    except BadInput as e:
-        raise BadInput(f"{entry.hf_name}: {e.message}") from None
-    return out
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
+def _tensor_chunks(entries: list[Entry], ckpt: Checkpoint, arch: GgufArch, extras: dict) -> Iterator:
+    for i, e in enumerate(entries):
+        for chunk, stored in _chunks(e, ckpt, arch, extras):
+            yield i, chunk, stored
 
 
 _NUMERIC = {4: "<u4", 5: "<i4", 6: "<f4"}     # GGUFValueType UINT32, INT32, FLOAT32 -> numpy
@@ -195,10 +256,33 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: Voca
     w.write_header_to_file(path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
+    outs = [np.empty(0, np.uint8)] * len(entries)
+    filled = [0] * len(entries)
     try:
-        for i, e in enumerate(entries):
-            w.write_tensor_data(_convert(e, ckpt, arch, extras, threads))
-            progress(i + 1, len(entries))
+        with ThreadPoolExecutor(1) as writer:          # writing tensor i overlaps encoding i + 1
+            pending = None
+            for i, chunk, stored in _read_ahead(_tensor_chunks(entries, ckpt, arch, extras)):
+                e = entries[i]
+                if not outs[i].size:
+                    outs[i] = np.empty(e.nbytes, dtype=np.uint8)
+                matrix = len(e.shape) > 1
+                n = len(chunk) if matrix else 1
+                per_row = e.nbytes // e.shape[0] if matrix else e.nbytes
+                at = filled[i]
+                try:
+                    _encode(chunk.reshape(n, -1) if matrix else chunk, e.ggml_type,
+                            outs[i][at:at + n * per_row], threads, stored)
+                except BadInput as err:
+                    raise BadInput(f"{e.hf_name}: {err.message}") from None
+                filled[i] = at + n * per_row
+                if filled[i] == e.nbytes:
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(w.write_tensor_data, outs[i])
+                    outs[i] = np.empty(0, np.uint8)   # the writer holds the only reference
+                    progress(i + 1, len(entries))
+            if pending is not None:
+                pending.result()
         w.flush()
     finally:
         w.close()

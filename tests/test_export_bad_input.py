@@ -159,14 +159,14 @@ def test_interrupt_or_full_disk_mid_export_leaves_nothing(tiny, tmp_path, monkey
     from edgellm.exporters import export_gguf as mod
     from edgellm.exporters import gguf_write
 
-    real, calls = gguf_write._convert, []
+    real, calls = gguf_write._encode, []
 
     def boom(*a, **k):                      # fail after a few tensors are already on disk
         calls.append(1)
         if len(calls) > 5:
             raise failure
         return real(*a, **k)
-    monkeypatch.setattr(gguf_write, "_convert", boom)
+    monkeypatch.setattr(gguf_write, "_encode", boom)
     with pytest.raises((KeyboardInterrupt, EdgeLLMError)) as e:
         mod.export_gguf(_request(tiny, tmp_path))
     if isinstance(failure, OSError):

@@ -23,3 +23,38 @@ def test_fast_array_packing_matches_the_generic_writer(values):
             fast._pack_val(values, GGUFValueType.ARRAY, add_vtype=True)
         return
     assert fast._pack_val(values, GGUFValueType.ARRAY, add_vtype=True) == expected
+
+
+@pytest.mark.parametrize("ggml_type", ["F16", "Q4_K", "Q8_0"])
+def test_bfloat16_lookup_path_matches_widen_round_quantize(ggml_type):
+    """The bf16 shortcut (one table gather) must give the bytes of widen -> float16 -> quantize,
+    including values float16 can only hold as subnormals or flushes to zero."""
+    import numpy as np
+
+    from edgellm.exporters.gguf_write import _encode_span
+    from edgellm.exporters.ggml_quant import row_bytes
+
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal((8, 256)) * 0.02).astype(np.float32)
+    values[0, :64] *= 1e-3                                  # float16 subnormals
+    values[1, :8] = [1e-9, -1e-9, 0.0, -0.0, 65280.0, -65280.0, 6e-8, 3e-5]
+    raw = (values.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 bit patterns
+    size = 8 * (row_bytes(ggml_type, 256) if ggml_type != "F16" else 512)
+    fast, slow = np.empty(size, np.uint8), np.empty(size, np.uint8)
+    _encode_span(raw, ggml_type, fast, "BF16")
+    _encode_span((raw.astype(np.uint32) << 16).view(np.float32), ggml_type, slow, "F32")
+    assert fast.tobytes() == slow.tobytes()
+
+
+@pytest.mark.parametrize("bad", [65536.0, float("inf"), float("nan")])
+def test_bfloat16_outside_float16_range_is_refused(bad):
+    import numpy as np
+
+    from edgellm.errors import BadInput
+    from edgellm.exporters.gguf_write import _encode_span
+
+    values = np.full((2, 32), 0.5, np.float32)
+    values[1, 3] = bad
+    raw = (values.view(np.uint32) >> 16).astype(np.uint16)
+    with pytest.raises(BadInput, match="float16"):
+        _encode_span(raw, "F16", np.empty(128, np.uint8), "BF16")
