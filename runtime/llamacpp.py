@@ -7,56 +7,15 @@ each phase timed on its own; the figures are medians over repeats.
 
 from __future__ import annotations
 
-import os
-import resource
-import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
 from edgellm.runtime.quiet import captured_stderr
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process.  Linux: VmHWM, the high-water mark of this address
-    space (ru_maxrss would also count a parent that forked us before exec).  Elsewhere ru_maxrss
-    (bytes on macOS)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
-@dataclass(frozen=True)
-class Profile:
-    threads: int
-    prompt_tokens: int
-    gen_tokens: int
-    repeats: int
-    load_s: float
-    ttft_s: float
-    prefill_tps: float
-    decode_tps: float
-    peak_rss_bytes: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _trained_context(path: Path) -> int | None:
@@ -94,6 +53,10 @@ class LlamaCppModel:
     @property
     def n_vocab(self) -> int:
         return self.llm.n_vocab()
+
+    @property
+    def has_chat_template(self) -> bool:
+        return "tokenizer.chat_template" in self.llm.metadata
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
@@ -154,17 +117,7 @@ class LlamaCppModel:
         if prompt_tokens + gen_tokens > self.n_ctx:
             raise BadInput(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed the "
                            f"context ({self.n_ctx})")
-        seed_text = "The quick brown fox jumps over the lazy dog. 0123456789 " * 4
-        base = self.tokenize(seed_text, add_bos=False) or [0]
-        prompt = (self.tokenize("", add_bos=True) + base * (prompt_tokens // len(base) + 1))[:prompt_tokens]
+        prompt = profile_prompt(self.tokenize, prompt_tokens)
         self._timed_run(prompt[:min(8, len(prompt))], 2)          # warm-up, as llama-bench does
-        prefill, decode, ttft = [], [], []
-        for _ in range(repeats):
-            t_prefill, t_first, t_decode = self._timed_run(prompt, gen_tokens)
-            prefill.append(prompt_tokens / t_prefill)
-            decode.append(gen_tokens / t_decode)
-            ttft.append(t_first)
-        return Profile(threads=self.threads, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
-                       repeats=repeats, load_s=self.load_s, ttft_s=statistics.median(ttft),
-                       prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode),
-                       peak_rss_bytes=peak_rss_bytes())
+        runs = [self._timed_run(prompt, gen_tokens) for _ in range(repeats)]
+        return summarize(runs, self.threads, prompt_tokens, gen_tokens, self.load_s)

@@ -1,10 +1,12 @@
-"""Verification of a GGUF export against the original model, run by every export.
+"""Verification of an export against the original model, run by every export, for every format.
 
 The reference is the Hugging Face model in float32 through transformers; the candidate is the
-GGUF through llama.cpp, fed the very same token ids.  Checked, in order:
-1. tokenization: llama.cpp's tokenizer gives the ids the Hugging Face tokenizer gives;
-2. F16 files: logits agree to float tolerance, and along the original's 32-token greedy
-   continuation of each prompt llama.cpp picks the same token at every step, except where the
+exported file through the runtime that will run it on the device (llama.cpp for GGUF, ONNX
+Runtime for ONNX), fed the very same token ids.  Checked, in order:
+1. tokenization: the bundle's tokenizer gives the ids the Hugging Face tokenizer gives;
+2. unquantized files (GGUF F16, ONNX fp32/fp16): logits agree to float tolerance, and along the
+   original's 32-token greedy continuation of each prompt the candidate picks the same token at
+   every step, except where the
    original's own top-2 margin is inside the measured float difference (a tie: counted, reported);
 3. every file: mean/p99 KL divergence, top-1 agreement and perplexity change on held-out text.
 A failure of 1 or 2 fails the export, naming the prompt and the size of the difference.
@@ -31,6 +33,8 @@ GREEDY_TOKENS = 32
 # top); conversion bugs (a missed rotary permutation, Gemma's norm offset) give 0.5 or more.
 F16_TOLERANCE = 0.05
 F16_MAX_KLD = 1e-3
+# float32 graphs differ from torch only in summation order: 1e-5 measured on the test models
+FP32_TOLERANCE = 1e-3
 
 
 class VerificationFailed(EdgeLLMError):
@@ -104,46 +108,66 @@ def _check_greedy(ref: np.ndarray, got: np.ndarray, seq: list[int], start: int, 
 
 def verify(model_dir: Path, gguf_path: Path, quant: str, threads: int, trust_remote_code: bool = False,
            context: int = 512, progress=lambda msg: None) -> dict:
+    """A GGUF through llama.cpp."""
     from edgellm.runtime.llamacpp import LlamaCppModel
 
-    tok, hf = _hf(model_dir, trust_remote_code)
     llm = LlamaCppModel(gguf_path, n_ctx=context, threads=threads, logits_all=True)
-    bos = [tok.bos_token_id] if llm.tokenize("", add_bos=True) and tok.bos_token_id is not None else []
-    report: dict = {"reference": "transformers float32", "context": context}
+    exact = quant in ("F16", "F32")
+    return verify_candidate(model_dir, llm, gguf_path.name, "llama.cpp", F16_TOLERANCE if exact else None,
+                            trust_remote_code, context, progress)
+
+
+def verify_candidate(model_dir: Path, cand, name: str, runtime: str, tolerance: float | None,
+                     trust_remote_code: bool = False, context: int = 512, progress=lambda msg: None) -> dict:
+    """``cand`` offers ``tokenize(text, add_bos)`` and ``logits(ids)``; ``tolerance`` (max |logit
+    difference| / spread) is given for unquantized files, which must also keep greedy continuations."""
+    tok, hf = _hf(model_dir, trust_remote_code)
+    bos = [tok.bos_token_id] if cand.tokenize("", add_bos=True) and tok.bos_token_id is not None else []
+    report: dict = {"reference": "transformers float32", "runtime": runtime, "context": context}
 
     progress("checking the tokenizer")
     for p in PROMPTS + (held_out_text(2000),):
-        ours, theirs = llm.tokenize(p, add_bos=False), tok.encode(p, add_special_tokens=False)
+        ours, theirs = cand.tokenize(p, add_bos=False), tok.encode(p, add_special_tokens=False)
         if ours != theirs:
             at = next(i for i, (a, b) in enumerate(zip(ours + [-1], theirs + [-1])) if a != b)
-            raise VerificationFailed(f"{gguf_path.name}: llama.cpp tokenizes {p[:30]!r} differently from "
+            raise VerificationFailed(f"{name}: {runtime} tokenizes {p[:30]!r} differently from "
                                      f"the original tokenizer (first difference at token {at})")
     report["tokenizer"] = "identical ids on all prompts"
 
-    if quant in ("F16", "F32"):
+    if tolerance is not None:
         progress("comparing logits and greedy continuations")
         worst, ties = 0.0, 0
         for p in PROMPTS:
             ids = bos + tok.encode(p, add_special_tokens=False)
             seq = ids + _hf_greedy(hf, ids, GREEDY_TOKENS)
-            ref, got = _hf_logits(hf, seq), llm.logits(seq)
+            ref, got = _hf_logits(hf, seq), cand.logits(seq)
             rel = float(np.abs(ref - got).max() / (ref.std() + 1e-12))
             worst = max(worst, rel)
-            if rel > F16_TOLERANCE:
-                raise VerificationFailed(f"{gguf_path.name}: logits for {p[:30]!r} differ by {rel:.4f} x their "
-                                         f"spread (allowed {F16_TOLERANCE}); the conversion is wrong")
-            ties += _check_greedy(ref, got, seq, len(ids), p, gguf_path.name)
+            if rel > tolerance:
+                raise VerificationFailed(f"{name}: logits for {p[:30]!r} differ by {rel:.4f} x their "
+                                         f"spread (allowed {tolerance}); the conversion is wrong")
+            ties += _check_greedy(ref, got, seq, len(ids), p, name)
         report["logits_max_rel_diff"] = worst
         report["greedy_tokens_checked"] = GREEDY_TOKENS * len(PROMPTS)
         report["greedy_ties_within_float_tolerance"] = ties
 
     progress("measuring KL divergence, top-1 agreement and perplexity on held-out text")
     ids = (bos + tok.encode(held_out_text(), add_special_tokens=False))[:context]
-    agreement = compare(_hf_logits(hf, ids), llm.logits(ids), np.array(ids))
+    agreement = compare(_hf_logits(hf, ids), cand.logits(ids), np.array(ids))
     if not np.isfinite(agreement.mean_kld):
-        raise VerificationFailed(f"{gguf_path.name}: non-finite logits; the file is broken")
-    if quant in ("F16", "F32") and agreement.mean_kld > F16_MAX_KLD:
-        raise VerificationFailed(f"{gguf_path.name}: mean KL divergence {agreement.mean_kld:.5f} on held-out text "
+        raise VerificationFailed(f"{name}: non-finite logits; the file is broken")
+    if tolerance is not None and agreement.mean_kld > F16_MAX_KLD:
+        raise VerificationFailed(f"{name}: mean KL divergence {agreement.mean_kld:.5f} on held-out text "
                                  f"is too large for an unquantized file (allowed {F16_MAX_KLD})")
     report["held_out"] = agreement.to_dict()
     return report
+
+
+def verify_onnx(model_dir: Path, onnx_path: Path, quant: str, threads: int, trust_remote_code: bool = False,
+                context: int = 512, progress=lambda msg: None) -> dict:
+    """An ONNX model through ONNX Runtime: fp32 to float32 tolerance, fp16 to F16's."""
+    from edgellm.runtime.onnxrt import OnnxModel
+
+    tolerance = {"fp32": FP32_TOLERANCE, "fp16": F16_TOLERANCE}.get(quant)
+    return verify_candidate(model_dir, OnnxModel(onnx_path, threads), onnx_path.name, "onnxruntime",
+                            tolerance, trust_remote_code, context, progress)

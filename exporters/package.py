@@ -1,0 +1,78 @@
+"""Bundle packaging shared by every format: a temporary folder next to the destination, the
+tokenizer files, the manifest, and the rename that makes the bundle appear only when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from edgellm import __version__
+from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, sha256_file
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json", "config.json")
+
+
+def tool_versions(packages: tuple[str, ...]) -> dict:
+    import importlib.metadata as md
+
+    out = {"edgellm": __version__}
+    for pkg in packages:
+        try:
+            out[pkg] = md.version(pkg.replace("_", "-"))
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished bundle at ``out``.  A bundle replaced with --force is first moved aside and
+    removed only once the new one is in place, so no moment leaves neither."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+@contextmanager
+def staging(out: Path, force: bool) -> Iterator[Path]:
+    """A fresh ``.<name>.partial-<pid>`` folder for the caller to fill; on success it becomes
+    ``out``, on any error (a full disk, Ctrl-C) it is removed."""
+    if out.exists() and not force:
+        raise BadInput(f"{out}: already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _swap_in(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, EdgeLLMError):
+            raise EdgeLLMError(f"export failed writing {out}: {e.strerror or e}") from None
+        raise
+
+
+def copy_tokenizer(model_dir: Path, tmp: Path) -> None:
+    for fname in TOKENIZER_FILES:
+        if (model_dir / fname).is_file():
+            shutil.copyfile(model_dir / fname, tmp / fname)
+
+
+def write_manifest(tmp: Path, artifact: str, body: dict, tools: dict) -> dict:
+    """manifest.json: ``body`` plus the size and sha256 of every file in the folder."""
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(tmp.iterdir()) if p.is_file()}
+    manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "artifact": artifact, **body,
+                "files": files, "tools": tools}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return files
