@@ -29,7 +29,8 @@ def test_plan_json_has_the_same_data(run_cli):
     data = json.loads(r.stdout)
     assert data["winner"]["memory"]["total_bytes"] <= 800e6
     assert data["budgets"]["max_memory_bytes"] == 800_000_000
-    assert len(data["candidates"]) == 22 and sum(c["fits"] for c in data["candidates"]) >= 1
+    # 9 GGUF types x 2 caches (f16, q8_0) + 5 ONNX builds
+    assert len(data["candidates"]) == 23 and sum(c["fits"] for c in data["candidates"]) >= 1
 
 
 def test_nothing_fits_exits_3_and_says_what_would(run_cli):
@@ -119,9 +120,17 @@ def test_demo_builds_exports_verifies_runs_and_profiles(run_cli, tmp_path):
     assert demo["verification"]["held_out"]["mean_kld"] < 0.01
     assert demo["sample"].startswith("def ") and len(demo["sample"]) > 10
     assert demo["profile"]["decode_tps"] > 0 and demo["profile"]["peak_rss_bytes"] < 300 << 20
-    assert (tmp_path / "cache" / "demo" / "bundle-rpi5-8gb" / "manifest.json").is_file()
+    assert (tmp_path / "cache" / "demo" / "bundle-gguf-rpi5-8gb" / "manifest.json").is_file()
     again = run_cli("demo", env={"EDGELLM_CACHE": str(tmp_path / "cache")})      # cached model: no retraining
     assert again.returncode == 0 and "cached at" in again.stderr
+    # the same trained model through the ONNX path
+    r = run_cli("demo", "--format", "onnx", "--device", "laptop-x86-16gb", "--json",
+                env={"EDGELLM_CACHE": str(tmp_path / "cache")}, timeout=900)
+    assert r.returncode == 0, r.stderr
+    demo = json.loads(r.stdout)["demo"]
+    assert demo["plan"]["winner"]["choice"]["format"] == "onnx"
+    assert demo["verification"]["runtime"] == "onnxruntime" and demo["verification"]["held_out"]["mean_kld"] < 0.05
+    assert demo["sample"].startswith("def ") and demo["profile"]["decode_tps"] > 0
 
 
 def test_no_command_prints_help(run_cli):

@@ -6,6 +6,7 @@ import sys
 CODE = """
 import sys
 import edgellm.runtime, edgellm.runtime.hostinfo, edgellm.runtime.membench
+import edgellm.runtime.onnxrt, edgellm.runtime.llamacpp
 import edgellm.exporters, edgellm.device_profiles
 from edgellm.cli import main
 assert main(["plan", "Qwen/Qwen2.5-0.5B-Instruct", "--device", "rpi5", "--json"]) == 0

@@ -38,6 +38,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="build, plan, export, verify, run and profile a demo model (offline)",
                        description=__doc__.split("\n\n")[0].replace("``", "'"))
     p.add_argument("--device", "-d", default="rpi5-8gb", help="device profile (default: rpi5-8gb)")
+    p.add_argument("--format", choices=("gguf", "onnx"), default="gguf",
+                   help="bundle format to export, run and profile (default gguf)")
     p.add_argument("--plan-only", action="store_true", help="only plan the bundled model configs")
     p.add_argument("--rebuild", action="store_true", help="retrain the cached demo model")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
@@ -71,9 +73,10 @@ def _cli(*args: str) -> str:
     return r.stdout
 
 
-def _end_to_end(device, rebuild: bool, quiet: bool) -> dict:
+def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf") -> dict:
     from edgellm.exporters.demo_models import train_demo_model
     from edgellm.exporters.export_gguf import ExportRequest, export_gguf
+    from edgellm.exporters.export_onnx import export_onnx
     from edgellm.runtime.llamacpp import default_threads
 
     line = StageLine()
@@ -90,12 +93,15 @@ def _end_to_end(device, rebuild: bool, quiet: bool) -> dict:
     else:
         say(f"[1/5] demo model: cached at {model_dir}")
     model = models.load_config(str(model_dir))
-    plan = planner.plan(model, device, planner.budgets_for(device, None, None, None, model), formats=("gguf",))
+    plan = planner.plan(model, device, planner.budgets_for(device, None, None, None, model), formats=(fmt,))
     w = plan.winner
+    if w is None:
+        raise EdgeLLMError(f"demo: no {fmt} build of the demo model fits {device.name}")
     say(f"[2/5] planned for {device.name}: {w.choice.label}")
     prediction = report.prediction(w, plan.budgets.context)
-    out = cache_dir() / f"bundle-{device.name}"
-    result = export_gguf(ExportRequest(model_dir=model_dir, model=model, choice=w.choice, out=out,
+    out = cache_dir() / f"bundle-{fmt}-{device.name}"
+    exporter = export_onnx if fmt == "onnx" else export_gguf
+    result = exporter(ExportRequest(model_dir=model_dir, model=model, choice=w.choice, out=out,
                                        device=device.name, prediction=prediction, threads=default_threads(),
                                        force=True), stage=lambda m: say("[3/5] export: " + m.split("] ", 1)[-1]))
     say("[4/5] running the bundle")
@@ -114,7 +120,7 @@ def run(args) -> int:
     have_toolchain = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "gguf"))
     demo = None
     if not args.plan_only and have_toolchain:
-        demo = _end_to_end(device, args.rebuild, args.json)
+        demo = _end_to_end(device, args.rebuild, args.json, args.format)
     plans = _bundled_plans(device)
     if args.json:
         print_json({"demo": demo, "bundled_plans": [report.to_json(p) for p in plans]})

@@ -13,21 +13,28 @@ from edgellm.cli.progress import StageLine
 from edgellm.errors import BadInput, EdgeLLMError, NothingFits
 from edgellm.plan import planner, report
 from edgellm.plan.choice import BuildChoice
-from edgellm.plan.planner import GGUF_QUANTS
+from edgellm.plan.planner import GGUF_QUANTS, ONNX_QUANTS
 from edgellm.units import fmt_bytes
 
-HELP = """Convert MODEL to GGUF for a device, quantize it with llama.cpp's quantizer, check it
-against the original model, and write one folder holding the model file, the tokenizer and a
-manifest (source, device, plan, sha256 of every file, verification numbers, tool versions).
+HELP = """Convert MODEL for a device, quantize it, check it against the original model, and write
+one folder holding the model file(s), the tokenizer and a manifest (source, device, plan, sha256
+of every file, verification numbers, tool versions).
 
+--format gguf (default): llama.cpp's file, quantized with llama.cpp's own quantizer; --quant is a
+  GGUF type (Q4_K_M, Q8_0, ...).
+--format onnx: one ONNX Runtime graph of fused contrib ops (GroupQueryAttention, MatMulNBits,
+  SkipSimplifiedLayerNormalization) with the KV cache as inputs/outputs; --quant fp32, fp16,
+  int8 or int4 (MatMulNBits blocks of --block-size weights along the input dimension).
 --quant auto takes the planner's choice for the device and budgets (see `edgellm plan`).
-Verification compares llama.cpp's logits with the original model's in transformers: F16 must
-match to float tolerance with identical greedy continuations; quantized files report KL
-divergence, top-1 agreement and perplexity change.  --no-verify skips it.
+
+Verification compares the runtime's logits with the original model's in transformers:
+unquantized files must match to float tolerance with identical greedy continuations; quantized
+files report KL divergence, top-1 agreement and perplexity change.  --no-verify skips it.
 
 examples:
   edgellm export ./my-model --device rpi5-8gb
   edgellm export Qwen/Qwen2.5-0.5B-Instruct --device rpi5 --quant Q4_K_M -o qwen-rpi5
+  edgellm export ./my-model --device laptop --format onnx --quant int4 --block-size 32
 """
 
 
@@ -36,9 +43,12 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="local model folder or hub id")
     p.add_argument("--device", "-d", required=True, help="device profile name or .toml file")
-    p.add_argument("--format", choices=("gguf",), default="gguf", help="artifact format (gguf)")
-    p.add_argument("--quant", default="auto", choices=("auto",) + GGUF_QUANTS,
-                   help="GGUF file type, or auto for the planner's choice (default)")
+    p.add_argument("--format", choices=("gguf", "onnx"), default="gguf", help="artifact format (default gguf)")
+    p.add_argument("--quant", default="auto", choices=("auto",) + GGUF_QUANTS + ONNX_QUANTS, metavar="QUANT",
+                   help=f"auto (the planner's choice, default); GGUF: {', '.join(GGUF_QUANTS)}; "
+                        f"ONNX: {', '.join(ONNX_QUANTS)}")
+    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128), default=None,
+                   help="ONNX int4/int8: weights per quantization block (default 32)")
     p.add_argument("-o", "--output", type=Path, help="bundle folder (default: ./NAME-QUANT-DEVICE)")
     p.add_argument("--max-memory", type=size_arg, metavar="SIZE", help="memory budget for --quant auto")
     p.add_argument("--min-decode-tps", type=positive_float, metavar="TOK_S", help="speed budget for --quant auto")
@@ -55,15 +65,27 @@ def add_parser(sub) -> None:
 
 
 def _choose(args, model, device) -> tuple[BuildChoice, dict]:
+    fmt = args.format
+    if args.quant != "auto" and (args.quant in GGUF_QUANTS) != (fmt == "gguf"):
+        raise BadInput(f"--quant {args.quant} is not a {fmt} type; {fmt} offers "
+                       f"{', '.join(GGUF_QUANTS if fmt == 'gguf' else ONNX_QUANTS)}")
+    if args.block_size is not None and not (fmt == "onnx" and args.quant in ("int4", "int8", "auto")):
+        raise BadInput("--block-size applies to ONNX int4/int8 only")
     budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
-    plan = planner.plan(model, device, budgets, formats=("gguf",))
+    plan = planner.plan(model, device, budgets, formats=(fmt,))
     if args.quant == "auto":
-        if plan.winner is None:
+        fitting = [c for c in plan.candidates if c.fits and (args.block_size is None or
+                                                              c.choice.block_size in (None, args.block_size))]
+        if plan.winner is None or not fitting:
             hint = f"; would fit: {plan.suggestions[0]}" if plan.suggestions else ""
-            raise NothingFits(f"no GGUF build of {model.name} fits {device.name}{hint}")
-        c = plan.winner
+            raise NothingFits(f"no {fmt.upper()} build of {model.name} fits {device.name}{hint}")
+        c = plan.winner if plan.winner in fitting else fitting[0]
     else:
-        c = next(c for c in plan.candidates if c.choice.quant == args.quant and c.choice.kv_cache == "f16")
+        block = (args.block_size or 32) if args.quant in ("int4", "int8") else None
+        c = next((c for c in plan.candidates if c.choice.quant == args.quant
+                  and c.choice.block_size == block), None)
+        if c is None:                      # a build the planner has no runtime for on this device
+            raise BadInput(f"{device.name} has no runtime for {fmt} {args.quant}; see `edgellm devices show {device.name}`")
         if not c.fits:
             print(f"edgellm: warning: {args.quant} misses {device.name}'s budgets: {'; '.join(c.failures)}",
                   file=sys.stderr)
@@ -73,7 +95,8 @@ def _choose(args, model, device) -> tuple[BuildChoice, dict]:
 def _need_export_extra() -> None:
     import importlib.util
 
-    missing = [m for m in ("torch", "transformers", "gguf", "llama_cpp") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("torch", "transformers", "gguf", "llama_cpp", "onnx", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
     if missing:
         raise EdgeLLMError(f"export needs the host toolchain ({', '.join(missing)} missing): "
                            "pip install 'edgellm[export]'")
@@ -82,6 +105,7 @@ def _need_export_extra() -> None:
 def run(args) -> int:
     _need_export_extra()
     from edgellm.exporters.export_gguf import ExportRequest, export_gguf
+    from edgellm.exporters.export_onnx import export_onnx
     from edgellm.exporters.weights_source import weights_folder
     from edgellm.runtime.llamacpp import default_threads
 
@@ -90,12 +114,14 @@ def run(args) -> int:
     model = models.load_config(str(folder))
     model = dataclasses.replace(model, name=args.model)
     choice, prediction = _choose(args, model, device)
-    out = args.output or Path(f"{Path(args.model).name}-{choice.quant}-{device.name}")
+    label = choice.quant if choice.block_size is None else f"{choice.quant}-b{choice.block_size}"
+    out = args.output or Path(f"{Path(args.model).name}-{choice.format}-{label}-{device.name}")
     if out.resolve() == folder.resolve():
         raise BadInput(f"{out}: the bundle cannot be written into the model folder")
     line = StageLine()
     try:
-        result = export_gguf(ExportRequest(
+        exporter = export_onnx if choice.format == "onnx" else export_gguf
+        result = exporter(ExportRequest(
             model_dir=folder, model=model, choice=choice, out=out, device=device.name,
             prediction=prediction, verify=not args.no_verify, threads=args.threads or default_threads(),
             allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, force=args.force),

@@ -38,19 +38,24 @@ def add_parser(sub) -> None:
 
 def _open(path: str, n_ctx: int, threads):
     from edgellm.runtime.bundle import open_bundle
+
+    bundle = open_bundle(path)
+    if bundle.format == "onnx":
+        from edgellm.runtime.onnxrt import OnnxModel
+
+        return bundle, OnnxModel(bundle.artifact, threads=threads)
+    if bundle.format != "gguf":
+        raise BadInput(f"{path}: a {bundle.format} bundle; this runtime runs gguf and onnx bundles")
     from edgellm.runtime.gguf_check import read_header
     from edgellm.runtime.llamacpp import LlamaCppModel
 
-    bundle = open_bundle(path)
-    if bundle.format != "gguf":
-        raise BadInput(f"{path}: a {bundle.format} bundle; this runtime has the llama.cpp backend only")
     read_header(bundle.artifact)                  # our bounds checks before llama.cpp parses it
     return bundle, LlamaCppModel(bundle.artifact, n_ctx=n_ctx, threads=threads)
 
 
 def run(args) -> int:
     bundle, model = _open(args.bundle, args.context, args.threads)
-    chat = not args.raw and "tokenizer.chat_template" in model.llm.metadata
+    chat = not args.raw and model.has_chat_template
     for piece in model.stream(args.prompt, args.max_tokens, args.temperature, chat=chat, seed=args.seed):
         sys.stdout.write(piece)
         sys.stdout.flush()

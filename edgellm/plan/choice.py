@@ -10,7 +10,7 @@ VERSION = 1
 @dataclass(frozen=True)
 class BuildChoice:
     """``format`` "gguf" or "onnx"; ``quant`` a GGUF file type (Q4_K_M ...) or an ONNX weight type
-    (fp16, int8, int4); ``kv_cache`` the cache element type; ``block_size`` for ONNX int4."""
+    (fp32, fp16, int8, int4); ``kv_cache`` the cache element type; ``block_size`` for ONNX int4/int8."""
 
     format: str
     quant: str
@@ -21,8 +21,8 @@ class BuildChoice:
     def __post_init__(self) -> None:
         if self.format not in ("gguf", "onnx"):
             raise ValueError(f"format must be gguf or onnx, not {self.format!r}")
-        if (self.block_size is not None) != (self.format == "onnx" and self.quant == "int4"):
-            raise ValueError("block_size is given exactly for ONNX int4")
+        if (self.block_size is not None) != (self.format == "onnx" and self.quant in ("int4", "int8")):
+            raise ValueError("block_size is given exactly for ONNX int4 and int8")
 
     @property
     def label(self) -> str:

@@ -70,12 +70,13 @@ def _gguf_weights(model: ModelConfig, quant: str) -> tuple[int, int, Counter]:
 
 
 def _onnx_weights(model: ModelConfig, quant: str, block: int | None) -> tuple[int, int, Counter]:
-    total = onnx_layout.weight_bytes(model, quant, block)
+    """(resident weight bytes, bytes read per decoded token, type histogram)."""
+    total = onnx_layout.weight_bytes(model, quant, block, resident=True)
     emb = next(t for t in model.tensors if t.name == "token_embd.weight")
-    gathered = onnx_layout.tensor_bytes(emb, quant, block)
-    tied_shared = quant == "int4" and model.tied_embeddings
-    read = total if tied_shared else total - gathered
-    kind = {"fp16": "float16", "int8": "int8", "int4": f"int4/{block}"}[quant]
+    gathered = onnx_layout.tensor_bytes(emb, quant, block, resident=True)
+    shared = quant in ("int4", "int8") and model.tied_embeddings     # one set of blocks, read by the head
+    read = total - onnx_layout.rotary_bytes(model) - (0 if shared else gathered)
+    kind = {"fp32": "float32", "fp16": "float16", "int8": f"int8/{block}", "int4": f"int4/{block}"}[quant]
     hist = Counter({kind: sum(t.is_matrix for t in model.tensors), "float32": sum(not t.is_matrix for t in model.tensors)})
     return total, read, hist
 
@@ -95,7 +96,7 @@ def _head_elements(model: ModelConfig) -> int:
 def _units(device: DeviceProfile, choice: BuildChoice) -> list[tuple[str, float, KernelRates]]:
     """Where this build can run: (label, peak ops/s, kernel shares)."""
     runtime = RUNTIMES[FORMAT_RUNTIME[choice.format]]
-    family = "float" if choice.quant in ("F16", "fp16") else "quant"
+    family = "float" if choice.quant in ("F16", "fp16", "fp32") else "quant"
     units = []
     if runtime.name in device.runtimes:
         units.append(("cpu", device.cpu.effective_fp32, runtime.rates(family, device.cpu.int8_dot)))
@@ -130,7 +131,8 @@ def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, con
         file_bytes = weights + _gguf_metadata_bytes(model)
     else:
         weights, read, hist = _onnx_weights(model, choice.quant, choice.block_size)
-        file_bytes = weights + 64 * 1024 + 200 * len(model.tensors)   # graph protobuf
+        file_bytes = (onnx_layout.weight_bytes(model, choice.quant, choice.block_size)
+                      + onnx_layout.file_overhead(model, choice.quant))
     memory = Memory(weights=weights, kv_cache=kv_bytes(model, choice, context),
                     compute=runtime.compute_buffer(model, context), runtime=runtime.fixed_overhead)
 
@@ -146,7 +148,7 @@ def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, con
         flops = prompt * (_flops_per_token(model, prompt // 2) - 2 * _head_elements(model)) + 2 * _head_elements(model)
         t_prefill = max(flops / (peak * rates.prefill), weights / bandwidth)
         prefill = prompt / t_prefill
-        if best is None or decode > best[2]:
+        if best is None or decode >= best[2]:     # a tie goes to the accelerator: it frees the CPU
             best = (label, prefill, decode)
     label, prefill, decode = best
     return Estimate(choice=choice, file_bytes=file_bytes, tensor_types=dict(sorted(hist.items())),

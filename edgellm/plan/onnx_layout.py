@@ -1,13 +1,15 @@
-"""Bytes per tensor in the ONNX builds edgellm exports, by weight type.
+"""Bytes per tensor in the ONNX builds edgellm exports (exporters/onnx_graph.py), by weight type;
+checked against real files in tests/test_onnx.py.
 
-- fp16: every initializer in float16.
-- int8: MatMul and Gather weights int8 with one float32 scale and one zero point per row
-  (ONNX Runtime dynamic quantization, per channel); norms float32.
-- int4: MatMulNBits (ONNX Runtime contrib op): per block of ``b`` weights, b/2 bytes of 4-bit
-  values, a float32 scale and a packed 4-bit zero point; the embedding as GatherBlockQuantized,
-  shared with the head when the model ties them (as onnxruntime-genai's builder does).
-An ONNX graph holds the head as its own MatMul, so an int8 model of a tied checkpoint stores
-embedding and head separately.
+- fp32: every initializer float32.  fp16: matrices stored float16 (the file), widened once to
+  float32 at load (ONNX Runtime's x86 kernels compute in float32), so resident memory is fp32's.
+- int4 / int8: MatMulNBits blocks of ``b`` weights along the input dimension: b/2 (int4) or b
+  (int8) bytes of values, a float32 scale and a zero point (4 bits packed in pairs for int4, a
+  byte for int8) per block.  The embedding is the same blocks read by GatherBlockQuantized; a
+  tied head shares them, an untied head has its own.
+- vectors (norms, biases) float32; rotary cos/sin tables float32, max_context x head_dim/2 each.
+- a float graph holds the head as its own MatMul, so a tied checkpoint stores embedding and head
+  separately.
 """
 
 from __future__ import annotations
@@ -17,24 +19,41 @@ import math
 from edgellm.models.config import ModelConfig
 from edgellm.models.tensors import TensorSpec
 
-KV_BYTES = {"fp16": 2.0, "int8": 4.0, "int4": 4.0}   # cache dtype follows the model's io dtype
+KV_BYTES = {"fp32": 4.0, "fp16": 4.0, "int8": 4.0, "int4": 4.0}   # the cache is float32
 
 
-def tensor_bytes(t: TensorSpec, quant: str, block: int | None) -> int:
+def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = False) -> int:
     if not t.is_matrix:
-        return t.n_elements * (2 if quant == "fp16" else 4)
+        return t.n_elements * 4
+    if quant == "fp32" or (quant == "fp16" and resident):
+        return t.n_elements * 4
     if quant == "fp16":
         return t.n_elements * 2
-    if quant == "int8":
-        return t.n_elements + t.ne1 * 5
     assert block is not None
-    blocks = math.ceil(t.ne0 / block) * t.ne1
-    return blocks * (block // 2 + 4) + math.ceil(blocks / 2)
+    per_col = math.ceil(t.ne0 / block)
+    blocks = per_col * t.ne1
+    if quant == "int8":
+        return blocks * (block + 4) + blocks
+    return blocks * (block // 2 + 4) + t.ne1 * math.ceil(per_col / 2)
 
 
-def weight_bytes(model: ModelConfig, quant: str, block: int | None) -> int:
-    total = sum(tensor_bytes(t, quant, block) for t in model.tensors)
-    if model.tied_embeddings and quant != "int4":
+def weight_bytes(model: ModelConfig, quant: str, block: int | None, resident: bool = False) -> int:
+    """All initializers: the file's bytes (``resident``: after load-time widening of fp16)."""
+    total = sum(tensor_bytes(t, quant, block, resident) for t in model.tensors
+                if t.is_param or t.name == "token_embd.weight")
+    if model.tied_embeddings and quant in ("fp32", "fp16"):
         emb = next(t for t in model.tensors if t.name == "token_embd.weight")
-        total += tensor_bytes(emb, quant, block)      # the head, stored again as a MatMul weight
-    return total
+        total += tensor_bytes(emb, quant, block, resident)      # the head, stored again as a MatMul weight
+    return total + rotary_bytes(model)
+
+
+def rotary_bytes(model: ModelConfig) -> int:
+    return 2 * model.max_context * (model.head_dim // 2) * 4
+
+
+def file_overhead(model: ModelConfig, quant: str) -> int:
+    """Bytes in the files beyond the weights: the graph protobuf (~3 kB per layer) and the padding
+    that aligns each external initializer to 4 KiB (often none: most sizes are multiples of it)."""
+    arrays_per_matrix = 3 if quant in ("int4", "int8") else 1      # values, scales, zero points
+    n_arrays = sum(arrays_per_matrix if t.is_matrix else 1 for t in model.tensors if t.is_param) + 2
+    return 6000 + 3000 * model.n_layers + 512 * n_arrays

@@ -18,7 +18,10 @@ GGUF_QUANTS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_
 # Below this mean KLD a build is treated as lossless: among such builds the fastest wins, since
 # no user can tell them apart (llama.cpp's Q8_0 measures 0.0003 on a small model).
 LOSSLESS_KLD = 0.001
-ONNX_BUILDS = (("fp16", "f16", None), ("int8", "f32", None), ("int4", "f32", 32), ("int4", "f32", 128))
+# what the ONNX exporter writes (exporters/onnx_graph.py): float32 KV cache, MatMulNBits blocks
+ONNX_BUILDS = (("fp32", "f32", None), ("fp16", "f32", None), ("int8", "f32", 32), ("int4", "f32", 32),
+               ("int4", "f32", 128))
+ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 assert set(GGUF_QUANTS) <= set(RECIPES)
 
 
@@ -102,6 +105,12 @@ def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
     out.sort(key=lambda c: (quality_rank(c), prefs.get(c.choice.format, 9), -c.estimate.decode_tps,
                             c.estimate.file_bytes))
     return out
+
+
+def evaluate_choice(model: ModelConfig, device: DeviceProfile, budgets: Budgets, choice: BuildChoice) -> Candidate | None:
+    """One given build (e.g. an ONNX block size the table does not list); None when no runtime."""
+    e = estimate(model, device, choice, budgets.context)
+    return None if e is None else Candidate(e, quality_table.expected(choice), failures(e, budgets))
 
 
 def quality_rank(c: Candidate) -> float:

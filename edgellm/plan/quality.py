@@ -37,8 +37,9 @@ _GGUF = {
     "IQ4_XS": Quality(0.0185, 1.0175, 0.940, ESTIMATE),
 }
 _ONNX = {
+    "fp32": Quality(0.0, 1.0, 1.0, ESTIMATE),
     "fp16": Quality(0.00001, 1.0000, 0.999, ESTIMATE),
-    # one scale per row instead of per 32 weights: worse than Q8_0
+    # 8-bit blocks of 32 with a scale and zero point: like Q8_0, plus int8 activations (accuracy level 4)
     "int8": Quality(0.0010, 1.0020, 0.985, ESTIMATE),
     # asymmetric 4-bit with a float32 scale per block: like Q4_1, between Q4_K_M and Q4_0
     "int4/32": Quality(0.0200, 1.0190, 0.940, ESTIMATE),
@@ -51,7 +52,9 @@ def expected(choice: BuildChoice) -> Quality:
     if choice.format == "gguf":
         q = _GGUF[choice.quant]
     else:
-        q = _ONNX[f"int4/{choice.block_size}" if choice.quant == "int4" else choice.quant]
+        key = f"int4/{choice.block_size}"
+        q = _ONNX[key] if key in _ONNX else _ONNX["int4/32" if (choice.block_size or 32) <= 32 else "int4/128"] \
+            if choice.quant == "int4" else _ONNX[choice.quant]
     if choice.kv_cache == "q8_0":
         source = q.source if q.source == ESTIMATE else f"{q.source} + estimate for the q8_0 cache"
         return Quality(q.kld + _KV_Q8_COST, q.ppl_ratio + _KV_Q8_COST, q.top1 - 0.002, source)

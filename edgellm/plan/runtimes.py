@@ -68,9 +68,10 @@ class OnnxRuntime(Runtime):
     def rates(self, weight_family: str, int8_dot: bool) -> KernelRates:
         if weight_family == "float":
             return KernelRates(decode=0.10, prefill=0.30)     # estimate: fp16 kernels are weak on CPU
-        # quantized: calibrated on onnxruntime-genai int4 (anchors.md): 25 tok/s decode, 94 tok/s
-        # prefill (0.37 if it computes the head for the last token only, as edgellm's loop does)
-        r = KernelRates(decode=0.14, prefill=0.37)
+        # quantized: calibrated on edgellm's own onnxruntime backend, int4/32, Qwen2.5-0.5B shape,
+        # 2 threads (benchmarks/RESULTS.md, issue 4): 54.4 tok/s decode, 205 tok/s prefill (head on
+        # the last token only); onnxruntime-genai measured 41.2 / 79.4 in the same run.
+        r = KernelRates(decode=0.33, prefill=0.85)
         return r if int8_dot else KernelRates(r.decode / 2, r.prefill / 2)
 
     def compute_buffer(self, model: ModelConfig, context: int) -> int:

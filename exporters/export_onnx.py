@@ -1,0 +1,81 @@
+"""The ONNX export stage: model folder + build choice in, verified bundle folder out.
+
+load -> build the graph, converting and quantizing weights as they stream to the external data
+file -> check the file loads in ONNX Runtime -> verify against the original -> package.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from edgellm.errors import BadInput
+from edgellm.exporters.checkpoint import open_checkpoint
+from edgellm.exporters.export_gguf import ExportRequest, ExportResult, manifest_body
+from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def _ensure_tokenizer_json(model_dir: Path, tmp: Path) -> None:
+    """The ONNX runtime reads tokenizer.json; a SentencePiece-only folder gets one written by
+    transformers' converter (no model code runs)."""
+    if (tmp / "tokenizer.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True, trust_remote_code=False)
+        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+    except Exception as e:                                      # noqa: BLE001 - one clear line
+        raise BadInput(f"{model_dir}: no tokenizer.json and it could not be converted ({e})") from None
+
+
+def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: None,
+                accuracy_level: int = 4) -> ExportResult:
+    import onnx
+
+    from edgellm.exporters.onnx_arch import for_model
+    from edgellm.exporters.onnx_graph import QUANTS, Reader, build
+    from edgellm.exporters.onnx_weights import ExternalData
+
+    c = req.choice
+    if c.format != "onnx" or c.quant not in QUANTS:
+        raise BadInput(f"ONNX export offers {', '.join(QUANTS)}; not {c.quant}")
+    block = c.block_size or 32
+    if c.quant in ("int4", "int8") and block not in BLOCK_SIZES:
+        raise BadInput(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}")
+    t0 = time.perf_counter()
+    ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
+    arch = for_model(req.model)
+    if not (req.model_dir / "tokenizer.json").is_file() and not (req.model_dir / "tokenizer.model").is_file():
+        raise BadInput(f"{req.model_dir}: no tokenizer (tokenizer.json or tokenizer.model)")
+    with staging(req.out, req.force) as tmp:
+        weights = ExternalData(tmp / DATA_FILE)
+        try:
+            model = build(arch, Reader(ckpt), weights, c.quant, block, accuracy_level,
+                          progress=lambda i, n: stage(f"[1/3] building ONNX {c.label}: step {i}/{n}"))
+        finally:
+            weights.close()
+        onnx.helper.set_model_props(model, {"max_context": str(req.model.max_context), "quant": c.quant,
+                                            "producer": "edgellm"})
+        onnx.save(model, str(tmp / MODEL_FILE))
+        copy_tokenizer(req.model_dir, tmp)
+        _ensure_tokenizer_json(req.model_dir, tmp)
+        ops: dict[str, int] = {}
+        for node in model.graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        del model
+        report = None
+        if req.verify:
+            from edgellm.exporters.verify import verify_onnx
+            report = verify_onnx(req.model_dir, tmp / MODEL_FILE, c.quant, req.threads, req.trust_remote_code,
+                            progress=lambda m: stage(f"[2/3] verifying: {m}"))
+        stage("[3/3] writing the manifest")
+        files = write_manifest(tmp, MODEL_FILE, manifest_body(req, report, operators=dict(sorted(ops.items()))),
+                               tool_versions(("onnx", "onnxruntime", "torch", "transformers")))
+    size = files[MODEL_FILE]["bytes"] + files[DATA_FILE]["bytes"]
+    return ExportResult(req.out, req.out / MODEL_FILE, size, {}, report, time.perf_counter() - t0)

@@ -1,0 +1,223 @@
+"""Build a decoder as an ONNX graph of ONNX Runtime's fused contrib ops, weights streamed to disk.
+
+The graph is the one that makes onnxruntime-genai's CPU models fast, built directly from the
+checkpoint (no torch trace, no full-size intermediate model):
+  Gather | GatherBlockQuantized (embedding; int4 shares the head's blocks when tied)
+  per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization,
+             one packed q|k|v MatMul (MatMulNBits for int4/int8), GroupQueryAttention with rotary
+             inside and the KV cache as inputs/outputs, o MatMul, gate and up MatMuls, SiLU, down;
+  final norm, then the head applied only to the last ``logits_to_keep`` positions (generation
+  needs one; verification asks for all), so prefill does not pay for 128 x vocab logits.
+Inputs: input_ids [B, S] int64, attention_mask [B, T] int64 (T = past + S), logits_to_keep int64
+scalar, past_key_values.{i}.key/value [B, KV, P, D] float32.  Outputs: logits [B, K, V] float32,
+present.{i}.key/value [B, KV, T, D].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from edgellm.exporters.onnx_arch import OnnxArch
+from edgellm.exporters.onnx_weights import ExternalData, quantize_nbits
+
+MS = "com.microsoft"
+QUANTS = ("fp32", "fp16", "int8", "int4")
+OPSET = 21
+
+
+class Reader:
+    """Checkpoint tensors as float32 numpy arrays, by Hugging Face name."""
+
+    def __init__(self, ckpt):
+        self.ckpt = ckpt
+        self._names = set(ckpt.names())
+
+    def __call__(self, name: str) -> np.ndarray:
+        return np.asarray(self.ckpt.read(name), dtype=np.float32)
+
+    def has(self, name: str) -> bool:
+        return name in self._names
+
+
+@dataclass
+class Graph:
+    weights: ExternalData
+    quant: str
+    block: int
+    accuracy_level: int
+    nodes: list = field(default_factory=list)
+    _n: int = 0
+    _consts: set = field(default_factory=set)
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", name: str = "", **attrs):
+        from onnx import helper
+
+        self._n += 1
+        name = f"{name or op}_{self._n}"
+        outs = [f"{name}/out{j}" for j in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, name: str, value) -> str:
+        """A small constant, added once however often it is used."""
+        if name not in self._consts:
+            self._consts.add(name)
+            self.weights.add(name, np.asarray(value))
+        return name
+
+    def matmul(self, x: str, w_nk: np.ndarray, name: str, bias: np.ndarray | None = None) -> str:
+        """x @ W.T (+ b) for a Hugging Face weight [out, in], in the export's weight type."""
+        n, k = w_nk.shape
+        if self.quant in ("int4", "int8"):
+            bits = 4 if self.quant == "int4" else 8
+            q = quantize_nbits(w_nk, bits, self.block)
+            ins = [x, self.weights.add(f"{name}.qweight", q.packed), self.weights.add(f"{name}.scales", q.scales),
+                   self.weights.add(f"{name}.zero_points", q.zero_points)]
+            if bias is not None:
+                ins += ["", self.weights.add(f"{name}.bias", bias.astype(np.float32))]   # g_idx unused
+            return self.node("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=bits,
+                             block_size=self.block, accuracy_level=self.accuracy_level)
+        w = self.weight(f"{name}.weight", np.ascontiguousarray(w_nk.T))
+        y = self.node("MatMul", [x, w], name=name)
+        if bias is not None:
+            y = self.node("Add", [y, self.weights.add(f"{name}.bias", bias.astype(np.float32))])
+        return y
+
+    def weight(self, name: str, w: np.ndarray) -> str:
+        """A float weight: float32, or stored float16 and widened once at load (fp16 halves the file;
+        ONNX Runtime's x86 CPU kernels compute in float32)."""
+        if self.quant != "fp16":
+            return self.weights.add(name, w.astype(np.float32))
+        return self.node("Cast", [self.weights.add(name, w.astype(np.float16))], to=1)
+
+
+def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block: int = 32,
+          accuracy_level: int = 4, context: int | None = None,
+          progress: Callable[[int, int], None] = lambda i, n: None):
+    """The ModelProto (initializers external in ``weights``)."""
+    from onnx import TensorProto, helper
+
+    m = arch.model
+    g = Graph(weights, quant, block, accuracy_level)
+    hidden, heads, kv, hd = m.hidden, m.n_heads, m.n_kv_heads, m.head_dim
+    n_layers, vocab = m.n_layers, m.vocab
+    eps = arch.eps
+    ctx = min(context or m.max_context, m.max_context)
+
+    # attention lengths from the mask: seqlens_k = tokens seen - 1, total = mask length
+    mask_sum = g.node("ReduceSum", ["attention_mask", g.const("axes1", np.array([1], np.int64))], keepdims=0)
+    seqlens_k = g.node("Cast", [g.node("Sub", [mask_sum, g.const("one_i64", np.array(1, np.int64))])], to=TensorProto.INT32)
+    total = g.node("Cast", [g.node("Gather", [g.node("Shape", ["attention_mask"]), g.const("idx1", np.array(1, np.int64))], axis=0)],
+                   to=TensorProto.INT32)
+    cos, sin = arch.rotary_caches(ctx)
+    cos_n, sin_n = weights.add("cos_cache", cos), weights.add("sin_cache", sin)
+
+    def norm_w(name: str) -> str:
+        return weights.add(name, read(name) + np.float32(arch.norm_offset))
+
+    # embedding: int4/int8 blocks read by GatherBlockQuantized (a tied head multiplies the same
+    # blocks), float weights by Gather
+    tied = m.tied_embeddings or not read.has(arch.head)
+    emb = read(arch.embed)
+    steps, step = n_layers + 2, 0
+    head_q = None
+    if quant in ("int4", "int8"):
+        bits = 4 if quant == "int4" else 8
+        q = quantize_nbits(emb, bits, block)
+        qw = weights.add("embed.qweight", q.packed)
+        qs, qz = weights.add("embed.scales", q.scales), weights.add("embed.zero_points", q.zero_points)
+        flat = g.node("Reshape", [qw, g.const("embed_flat_shape", np.array([vocab, -1], np.int64))])
+        x = g.node("GatherBlockQuantized", [flat, "input_ids", qs, qz], domain=MS, bits=bits, block_size=block,
+                   gather_axis=0, quantize_axis=1)
+        if q.packed.shape[1] * block != hidden:
+            x = g.node("Slice", [x, g.const("zero", np.array([0], np.int64)), g.const("hid", np.array([hidden], np.int64)),
+                                 g.const("axis_last", np.array([-1], np.int64))])
+        if tied:
+            head_q = (qw, qs, qz, bits)
+    else:
+        x = g.node("Gather", [g.weight("embed.weight", emb), "input_ids"], axis=0)
+    head_w = emb if tied and head_q is None else None
+    del emb
+    if arch.embed_scale is not None:
+        x = g.node("Mul", [x, g.const("embed_scale", np.array(arch.embed_scale, np.float32))])
+    step += 1
+    progress(step, steps)
+
+    residual, pending = x, None
+    inputs, outputs = [], []
+    for i in range(n_layers):
+        names = arch.layer(i)
+        if pending is None:
+            h = g.node("SimplifiedLayerNormalization", [residual, norm_w(names["attn_norm"])], axis=-1, epsilon=eps)
+        else:
+            h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm_w(names["attn_norm"])],
+                                       n_out=4, domain=MS, epsilon=eps)
+        w_qkv, b_qkv = arch.qkv(read, i)
+        qkv = g.matmul(h, w_qkv, f"layers.{i}.attn.qkv", b_qkv)
+        if arch.qk_norm:
+            q, k, v = g.node("Split", [qkv, g.const("split_qkv", np.array([heads * hd, kv * hd, kv * hd], np.int64))],
+                             n_out=3, axis=-1)
+            q = _head_norm(g, q, heads, hd, norm_w(names["q_norm"]), eps)
+            k = _head_norm(g, k, kv, hd, norm_w(names["k_norm"]), eps)
+        else:
+            q, k, v = qkv, "", ""
+        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        pres_k, pres_v = f"present.{i}.key", f"present.{i}.value"
+        attn = g.node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total, cos_n, sin_n], n_out=3,
+                      domain=MS, num_heads=heads, kv_num_heads=kv, scale=arch.attention_scale, do_rotary=1,
+                      rotary_interleaved=0, local_window_size=arch.sliding_window)
+        g.nodes[-1].output[1:] = [pres_k, pres_v]
+        cache_shape = ["batch", kv, "past_sequence_length", hd]
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape) for n in (past_k, past_v)]
+        outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv, "total_sequence_length", hd])
+                    for n in (pres_k, pres_v)]
+        o = g.matmul(attn[0], read(names["o"] + ".weight"), f"layers.{i}.attn.o",
+                     read(names["o"] + ".bias") if read.has(names["o"] + ".bias") else None)
+        h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, norm_w(names["mlp_norm"])],
+                                   n_out=4, domain=MS, epsilon=eps)
+        w_gate, w_up = arch.gate_up(read, i)
+        gate = g.matmul(h, w_gate, f"layers.{i}.mlp.gate")
+        up = g.matmul(h, w_up, f"layers.{i}.mlp.up")
+        if arch.activation == "silu":
+            act = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
+        else:
+            act = g.node("FastGelu", [gate], domain=MS)
+        pending = g.matmul(g.node("Mul", [act, up]), read(names["down"] + ".weight"), f"layers.{i}.mlp.down")
+        step += 1
+        progress(step, steps)
+
+    h, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm_w(arch.final_norm)],
+                        n_out=4, domain=MS, epsilon=eps)
+    # the head on the last logits_to_keep positions only
+    neg_keep = g.node("Neg", [g.node("Reshape", ["logits_to_keep", g.const("shape1", np.array([1], np.int64))])])
+    h = g.node("Slice", [h, neg_keep, g.const("int_max", np.array([2**62], np.int64)), g.const("axis1", np.array([1], np.int64))])
+    if head_q is not None:
+        qw, qs, qz, bits = head_q
+        logits = g.node("MatMulNBits", [h, qw, qs, qz], domain=MS, name="lm_head", K=hidden, N=vocab, bits=bits,
+                        block_size=block, accuracy_level=accuracy_level)
+    else:
+        logits = g.matmul(h, head_w if head_w is not None else read(arch.head), "lm_head")
+    del head_w
+    g.nodes[-1].output[0] = "logits"
+    step += 1
+    progress(step, steps)
+
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence_length"]),
+              helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [])] + inputs
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "kept", vocab])] + outputs
+    graph = helper.make_graph(g.nodes, "edgellm", inputs, outputs, initializer=weights.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                              producer_name="edgellm")
+    model.ir_version = 10
+    return model
+
+
+def _head_norm(g: Graph, x: str, n: int, d: int, w: str, eps: float) -> str:
+    """RMSNorm over each head's vector (Qwen3's q_norm / k_norm)."""
+    shaped = g.node("Reshape", [x, g.const(f"heads_{n}x{d}", np.array([0, 0, n, d], np.int64))])
+    normed = g.node("SimplifiedLayerNormalization", [shaped, w], axis=-1, epsilon=eps)
+    return g.node("Reshape", [normed, g.const(f"flat_{n * d}", np.array([0, 0, n * d], np.int64))])

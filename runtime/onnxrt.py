@@ -1,0 +1,191 @@
+"""The ONNX Runtime backend: load an edgellm ONNX decoder, score tokens, generate text, time it.
+
+Runs on the device with onnxruntime, tokenizers and numpy only.  The KV cache never leaves ONNX
+Runtime: each step's ``present`` outputs are bound, as OrtValues, as the next step's ``past``
+inputs (IO binding), so no cache bytes are copied through numpy.  The head runs only on the
+positions asked for (``logits_to_keep``): one during generation, all when scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
+
+
+class Tokenizer:
+    """tokenizer.json through the ``tokenizers`` library (no transformers on the device)."""
+
+    def __init__(self, folder: Path):
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+        except ImportError:
+            raise EdgeLLMError("the ONNX backend needs the tokenizers package: pip install tokenizers") from None
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise BadInput(f"{folder}: no tokenizer.json in the bundle")
+        self.tok = HFTokenizer.from_file(str(path))
+        cfg_path = folder / "tokenizer_config.json"
+        self.config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        gen_path = folder / "generation_config.json"
+        gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+        eos = gen.get("eos_token_id", self._special_id("eos_token"))
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    def _special_id(self, key: str) -> int | None:
+        tok = self.config.get(key)
+        if isinstance(tok, dict):
+            tok = tok.get("content")
+        return self.tok.token_to_id(tok) if isinstance(tok, str) else None
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """As transformers encodes: tokenizer.json's own post-processor adds BOS where the model
+        uses one."""
+        return self.tok.encode(text, add_special_tokens=add_bos).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def chat_prompt(self, user: str) -> str | None:
+        template = self.config.get("chat_template")
+        if not isinstance(template, str):
+            return None
+        import jinja2
+
+        env = jinja2.Environment(loader=jinja2.BaseLoader(), autoescape=False)
+        special = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in self.config.items()
+                   if k.endswith("_token")}
+        return env.from_string(template).render(messages=[{"role": "user", "content": user}],
+                                                add_generation_prompt=True, **special)
+
+
+class OnnxModel:
+    def __init__(self, path: Path, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EdgeLLMError("the ONNX backend needs onnxruntime: pip install onnxruntime") from None
+        self.path = Path(path)
+        self.threads = threads or default_threads()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        t0 = time.perf_counter()
+        try:
+            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:                     # onnxruntime raises its own exception types
+            raise BadInput(f"{self.path}: ONNX Runtime could not load it ({str(e).splitlines()[0][:300]})") from None
+        self.load_s = time.perf_counter() - t0
+        self.past_names = [i.name for i in self.sess.get_inputs() if i.name.startswith("past_key_values.")]
+        self.present_names = [o.name for o in self.sess.get_outputs() if o.name.startswith("present.")]
+        first = next(i for i in self.sess.get_inputs() if i.name.startswith("past_key_values."))
+        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.n_vocab = int(self.sess.get_outputs()[0].shape[-1])
+        meta = self.sess.get_modelmeta().custom_metadata_map
+        self.n_ctx = int(meta.get("max_context", 1 << 30))
+        self.tokenizer = Tokenizer(self.path.parent)
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return isinstance(self.tokenizer.config.get("chat_template"), str)
+
+    # --- one forward step ------------------------------------------------------------------
+    def empty_cache(self) -> list:
+        import onnxruntime as ort
+
+        z = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
+        return [ort.OrtValue.ortvalue_from_numpy(z) for _ in self.past_names]
+
+    def step(self, tokens: list[int], cache: list, keep: int = 1) -> tuple[np.ndarray, list]:
+        """Run ``tokens`` after ``cache``: (logits [keep, vocab], the new cache)."""
+        past = cache[0].shape()[2] if cache else 0
+        total = past + len(tokens)
+        if total > self.n_ctx:
+            raise BadInput(f"{total} tokens exceed the model's context ({self.n_ctx})")
+        if len(cache) != len(self.past_names):
+            raise BadInput(f"KV cache has {len(cache)} tensors; the model takes {len(self.past_names)}")
+        for v in cache:
+            shape = v.shape()
+            if len(shape) != 4 or shape[1] != self.kv_heads or shape[3] != self.head_dim or shape[2] != past:
+                raise BadInput(f"KV cache tensor of shape {shape} does not match the model "
+                               f"(expected [1, {self.kv_heads}, {past}, {self.head_dim}])")
+        b = self.sess.io_binding()
+        b.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
+        b.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
+        b.bind_cpu_input("logits_to_keep", np.array(keep, dtype=np.int64))
+        for name, v in zip(self.past_names, cache):
+            b.bind_ortvalue_input(name, v)
+        b.bind_output("logits")
+        for name in self.present_names:
+            b.bind_output(name)
+        self.sess.run_with_iobinding(b)
+        outs = b.get_outputs()
+        return outs[0].numpy()[0], list(outs[1:])
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits for every position of ``tokens``."""
+        out, _ = self.step(tokens, self.empty_cache(), keep=len(tokens))
+        return out
+
+    # --- generation ------------------------------------------------------------------------
+    def generate(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
+        rng = np.random.default_rng(seed)
+        logits, cache = self.step(prompt, self.empty_cache())
+        for _ in range(max_tokens):
+            row = logits[-1]
+            if temperature > 0:
+                z = (row - row.max()) / temperature
+                p = np.exp(z)
+                tok = int(rng.choice(len(p), p=p / p.sum()))
+            else:
+                tok = int(row.argmax())
+            if tok in self.tokenizer.eos_ids:
+                return
+            yield tok
+            if cache[0].shape()[2] + 1 > self.n_ctx:
+                return
+            logits, cache = self.step([tok], cache)
+
+    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
+        text = self.tokenizer.chat_prompt(prompt) if chat else None
+        ids = self.tokenize(text, add_bos=False) if text is not None else self.tokenize(prompt)
+        out: list[int] = []
+        shown = ""
+        for tok in self.generate(ids, max_tokens, temperature, seed):
+            out.append(tok)
+            text = self.tokenizer.decode(out)
+            if not text.endswith("\ufffd"):            # wait for complete UTF-8 characters
+                yield text[len(shown):]
+                shown = text
+
+    # --- timing ----------------------------------------------------------------------------
+    def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        logits, cache = self.step(prompt, self.empty_cache())
+        t1 = time.perf_counter()
+        tok = int(logits[-1].argmax())
+        ttft = time.perf_counter() - t0
+        t2 = time.perf_counter()
+        for _ in range(gen_tokens):
+            logits, cache = self.step([tok], cache)
+            tok = int(logits[-1].argmax())
+        return t1 - t0, ttft, time.perf_counter() - t2
+
+    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
+        if prompt_tokens + gen_tokens > self.n_ctx:
+            raise BadInput(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed the "
+                           f"context ({self.n_ctx})")
+        prompt = profile_prompt(self.tokenize, prompt_tokens)
+        self._timed_run(prompt[:min(8, len(prompt))], 2)          # warm-up
+        runs = [self._timed_run(prompt, gen_tokens) for _ in range(repeats)]
+        return summarize(runs, self.threads, prompt_tokens, gen_tokens, self.load_s)
