@@ -43,6 +43,9 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     from edgellm.exporters.onnx_weights import ExternalData
 
     c = req.choice
+    if str(req.prediction.get("runs_on", "")).startswith("npu"):
+        from edgellm.exporters.export_npu import export_npu
+        return export_npu(req, stage)
     if c.format != "onnx" or c.quant not in QUANTS:
         raise BadInput(f"ONNX export offers {', '.join(QUANTS)}; not {c.quant}")
     block = c.block_size or 32

@@ -15,17 +15,19 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def captured_stderr() -> Iterator[list[str]]:
+def captured_stderr(fd: int = 2) -> Iterator[list[str]]:
+    """Capture file descriptor ``fd`` (2, stderr; 1 for libraries that print to stdout)."""
     out: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.flush()
+    saved = os.dup(fd)
     with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
+        os.dup2(tmp.fileno(), fd)
         try:
             yield out
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
+            stream.flush()
+            os.dup2(saved, fd)
             os.close(saved)
             tmp.seek(0)
             out.append(tmp.read().decode("utf-8", errors="replace"))

@@ -40,6 +40,10 @@ def _open(path: str, n_ctx: int, threads):
     from edgellm.runtime.bundle import open_bundle
 
     bundle = open_bundle(path)
+    if bundle.format == "onnx" and "npu" in bundle.manifest:
+        from edgellm.runtime.onnx_static import StaticOnnxModel
+
+        return bundle, StaticOnnxModel(bundle.artifact, threads=threads)
     if bundle.format == "onnx":
         from edgellm.runtime.onnxrt import OnnxModel
 
