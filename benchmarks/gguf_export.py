@@ -13,26 +13,12 @@ Usage: python benchmarks/gguf_export.py LLAMA_CPP_DIR WORK_DIR [qwen2.5-0.5b|lla
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
-PY = sys.executable
-EDGELLM = str(Path(PY).with_name("edgellm"))
-
-
-def timed(cmd: list[str], log: Path) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one command, via GNU time."""
-    with open(log, "w") as f:
-        r = subprocess.run(["/usr/bin/time", "-f", "@@ %e %M", *cmd], stdout=f, stderr=subprocess.STDOUT)
-    last = [ln for ln in log.read_text().splitlines() if ln.startswith("@@ ")][-1].split()
-    if r.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)} (see {log})")
-    return float(last[1]), int(last[2]) * 1024
+from peer_run import EDGELLM, HERE, PY, parse_args, timed
 
 
 def tensors(path: Path) -> dict:
@@ -48,16 +34,8 @@ def tensors(path: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("llama_cpp_dir", type=Path)
-    ap.add_argument("work", type=Path)
-    ap.add_argument("shape", nargs="?", default="qwen2.5-0.5b")
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    a, model = parse_args("llama_cpp_dir")
     bins = a.llama_cpp_dir / "build" / "bin"
-    a.work.mkdir(parents=True, exist_ok=True)
-    model = a.work / a.shape
-    subprocess.run([PY, str(HERE / "realsize_models.py"), a.shape, str(model)], check=True, capture_output=True)
     ours, peer = a.work / f"{a.shape}-ours", a.work / f"{a.shape}-peer"
     shutil.rmtree(ours, ignore_errors=True)
     shutil.rmtree(peer, ignore_errors=True)

@@ -15,17 +15,13 @@ Usage: python benchmarks/onnx_vs_genai.py GENAI_VENV WORK_DIR [qwen2.5-0.5b|llam
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
-PY = sys.executable
-EDGELLM = str(Path(PY).with_name("edgellm"))
+from peer_run import EDGELLM, parse_args, timed
 
 GENAI_PROFILE = r"""
 import json, statistics, sys, time
@@ -50,30 +46,13 @@ print(json.dumps({"prefill": statistics.median(r[0] for r in runs), "decode": st
 """
 
 
-def timed(cmd: list[str], log: Path, env=None) -> tuple[float, int]:
-    with open(log, "w") as f:
-        r = subprocess.run(["/usr/bin/time", "-f", "@@ %e %M", *cmd], stdout=f, stderr=subprocess.STDOUT, env=env)
-    last = [ln for ln in log.read_text().splitlines() if ln.startswith("@@ ")][-1].split()
-    if r.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)} (see {log})")
-    return float(last[1]), int(last[2]) * 1024
-
-
 def onnx_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("genai_venv", type=Path)
-    ap.add_argument("work", type=Path)
-    ap.add_argument("shape", nargs="?", default="qwen2.5-0.5b")
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    a, model = parse_args("genai_venv")
     gpy = str(a.genai_venv / "bin" / "python")
-    a.work.mkdir(parents=True, exist_ok=True)
-    model = a.work / a.shape
-    subprocess.run([PY, str(HERE / "realsize_models.py"), a.shape, str(model)], check=True, capture_output=True)
     ours, peer = a.work / f"{a.shape}-onnx-ours", a.work / f"{a.shape}-onnx-genai"
     for d in (ours, peer):
         shutil.rmtree(d, ignore_errors=True)

@@ -46,7 +46,6 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)
     arch = for_model(req.model)
     ctx = min(int(req.prediction.get("context") or 1024), req.model.max_context)
-    m = req.model
     ids = _calibration_ids(req.model_dir, calibration_text or held_out_text())
     with staging(req.out, req.force) as tmp:
         stage(f"[1/4] building the fixed-shape graph ({seq} tokens per step, context {ctx})")

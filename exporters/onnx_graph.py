@@ -196,12 +196,12 @@ def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block
     h = g.node("Slice", [h, neg_keep, g.const("int_max", np.array([2**62], np.int64)), g.const("axis1", np.array([1], np.int64))])
     if head_q is not None:
         qw, qs, qz, bits = head_q
-        logits = g.node("MatMulNBits", [h, qw, qs, qz], domain=MS, name="lm_head", K=hidden, N=vocab, bits=bits,
+        g.node("MatMulNBits", [h, qw, qs, qz], domain=MS, name="lm_head", K=hidden, N=vocab, bits=bits,
                         block_size=block, accuracy_level=accuracy_level)
     else:
-        logits = g.matmul(h, head_w if head_w is not None else read(arch.head), "lm_head")
+        g.matmul(h, head_w if head_w is not None else read(arch.head), "lm_head")
     del head_w
-    g.nodes[-1].output[0] = "logits"
+    g.nodes[-1].output[0] = "logits"                  # the head's output is the graph's
     step += 1
     progress(step, steps)
 

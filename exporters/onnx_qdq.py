@@ -15,7 +15,6 @@ unsigned activations calibrated (min/max) on sample text run through the float m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

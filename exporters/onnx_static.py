@@ -81,7 +81,7 @@ def build_static(arch: OnnxArch, read: Reader, seq: int, ctx: int):
         from edgellm.errors import BadInput
         raise BadInput(f"static shapes need 0 < sequence ({seq}) < context ({ctx})")
     g = _G()
-    H, KV, D, hidden = m.n_heads, m.n_kv_heads, m.head_dim, m.hidden
+    H, KV, D = m.n_heads, m.n_kv_heads, m.head_dim
     past = ctx - seq
     cos, sin = arch.rotary_caches(ctx)
     full_cos, full_sin = np.concatenate([cos, cos], -1), np.concatenate([sin, sin], -1)

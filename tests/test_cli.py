@@ -1,9 +1,7 @@
 """The `edgellm` command as a user runs it: output, exit codes, and one-line errors."""
 
 import json
-import os
 
-import pytest
 
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
 

@@ -4,7 +4,6 @@ simulator, on x86), verified, and runnable with `edgellm run` / `profile`."""
 
 import json
 
-import pytest
 
 NPU_DEVICE = "android-sd8gen3-12gb"
 

@@ -139,7 +139,7 @@ def run(args) -> int:
     v = result.verification
     if v:
         h = v["held_out"]
-        print(f"verified against the original: tokenizer identical"
+        print("verified against the original: tokenizer identical"
               + (f", greedy tokens match ({v['greedy_ties_within_float_tolerance']} ties within float tolerance)" if "greedy_tokens_checked" in v else "")
               + f"; held-out KLD {h['mean_kld']:.4f} (p99 {h['p99_kld']:.4f}), top-1 {h['top1_agreement']:.1%}, "
               f"perplexity x{h['ppl_ratio']:.4f}")
