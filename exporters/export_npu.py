@@ -37,7 +37,7 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     from edgellm.exporters.onnx_qdq import (WEIGHT_BITS, calibration_feeds, quantize_static, run_on_qnn,
                                             unsupported_nodes)
     from edgellm.exporters.onnx_static import build_static
-    from edgellm.exporters.verify import held_out_text
+    from edgellm.textdata import held_out_text
 
     c = req.choice
     if c.quant not in WEIGHT_BITS:

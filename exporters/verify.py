@@ -20,6 +20,7 @@ import numpy as np
 
 from edgellm.errors import EdgeLLMError
 from edgellm.metrics import compare
+from edgellm.textdata import held_out_text
 
 PROMPTS = (
     "The capital of France is",
@@ -39,21 +40,6 @@ FP32_TOLERANCE = 1e-3
 
 class VerificationFailed(EdgeLLMError):
     exit_code = 5
-
-
-def held_out_text(limit_bytes: int = 64 << 10) -> str:
-    """Text none of edgellm's demo models was trained on: the tail of the Python standard library."""
-    import sysconfig
-
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"), reverse=True)
-    out, total = [], 0
-    for p in files:
-        text = p.read_text(encoding="utf-8", errors="replace")
-        out.append(text)
-        total += len(text)
-        if total >= limit_bytes:
-            break
-    return "\n".join(out)[:limit_bytes]
 
 
 def _hf(model_dir: Path, trust_remote_code: bool):
