@@ -35,6 +35,7 @@ class ExportRequest:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     force: bool = False
+    int8_weight_levels: int = 127     # ONNX int8: 63 for x86 CPUs without VNNI (see onnx_weights)
 
 
 @dataclass(frozen=True)

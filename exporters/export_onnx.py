@@ -60,7 +60,7 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         weights = ExternalData(tmp / DATA_FILE)
         try:
             model = build(arch, Reader(ckpt), weights, c.quant, block, accuracy_level,
-                          progress=lambda i, n: stage(f"[1/3] building ONNX {c.label}: step {i}/{n}"))
+                          int8_levels=req.int8_weight_levels, progress=lambda i, n: stage(f"[1/3] building ONNX {c.label}: step {i}/{n}"))
         finally:
             weights.close()
         onnx.helper.set_model_props(model, {"max_context": str(req.model.max_context), "quant": c.quant,
@@ -78,7 +78,8 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
             report = verify_onnx(req.model_dir, tmp / MODEL_FILE, c.quant, req.threads, req.trust_remote_code,
                             progress=lambda m: stage(f"[2/3] verifying: {m}"))
         stage("[3/3] writing the manifest")
-        files = write_manifest(tmp, MODEL_FILE, manifest_body(req, report, operators=dict(sorted(ops.items()))),
+        extra = {"int8_weight_levels": req.int8_weight_levels} if c.quant == "int8" else {}
+        files = write_manifest(tmp, MODEL_FILE, manifest_body(req, report, operators=dict(sorted(ops.items())), **extra),
                                tool_versions(("onnx", "onnxruntime", "torch", "transformers")))
     size = files[MODEL_FILE]["bytes"] + files[DATA_FILE]["bytes"]
     return ExportResult(req.out, req.out / MODEL_FILE, size, {}, report, time.perf_counter() - t0)

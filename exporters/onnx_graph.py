@@ -4,7 +4,8 @@ The graph is the one that makes onnxruntime-genai's CPU models fast, built direc
 checkpoint (no torch trace, no full-size intermediate model):
   Gather | GatherBlockQuantized (embedding; int4 shares the head's blocks when tied)
   per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization,
-             one packed q|k|v MatMul (MatMulNBits for int4/int8), GroupQueryAttention with rotary
+             one packed q|k|v MatMul (MatMulNBits for int4, DynamicQuantizeMatMul for int8),
+             GroupQueryAttention with rotary
              inside and the KV cache as inputs/outputs, o MatMul, gate and up MatMuls, SiLU, down;
   final norm, then the head applied only to the last ``logits_to_keep`` positions (generation
   needs one; verification asks for all), so prefill does not pay for 128 x vocab logits.
@@ -21,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from edgellm.exporters.onnx_arch import OnnxArch
-from edgellm.exporters.onnx_weights import ExternalData, quantize_nbits
+from edgellm.exporters.onnx_weights import ExternalData, quantize_int8_columns, quantize_nbits
 
 MS = "com.microsoft"
 QUANTS = ("fp32", "fp16", "int8", "int4")
@@ -48,6 +49,7 @@ class Graph:
     quant: str
     block: int
     accuracy_level: int
+    int8_levels: int = 127
     nodes: list = field(default_factory=list)
     _n: int = 0
     _consts: set = field(default_factory=set)
@@ -71,8 +73,17 @@ class Graph:
     def matmul(self, x: str, w_nk: np.ndarray, name: str, bias: np.ndarray | None = None) -> str:
         """x @ W.T (+ b) for a Hugging Face weight [out, in], in the export's weight type."""
         n, k = w_nk.shape
-        if self.quant in ("int4", "int8"):
-            bits = 4 if self.quant == "int4" else 8
+        if self.quant == "int8":
+            # ONNX Runtime's dynamic quantization: int8 weights per output column, activations
+            # quantized to uint8 on the fly (measured faster and smaller at run time than 8-bit
+            # MatMulNBits: benchmarks/RESULTS.md)
+            wq, scale = quantize_int8_columns(w_nk, self.int8_levels)
+            ins = [x, self.weights.add(f"{name}.qweight", wq), self.weights.add(f"{name}.scales", scale)]
+            if bias is not None:
+                ins += ["", self.weights.add(f"{name}.bias", bias.astype(np.float32))]
+            return self.node("DynamicQuantizeMatMul", ins, domain=MS, name=name)
+        if self.quant == "int4":
+            bits = 4
             q = quantize_nbits(w_nk, bits, self.block)
             ins = [x, self.weights.add(f"{name}.qweight", q.packed), self.weights.add(f"{name}.scales", q.scales),
                    self.weights.add(f"{name}.zero_points", q.zero_points)]
@@ -95,13 +106,13 @@ class Graph:
 
 
 def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block: int = 32,
-          accuracy_level: int = 4, context: int | None = None,
+          accuracy_level: int = 4, context: int | None = None, int8_levels: int = 127,
           progress: Callable[[int, int], None] = lambda i, n: None):
     """The ModelProto (initializers external in ``weights``)."""
     from onnx import TensorProto, helper
 
     m = arch.model
-    g = Graph(weights, quant, block, accuracy_level)
+    g = Graph(weights, quant, block, accuracy_level, int8_levels)
     hidden, heads, kv, hd = m.hidden, m.n_heads, m.n_kv_heads, m.head_dim
     n_layers, vocab = m.n_layers, m.vocab
     eps = arch.eps
@@ -135,7 +146,7 @@ def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block
         if q.packed.shape[1] * block != hidden:
             x = g.node("Slice", [x, g.const("zero", np.array([0], np.int64)), g.const("hid", np.array([hidden], np.int64)),
                                  g.const("axis_last", np.array([-1], np.int64))])
-        if tied:
+        if tied and quant == "int4":
             head_q = (qw, qs, qz, bits)
     else:
         x = g.node("Gather", [g.weight("embed.weight", emb), "input_ids"], axis=0)

@@ -41,8 +41,11 @@ def test_quantized_files_are_the_predicted_size_and_report_quality(run_cli, tiny
     h = m["verification"]["held_out"]
     assert 0 <= h["mean_kld"] < 0.5 and h["top1_agreement"] > 0.2     # random weights: flat distributions
     if quant in ("int4", "int8"):
-        assert m["operators"]["MatMulNBits"] >= 4 * 2 and m["operators"]["GatherBlockQuantized"] == 1
+        kernel = "MatMulNBits" if quant == "int4" else "DynamicQuantizeMatMul"
+        assert m["operators"][kernel] >= 4 * 2 and m["operators"]["GatherBlockQuantized"] == 1
         assert m["choice"]["block_size"] == (128 if flags else 32)
+    if quant == "int8":                       # rpi5: Arm with dotprod, full 8-bit weights
+        assert m["int8_weight_levels"] == 127
 
 
 def test_int4_loses_more_than_int8_which_loses_more_than_fp16(run_cli, tiny, tmp_path):
@@ -98,7 +101,7 @@ def _initializer_bytes(path) -> int:
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
-    size = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.UINT8: 1,
+    size = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT8: 1,
             onnx.TensorProto.INT64: 8}
     return sum(int(np.prod(t.dims)) * size[t.data_type] for t in m.graph.initializer)
 
@@ -179,3 +182,15 @@ def test_interrupted_onnx_export_leaves_nothing(tiny, tmp_path, monkeypatch, fai
     with pytest.raises((KeyboardInterrupt, EdgeLLMError)):
         export_onnx(req)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_weights_are_7_bit_for_x86_without_vnni():
+    """ONNX Runtime's uint8 x int8 kernel on such CPUs can overflow with full-range weights."""
+    from dataclasses import replace
+
+    from edgellm.cli.export_cmd import int8_levels
+
+    laptop = devices.find("laptop-x86-16gb")                 # Zen 4: AVX-512 VNNI
+    old = replace(laptop, cpu=replace(laptop.cpu, isa=("sse4_2", "avx", "avx2", "fma", "f16c")))
+    assert int8_levels(laptop) == 127 and int8_levels(devices.find("rpi5")) == 127
+    assert int8_levels(old) == 63

@@ -76,6 +76,7 @@ def _cli(*args: str) -> str:
 def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf") -> dict:
     from edgellm.exporters.demo_models import train_demo_model
     from edgellm.exporters.export_gguf import ExportRequest, export_gguf
+    from edgellm.cli.export_cmd import int8_levels
     from edgellm.exporters.export_onnx import export_onnx
     from edgellm.runtime.llamacpp import default_threads
 
@@ -103,7 +104,7 @@ def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf") -> dict:
     exporter = export_onnx if fmt == "onnx" else export_gguf
     result = exporter(ExportRequest(model_dir=model_dir, model=model, choice=w.choice, out=out,
                                        device=device.name, prediction=prediction, threads=default_threads(),
-                                       force=True), stage=lambda m: say("[3/5] export: " + m.split("] ", 1)[-1]))
+                                       force=True, int8_weight_levels=int8_levels(device)), stage=lambda m: say("[3/5] export: " + m.split("] ", 1)[-1]))
     say("[4/5] running the bundle")
     sample = _cli("run", str(out), "--raw", "-p", DEMO_PROMPT, "--max-tokens", "48", "--temperature", "0.8")
     say("[5/5] profiling the bundle")

@@ -92,6 +92,14 @@ def _choose(args, model, device) -> tuple[BuildChoice, dict]:
     return c.choice, report.prediction(c, budgets.context)
 
 
+def int8_levels(device) -> int:
+    """ONNX int8 weight range for the device: 7-bit on x86 CPUs without VNNI, whose uint8 x int8
+    kernel can overflow 16-bit pair sums with full 8-bit weights (ONNX Runtime's reduce_range)."""
+    isa = set(device.cpu.isa)
+    x86 = bool(isa & {"sse4_2", "avx", "avx2", "avx512f"})
+    return 63 if x86 and not isa & {"avx_vnni", "avx512_vnni", "amx"} else 127
+
+
 def _need_export_extra() -> None:
     import importlib.util
 
@@ -124,7 +132,8 @@ def run(args) -> int:
         result = exporter(ExportRequest(
             model_dir=folder, model=model, choice=choice, out=out, device=device.name,
             prediction=prediction, verify=not args.no_verify, threads=args.threads or default_threads(),
-            allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, force=args.force),
+            allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, force=args.force,
+            int8_weight_levels=int8_levels(device)),
             stage=line)
     finally:
         line.done()

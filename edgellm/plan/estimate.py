@@ -74,7 +74,7 @@ def _onnx_weights(model: ModelConfig, quant: str, block: int | None) -> tuple[in
     total = onnx_layout.weight_bytes(model, quant, block, resident=True)
     emb = next(t for t in model.tensors if t.name == "token_embd.weight")
     gathered = onnx_layout.tensor_bytes(emb, quant, block, resident=True)
-    shared = quant in ("int4", "int8") and model.tied_embeddings     # one set of blocks, read by the head
+    shared = quant == "int4" and model.tied_embeddings     # one set of blocks, read by the head
     read = total - onnx_layout.rotary_bytes(model) - (0 if shared else gathered)
     kind = {"fp32": "float32", "fp16": "float16", "int8": f"int8/{block}", "int4": f"int4/{block}"}[quant]
     hist = Counter({kind: sum(t.is_matrix for t in model.tensors), "float32": sum(not t.is_matrix for t in model.tensors)})

@@ -3,10 +3,12 @@ checked against real files in tests/test_onnx.py.
 
 - fp32: every initializer float32.  fp16: matrices stored float16 (the file), widened once to
   float32 at load (ONNX Runtime's x86 kernels compute in float32), so resident memory is fp32's.
-- int4 / int8: MatMulNBits blocks of ``b`` weights along the input dimension: b/2 (int4) or b
-  (int8) bytes of values, a float32 scale and a zero point (4 bits packed in pairs for int4, a
-  byte for int8) per block.  The embedding is the same blocks read by GatherBlockQuantized; a
-  tied head shares them, an untied head has its own.
+- int4: MatMulNBits blocks of ``b`` weights along the input dimension: b/2 bytes of values, a
+  float32 scale and a 4-bit zero point per block.  The embedding is the same blocks read by
+  GatherBlockQuantized; a tied head shares them, an untied head has its own.
+- int8: DynamicQuantizeMatMul weights, one byte each plus a float32 scale per output column; the
+  embedding in 8-bit blocks for GatherBlockQuantized (b + 4 + 1 bytes per block), so a tied head
+  is stored twice (as blocks and as columns).
 - vectors (norms, biases) float32; rotary cos/sin tables float32, max_context x head_dim/2 each.
 - a float graph holds the head as its own MatMul, so a tied checkpoint stores embedding and head
   separately.
@@ -33,7 +35,9 @@ def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = 
     per_col = math.ceil(t.ne0 / block)
     blocks = per_col * t.ne1
     if quant == "int8":
-        return blocks * (block + 4) + blocks
+        if t.name == "token_embd.weight":
+            return blocks * (block + 4) + blocks
+        return t.n_elements + 4 * t.ne1
     return blocks * (block // 2 + 4) + t.ne1 * math.ceil(per_col / 2)
 
 
@@ -41,9 +45,11 @@ def weight_bytes(model: ModelConfig, quant: str, block: int | None, resident: bo
     """All initializers: the file's bytes (``resident``: after load-time widening of fp16)."""
     total = sum(tensor_bytes(t, quant, block, resident) for t in model.tensors
                 if t.is_param or t.name == "token_embd.weight")
+    emb = next(t for t in model.tensors if t.name == "token_embd.weight")
     if model.tied_embeddings and quant in ("fp32", "fp16"):
-        emb = next(t for t in model.tensors if t.name == "token_embd.weight")
         total += tensor_bytes(emb, quant, block, resident)      # the head, stored again as a MatMul weight
+    if model.tied_embeddings and quant == "int8":
+        total += emb.n_elements + 4 * emb.ne1                    # the head as int8 columns
     return total + rotary_bytes(model)
 
 
