@@ -24,7 +24,10 @@ of every file, verification numbers, tool versions).
   GGUF type (Q4_K_M, Q8_0, ...).
 --format onnx: one ONNX Runtime graph of fused contrib ops (GroupQueryAttention, MatMulNBits,
   SkipSimplifiedLayerNormalization) with the KV cache as inputs/outputs; --quant fp32, fp16,
-  int8 or int4 (MatMulNBits blocks of --block-size weights along the input dimension).
+  int8 (dynamic quantization) or int4 (MatMulNBits blocks of --block-size weights).  When the
+  plan runs the build on the device's NPU (QNN), int8/int4 export a fixed-shape static QDQ model
+  instead, checked against the QNN provider (and its HTP simulator when onnxruntime-qnn is
+  installed).
 --quant auto takes the planner's choice for the device and budgets (see `edgellm plan`).
 
 Verification compares the runtime's logits with the original model's in transformers:
@@ -49,7 +52,7 @@ def add_parser(sub) -> None:
                         f"ONNX: {', '.join(ONNX_QUANTS)}")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128), default=None,
                    help="ONNX int4/int8: weights per quantization block (default 32)")
-    p.add_argument("-o", "--output", type=Path, help="bundle folder (default: ./NAME-QUANT-DEVICE)")
+    p.add_argument("-o", "--output", type=Path, help="bundle folder (default: ./NAME-FORMAT-QUANT-DEVICE)")
     p.add_argument("--max-memory", type=size_arg, metavar="SIZE", help="memory budget for --quant auto")
     p.add_argument("--min-decode-tps", type=positive_float, metavar="TOK_S", help="speed budget for --quant auto")
     p.add_argument("--context", type=positive_int, metavar="TOKENS", help="context for the plan")
@@ -84,6 +87,8 @@ def _choose(args, model, device) -> tuple[BuildChoice, dict]:
         block = (args.block_size or 32) if args.quant in ("int4", "int8") else None
         c = next((c for c in plan.candidates if c.choice.quant == args.quant
                   and c.choice.block_size == block), None)
+        if c is None and fmt == "onnx":    # a block size the plan's table does not list
+            c = planner.evaluate_choice(model, device, budgets, BuildChoice("onnx", args.quant, "f32", block))
         if c is None:                      # a build the planner has no runtime for on this device
             raise BadInput(f"{device.name} has no runtime for {fmt} {args.quant}; see `edgellm devices show {device.name}`")
         if not c.fits:
