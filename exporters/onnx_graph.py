@@ -5,8 +5,8 @@ checkpoint (no torch trace, no full-size intermediate model):
   Gather | GatherBlockQuantized (embedding; int4 shares the head's blocks when tied)
   per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization,
              one packed q|k|v MatMul (MatMulNBits for int4, DynamicQuantizeMatMul for int8),
-             GroupQueryAttention with rotary
-             inside and the KV cache as inputs/outputs, o MatMul, gate and up MatMuls, SiLU, down;
+             GroupQueryAttention with rotary inside and the KV cache as inputs/outputs,
+             o MatMul, gate and up MatMuls, SiLU, down;
   final norm, then the head applied only to the last ``logits_to_keep`` positions (generation
   needs one; verification asks for all), so prefill does not pay for 128 x vocab logits.
 Inputs: input_ids [B, S] int64, attention_mask [B, T] int64 (T = past + S), logits_to_keep int64
@@ -129,8 +129,8 @@ def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block
     def norm_w(name: str) -> str:
         return weights.add(name, read(name) + np.float32(arch.norm_offset))
 
-    # embedding: int4/int8 blocks read by GatherBlockQuantized (a tied head multiplies the same
-    # blocks), float weights by Gather
+    # embedding: int4/int8 blocks read by GatherBlockQuantized (a tied int4 head multiplies the
+    # same blocks; an int8 head is its own DynamicQuantizeMatMul), float weights by Gather
     tied = m.tied_embeddings or not read.has(arch.head)
     emb = read(arch.embed)
     steps, step = n_layers + 2, 0
