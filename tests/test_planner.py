@@ -169,3 +169,12 @@ def test_build_choice_round_trips_and_validates():
         BuildChoice("gguf", "Q4_K_M", "f16", block_size=32)
     with pytest.raises(ValueError, match="unknown BuildChoice fields"):
         BuildChoice.from_dict({**c.to_dict(), "evil": 1})
+
+
+def test_onnx_quality_follows_the_weight_type_and_block():
+    from edgellm.plan.quality import expected
+
+    kld = {(q, b): expected(BuildChoice("onnx", q, "f32", b)).kld
+           for q, b in (("fp32", None), ("fp16", None), ("int8", 32), ("int4", 32), ("int4", 64), ("int4", 128))}
+    assert kld["fp32", None] <= kld["fp16", None] < kld["int8", 32] < kld["int4", 32] < kld["int4", 128]
+    assert kld["int4", 64] == kld["int4", 128]

@@ -48,13 +48,17 @@ _ONNX = {
 _KV_Q8_COST = 0.0005        # estimate: llama.cpp's q8_0 cache adds little loss
 
 
+def _int4(block: int) -> Quality:
+    """Blocks of 32 and 128 are in the table; others take the nearer of the two, rounding toward
+    the larger loss for blocks between them."""
+    return _ONNX["int4/32"] if block <= 32 else _ONNX["int4/128"]
+
+
 def expected(choice: BuildChoice) -> Quality:
     if choice.format == "gguf":
         q = _GGUF[choice.quant]
     else:
-        key = f"int4/{choice.block_size}"
-        q = _ONNX[key] if key in _ONNX else _ONNX["int4/32" if (choice.block_size or 32) <= 32 else "int4/128"] \
-            if choice.quant == "int4" else _ONNX[choice.quant]
+        q = _ONNX[choice.quant] if choice.quant != "int4" else _int4(choice.block_size or 32)
     if choice.kv_cache == "q8_0":
         source = q.source if q.source == ESTIMATE else f"{q.source} + estimate for the q8_0 cache"
         return Quality(q.kld + _KV_Q8_COST, q.ppl_ratio + _KV_Q8_COST, q.top1 - 0.002, source)
