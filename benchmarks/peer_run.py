@@ -23,10 +23,11 @@ def timed(cmd: list[str], log: Path, env: dict | None = None) -> tuple[float, in
     return float(last[1]), int(last[2]) * 1024
 
 
-def parse_args(peer: str) -> tuple[argparse.Namespace, Path]:
-    """``peer`` (a folder), work dir, shape, --threads; returns the args and the built model folder."""
+def parse_args(peer: str | None = None) -> tuple[argparse.Namespace, Path]:
+    """[``peer`` (a folder)], work dir, shape, --threads; returns the args and the built model folder."""
     ap = argparse.ArgumentParser()
-    ap.add_argument(peer, type=Path)
+    if peer:
+        ap.add_argument(peer, type=Path)
     ap.add_argument("work", type=Path)
     ap.add_argument("shape", nargs="?", default="qwen2.5-0.5b")
     ap.add_argument("--threads", type=int, default=2)
