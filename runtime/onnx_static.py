@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.runtime.onnxrt import Tokenizer
+from edgellm.runtime.onnxrt import Tokenizer, choose
 from edgellm.runtime.quiet import captured_stderr
 from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
 
@@ -111,27 +111,20 @@ class StaticOnnxModel:
             last = self.step(prompt[i:i + self.seq], cache)
         return last[-1]
 
-    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
-        text = self.tokenizer.chat_prompt(prompt) if chat else None
-        ids = self.tokenize(text, add_bos=False) if text is not None else self.tokenize(prompt)
+    def generate(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         cache = self.new_cache()
-        row = self._prefill(ids, cache)
-        out, shown = [], ""
+        row = self._prefill(prompt, cache)
         for _ in range(max_tokens):
-            if temperature > 0:
-                p = np.exp((row - row.max()) / temperature)
-                tok = int(rng.choice(len(p), p=p / p.sum()))
-            else:
-                tok = int(row.argmax())
+            tok = choose(row, temperature, rng)
             if tok in self.tokenizer.eos_ids or cache["filled"] + 1 > self.cache_shape[2]:
                 return
-            out.append(tok)
-            decoded = self.tokenizer.decode(out)
-            if not decoded.endswith("\ufffd"):
-                yield decoded[len(shown):]
-                shown = decoded
+            yield tok
             row = self.step([tok], cache)[-1]
+
+    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
+        ids = self.tokenizer.prompt_ids(prompt, chat)
+        return self.tokenizer.text_pieces(self.generate(ids, max_tokens, temperature, seed))
 
     def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
         if prompt_tokens + gen_tokens > self.cache_shape[2]:

@@ -52,6 +52,31 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        """The prompt's ids: wrapped in the chat template as a user message when ``chat`` and the
+        model has one, else encoded as is (with BOS where the model uses one)."""
+        text = self.chat_prompt(prompt) if chat else None
+        return self.encode(text, add_bos=False) if text is not None else self.encode(prompt)
+
+    def text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
+        """Generated ids as text, piece by piece, holding back incomplete UTF-8 characters."""
+        out: list[int] = []
+        shown = ""
+        for tok in tokens:
+            out.append(tok)
+            text = self.decode(out)
+            if not text.endswith("\ufffd"):
+                yield text[len(shown):]
+                shown = text
+
+
+def choose(row: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0, else a sample from softmax(row / temperature)."""
+    if temperature <= 0:
+        return int(row.argmax())
+    p = np.exp((row - row.max()) / temperature)
+    return int(rng.choice(len(p), p=p / p.sum()))
+
     def chat_prompt(self, user: str) -> str | None:
         template = self.config.get("chat_template")
         if not isinstance(template, str):
@@ -142,13 +167,7 @@ class OnnxModel:
         rng = np.random.default_rng(seed)
         logits, cache = self.step(prompt, self.empty_cache())
         for _ in range(max_tokens):
-            row = logits[-1]
-            if temperature > 0:
-                z = (row - row.max()) / temperature
-                p = np.exp(z)
-                tok = int(rng.choice(len(p), p=p / p.sum()))
-            else:
-                tok = int(row.argmax())
+            tok = choose(logits[-1], temperature, rng)
             if tok in self.tokenizer.eos_ids:
                 return
             yield tok
@@ -157,16 +176,8 @@ class OnnxModel:
             logits, cache = self.step([tok], cache)
 
     def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
-        text = self.tokenizer.chat_prompt(prompt) if chat else None
-        ids = self.tokenize(text, add_bos=False) if text is not None else self.tokenize(prompt)
-        out: list[int] = []
-        shown = ""
-        for tok in self.generate(ids, max_tokens, temperature, seed):
-            out.append(tok)
-            text = self.tokenizer.decode(out)
-            if not text.endswith("\ufffd"):            # wait for complete UTF-8 characters
-                yield text[len(shown):]
-                shown = text
+        ids = self.tokenizer.prompt_ids(prompt, chat)
+        return self.tokenizer.text_pieces(self.generate(ids, max_tokens, temperature, seed))
 
     # --- timing ----------------------------------------------------------------------------
     def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:
