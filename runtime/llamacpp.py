@@ -7,7 +7,9 @@ each phase timed on its own; the figures are medians over repeats.
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +29,42 @@ def _trained_context(path: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return " amx_int8" in flags or " amx_tile" in flags
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_extra_buffers():
+    """Load with llama.cpp's extra weight buffers off (``use_extra_bufts``: AMX tiles and CPU
+    repacking).  On CPUs with AMX, ggml's AMX matrix multiply crashes the process on K-quant
+    weights (SIGSEGV in ggml_backend_amx_mul_mat, seen here on a Xeon with llama-cpp-python 0.3.36;
+    llama.cpp issue 20824 is the same crash), so those machines run the plain CPU kernels.
+    llama-cpp-python's constructor has no argument for it, so the defaults it starts from are
+    adjusted for the duration of the load."""
+    import llama_cpp.llama_cpp as C
+
+    original = C.llama_model_default_params
+
+    def defaults():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    with _LOAD_LOCK:
+        C.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            C.llama_model_default_params = original
+
+
 class LlamaCppModel:
     def __init__(self, path: Path, n_ctx: int = 2048, threads: int | None = None, logits_all: bool = False):
         try:
@@ -40,8 +78,9 @@ class LlamaCppModel:
             n_ctx = min(n_ctx, trained)
         t0 = time.perf_counter()
         try:
-            with captured_stderr():
-                    # flash attention on, as llama.cpp's own "auto" default picks on CPU
+            guard = _without_extra_buffers() if _cpu_has_amx() else nullcontext()
+            with captured_stderr(), guard:
+                # flash attention on, as llama.cpp's own "auto" default picks on CPU
                 self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
                                  n_threads=self.threads, n_threads_batch=self.threads,
                                  logits_all=logits_all, flash_attn=True, verbose=False)
