@@ -1,20 +1,62 @@
-"""Text every machine with Python has: the default held-out text for verification and ``eval``."""
+"""Text every machine with Python has: the Python standard library's own source.
+
+Split once, here, so no two uses overlap: the *held-out* text (the last top-level modules in name
+order) is what verification and ``eval`` score on by default; everything else is *training* text
+(the reference and demo models learn from it; calibration reads from it).
+"""
 
 from __future__ import annotations
 
+import sysconfig
+from functools import lru_cache
 from pathlib import Path
 
+HELD_OUT_BYTES = 64 << 10
 
-def held_out_text(limit_bytes: int = 64 << 10) -> str:
-    """Text none of edgellm's demo models was trained on: the tail of the Python standard library."""
-    import sysconfig
 
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"), reverse=True)
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+@lru_cache(maxsize=4)
+def held_out_files(limit_bytes: int = HELD_OUT_BYTES) -> tuple[Path, ...]:
+    """Top-level standard-library modules, last in name order first, until ``limit_bytes``."""
     out, total = [], 0
-    for p in files:
-        text = p.read_text(encoding="utf-8", errors="replace")
-        out.append(text)
-        total += len(text)
+    for p in sorted(stdlib_dir().glob("*.py"), reverse=True):
+        out.append(p)
+        total += len(p.read_text(encoding="utf-8", errors="replace"))
         if total >= limit_bytes:
             break
-    return "\n".join(out)[:limit_bytes]
+    return tuple(out)
+
+
+def held_out_text(limit_bytes: int = HELD_OUT_BYTES) -> str:
+    """Text none of edgellm's own models was trained on."""
+    return "\n".join(p.read_text(encoding="utf-8", errors="replace")
+                     for p in held_out_files(HELD_OUT_BYTES))[:limit_bytes]
+
+
+def training_files(limit_bytes: int | None = None) -> list[Path]:
+    """Every standard-library source file (sub-packages too, site-packages never) outside the
+    held-out set, in a fixed order: top-level modules first, then the rest by path."""
+    root = stdlib_dir()
+    held = set(held_out_files())
+    top = sorted(root.glob("*.py"))
+    rest = sorted(p for p in root.rglob("*.py")
+                  if p.parent != root and "site-packages" not in p.relative_to(root).parts)
+    files, total = [], 0
+    for p in top + rest:
+        if p in held:
+            continue
+        size = p.stat().st_size
+        if limit_bytes is not None and total + size > limit_bytes:
+            break
+        files.append(p)
+        total += size
+    if not files:
+        raise RuntimeError(f"no Python sources under {root} to learn from")
+    return files
+
+
+def training_text(limit_bytes: int | None = None) -> str:
+    return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in training_files(limit_bytes))

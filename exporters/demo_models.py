@@ -6,31 +6,13 @@ each supported architecture around it.  Deterministic from a seed.  Used by the 
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
+
+from edgellm.textdata import training_files as corpus_files, training_text as corpus_text
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def corpus_files(limit_bytes: int = 4 << 20) -> list[Path]:
-    """Python standard library sources, in a fixed order, up to ``limit_bytes``."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files, total = [], 0
-    for p in sorted(stdlib.glob("*.py")):
-        size = p.stat().st_size
-        if total + size > limit_bytes:
-            break
-        files.append(p)
-        total += size
-    if not files:
-        raise RuntimeError(f"no Python sources under {stdlib} to train a tokenizer on")
-    return files
-
-
-def corpus_text(limit_bytes: int = 4 << 20) -> str:
-    return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in corpus_files(limit_bytes))
 
 
 def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20):
@@ -116,39 +98,4 @@ def build_model(arch: str, folder: Path, tokenizer=None, seed: int = 0, pad_voca
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    return folder
-
-
-def train_demo_model(folder: Path, steps: int = 300, seed: int = 0, progress=lambda step, loss: None) -> Path:
-    """A small llama trained for ``steps`` steps on standard-library source: enough that it writes
-    Python-looking text, so the demo's run and quality numbers mean something.  ~1 minute on 2 cores."""
-    import torch
-
-    torch.manual_seed(seed)
-    tok = train_tokenizer(vocab_size=1024, limit_bytes=2 << 20)
-    folder = build_model("llama", Path(folder), tok, seed=seed, num_hidden_layers=4, tied=True)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    for p in model.parameters():                          # restart from the standard init scale
-        if p.dim() == 2:
-            torch.nn.init.normal_(p, 0.0, 0.02)
-    ids = torch.tensor(tok.encode(corpus_text(2 << 20)), dtype=torch.long)
-    seq, batch = 128, 16
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=gen)
-        x = torch.stack([ids[s:s + seq] for s in starts])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        progress(step + 1, loss.item())
-    model.eval()
-    model.save_pretrained(folder, safe_serialization=True)
     return folder

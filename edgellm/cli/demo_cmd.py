@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,13 @@ from edgellm.plan import planner, report
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes, fmt_count
 
-DEMO_VERSION = "v1"           # bump when the demo model's recipe changes: the cache follows it
 DEMO_PROMPT = "def "
 
 
 def cache_dir() -> Path:
     """$EDGELLM_CACHE/demo, else $XDG_CACHE_HOME/edgellm/demo, else ~/.cache/edgellm/demo."""
-    if os.environ.get("EDGELLM_CACHE"):
-        return Path(os.environ["EDGELLM_CACHE"]) / "demo"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgellm" / "demo"
+    from edgellm.exporters.reference_model import cache_root
+    return cache_root() / "demo"
 
 
 def add_parser(sub) -> None:
@@ -74,7 +71,7 @@ def _cli(*args: str) -> str:
 
 
 def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf") -> dict:
-    from edgellm.exporters.demo_models import train_demo_model
+    from edgellm.exporters.reference_model import SPECS, cache_root, reference_model
     from edgellm.exporters.export_gguf import ExportRequest, export_gguf
     from edgellm.cli.export_cmd import int8_levels
     from edgellm.exporters.export_onnx import export_onnx
@@ -82,16 +79,11 @@ def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf") -> dict:
 
     line = StageLine()
     say = (lambda s: None) if quiet else line
-    model_dir = cache_dir() / f"model-{DEMO_VERSION}"
-    if rebuild or not (model_dir / "model.safetensors").is_file():
-        tmp = model_dir.with_name(model_dir.name + ".partial")
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-        train_demo_model(tmp, steps=200, progress=lambda s, loss: say(
-            f"[1/5] training the demo model on Python stdlib source: step {s}/200, loss {loss:.2f}"))
-        shutil.rmtree(model_dir, ignore_errors=True)
-        tmp.rename(model_dir)
-    else:
+    spec = SPECS["small"]
+    cached = (cache_root() / "reference" / spec.cache_name / "edgellm-reference.json").is_file()
+    model_dir = reference_model("small", rebuild=rebuild, progress=lambda s, loss: say(
+        f"[1/5] training the demo model on Python stdlib source: step {s}/{spec.steps}, loss {loss:.2f}"))
+    if cached and not rebuild:
         say(f"[1/5] demo model: cached at {model_dir}")
     model = models.load_config(str(model_dir))
     plan = planner.plan(model, device, planner.budgets_for(device, None, None, None, model), formats=(fmt,))
