@@ -19,13 +19,18 @@ from edgellm.errors import BadInput
 from edgellm.metrics import log_softmax
 
 
-class _HF:
-    def __init__(self, target: str):
+class HFScorer:
+    """A transformers model and its tokenizer, on the host."""
+
+    def __init__(self, tok, model, name: str):
+        self.tok, self.model, self.name = tok, model, name
+
+    @classmethod
+    def load(cls, target: str) -> "HFScorer":
         from edgellm.exporters.verify import _hf
         from edgellm.exporters.weights_source import weights_folder
 
-        self.tok, self.model = _hf(weights_folder(target), trust_remote_code=False)
-        self.name = target
+        return cls(*_hf(weights_folder(target), trust_remote_code=False), target)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -74,7 +79,7 @@ def open_target(target: str, context: int, threads: int | None = None):
     if importlib.util.find_spec("torch") is None:
         raise BadInput(f"{target}: not a bundle or model file; scoring a Hugging Face model needs "
                        "pip install 'edgellm[export]'")
-    return _HF(target)
+    return HFScorer.load(target)
 
 
 @dataclass(frozen=True)

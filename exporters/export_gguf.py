@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm.errors import BadInput
+from edgellm.exporters.calibrate import CalibrationData
 from edgellm.exporters.checkpoint import open_checkpoint
 from edgellm.exporters.gguf_arch import for_model
 from edgellm.exporters.gguf_vocab import read_vocab
@@ -36,6 +37,7 @@ class ExportRequest:
     trust_remote_code: bool = False
     force: bool = False
     int8_weight_levels: int = 127     # ONNX int8: 63 for x86 CPUs without VNNI (see onnx_weights)
+    calibration: CalibrationData | None = None   # for a calibrated choice; default text if None
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,18 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
     arch = for_model(req.model)
     vocab = read_vocab(req.model_dir, req.model.vocab)
+    calibrated = _calibrated_types(req, ckpt, arch, stage) if req.choice.calibrated else None
+    types, imatrix, compensators, cal_info = calibrated or (None, None, None, None)
     with staging(req.out, req.force) as tmp:
-        name = f"{Path(req.model.name).name}-{req.choice.quant}.gguf"
+        name = f"{Path(req.model.name).name}-{req.choice.quant}{'-cal' if calibrated else ''}.gguf"
         artifact = tmp / name
         write_gguf(req.model, ckpt, arch, vocab, req.model_dir, artifact, req.choice.quant, req.threads,
-                   lambda i, n: stage(f"[1/3] converting to GGUF {req.choice.quant}: tensor {i}/{n}"))
+                   lambda i, n: stage(f"[1/3] converting to GGUF {req.choice.quant}: tensor {i}/{n}"),
+                   types=types, imatrix=imatrix, compensators=compensators)
         header = read_header(artifact)
-        types: dict[str, int] = {}
+        counts: dict[str, int] = {}
         for t in header.tensors:
-            types[t.type_name] = types.get(t.type_name, 0) + 1
+            counts[t.type_name] = counts.get(t.type_name, 0) + 1
         copy_tokenizer(req.model_dir, tmp)
         report = None
         if req.verify:
@@ -71,10 +76,28 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
             report = verify(req.model_dir, artifact, req.choice.quant, req.threads, req.trust_remote_code,
                             progress=lambda m: stage(f"[2/3] verifying: {m}"))
         stage("[3/3] writing the manifest")
-        files = write_manifest(tmp, name, manifest_body(req, report, tensor_types=dict(sorted(types.items()))),
+        extra = {"calibration": cal_info} if cal_info else {}
+        files = write_manifest(tmp, name, manifest_body(req, report, tensor_types=dict(sorted(counts.items())),
+                                                        **extra),
                                tool_versions(("gguf", "llama_cpp_python", "torch", "transformers")))
-    return ExportResult(req.out, req.out / name, files[name]["bytes"], types, report,
+    return ExportResult(req.out, req.out / name, files[name]["bytes"], counts, report,
                         time.perf_counter() - t0)
+
+
+def _calibrated_types(req: ExportRequest, ckpt, arch, stage) -> tuple:
+    """Calibration statistics -> (type per tensor, importance matrix per tensor, GPTQ compensators,
+    manifest record)."""
+    from edgellm.exporters.gguf_mix import calibrated_gguf
+
+    data = req.calibration or CalibrationData()
+    cal = data.stats(req.model_dir, hessian=True, fisher=True, trust_remote_code=req.trust_remote_code,
+                     threads=req.threads, progress=lambda i, n: stage(f"[0/3] calibrating: window {i}/{n}"))
+    c = calibrated_gguf(req.model, ckpt, arch, req.choice.quant, cal, req.threads,
+                        progress=lambda i, n: stage(f"[0/3] measuring each tensor's sensitivity: {i}/{n}"))
+    info = {**data.describe(cal), "method": "Fisher-sensitivity mixed types at the recipe's bytes; ggml's "
+            "quantizers with importance weights and GPTQ error compensation between column blocks",
+            "mix": c.mix.to_dict()}
+    return c.mix.types, c.imatrix, c.compensators, info
 
 
 def manifest_body(req: ExportRequest, report: dict | None, **extra) -> dict:

@@ -37,7 +37,7 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     from edgellm.exporters.onnx_qdq import (WEIGHT_BITS, calibration_feeds, quantize_static, run_on_qnn,
                                             unsupported_nodes)
     from edgellm.exporters.onnx_static import build_static
-    from edgellm.textdata import held_out_text
+    from edgellm.textdata import training_text
 
     c = req.choice
     if c.quant not in WEIGHT_BITS:
@@ -46,7 +46,9 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)
     arch = for_model(req.model)
     ctx = min(int(req.prediction.get("context") or 1024), req.model.max_context)
-    ids = _calibration_ids(req.model_dir, calibration_text or held_out_text())
+    # calibration text never overlaps the held-out text verification scores on
+    text = calibration_text or (req.calibration.text if req.calibration and req.calibration.text else None)
+    ids = _calibration_ids(req.model_dir, text or training_text(64 << 10))
     with staging(req.out, req.force) as tmp:
         stage(f"[1/4] building the fixed-shape graph ({seq} tokens per step, context {ctx})")
         float_path = tmp / "float.onnx"

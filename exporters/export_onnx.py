@@ -34,6 +34,17 @@ def _ensure_tokenizer_json(model_dir: Path, tmp: Path) -> None:
         raise BadInput(f"{model_dir}: no tokenizer.json and it could not be converted ({e})") from None
 
 
+def _calibrated(req: ExportRequest, arch, block: int, stage):
+    from edgellm.exporters.calibrate import CalibrationData
+    from edgellm.exporters.onnx_gptq import calibrated_quantizer
+
+    data = req.calibration or CalibrationData()
+    cal = data.stats(req.model_dir, hessian=True, trust_remote_code=req.trust_remote_code, threads=req.threads,
+                     progress=lambda i, n: stage(f"[0/3] calibrating: window {i}/{n}"))
+    info = {**data.describe(cal), "method": "GPTQ (error-compensating rounding) with searched block scales"}
+    return calibrated_quantizer(arch, cal.hessian, block), info
+
+
 def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: None,
                 accuracy_level: int = 4) -> ExportResult:
     import onnx
@@ -56,11 +67,13 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     arch = for_model(req.model)
     if not (req.model_dir / "tokenizer.json").is_file() and not (req.model_dir / "tokenizer.model").is_file():
         raise BadInput(f"{req.model_dir}: no tokenizer (tokenizer.json or tokenizer.model)")
+    quantizer, cal_info = _calibrated(req, arch, block, stage) if c.calibrated else (None, None)
     with staging(req.out, req.force) as tmp:
         weights = ExternalData(tmp / DATA_FILE)
         try:
             model = build(arch, Reader(ckpt), weights, c.quant, block, accuracy_level,
-                          int8_levels=req.int8_weight_levels, progress=lambda i, n: stage(f"[1/3] building ONNX {c.label}: step {i}/{n}"))
+                          int8_levels=req.int8_weight_levels, progress=lambda i, n: stage(f"[1/3] building ONNX {c.label}: step {i}/{n}"),
+                          int4_quantizer=quantizer)
         finally:
             weights.close()
         onnx.helper.set_model_props(model, {"max_context": str(req.model.max_context), "quant": c.quant,
@@ -79,6 +92,8 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
                             progress=lambda m: stage(f"[2/3] verifying: {m}"))
         stage("[3/3] writing the manifest")
         extra = {"int8_weight_levels": req.int8_weight_levels} if c.quant == "int8" else {}
+        if cal_info:
+            extra["calibration"] = cal_info
         files = write_manifest(tmp, MODEL_FILE, manifest_body(req, report, operators=dict(sorted(ops.items())), **extra),
                                tool_versions(("onnx", "onnxruntime", "torch", "transformers")))
     size = files[MODEL_FILE]["bytes"] + files[DATA_FILE]["bytes"]

@@ -53,7 +53,10 @@ class Entry:
         return rows * row_bytes(self.ggml_type, self.shape[-1])
 
 
-def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: str) -> list[Entry]:
+def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: str,
+                 types: dict[str, str] | None = None) -> list[Entry]:
+    """Every tensor to write, checked against the checkpoint, with llama.cpp's recipe type for
+    ``quant`` (or the type ``types`` names for it: a calibrated mix)."""
     by_gguf: dict[str, str] = {}
     for hf in ckpt.names():
         g = arch.gguf_name(hf)
@@ -77,7 +80,7 @@ def _plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: s
             shape = shape[::-1]                       # stored transposed (GPT-2 Conv1D)
         if shape != want:
             raise BadInput(f"{model.name}: {hf} has shape {list(shape)}, config.json implies {list(want)}")
-        entries.append(Entry(spec.name, hf, want, ggml_type))
+        entries.append(Entry(spec.name, hf, want, (types or {}).get(spec.name, ggml_type)))
     if missing:
         raise BadInput(f"{model.name}: the checkpoint lacks {len(missing)} tensor(s) the architecture "
                        f"needs, e.g. {', '.join(missing[:3])}")
@@ -101,42 +104,54 @@ def _bf16_tables() -> tuple[np.ndarray, np.ndarray]:
 _BF16_F16_OVERFLOW = 0x4780        # |bfloat16| bits from here up round to inf in float16 (or are inf/NaN)
 
 
-def _encode_span(rows: np.ndarray, ggml_type: str, out: np.ndarray, stored: str = "F32") -> None:
-    if stored == "BF16" and ggml_type != "F32":
-        if rows.size and int((rows & 0x7FFF).max()) >= _BF16_F16_OVERFLOW:
-            raise BadInput("values outside float16's range (or NaN); cannot convert")
-        half, rounded = _bf16_tables()
-        if ggml_type == "F16":
-            np.take(half, rows, out=out.view(np.float16).reshape(rows.shape))
-        else:
-            quantize_into(ggml_type, rounded[rows].reshape(rows.shape[0], -1), out, threads=1)
-        return
-    rows = widen(rows, stored)
-    if not np.isfinite(rows).all() or (ggml_type != "F32" and rows.size and np.abs(rows).max() > 65504):
-        raise BadInput("values outside float16's range (or NaN); cannot convert")
-    if ggml_type == "F32":
-        out.view(np.float32).reshape(rows.shape)[...] = rows
-        return
-    half = rows.astype(np.float16)
-    if ggml_type == "F16":
-        out.view(np.float16).reshape(rows.shape)[...] = half
+def _encode_span(rows: np.ndarray, ggml_type: str, out: np.ndarray, stored: str = "F32",
+                 imatrix: np.ndarray | None = None) -> None:
+    if ggml_type not in ("F32", "F16"):
+        quantize_into(ggml_type, _f16_rounded(rows, stored), out, threads=1, imatrix=imatrix)
+    elif ggml_type == "F16" and stored == "BF16":
+        _check_bf16(rows)
+        np.take(_bf16_tables()[0], rows, out=out.view(np.float16).reshape(rows.shape))
     else:
-        quantize_into(ggml_type, half.astype(np.float32).reshape(rows.shape[0], -1), out, threads=1)
+        rows = widen(rows, stored)
+        _check_finite(rows, ggml_type == "F16")
+        dtype = np.float16 if ggml_type == "F16" else np.float32
+        out.view(dtype).reshape(rows.shape)[...] = rows
 
 
-def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, stored: str = "F32") -> None:
+def _check_bf16(rows: np.ndarray) -> None:
+    if rows.size and int((rows & 0x7FFF).max()) >= _BF16_F16_OVERFLOW:
+        raise BadInput("values outside float16's range (or NaN); cannot convert")
+
+
+def _check_finite(rows: np.ndarray, to_f16: bool) -> None:
+    if not np.isfinite(rows).all() or (to_f16 and rows.size and np.abs(rows).max() > 65504):
+        raise BadInput("values outside float16's range (or NaN); cannot convert")
+
+
+def _f16_rounded(rows: np.ndarray, stored: str) -> np.ndarray:
+    """Rows as stored -> float32 values rounded through float16 (what the quantizer sees)."""
+    if stored == "BF16":
+        _check_bf16(rows)
+        return _bf16_tables()[1][rows].reshape(rows.shape[0], -1)
+    rows = widen(rows, stored)
+    _check_finite(rows, True)
+    return rows.astype(np.float16).astype(np.float32).reshape(rows.shape[0], -1)
+
+
+def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, stored: str = "F32",
+            imatrix: np.ndarray | None = None) -> None:
     """Rows as stored -> ``out`` (a view of the tensor's final bytes) in ``ggml_type``; the rows are
     split across threads for the whole pipeline (numpy and ggml both release the GIL)."""
     n = rows.shape[0] if rows.ndim > 1 else 1
     if threads <= 1 or rows.ndim < 2 or n < 2 * threads:
-        _encode_span(rows, ggml_type, out, stored)
+        _encode_span(rows, ggml_type, out, stored, imatrix)
         return
     per_row = out.nbytes // n
     step = -(-n // threads)
     spans = [(a, min(n, a + step)) for a in range(0, n, step)]
     with ThreadPoolExecutor(len(spans)) as pool:
         list(pool.map(lambda ab: _encode_span(rows[ab[0]:ab[1]], ggml_type,
-                                              out[ab[0] * per_row:ab[1] * per_row], stored), spans))
+                                              out[ab[0] * per_row:ab[1] * per_row], stored, imatrix), spans))
 
 
 def _chunks(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict) -> Iterator[tuple[np.ndarray, str]]:
@@ -235,11 +250,18 @@ def writer_class():
 
 def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: Vocab, folder: Path,
                path: Path, quant: str = "F16", threads: int = 1,
-               progress: Callable[[int, int], None] = lambda done, total: None) -> None:
-    """Write ``path`` as a ``quant`` GGUF (the caller owns making it atomic)."""
+               progress: Callable[[int, int], None] = lambda done, total: None,
+               types: dict[str, str] | None = None, imatrix: dict[str, np.ndarray] | None = None,
+               compensators=None) -> None:
+    """Write ``path`` as a ``quant`` GGUF (the caller owns making it atomic).  ``types`` overrides
+    the recipe's type per GGUF tensor name; ``imatrix`` (per GGUF tensor name, one weight per
+    column) is handed to ggml's quantizer; ``compensators`` (``ggml_gptq.Compensators``) round
+    the tensors it has a Hessian for with GPTQ's error compensation: a calibrated file."""
+    from edgellm.exporters.ggml_gptq import quantize_rows
+
     import gguf
 
-    entries = _plan_tensors(model, ckpt, arch, quant)
+    entries = plan_tensors(model, ckpt, arch, quant, types)
     extras = dict(arch.extra_tensors())
     w = writer_class()(path=None, arch=arch.gguf_arch_name)
     name = arch.general_name(Path(model.name).name, vocab.tokens)
@@ -269,9 +291,14 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: Voca
                 n = len(chunk) if matrix else 1
                 per_row = e.nbytes // e.shape[0] if matrix else e.nbytes
                 at = filled[i]
+                comp = compensators.get(e.gguf_name, e.ggml_type, e.shape[1]) if compensators and matrix else None
                 try:
-                    _encode(chunk.reshape(n, -1) if matrix else chunk, e.ggml_type,
-                            outs[i][at:at + n * per_row], threads, stored)
+                    if comp is not None:
+                        quantize_rows(_f16_rounded(chunk.reshape(n, -1), stored), e.ggml_type,
+                                      outs[i][at:at + n * per_row], comp)
+                    else:
+                        _encode(chunk.reshape(n, -1) if matrix else chunk, e.ggml_type,
+                                outs[i][at:at + n * per_row], threads, stored, (imatrix or {}).get(e.gguf_name))
                 except BadInput as err:
                     raise BadInput(f"{e.hf_name}: {err.message}") from None
                 filled[i] = at + n * per_row

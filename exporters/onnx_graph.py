@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from edgellm.exporters.onnx_arch import OnnxArch
-from edgellm.exporters.onnx_weights import ExternalData, quantize_int8_columns, quantize_nbits
+from edgellm.exporters.onnx_weights import ExternalData, NBits, quantize_int8_columns, quantize_nbits
 
 MS = "com.microsoft"
 QUANTS = ("fp32", "fp16", "int8", "int4")
@@ -50,6 +50,8 @@ class Graph:
     block: int
     accuracy_level: int
     int8_levels: int = 127
+    # int4 blocks for (weight [N, K], graph name); None: ONNX Runtime's round-to-nearest
+    int4_quantizer: Callable[[np.ndarray, str], NBits] | None = None
     nodes: list = field(default_factory=list)
     _n: int = 0
     _consts: set = field(default_factory=set)
@@ -84,7 +86,7 @@ class Graph:
             return self.node("DynamicQuantizeMatMul", ins, domain=MS, name=name)
         if self.quant == "int4":
             bits = 4
-            q = quantize_nbits(w_nk, bits, self.block)
+            q = self.nbits(w_nk, name, bits)
             ins = [x, self.weights.add(f"{name}.qweight", q.packed), self.weights.add(f"{name}.scales", q.scales),
                    self.weights.add(f"{name}.zero_points", q.zero_points)]
             if bias is not None:
@@ -97,6 +99,11 @@ class Graph:
             y = self.node("Add", [y, self.weights.add(f"{name}.bias", bias.astype(np.float32))])
         return y
 
+    def nbits(self, w_nk: np.ndarray, name: str, bits: int) -> NBits:
+        if bits == 4 and self.int4_quantizer is not None:
+            return self.int4_quantizer(w_nk, name)
+        return quantize_nbits(w_nk, bits, self.block)
+
     def weight(self, name: str, w: np.ndarray) -> str:
         """A float weight: float32, or stored float16 and widened once at load (fp16 halves the file;
         ONNX Runtime's x86 CPU kernels compute in float32)."""
@@ -107,12 +114,13 @@ class Graph:
 
 def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block: int = 32,
           accuracy_level: int = 4, context: int | None = None, int8_levels: int = 127,
-          progress: Callable[[int, int], None] = lambda i, n: None):
+          progress: Callable[[int, int], None] = lambda i, n: None,
+          int4_quantizer: Callable[[np.ndarray, str], NBits] | None = None):
     """The ModelProto (initializers external in ``weights``)."""
     from onnx import TensorProto, helper
 
     m = arch.model
-    g = Graph(weights, quant, block, accuracy_level, int8_levels)
+    g = Graph(weights, quant, block, accuracy_level, int8_levels, int4_quantizer)
     hidden, heads, kv, hd = m.hidden, m.n_heads, m.n_kv_heads, m.head_dim
     n_layers, vocab = m.n_layers, m.vocab
     eps = arch.eps
@@ -137,7 +145,7 @@ def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block
     head_q = None
     if quant in ("int4", "int8"):
         bits = 4 if quant == "int4" else 8
-        q = quantize_nbits(emb, bits, block)
+        q = g.nbits(emb, "lm_head" if tied else "embed", bits)
         qw = weights.add("embed.qweight", q.packed)
         qs, qz = weights.add("embed.scales", q.scales), weights.add("embed.zero_points", q.zero_points)
         flat = g.node("Reshape", [qw, g.const("embed_flat_shape", np.array([vocab, -1], np.int64))])

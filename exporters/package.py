@@ -30,7 +30,7 @@ def tool_versions(packages: tuple[str, ...]) -> dict:
     return out
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
+def swap_in(tmp: Path, out: Path) -> None:
     """Put the finished bundle at ``out``.  A bundle replaced with --force is first moved aside and
     removed only once the new one is in place, so no moment leaves neither."""
     old = None
@@ -54,7 +54,7 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, EdgeLLMError):

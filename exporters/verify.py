@@ -29,6 +29,7 @@ PROMPTS = (
     "1, 2, 3, 4, 5,",
 )
 GREEDY_TOKENS = 32
+HELD_OUT_WINDOWS = 4     # windows of the context scored for KLD, top-1 and perplexity
 # max |logit difference| / std(reference logits) allowed for an F16 file.  F16 rounding measures
 # 0.005-0.03 on the test models (Gemma 2's logit softcap compresses the spread, so it sits at the
 # top); conversion bugs (a missed rotary permutation, Gemma's norm offset) give 0.5 or more.
@@ -138,8 +139,7 @@ def verify_candidate(model_dir: Path, cand, name: str, runtime: str, tolerance: 
         report["greedy_ties_within_float_tolerance"] = ties
 
     progress("measuring KL divergence, top-1 agreement and perplexity on held-out text")
-    ids = (bos + tok.encode(held_out_text(), add_special_tokens=False))[:context]
-    agreement = compare(_hf_logits(hf, ids), cand.logits(ids), np.array(ids))
+    agreement = _held_out_agreement(tok, hf, cand, bos, context)
     if not np.isfinite(agreement.mean_kld):
         raise VerificationFailed(f"{name}: non-finite logits; the file is broken")
     if tolerance is not None and agreement.mean_kld > F16_MAX_KLD:
@@ -147,6 +147,21 @@ def verify_candidate(model_dir: Path, cand, name: str, runtime: str, tolerance: 
                                  f"is too large for an unquantized file (allowed {F16_MAX_KLD})")
     report["held_out"] = agreement.to_dict()
     return report
+
+
+def _held_out_agreement(tok, hf, cand, bos: list[int], context: int):
+    """Agreement over up to HELD_OUT_WINDOWS non-overlapping windows of ``context`` tokens of
+    held-out text, each scored on its own; every position predicts the next token of its window."""
+    text_ids = tok.encode(held_out_text(), add_special_tokens=False)
+    step = context - len(bos)
+    wins = [bos + text_ids[i:i + step] for i in range(0, len(text_ids) - step + 1, step)][:HELD_OUT_WINDOWS]
+    wins = wins or [(bos + text_ids)[:context]]
+    ref, got, nxt = [], [], [0]
+    for w in wins:
+        ref.append(_hf_logits(hf, w)[:-1])
+        got.append(cand.logits(w)[:-1])
+        nxt += w[1:]
+    return compare(np.concatenate(ref), np.concatenate(got), np.array(nxt))
 
 
 def verify_onnx(model_dir: Path, onnx_path: Path, quant: str, threads: int, trust_remote_code: bool = False,

@@ -36,6 +36,18 @@ positive_float = _positive(float, "a number")
 positive_int = _positive(int, "a whole number")
 
 
+def fraction_arg(text: str) -> float:
+    """'2%' or '0.02' -> 0.02."""
+    t = text.strip()
+    try:
+        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction like 0.02 or 2%, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return v
+
+
 def print_json(data) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -40,6 +40,10 @@ def _text(path: Path | None) -> str:
     if path is None:
         from edgellm.textdata import held_out_text
         return held_out_text()
+    return read_text(path)
+
+
+def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

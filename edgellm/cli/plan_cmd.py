@@ -13,6 +13,8 @@ HELP = """Predict, for every candidate build of MODEL (GGUF F16 ... Q2_K with an
 cache; ONNX fp16, int8, int4 with blocks of 32 or 128), its file size, peak RAM at the context,
 prefill and decode speed on the device, and its expected quality loss; then choose the best-quality
 build that fits every budget.  Only config.json is read: no weights are downloaded.
+Expected quality comes from measurements on edgellm's own trained reference model (the footer
+names each source); --calibrate plans the calibrated builds `edgellm export --calibrate` makes.
 
 MODEL is a local folder (or its config.json) or a hub id.  A hub id is looked up in the local
 Hugging Face cache, then among the configs bundled with edgellm, then on the hub.
@@ -38,6 +40,8 @@ def add_parser(sub) -> None:
                    help="context length to hold in memory (default: the profile's)")
     p.add_argument("--format", choices=("gguf", "onnx", "any"), default="any",
                    help="restrict candidates to one format (default: any)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="plan calibrated builds (what `edgellm export --calibrate` makes)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
@@ -47,7 +51,7 @@ def run(args) -> int:
     device = devices.find(args.device)
     budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
     formats = ("gguf", "onnx") if args.format == "any" else (args.format,)
-    result = planner.plan(model, device, budgets, formats)
+    result = planner.plan(model, device, budgets, formats, calibrated=args.calibrate)
     if args.json:
         print_json(report.to_json(result))
     else:

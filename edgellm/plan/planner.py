@@ -3,13 +3,13 @@ budgets, and the best-quality one that fits chosen, with a reason for every othe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
 from edgellm.plan import quality as quality_table
-from edgellm.plan.choice import BuildChoice
+from edgellm.plan.choice import BuildChoice, calibratable
 from edgellm.plan.estimate import Estimate, estimate
 from edgellm.plan.gguf_recipes import RECIPES
 from edgellm.units import fmt_bytes
@@ -58,12 +58,15 @@ class Plan:
     suggestions: tuple[str, ...] = field(default=())
 
 
-def candidate_choices(formats: tuple[str, ...]) -> list[BuildChoice]:
+def candidate_choices(formats: tuple[str, ...], calibrated: bool = False) -> list[BuildChoice]:
+    """Every build of ``formats``; with ``calibrated`` the quantized ones are the calibrated kind."""
     out = []
     if "gguf" in formats:
         out += [BuildChoice("gguf", q, kv) for q in GGUF_QUANTS for kv in ("f16", "q8_0")]
     if "onnx" in formats:
         out += [BuildChoice("onnx", q, kv, b) for q, kv, b in ONNX_BUILDS]
+    if calibrated:
+        out = [replace(c, calibrated=True) if calibratable(c.format, c.quant) else c for c in out]
     return out
 
 
@@ -94,11 +97,11 @@ def failures(e: Estimate, b: Budgets) -> tuple[str, ...]:
 
 
 def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
-             formats: tuple[str, ...] = ("gguf", "onnx")) -> list[Candidate]:
+             formats: tuple[str, ...] = ("gguf", "onnx"), calibrated: bool = False) -> list[Candidate]:
     """Every candidate the device can run, predicted and checked, best quality first."""
     prefs = {f: i for i, f in enumerate(device.preferred_formats)}
     out = []
-    for choice in candidate_choices(formats):
+    for choice in candidate_choices(formats, calibrated):
         e = estimate(model, device, choice, budgets.context)
         if e is not None:
             out.append(Candidate(e, quality_table.expected(choice), failures(e, budgets)))
@@ -134,13 +137,13 @@ def _with_verdicts(cands: list[Candidate], winner: Candidate | None) -> tuple[Ca
 
 
 def plan(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
-         formats: tuple[str, ...] = ("gguf", "onnx"), advise: bool = True) -> Plan:
+         formats: tuple[str, ...] = ("gguf", "onnx"), advise: bool = True, calibrated: bool = False) -> Plan:
     if budgets.context < 16:
         raise BadInput(f"--context {budgets.context} is too short to be useful (at least 16)")
     if model.max_context and budgets.context > model.max_context:
         raise BadInput(f"--context {budgets.context} is longer than {model.name} supports "
                        f"({model.max_context} tokens)")
-    cands = evaluate(model, device, budgets, formats)
+    cands = evaluate(model, device, budgets, formats, calibrated)
     if not cands:
         raise BadInput(f"{device.name} has no runtime for {' or '.join(formats)} builds "
                        f"(it lists {', '.join(device.runtimes)})")

@@ -1,9 +1,11 @@
-"""Expected quality loss per build, before anything is measured.
+"""Expected quality loss per build, before anything is exported.
 
-Starting table: llama.cpp file types on a small trained llama (23 M params), held-out text, KLD
-against its own F16, no importance matrix (edgellm shared/anchors.md, "Quality per GGUF type").
-Small models lose more per bit than large ones, so the planner uses these to rank builds, not as
-promises; ``edgellm eval`` measures the real numbers.  Rows marked "estimate" have no measurement.
+Measured by ``benchmarks/quality.py`` on edgellm's own ``bench`` reference model (24 M parameters,
+trained here on Python source; held-out text, context 512, KL divergence against the model's own
+F16 through llama.cpp): plain llama.cpp file types, edgellm's calibrated builds, and the ONNX
+weight types.  Small models lose more per bit than large ones, so the planner uses these to rank
+builds, not as promises; ``edgellm eval`` and every export's verification measure the real
+numbers for the user's model.  Rows marked "estimate" have no measurement.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from edgellm.plan.choice import BuildChoice
 
-MEASURED = "llama.cpp on a 23M trained llama, no imatrix (anchors table)"
+MEASURED = "measured on edgellm's 24M reference model (benchmarks/quality.py)"
 ESTIMATE = "estimate"
 
 
@@ -24,41 +26,59 @@ class Quality:
     source: str
 
 
+def _m(kld: float, ppl: float, top1: float) -> Quality:
+    return Quality(kld, ppl, top1, MEASURED)
+
+
+# (benchmarks/RESULTS.md, "Quality per byte"; 32 windows of 512 held-out tokens, 16,384 scored)
 _GGUF = {
     "F16": Quality(0.0, 1.0, 1.0, "reference"),
-    "Q8_0": Quality(0.00035, 1.0007, 0.991, MEASURED),
-    "Q6_K": Quality(0.0021, 1.0022, 0.978, MEASURED),
-    "Q5_K_M": Quality(0.0050, 1.0048, 0.969, MEASURED),
-    "Q4_K_M": Quality(0.0159, 1.0150, 0.946, MEASURED),
-    "Q4_0": Quality(0.0247, 1.0230, 0.932, MEASURED),
-    "Q3_K_M": Quality(0.0417, 1.0394, 0.911, MEASURED),
-    "Q2_K": Quality(0.1883, 1.1843, 0.819, MEASURED),
-    # between Q4_K_M (4.9 bpw) and Q4_0 (4.5 bpw) by bits per weight (4.25 bpw + Q5_K/Q6_K parts)
-    "IQ4_XS": Quality(0.0185, 1.0175, 0.940, ESTIMATE),
+    "Q8_0": _m(0.00021, 1.0000, 0.991),
+    "Q6_K": _m(0.00116, 1.0021, 0.981),
+    "Q5_K_M": _m(0.00213, 1.0022, 0.973),
+    "Q4_K_M": _m(0.00577, 1.0041, 0.956),
+    "Q4_0": _m(0.01024, 1.0096, 0.944),
+    "IQ4_XS": _m(0.00810, 1.0070, 0.950),
+    "Q3_K_M": _m(0.01875, 1.0116, 0.928),
+    "Q2_K": _m(0.07317, 1.0538, 0.858),
+}
+_GGUF_CALIBRATED = {
+    "Q8_0": _m(0.00021, 1.0000, 0.991),
+    "Q6_K": _m(0.00086, 1.0007, 0.981),
+    "Q5_K_M": _m(0.00179, 1.0012, 0.976),
+    "Q4_K_M": _m(0.00397, 1.0027, 0.966),
+    "Q4_0": _m(0.00531, 1.0026, 0.958),
+    "IQ4_XS": _m(0.00674, 1.0030, 0.952),
+    "Q3_K_M": _m(0.01194, 1.0072, 0.940),
+    "Q2_K": _m(0.04416, 1.0297, 0.887),
 }
 _ONNX = {
-    "fp32": Quality(0.0, 1.0, 1.0, ESTIMATE),
-    "fp16": Quality(0.00001, 1.0000, 0.999, ESTIMATE),
-    # 8-bit blocks of 32 with a scale and zero point: like Q8_0, plus int8 activations (accuracy level 4)
-    "int8": Quality(0.0010, 1.0020, 0.985, ESTIMATE),
-    # asymmetric 4-bit with a float32 scale per block: like Q4_1, between Q4_K_M and Q4_0
-    "int4/32": Quality(0.0200, 1.0190, 0.940, ESTIMATE),
-    "int4/128": Quality(0.0350, 1.0330, 0.918, ESTIMATE),
+    "fp32": Quality(0.0, 1.0, 1.0, "reference"),
+    "fp16": _m(0.00000, 1.0000, 1.000),
+    "int8": _m(0.00652, 1.0057, 0.955),
+    "int4/32": _m(0.01419, 1.0129, 0.933),
+    "int4/128": _m(0.02306, 1.0194, 0.916),
+}
+_ONNX_CALIBRATED = {
+    "int4/32": _m(0.00877, 1.0036, 0.947),
+    "int4/128": _m(0.01318, 1.0113, 0.940),
 }
 _KV_Q8_COST = 0.0005        # estimate: llama.cpp's q8_0 cache adds little loss
 
 
-def _int4(block: int) -> Quality:
+def _int4(block: int, table: dict) -> Quality:
     """Blocks of 32 and 128 are in the table; others take the nearer of the two, rounding toward
     the larger loss for blocks between them."""
-    return _ONNX["int4/32"] if block <= 32 else _ONNX["int4/128"]
+    return table["int4/32"] if block <= 32 else table["int4/128"]
 
 
 def expected(choice: BuildChoice) -> Quality:
     if choice.format == "gguf":
-        q = _GGUF[choice.quant]
+        q = (_GGUF_CALIBRATED if choice.calibrated else _GGUF)[choice.quant]
+    elif choice.quant == "int4":
+        q = _int4(choice.block_size or 32, _ONNX_CALIBRATED if choice.calibrated else _ONNX)
     else:
-        q = _ONNX[choice.quant] if choice.quant != "int4" else _int4(choice.block_size or 32)
+        q = _ONNX[choice.quant]
     if choice.kv_cache == "q8_0":
         source = q.source if q.source == ESTIMATE else f"{q.source} + estimate for the q8_0 cache"
         return Quality(q.kld + _KV_Q8_COST, q.ppl_ratio + _KV_Q8_COST, q.top1 - 0.002, source)

@@ -71,9 +71,9 @@ def to_text(p: Plan) -> str:
     body = table(["", "build", "kv", "file", "peak RAM", "prefill/s", "decode/s", "KLD", "runs on",
                   "verdict"], rows, right={3, 4, 5, 6, 7})
     foot = ["", "speeds in tokens/s for a 512-token prompt then 128 new tokens; peak RAM at the full context.",
-            "KLD: expected mean KL divergence vs the unquantized model, from llama.cpp measurements on a "
-            "small trained model; ~ marks estimates. Below 0.001 a build counts as lossless and the fastest "
-            "such build wins."]
+            "KLD: expected mean KL divergence vs the unquantized model; ~ marks estimates. Below 0.001 a build "
+            "counts as lossless and the fastest such build wins. Quality figures come from:"]
+    foot += [f"  {src}" for src in dict.fromkeys(c.quality.source for c in p.candidates)]
     if p.winner:
         w = p.winner
         foot.insert(0, f"\nchosen: {w.choice.label} with {w.choice.kv_cache} KV cache on {w.estimate.unit}: "

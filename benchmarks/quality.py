@@ -1,0 +1,235 @@
+"""Quality per byte on edgellm's trained reference model: plain llama.cpp types, llama.cpp's
+importance-matrix method, and edgellm's calibrated builds; ONNX RTN vs calibrated int4.
+
+KL divergence is measured against the model's own F16 GGUF (llama.cpp), position by position, over
+held-out text (``edgellm.textdata``) in windows of 512 tokens; every build is scored on the same
+windows against the same reference logits.  "imatrix" is llama.cpp's method: the same per-tensor
+recipe as plain, rounded by ggml's quantizers with an importance matrix (mean x² per input column,
+what ``llama-imatrix`` collects) gathered on the calibration text.  "calibrated" is
+``edgellm export --calibrate``.  The calibration text is the default (training split).
+
+Usage: python benchmarks/quality.py [--model DIR] [--windows 32] [--json OUT]
+       python benchmarks/quality.py --time-calibration DIR     # wall time of calibrating a big model
+(DIR defaults to the ``bench`` reference model: python benchmarks/reference_gpu.py makes it.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GGUF = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
+ONNX = (("fp16", None), ("int8", 32), ("int4", 32), ("int4", 128))
+
+
+def _scorer(ref_path: Path, context: int, windows: int):
+    from edgellm.evaluate import windows_of
+    from edgellm.metrics import log_softmax
+    from edgellm.runtime.llamacpp import LlamaCppModel
+    from edgellm.textdata import held_out_text
+
+    ref = LlamaCppModel(ref_path, n_ctx=context, threads=2, logits_all=True)
+    wins = windows_of(ref.tokenize(held_out_text(), add_bos=False), context, windows)
+    ref_lp = [log_softmax(ref.logits(w)) for w in wins]
+    del ref
+
+    def score(model) -> dict:
+        kld, same, nll, nll_ref = [], [], [], []
+        for w, lr in zip(wins, ref_lp):
+            lc = log_softmax(model.logits(w))
+            kld.append((np.exp(lr) * (lr - lc)).sum(-1))
+            same.append(lr.argmax(-1) == lc.argmax(-1))
+            nxt, pos = np.asarray(w[1:]), np.arange(len(w) - 1)
+            nll.append(-lc[pos, nxt])
+            nll_ref.append(-lr[pos, nxt])
+        k = np.concatenate(kld)
+        return {"mean_kld": float(k.mean()), "p99_kld": float(np.percentile(k, 99)),
+                "top1": float(np.concatenate(same).mean()),
+                "ppl_ratio": float(np.exp(np.concatenate(nll).mean() - np.concatenate(nll_ref).mean()))}
+    return score, sum(map(len, wins))
+
+
+def run(model_dir: Path, windows: int, context: int = 512) -> dict:
+    from edgellm import models
+    from edgellm.exporters.calibrate import CalibrationData
+    from edgellm.exporters.checkpoint import open_checkpoint
+    from edgellm.exporters.gguf_arch import for_model
+    from edgellm.exporters.gguf_mix import by_gguf_name, calibrated_gguf
+    from edgellm.exporters.gguf_vocab import read_vocab
+    from edgellm.exporters.gguf_write import write_gguf
+    from edgellm.runtime.llamacpp import LlamaCppModel
+
+    model = models.load_config(str(model_dir))
+    ckpt, arch = open_checkpoint(model_dir), for_model(model)
+    vocab = read_vocab(model_dir, model.vocab)
+    work = Path(tempfile.mkdtemp(prefix="edgellm-quality-"))
+    out: dict = {"model": str(model_dir), "parameters": model.n_params, "context": context, "gguf": {}, "onnx": {}}
+    try:
+        t0 = time.perf_counter()
+        cal = CalibrationData().stats(model_dir, hessian=True, fisher=True, threads=2)
+        out["calibration"] = {"tokens": cal.tokens, "seconds": round(time.perf_counter() - t0, 1)}
+        imatrix = by_gguf_name(arch, cal.imatrix)
+
+        def gguf(name: str, quant: str, **kw) -> Path:
+            p = work / f"{name}.gguf"
+            write_gguf(model, ckpt, arch, vocab, model_dir, p, quant, 2, **kw)
+            return p
+
+        score, tokens = _scorer(gguf("F16", "F16"), context, windows)
+        out["tokens_scored"] = tokens
+        f16_bytes = (work / "F16.gguf").stat().st_size
+
+        def measure(path: Path) -> dict:
+            r = score(LlamaCppModel(path, n_ctx=context, threads=2, logits_all=True))
+            size = path.stat().st_size
+            path.unlink()
+            return {**r, "bytes": size, "size_vs_f16": size / f16_bytes}
+
+        for q in GGUF:
+            t = time.perf_counter()
+            c = calibrated_gguf(model, ckpt, arch, q, cal, threads=2)
+            alloc_s = time.perf_counter() - t
+            t = time.perf_counter()
+            cal_path = gguf(q + "-cal", q, types=c.mix.types, imatrix=c.imatrix, compensators=c.compensators)
+            write_s = time.perf_counter() - t
+            out["gguf"][q] = {"plain": measure(gguf(q, q)), "imatrix": measure(gguf(q + "-im", q, imatrix=imatrix)),
+                              "calibrated": {**measure(cal_path), "allocation_seconds": round(alloc_s, 1),
+                                             "write_seconds": round(write_s, 1), "mix": c.mix.to_dict()}}
+            _print_gguf(q, out["gguf"][q])
+        for quant, block in ONNX:
+            kinds = ("plain", "calibrated") if quant == "int4" else ("plain",)
+            row = {}
+            for kind in kinds:
+                row[kind] = _onnx(model, model_dir, ckpt, cal, quant, block, kind == "calibrated", work, score)
+            label = quant if block is None or quant != "int4" else f"int4/{block}"
+            out["onnx"][label] = row
+            print(f"onnx {label:9s} " + "  ".join(f"{k} KLD {v['mean_kld']:.5f} ({v['bytes'] / 1e6:.2f} MB)"
+                                                  for k, v in row.items())
+                  + (f"  ratio {row['calibrated']['mean_kld'] / row['plain']['mean_kld']:.3f}" if "calibrated" in row else ""),
+                  flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _onnx(model, model_dir, ckpt, cal, quant, block, calibrated, work, score) -> dict:
+    import onnx
+
+    from edgellm.exporters.onnx_arch import for_model
+    from edgellm.exporters.onnx_graph import Reader, build
+    from edgellm.exporters.onnx_gptq import calibrated_quantizer
+    from edgellm.exporters.onnx_weights import ExternalData
+    from edgellm.exporters.package import copy_tokenizer
+    from edgellm.exporters.export_onnx import _ensure_tokenizer_json
+    from edgellm.runtime.onnxrt import OnnxModel
+
+    arch = for_model(model)
+    d = work / f"onnx-{quant}-{block}-{calibrated}"
+    d.mkdir()
+    w = ExternalData(d / "model.onnx.data")
+    qz = calibrated_quantizer(arch, cal.hessian, block) if calibrated else None
+    t = time.perf_counter()
+    m = build(arch, Reader(ckpt), w, quant, block or 32, 4, int4_quantizer=qz)
+    w.close()
+    seconds = time.perf_counter() - t
+    onnx.save(m, str(d / "model.onnx"))
+    copy_tokenizer(model_dir, d)
+    _ensure_tokenizer_json(model_dir, d)
+    size = (d / "model.onnx").stat().st_size + (d / "model.onnx.data").stat().st_size
+    r = score(OnnxModel(d / "model.onnx", threads=2))
+    shutil.rmtree(d)
+    return {**r, "bytes": size, "build_seconds": round(seconds, 1)}
+
+
+def _print_gguf(q: str, row: dict) -> None:
+    p, i, c = row["plain"], row["imatrix"], row["calibrated"]
+    print(f"gguf {q:7s} plain KLD {p['mean_kld']:.5f} ({p['bytes'] / 1e6:.2f} MB) | imatrix {i['mean_kld']:.5f} "
+          f"x{i['mean_kld'] / p['mean_kld']:.3f} | calibrated {c['mean_kld']:.5f} x{c['mean_kld'] / p['mean_kld']:.3f} "
+          f"at {c['bytes'] / p['bytes']:.4f}x the bytes", flush=True)
+
+
+def time_calibration(model_dir: Path) -> dict:
+    """Wall time ``--calibrate`` adds to an export: statistics (forward + Fisher backward passes on
+    16 windows of 512), the per-tensor sensitivity search and the compensated write for Q4_K_M
+    (less a plain write); GPTQ Hessians and the int4 build."""
+    from edgellm import models
+    from edgellm.exporters.calibrate import CalibrationData
+    from edgellm.exporters.checkpoint import open_checkpoint
+    from edgellm.exporters.gguf_arch import for_model
+    from edgellm.exporters.gguf_mix import calibrated_gguf
+    from edgellm.exporters.gguf_vocab import read_vocab
+    from edgellm.exporters.gguf_write import write_gguf
+    from edgellm.runtime.profiling import peak_rss_bytes
+
+    model = models.load_config(str(model_dir))
+    ckpt = open_checkpoint(model_dir)
+    t = time.perf_counter()
+    cal = CalibrationData().stats(model_dir, fisher=True, hessian=True, threads=2)
+    stats_s = time.perf_counter() - t
+    t = time.perf_counter()
+    arch = for_model(model)
+    c = calibrated_gguf(model, ckpt, arch, "Q4_K_M", cal, threads=2)
+    alloc_s = time.perf_counter() - t
+    work = Path(tempfile.mkdtemp(prefix="edgellm-caltime-"))
+    try:
+        t = time.perf_counter()
+        write_gguf(model, ckpt, arch, read_vocab(model_dir, model.vocab), model_dir, work / "m.gguf", "Q4_K_M", 2,
+                   types=c.mix.types, imatrix=c.imatrix, compensators=c.compensators)
+        write_s = time.perf_counter() - t
+        t = time.perf_counter()
+        write_gguf(model, ckpt, arch, read_vocab(model_dir, model.vocab), model_dir, work / "p.gguf", "Q4_K_M", 2)
+        plain_s = time.perf_counter() - t
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    r = {"model": str(model_dir), "parameters": model.n_params, "gguf_statistics_s": round(stats_s, 1),
+         "gguf_allocation_s": round(alloc_s, 1), "gguf_calibrated_write_s": round(write_s, 1),
+         "gguf_plain_write_s": round(plain_s, 1),
+         "gguf_total_s": round(stats_s + alloc_s + write_s - plain_s, 1)}
+    del cal, c
+    t = time.perf_counter()
+    cal = CalibrationData().stats(model_dir, hessian=True, threads=2)
+    r["onnx_hessian_s"] = round(time.perf_counter() - t, 1)
+    from edgellm.exporters.onnx_arch import for_model as onnx_arch
+    from edgellm.exporters.onnx_graph import Reader, build
+    from edgellm.exporters.onnx_gptq import calibrated_quantizer
+    from edgellm.exporters.onnx_weights import ExternalData
+
+    work = Path(tempfile.mkdtemp(prefix="edgellm-caltime-"))
+    try:
+        t = time.perf_counter()
+        arch = onnx_arch(model)
+        w = ExternalData(work / "model.onnx.data")
+        build(arch, Reader(ckpt), w, "int4", 32, 4, int4_quantizer=calibrated_quantizer(arch, cal.hessian, 32))
+        w.close()
+        r["onnx_gptq_build_s"] = round(time.perf_counter() - t, 1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    r["onnx_total_s"] = round(r["onnx_hessian_s"] + r["onnx_gptq_build_s"], 1)
+    r["peak_rss_bytes"] = peak_rss_bytes()
+    print(json.dumps(r, indent=1))
+    return r
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--windows", type=int, default=32)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--time-calibration", type=Path, metavar="DIR")
+    a = ap.parse_args()
+    if a.time_calibration:
+        res = time_calibration(a.time_calibration)
+    else:
+        from edgellm.exporters.reference_model import SPECS, cache_root
+        model_dir = a.model or cache_root() / "reference" / SPECS["bench"].cache_name
+        if not model_dir.is_dir():
+            raise SystemExit(f"{model_dir}: no reference model; make it with benchmarks/reference_gpu.py")
+        res = run(model_dir, a.windows)
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))

@@ -1,0 +1,174 @@
+"""Calibration: what the model's own activations say about which weights matter.
+
+The model runs in float32 through transformers on calibration text (``edgellm.textdata``'s training
+split by default, or the user's file), in windows of ``context`` tokens, and three statistics are
+gathered, keyed by checkpoint tensor name:
+
+- ``imatrix``: per input column of every linear layer, the mean of x² over all tokens: the
+  importance weights llama.cpp's ``llama-imatrix`` collects and ggml's quantizers take (rounding
+  error in a column matters in proportion to the energy of the activations it multiplies);
+- ``hessian`` (on request): the full XᵀX / n per linear layer, for error-compensating rounding (GPTQ);
+- ``fisher`` (on request): the mean squared gradient of the log-likelihood of tokens sampled from
+  the model's own predictions, per weight: the diagonal of the Fisher information, so
+  ½ Σ F·(w - q(w))² predicts how much KL divergence rounding a tensor costs, which is what spends
+  bytes where they buy the most (``gguf_mix``).
+
+Inputs are checked first: text too short for one window, or a tokenizer that cannot encode it
+without unknown tokens, is an error before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgellm.errors import BadInput
+
+MIN_WINDOWS = 2
+MIN_CHARS_PER_TOKEN = 1.0
+
+
+@dataclass
+class Calibration:
+    tokens: int
+    windows: int
+    context: int
+    imatrix: dict[str, np.ndarray] = field(default_factory=dict)
+    hessian: dict[str, np.ndarray] = field(default_factory=dict)
+    fisher: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class CalibrationData:
+    """What an export calibrates on; the statistics, once gathered, are kept for the next
+    candidate of the same command (a quality gate may export several)."""
+    text: str | None = None          # None: the default (edgellm.textdata's training split)
+    source: str = "default: Python standard library source (edgellm.textdata training split)"
+    windows: int = 16
+    context: int = 512
+    _done: list = field(default_factory=list)
+
+    def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, **kw) -> Calibration:
+        for (folder, h, f), cal in self._done:
+            if folder == str(model_dir) and (h or not hessian) and (f or not fisher):
+                return cal
+        cal = collect(model_dir, self.text, self.context, self.windows, hessian=hessian, fisher=fisher, **kw)
+        self._done.append(((str(model_dir), hessian, fisher), cal))
+        return cal
+
+    def describe(self, cal: Calibration) -> dict:
+        return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context}
+
+
+def default_text(limit_bytes: int = 1 << 20) -> str:
+    from edgellm.textdata import training_text
+    return training_text(limit_bytes)
+
+
+def calibration_windows(tok, text: str, context: int, max_windows: int) -> list[list[int]]:
+    ids = tok.encode(text, add_special_tokens=False)
+    unk = getattr(tok, "unk_token_id", None)
+    n_unk = sum(i == unk for i in ids) if unk is not None else 0
+    # text the tokenizer was built for takes 2-5 characters a token; far fewer means unknown
+    # tokens or byte fallbacks: a script or vocabulary the model never saw
+    if ids and (n_unk > 0.05 * len(ids) or len(text) / len(ids) < MIN_CHARS_PER_TOKEN):
+        raise BadInput(f"the calibration text is not in the model's vocabulary ({len(ids)} tokens for "
+                       f"{len(text)} characters, {n_unk} unknown): give text like what the model will read")
+    n = min(len(ids) // context, max_windows)
+    if n < MIN_WINDOWS:
+        raise BadInput(f"the calibration text is {len(ids)} tokens; calibration needs at least "
+                       f"{MIN_WINDOWS} windows of {context} (give more text with --calib-data)")
+    return [ids[i * context:(i + 1) * context] for i in range(n)]
+
+
+def _linear_inputs(model):
+    """(weight name in the checkpoint, module, transposed) for every matrix multiply with a weight:
+    nn.Linear, GPT-2's Conv1D; a head tied to the embeddings is recorded under the embedding's name."""
+    import torch
+
+    names = {id(p): n for n, p in model.named_parameters()}     # tied parameters: the first name
+    for mod_name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, torch.nn.Parameter) or w.dim() != 2 or isinstance(mod, torch.nn.Embedding):
+            continue
+        if isinstance(mod, torch.nn.Linear):
+            yield names[id(w)], mod, False
+        elif type(mod).__name__ == "Conv1D":
+            yield names[id(w)], mod, True
+
+
+def collect(model_dir: Path, text: str | None = None, context: int = 512, max_windows: int = 16,
+            hessian: bool = False, fisher: bool = False, trust_remote_code: bool = False,
+            threads: int | None = None, seed: int = 0, progress=lambda i, n: None) -> Calibration:
+    import torch
+
+    from edgellm.exporters.verify import _hf
+
+    if threads:
+        torch.set_num_threads(threads)
+    tok, model = _hf(Path(model_dir), trust_remote_code)
+    context = min(context, int(getattr(model.config, "max_position_embeddings", context) or context))
+    wins = calibration_windows(tok, default_text() if text is None else text, context, max_windows)
+    cal = Calibration(tokens=sum(map(len, wins)), windows=len(wins), context=context)
+    sums: dict[str, torch.Tensor] = {}
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    shared: dict[str, str] = {}       # layers reading the same input (q/k/v, gate/up): one XᵀX
+    last: dict = {"input": None, "name": None}
+
+    def hook(name):
+        def record(_mod, args):
+            same = args[0] is last["input"]
+            if not same:
+                last["input"], last["name"] = args[0], name
+            elif name not in shared:
+                shared[name] = last["name"]
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            if not same:
+                s = (x * x).sum(0)
+                sums[name] = sums.get(name, 0) + s
+                counts[name] = counts.get(name, 0) + x.shape[0]
+                if hessian:
+                    grams[name] = grams.get(name, 0) + x.T @ x
+        return record
+
+    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod, _ in _linear_inputs(model)]
+    # (the input is held only between consecutive hooks of one forward pass)
+    params = [(n, p) for n, p in model.named_parameters() if p.dim() == 2]
+    fish = {n: torch.zeros_like(p) for n, p in params} if fisher else {}
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        for k, w in enumerate(wins):
+            x = torch.tensor([w])
+            if fisher:
+                model.zero_grad(set_to_none=True)
+                logits = model(x).logits[0].float()
+                with torch.no_grad():
+                    sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+                torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
+                for n, p in params:
+                    if p.grad is not None:
+                        fish[n] += p.grad.float() ** 2
+            else:
+                with torch.no_grad():
+                    model(x)
+            last["input"] = None
+            progress(k + 1, len(wins))
+    finally:
+        for h in handles:
+            h.remove()
+    for name, s in sums.items():
+        cal.imatrix[name] = (s / counts[name]).numpy().astype(np.float32)
+        if hessian:
+            cal.hessian[name] = (grams[name] / counts[name]).numpy()
+    for name, first in shared.items():
+        cal.imatrix[name] = cal.imatrix[first]
+        if hessian:
+            cal.hessian[name] = cal.hessian[first]
+    # Conv1D stores [in, out]: the statistic is still per input feature, i.e. per GGUF column
+    for n, f in fish.items():
+        cal.fisher[n] = (f / (cal.tokens)).numpy()
+    return cal

@@ -1,0 +1,97 @@
+"""Error-compensating rounding (GPTQ) into ggml's block types, a block of columns at a time.
+
+ggml's quantizers choose a K-quant super-block's scales from all 256 of its values at once, so
+the columns of a block cannot be rounded one by one as GPTQ does.  Instead each block of columns
+(256, or fewer for the 32-wide types) is quantized by ggml, importance-weighted by H's diagonal,
+and its rounding error E is carried onto the columns not yet quantized with GPTQ's block update
+
+    W[:, rest] -= E · U[b, b]⁻¹ · U[b, rest]        (U: upper Cholesky factor of H⁻¹)
+
+which is the closed form of GPTQ's column-by-column updates for a whole block: the layer's output
+error is what is minimised.  Rows are independent, so the rows of a tensor may come in chunks.
+The bytes are ggml's own for every block: a row's bytes are its blocks' bytes in order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgellm.plan.ggml_types import TYPES
+
+DAMP = 0.01
+
+
+def block_width(cols: int, ggml_type: str) -> int | None:
+    """Columns quantized together: the widest of 256/128/64/32 that divides the row and is whole
+    blocks of the type; None when none does."""
+    blk = TYPES[ggml_type].block
+    return next((b for b in (256, 128, 64, 32) if cols % b == 0 and b % blk == 0), None)
+
+
+class Compensator:
+    """GPTQ's factors for one Hessian (shared by every tensor reading the same input)."""
+
+    def __init__(self, hessian: np.ndarray):
+        import torch
+
+        H = torch.from_numpy(np.asarray(hessian, dtype=np.float64)).clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        self.diag = torch.diag(H).float().numpy()
+        H += torch.eye(len(H), dtype=torch.float64) * DAMP * torch.mean(torch.diag(H))
+        self.U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        self._inv: dict[tuple[int, int], object] = {}
+
+    def carry(self, a: int, b: int):
+        """U[a:b, a:b]⁻¹ · U[a:b, b:] (cached per block)."""
+        import torch
+
+        if (a, b) not in self._inv:
+            self._inv[(a, b)] = torch.linalg.solve_triangular(self.U[a:b, a:b], self.U[a:b, b:], upper=True)
+        return self._inv[(a, b)]
+
+
+def quantize_rows(rows: np.ndarray, ggml_type: str, out: np.ndarray, comp: Compensator) -> None:
+    """float32 ``rows`` [n, cols] -> ggml ``ggml_type`` bytes in ``out`` [n * row_bytes]."""
+    import gguf
+    import torch
+
+    from edgellm.exporters.ggml_quant import quantize_into, row_bytes
+
+    n, cols = rows.shape
+    width = block_width(cols, ggml_type)
+    w = torch.from_numpy(np.array(rows, dtype=np.float64))
+    rb = row_bytes(ggml_type, width)
+    dst = out.reshape(n, -1)
+    buf = np.empty(n * rb, np.uint8)
+    qtype = gguf.GGMLQuantizationType[ggml_type]
+    for a in range(0, cols, width):
+        b = a + width
+        block = np.ascontiguousarray(w[:, a:b].numpy(), dtype=np.float32)
+        quantize_into(ggml_type, block, buf, imatrix=np.ascontiguousarray(comp.diag[a:b]))
+        dst[:, a // width * rb:(a // width + 1) * rb] = buf.reshape(n, rb)
+        if b < cols:
+            q = np.asarray(gguf.quants.dequantize(buf.reshape(n, rb), qtype), dtype=np.float64).reshape(n, width)
+            w[:, b:] -= (w[:, a:b] - torch.from_numpy(q)) @ comp.carry(a, b)
+
+
+class Compensators:
+    """A Compensator per GGUF tensor name, made when first asked for and kept for the few tensors
+    that share its input (tensors are written layer by layer), so memory holds a handful of
+    factors, not one per layer.  The token embedding is never compensated: its rows are looked
+    up, not multiplied."""
+
+    def __init__(self, hessians: dict[str, np.ndarray], keep: int = 4):
+        self.hessians = {n: h for n, h in hessians.items() if n != "token_embd.weight"}
+        self.keep = keep
+        self._made: dict[int, Compensator] = {}
+
+    def get(self, name: str, ggml_type: str, cols: int) -> Compensator | None:
+        h = self.hessians.get(name)
+        if h is None or ggml_type in ("F32", "F16") or block_width(cols, ggml_type) is None:
+            return None
+        if id(h) not in self._made:
+            while len(self._made) >= self.keep:
+                self._made.pop(next(iter(self._made)))
+            self._made[id(h)] = Compensator(h)
+        return self._made[id(h)]

@@ -1,0 +1,193 @@
+"""Calibrated GGUF: importance-weighted rounding, and bytes spent where they cut KL divergence most.
+
+llama.cpp's file types give every tensor of a category the same type by a fixed rule.  Given a
+calibration (``calibrate.Calibration``), this module instead measures, for every matrix and every
+candidate ggml type, how much KL divergence rounding it to that type would cost:
+
+    cost(t, type) = ½ Σ F ⊙ (W − deq(quant(W, imatrix)))²
+
+(the Fisher diagonal F predicts the loss of a small weight change; ``quant`` is ggml's own
+quantizer with the calibration's importance matrix, ``deq`` the gguf package's dequantizer), then
+picks one type per tensor so the total is smallest for a byte budget — by default the bytes
+llama.cpp's own recipe would spend for the requested file type, so the file is the same size.  The
+choice is a knapsack solved greedily on each tensor's convex hull of (bytes, cost): always take the
+upgrade that buys the most predicted KL divergence per byte.  Costs are estimated on a fixed sample
+of rows for large tensors (rows quantize independently, so the estimate is unbiased).
+
+Any type llama.cpp's CPU backend runs is a candidate; a file with per-tensor types is an ordinary
+GGUF (llama-quantize writes such files itself with --tensor-type).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgellm.plan.ggml_types import TYPES
+
+# K-quant rows (multiples of 256) and the rest (multiples of 32)
+CANDIDATES_256 = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+CANDIDATES_32 = ("Q4_0", "Q4_1", "IQ4_NL", "Q5_0", "Q5_1", "Q8_0")
+SAMPLE_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class MixedTypes:
+    types: dict[str, str]             # GGUF tensor name -> ggml type
+    budget_bytes: int
+    bytes: int
+    predicted_kld: float              # Σ cost of the chosen types
+    recipe_predicted_kld: float       # Σ cost of the recipe's own types, same importance weighting
+
+    def to_dict(self) -> dict:
+        counts: dict[str, int] = {}
+        for t in self.types.values():
+            counts[t] = counts.get(t, 0) + 1
+        return {"budget_bytes": self.budget_bytes, "bytes": self.bytes, "predicted_kld": self.predicted_kld,
+                "recipe_predicted_kld": self.recipe_predicted_kld, "type_counts": dict(sorted(counts.items()))}
+
+
+def candidates(cols: int) -> tuple[str, ...]:
+    return CANDIDATES_256 if cols % 256 == 0 else tuple(t for t in CANDIDATES_32 if cols % TYPES[t].block == 0)
+
+
+def roundtrip(w: np.ndarray, ggml_type: str, imatrix: np.ndarray | None, threads: int = 1) -> np.ndarray:
+    """``w`` [rows, cols] float32 through ggml's quantizer and back."""
+    import gguf
+
+    from edgellm.exporters.ggml_quant import quantize_into, row_bytes
+
+    if ggml_type in ("F32", "F16"):
+        return w.astype(np.float16).astype(np.float32) if ggml_type == "F16" else w
+    buf = np.empty(w.shape[0] * row_bytes(ggml_type, w.shape[1]), dtype=np.uint8)
+    quantize_into(ggml_type, w, buf, threads=threads, imatrix=imatrix)
+    out = gguf.quants.dequantize(buf.reshape(w.shape[0], -1), gguf.GGMLQuantizationType[ggml_type])
+    return np.asarray(out, dtype=np.float32).reshape(w.shape)
+
+
+def tensor_costs(w: np.ndarray, fisher: np.ndarray | None, imatrix: np.ndarray | None, types, threads: int = 1,
+                 seed: int = 0) -> dict[str, float]:
+    """Predicted KL divergence of each type for one matrix (GGUF layout, float16-rounded values)."""
+    rows = w.shape[0]
+    if rows > SAMPLE_ROWS:
+        pick = np.sort(np.random.default_rng(seed).choice(rows, SAMPLE_ROWS, replace=False))
+        w = w[pick]
+        fisher = None if fisher is None else fisher[pick]
+    scale = rows / w.shape[0]
+    weight = fisher if fisher is not None else np.broadcast_to(
+        imatrix if imatrix is not None else np.ones(w.shape[1], np.float32), w.shape)
+    out = {}
+    for t in types:
+        d = w - roundtrip(w, t, imatrix, threads)
+        out[t] = float(0.5 * scale * (weight * d * d).sum(dtype=np.float64))
+    return out
+
+
+def allocate(costs: dict[str, dict[str, float]], sizes: dict[str, dict[str, int]], budget: int) -> dict[str, str]:
+    """One type per tensor, total bytes <= ``budget``, Σ cost as small as the greedy hull walk finds."""
+    hulls: dict[str, list[str]] = {}
+    for name, c in costs.items():
+        pts = sorted(c, key=lambda t: (sizes[name][t], c[t]))
+        hull: list[str] = []
+        for t in pts:                                     # lower convex hull, cost falling with bytes
+            if hull and c[t] >= c[hull[-1]]:
+                continue
+            while len(hull) >= 2:
+                a, b = hull[-2], hull[-1]
+                s_ab = (c[a] - c[b]) / max(1, sizes[name][b] - sizes[name][a])
+                s_bt = (c[b] - c[t]) / max(1, sizes[name][t] - sizes[name][b])
+                if s_bt >= s_ab:
+                    hull.pop()
+                else:
+                    break
+            hull.append(t)
+        hulls[name] = hull
+    level = {n: 0 for n in hulls}
+    spent = sum(sizes[n][h[0]] for n, h in hulls.items())
+    if spent > budget:
+        raise ValueError(f"even the smallest types need {spent} bytes, over the budget of {budget}")
+
+    def gain(n: str) -> tuple[float, int] | None:
+        h, i = hulls[n], level[n]
+        if i + 1 >= len(h):
+            return None
+        db = sizes[n][h[i + 1]] - sizes[n][h[i]]
+        return (costs[n][h[i]] - costs[n][h[i + 1]]) / max(1, db), db
+
+    heap = [(-g[0], n) for n in hulls if (g := gain(n))]
+    heapq.heapify(heap)
+    while heap:
+        _, n = heapq.heappop(heap)
+        g = gain(n)
+        if g is None:
+            continue
+        if spent + g[1] > budget:
+            continue                      # this upgrade does not fit; smaller ones still may
+        spent += g[1]
+        level[n] += 1
+        if (g2 := gain(n)) is not None:
+            heapq.heappush(heap, (-g2[0], n))
+    return {n: hulls[n][level[n]] for n in hulls}
+
+
+def _matrix(ckpt, arch, entry) -> np.ndarray:
+    data = ckpt.read(entry.hf_name)
+    changed = arch.transform(entry.hf_name, entry.gguf_name, data)
+    w = np.asarray(data if changed is None else changed, dtype=np.float32)
+    return w.astype(np.float16).astype(np.float32)          # what the quantizer sees (see gguf_write)
+
+
+def by_gguf_name(arch, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for hf, v in stats.items():
+        g = arch.gguf_name(hf) if hf != "lm_head.weight" or not arch.model.tied_embeddings else "token_embd.weight"
+        if g is not None:
+            out[g] = v
+    return out
+
+
+def mixed_types(model, ckpt, arch, quant: str, cal, threads: int = 1, budget: int | None = None,
+                progress=lambda i, n: None) -> MixedTypes:
+    """The per-tensor types for a calibrated ``quant`` file: llama.cpp's recipe bytes (or ``budget``)
+    spent by measured sensitivity."""
+    from edgellm.exporters.gguf_write import plan_tensors
+
+    entries = plan_tensors(model, ckpt, arch, quant)
+    imatrix = by_gguf_name(arch, cal.imatrix)
+    quantized = [e for e in entries if len(e.shape) == 2 and e.hf_name is not None
+                 and e.ggml_type not in ("F32", "F16")]
+    recipe_bytes = sum(e.nbytes for e in quantized)
+    budget = recipe_bytes if budget is None else budget - sum(e.nbytes for e in entries if e not in quantized)
+    costs, sizes, recipe_cost = {}, {}, 0.0
+    for i, e in enumerate(quantized):
+        w = _matrix(ckpt, arch, e)
+        fisher = cal.fisher.get(e.hf_name)
+        if fisher is not None:
+            changed = arch.transform(e.hf_name, e.gguf_name, fisher)
+            fisher = np.asarray(fisher if changed is None else changed, dtype=np.float32)
+        types = tuple(dict.fromkeys(candidates(e.shape[1]) + (e.ggml_type,)))
+        costs[e.gguf_name] = tensor_costs(w, fisher, imatrix.get(e.gguf_name), types, threads, seed=i)
+        sizes[e.gguf_name] = {t: e.shape[0] * TYPES[t].row_bytes(e.shape[1]) for t in types}
+        recipe_cost += costs[e.gguf_name][e.ggml_type]
+        progress(i + 1, len(quantized))
+    chosen = allocate(costs, sizes, budget)
+    spent = sum(sizes[n][t] for n, t in chosen.items())
+    return MixedTypes(chosen, budget, spent, sum(costs[n][t] for n, t in chosen.items()), recipe_cost)
+
+
+@dataclass(frozen=True)
+class CalibratedGguf:
+    """Everything ``write_gguf`` needs for a calibrated file."""
+    mix: MixedTypes
+    imatrix: dict                     # GGUF name -> importance per column
+    compensators: object              # ggml_gptq.Compensators
+
+
+def calibrated_gguf(model, ckpt, arch, quant: str, cal, threads: int = 1,
+                    progress=lambda i, n: None) -> CalibratedGguf:
+    from edgellm.exporters.ggml_gptq import Compensators
+
+    mix = mixed_types(model, ckpt, arch, quant, cal, threads, progress=progress)
+    return CalibratedGguf(mix, by_gguf_name(arch, cal.imatrix), Compensators(by_gguf_name(arch, cal.hessian)))
