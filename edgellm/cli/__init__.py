@@ -11,10 +11,10 @@ import sys
 import traceback
 
 from edgellm import __version__
-from edgellm.cli import demo_cmd, devices_cmd, eval_cmd, export_cmd, plan_cmd, run_cmd
+from edgellm.cli import demo_cmd, devices_cmd, distill_cmd, eval_cmd, export_cmd, plan_cmd, run_cmd
 from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError
 
-COMMANDS = (plan_cmd, export_cmd, run_cmd, eval_cmd, devices_cmd, demo_cmd)
+COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, eval_cmd, devices_cmd, demo_cmd)
 
 EPILOG = """exit codes:
   0  success

@@ -36,6 +36,9 @@ of every file, verification numbers, tool versions).
   (types mixed per tensor, as llama-quantize --tensor-type writes), rounded by ggml's quantizers
   with an importance matrix and GPTQ error compensation between column blocks.  ONNX int4: GPTQ
   into the same MatMulNBits blocks.  Costs a few forward/backward passes of the model on the host.
+--allow-distill: when nothing fits, the planner's proposed student (pruned from MODEL, distilled on
+  the built-in text for --distill-steps) is made first, written beside the bundle as NAME-student/,
+  and exported in its place.
 --max-kld X / --max-ppl-increase P export the SMALLEST build that fits the device and measures
   within the limit (mean KL divergence against the original; perplexity increase as 0.02 or 2%),
   trying candidates by size with a binary search; nothing fits -> exit 3 with what each measured.
@@ -85,6 +88,12 @@ def add_parser(sub) -> None:
                    help="quality gate: export the smallest build whose measured mean KLD is <= X")
     p.add_argument("--max-ppl-increase", type=fraction_arg, metavar="P",
                    help="quality gate: perplexity at most P higher than the original (0.02 or 2%%)")
+    p.add_argument("--allow-distill", action="store_true",
+                   help="when no build of MODEL fits, distil the largest student that does (see `edgellm "
+                        "distill`), then quantize, export and verify it")
+    p.add_argument("--distill-steps", type=positive_int, default=500, metavar="N",
+                   help="training steps for --allow-distill (default 500)")
+    p.add_argument("--distill-device", default="cpu", help="cpu (default) or cuda, for --allow-distill")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -157,6 +166,27 @@ def _need_export_extra() -> None:
                            "pip install 'edgellm[export]'")
 
 
+def _distil_first(args, folder: Path, model, device, line):
+    """The planner's student for the device, distilled from ``folder``: (its folder, its config)."""
+    from edgellm.exporters.distill import DistillConfig
+    from edgellm.exporters.student import StudentRequest, distill_student
+    from edgellm.plan.advice import student_that_fits
+
+    budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
+    s = student_that_fits(model, device, budgets, (args.format,))
+    if s is None:
+        raise NothingFits(f"no student of {model.name} fits {device.name} either")
+    out = (args.output or Path(Path(args.model).name)).with_name(f"{Path(args.model).name}-student")
+    req = StudentRequest(folder, out, DistillConfig(steps=args.distill_steps, device=args.distill_device),
+                         layers=s.n_layers, hidden=s.hidden, force=args.force,
+                         trust_remote_code=args.trust_remote_code)
+    line(f"[distil] nothing fits {device.name}: distilling a {s.n_layers}-layer, hidden-{s.hidden} student into {out}")
+    distill_student(req, say=lambda m: line(f"[distil] {m}"), progress=lambda p: line(
+        f"[distil] training: step {p.step}/{p.steps}, loss {p.loss:.4f}, {p.tokens_per_s:,.0f} tok/s, ETA {p.eta_s / 60:.1f} min"))
+    student = dataclasses.replace(models.load_config(str(out)), name=str(out))
+    return out, student
+
+
 def _calibration(args):
     if not (args.calibrate or args.calib_data):
         return None
@@ -187,8 +217,18 @@ def run(args) -> int:
     if calibration is not None and args.quant != "auto" and not calibratable(args.format, args.quant):
         raise BadInput(f"--calibrate applies to GGUF types below F16 and ONNX int4; not {args.format} {args.quant}")
     line = StageLine()
-    choices = _gate_choices(args, model, device, calibration is not None) if gate else \
-        [_choose(args, model, device, calibration is not None)]
+    try:
+        choices = _gate_choices(args, model, device, calibration is not None) if gate else \
+            [_choose(args, model, device, calibration is not None)]
+    except NothingFits:
+        if not args.allow_distill:
+            raise
+        try:
+            folder, model = _distil_first(args, folder, model, device, line)
+        finally:
+            line.done()
+        choices = _gate_choices(args, model, device, calibration is not None) if gate else \
+            [_choose(args, model, device, calibration is not None)]
     choice = choices[0][0]
     label = choice.quant if choice.block_size is None else f"{choice.quant}-b{choice.block_size}"
     if gate and len(choices) > 1:

@@ -53,13 +53,13 @@ def shorter_context(model, device, budgets, formats) -> str | None:
     return None
 
 
-def smaller_student(model, device, budgets, formats) -> str | None:
+def student_that_fits(model, device, budgets, formats) -> ModelConfig | None:
     """The largest pruned student that fits: for each width, the most layers that fit (found by
     bisection), never shallower relative to the teacher than half its width share, so that
     students keep a sensible shape; the student with the most parameters wins."""
     best = None
     for width in WIDTHS:
-        if best and student_config(model, model.n_layers, width).n_params <= best[0].n_params:
+        if best and student_config(model, model.n_layers, width).n_params <= best.n_params:
             break        # narrower widths only get smaller: no student there can win
         lo = max(1, math.ceil(model.n_layers * width / 2))
         hi = model.n_layers if width < 1 else model.n_layers - 1
@@ -67,18 +67,23 @@ def smaller_student(model, device, budgets, formats) -> str | None:
             mid = (lo + hi) // 2
             student = student_config(model, mid, width)
             if _anything_fits(student, device, budgets, formats):
-                if best is None or student.n_params > best[0].n_params:
-                    best = (student, width)
+                if best is None or student.n_params > best.n_params:
+                    best = student
                 lo = mid + 1
             else:
                 hi = mid - 1
-    if best is None:
+    return best
+
+
+def smaller_student(model, device, budgets, formats) -> str | None:
+    s = student_that_fits(model, device, budgets, formats)
+    if s is None:
         return None
-    s, width = best
     c = _first_fit(s, device, budgets, formats)
     return (f"a distilled student of about {fmt_count(s.n_params)} parameters ({s.n_layers} of "
             f"{model.n_layers} layers, hidden {s.hidden} of {model.hidden}) as {c.choice.label}: "
-            f"{fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s")
+            f"{fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s "
+            f"(edgellm distill MODEL --layers {s.n_layers} --hidden {s.hidden}, or export --allow-distill)")
 
 
 def bigger_devices(model, device, budgets, formats, limit: int = 3) -> str | None:

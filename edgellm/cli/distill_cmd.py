@@ -1,0 +1,121 @@
+"""``edgellm distill TEACHER -o STUDENT``: a smaller student pruned from the teacher and distilled."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgellm.cli.common import positive_float, positive_int, print_json
+from edgellm.cli.progress import StageLine
+from edgellm.errors import BadInput
+from edgellm.units import fmt_count
+
+HELP = """Make a smaller model that learns from TEACHER: the student starts from the teacher's own
+weights, pruned in depth (the layers that change the residual stream least) and width (MLP
+channels, key/value head groups and embedding channels with the least activation), then trains to
+match the teacher's next-token distributions (KL divergence at --temperature, optionally plus
+--hidden-loss on the final hidden state).  The output is a standard Hugging Face folder with the
+teacher's tokenizer and a card (edgellm-distill.json, README.md) that `edgellm export` and
+`edgellm eval` take.
+
+Size: --size 0.25 (a share of the teacher's non-embedding parameters), --params 50M (total), or
+--layers N --hidden H.  Length: --steps N or --tokens N (batches of --batch x --seq tokens).
+Checkpoints go to a work folder beside the output every --checkpoint-every steps; after an
+interruption, the same command with --resume continues and ends where an uninterrupted run would.
+Families: llama, mistral, qwen2, qwen3.
+
+examples:
+  edgellm distill ./my-model --size 0.25 -o my-model-student
+  edgellm distill ./my-model --params 50M --data corpus.txt --tokens 20M --device cuda -o small
+  edgellm distill ./my-model --layers 4 --hidden 512 --steps 200 -o tiny --resume
+"""
+
+
+def count_arg(text: str) -> int:
+    t = text.strip().upper()
+    mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}.get(t[-1:], 1)
+    try:
+        v = int(float(t[:-1] if t[-1:] in "KMBG" else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 50M or 2000000, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+    return v
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("distill", help="prune and distil a smaller student from a model", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("teacher", metavar="TEACHER", help="local model folder or hub id (llama-family)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="student folder to write")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", type=positive_float, help="share of the teacher's non-embedding parameters")
+    size.add_argument("--params", type=count_arg, help="total parameters of the student (e.g. 50M)")
+    p.add_argument("--layers", type=positive_int, help="student depth (with or without --hidden)")
+    p.add_argument("--hidden", type=positive_int, help="student hidden size")
+    p.add_argument("--data", type=Path, metavar="FILE", help="UTF-8 training text (default: built-in text)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="training steps (default 500)")
+    length.add_argument("--tokens", type=count_arg, help="training tokens (sets the steps)")
+    p.add_argument("--batch", type=positive_int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--seq", type=positive_int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="distillation temperature (default 1)")
+    p.add_argument("--hidden-loss", type=float, default=0.0, metavar="W",
+                   help="weight of the final-hidden-state MSE loss (default 0: logits only)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N", help="steps between checkpoints")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--trust-remote-code", action="store_true", help="let transformers run the teacher's own code")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=run)
+
+
+def request_from(args, teacher: Path, out: Path):
+    from edgellm.cli.eval_cmd import read_text
+    from edgellm.exporters.distill import DistillConfig
+    from edgellm.exporters.student import StudentRequest
+
+    if not (args.size or args.params or args.layers or args.hidden):
+        raise BadInput("give the student's size: --size 0.25, --params 50M, or --layers N [--hidden H]")
+    if (args.size or args.params) and (args.layers or args.hidden):
+        raise BadInput("give --size/--params or --layers/--hidden, not both")
+    steps = args.steps or (max(1, args.tokens // (args.batch * args.seq)) if args.tokens else 500)
+    cfg = DistillConfig(steps=steps, batch=args.batch, seq=args.seq, lr=args.lr, temperature=args.temperature,
+                        hidden_loss=args.hidden_loss, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                        device=args.device)
+    data = read_text(args.data) if args.data else None
+    return StudentRequest(teacher, out, cfg, args.size, args.params, args.layers, args.hidden, data,
+                          str(args.data) if args.data else StudentRequest.data_name, args.resume, args.force,
+                          args.trust_remote_code)
+
+
+def run(args) -> int:
+    from edgellm.cli.export_cmd import _need_export_extra
+    _need_export_extra()
+    from edgellm.exporters.student import distill_student
+    from edgellm.exporters.weights_source import weights_folder
+
+    req = request_from(args, weights_folder(args.teacher), args.output)
+    line = StageLine()
+
+    def show(p) -> None:
+        line(f"distilling: step {p.step}/{p.steps}, loss {p.loss:.4f}, {p.tokens_per_s:,.0f} tok/s, "
+             f"ETA {p.eta_s / 60:.1f} min")
+    try:
+        result = distill_student(req, say=line, progress=show)
+    finally:
+        line.done()
+    if args.json:
+        print_json({"student": str(result.folder), **result.record})
+        return 0
+    r, m = result.record, result.record["metrics"]
+    print(f"wrote {result.folder}/ ({fmt_count(r['student']['parameters'])} params, {r['student']['layers']} layers, "
+          f"hidden {r['student']['hidden']}; {r['student']['share_of_teacher_non_embedding']:.0%} of the teacher's "
+          f"non-embedding parameters)")
+    print(f"held-out perplexity: student {m['student_perplexity']:.3f}, teacher {m['teacher_perplexity']:.3f}; "
+          f"KLD from the teacher {m['kld_vs_teacher']:.4f}; loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}")
+    print(f"export it: edgellm export {result.folder} --device DEVICE")
+    return 0

@@ -1,0 +1,157 @@
+"""The distillation stage: teacher folder + student size in, a standard Hugging Face folder out.
+
+checks (architecture, tokenizer, data, size, device) -> importance on calibration windows ->
+pruned student -> distillation (checkpointed; resumable) -> held-out perplexity of both and KL
+divergence from the teacher -> the folder, with the teacher's tokenizer and a card, renamed into
+place only when complete.  Every check runs before any training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.exporters.distill import DistillConfig, Progress
+
+
+@dataclass(frozen=True)
+class StudentRequest:
+    teacher: Path
+    out: Path
+    config: DistillConfig
+    size: float | None = None
+    params: int | None = None
+    layers: int | None = None
+    hidden: int | None = None
+    data: str | None = None               # text; None: the default training text
+    data_name: str = "default: Python standard library source (edgellm.textdata training split)"
+    resume: bool = False
+    force: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class StudentResult:
+    folder: Path
+    record: dict
+
+
+def work_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.distill-work")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available here (use --device cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BadInput(f"--device {device}: use cpu or cuda")
+
+
+def _tokens(tok, text: str, cfg: DistillConfig):
+    import numpy as np
+
+    ids = np.asarray(tok.encode(text, add_special_tokens=False), dtype=np.int64)
+    if len(ids) < cfg.seq + 2 or len(ids) < cfg.batch * cfg.seq // 4:
+        raise BadInput(f"the training text is {len(ids)} tokens: too short for one batch of {cfg.batch} x "
+                       f"{cfg.seq} (give more text with --data, or a smaller --batch/--seq)")
+    return ids
+
+
+def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: None,
+                    progress: Callable[[Progress], None] = lambda p: None,
+                    stop_after: int | None = None) -> StudentResult:
+    import torch
+    from transformers import AutoConfig
+
+    from edgellm import models
+    from edgellm.evaluate import HFScorer, evaluate
+    from edgellm.exporters import prune
+    from edgellm.exporters.distill import train, write_card
+    from edgellm.exporters.verify import _hf
+    from edgellm.textdata import held_out_text, training_text
+
+    cfg = req.config
+    if req.out.exists() and not req.force:
+        raise BadInput(f"{req.out}: already exists; pass --force to replace it")
+    _check_device(cfg.device)
+    t_cfg = models.load_config(str(req.teacher))
+    prune.check_prunable(t_cfg.model_type, str(req.teacher))
+    if not any((req.teacher / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise BadInput(f"{req.teacher}: no tokenizer (tokenizer.json or tokenizer.model); the student "
+                       "shares its teacher's, so the teacher must have one")
+    shape = prune.student_shape(dict(t_cfg.raw), t_cfg.model_type, str(req.teacher), req.size, req.params,
+                                req.layers, req.hidden)
+    tok, teacher = _hf(req.teacher, req.trust_remote_code)
+    if len(tok) > teacher.config.vocab_size:
+        raise BadInput(f"{req.teacher}: the tokenizer has {len(tok)} tokens but the model {teacher.config.vocab_size}: "
+                       "mismatched tokenizer")
+    torch.manual_seed(cfg.seed)
+    # the default text: enough for the run (about 4 characters a token, so each window is drawn
+    # from at least twice the tokens it needs), not all 31 MB of it
+    default = None if req.data is not None else training_text(max(1 << 20, 8 * cfg.tokens))
+    ids = _tokens(tok, req.data if req.data is not None else default, cfg)
+    work = work_dir(req.out)
+    if not req.resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    student_cfg = AutoConfig.for_model(**shape)
+    if cfg.baseline:
+        from transformers import AutoModelForCausalLM
+        student, keep_h = AutoModelForCausalLM.from_config(student_cfg, dtype=torch.float32), None
+    else:
+        say("measuring layer, head, channel and embedding importance on the teacher")
+        wins = [ids[i:i + cfg.seq].tolist() for i in range(0, min(len(ids) - cfg.seq, 8 * cfg.seq), cfg.seq)]
+        imp = prune.measure(teacher, wins)
+        student, keep_h, _ = prune.prune(teacher, student_cfg, imp)
+    s_model = models.load_config(str(_write_config(work, shape)))
+    say(f"student: {s_model.n_layers} layers, hidden {s_model.hidden}, {s_model.n_params:,} parameters "
+        f"(teacher {t_cfg.n_params:,})")
+    losses = train(student, None if cfg.baseline else teacher, ids, cfg, work, keep_h, req.resume,
+                   stop_after, progress)
+    if stop_after is not None and len(losses) < cfg.steps:
+        raise EdgeLLMError(f"stopped after step {len(losses)} of {cfg.steps}; --resume continues")
+    student.to("cpu")
+    teacher.to("cpu")
+    say("measuring the student against the teacher on held-out text")
+    ctx = min(cfg.seq, 512)
+    r = evaluate(HFScorer(tok, student, "student"), held_out_text(), ctx, 8, HFScorer(tok, teacher, "teacher"))
+    embed = lambda m: m.vocab * m.hidden * (1 if m.tied_embeddings else 2)     # noqa: E731
+    record = {
+        "teacher": str(req.teacher), "data": req.data_name, "steps": cfg.steps, "tokens": cfg.tokens,
+        "method": "random init, next-token loss" if cfg.baseline else
+        "pruned from the teacher by importance, then logit distillation" + (" + hidden-state loss" if cfg.hidden_loss else ""),
+        "config": {k: v for k, v in cfg.__dict__.items()},
+        "student": {"layers": s_model.n_layers, "hidden": s_model.hidden, "parameters": s_model.n_params,
+                    "share_of_teacher_non_embedding": (s_model.n_params - embed(s_model)) / (t_cfg.n_params - embed(t_cfg))},
+        "metrics": {"student_perplexity": r.perplexity, "teacher_perplexity": r.reference_perplexity,
+                    "kld_vs_teacher": r.mean_kld, "top1_agreement": r.top1_agreement, "context": ctx,
+                    "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])},
+    }
+    tmp = req.out.with_name(f".{req.out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        student.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        for f in ("tokenizer.model", "generation_config.json"):
+            if (req.teacher / f).is_file() and not (tmp / f).exists():
+                shutil.copyfile(req.teacher / f, tmp / f)
+        write_card(tmp, record)
+        from edgellm.exporters.package import swap_in
+        swap_in(tmp, req.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return StudentResult(req.out, record)
+
+
+def _write_config(work: Path, shape: dict) -> Path:
+    (work / "config.json").write_text(json.dumps(shape))
+    return work

@@ -1,0 +1,94 @@
+"""`edgellm distill` and `export --allow-distill`, as a user runs them, and their bad input."""
+
+import json
+import shutil
+
+import pytest
+
+FAST = ("--steps", "40", "--batch", "4", "--seq", "64", "--checkpoint-every", "20")
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    from edgellm.exporters.reference_model import reference_model
+    return reference_model("small")
+
+
+def test_a_pruned_student_learns_and_beats_an_untrained_one(run_cli, teacher, tmp_path):
+    r = run_cli("distill", str(teacher), "--size", "0.25", *FAST, "-o", str(tmp_path / "s"), "--json", timeout=900)
+    assert r.returncode == 0, r.stderr
+    card = json.loads(r.stdout)
+    m = card["metrics"]
+    assert m["final_loss"] < m["first_loss"]
+    assert 0.2 < card["student"]["share_of_teacher_non_embedding"] < 0.3
+    assert json.loads((tmp_path / "s" / "edgellm-distill.json").read_text())["teacher"] == str(teacher)
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch
+    torch.manual_seed(0)
+    untrained = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path / "s"))
+    untrained.save_pretrained(tmp_path / "u")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tmp_path / "s" / f, tmp_path / "u" / f)
+    scores = {}
+    for name in ("s", "u"):
+        e = run_cli("eval", str(tmp_path / name), "--context", "64", "--windows", "8", "--json")
+        assert e.returncode == 0, e.stderr
+        scores[name] = json.loads(e.stdout)["perplexity"]
+    assert scores["s"] < 0.5 * scores["u"]
+    x = run_cli("export", str(tmp_path / "s"), "--device", "rpi5", "--quant", "Q8_0", "-o", str(tmp_path / "b"))
+    assert x.returncode == 0, x.stderr
+
+
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_does(teacher, tmp_path):
+    from edgellm.errors import EdgeLLMError
+    from edgellm.exporters.distill import DistillConfig
+    from edgellm.exporters.student import StudentRequest, distill_student, work_dir
+
+    cfg = DistillConfig(steps=12, batch=2, seq=64, checkpoint_every=4)
+    whole = distill_student(StudentRequest(teacher, tmp_path / "whole", cfg, layers=2))
+    req = StudentRequest(teacher, tmp_path / "split", cfg, layers=2)
+    with pytest.raises(EdgeLLMError, match="--resume continues"):
+        distill_student(req, stop_after=6)
+    assert (work_dir(req.out) / "checkpoint.pt").is_file() and not req.out.exists()
+    resumed = distill_student(StudentRequest(teacher, tmp_path / "split", cfg, layers=2, resume=True))
+    assert resumed.record["metrics"]["final_loss"] == whole.record["metrics"]["final_loss"]
+    assert (tmp_path / "split" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert not work_dir(req.out).exists()
+
+
+def test_bad_input_fails_before_any_training(run_cli, teacher, tiny, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("x = 1\n")
+    no_tok = tmp_path / "no-tokenizer"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(teacher / f, no_tok / f)
+    cases = [((str(teacher), "--size", "0.25", "--data", str(short)), "too short for one batch"),
+             ((str(teacher), "--layers", "9"), "cannot be deeper"),
+             ((str(teacher), "--params", "1000"), "no student of"),
+             ((str(teacher), "--size", "1.5"), "between 0 and 1"),
+             ((str(no_tok), "--size", "0.25"), "no tokenizer"),
+             ((str(tiny("gpt2")), "--size", "0.25"), "distillation prunes"),
+             ((str(teacher), "--size", "0.25", "--device", "cuda"), "no CUDA device"),
+             ((str(teacher),), "give the student's size")]
+    for args, message in cases:
+        r = run_cli("distill", *args, *FAST, "-o", str(tmp_path / "out"))
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_export_allow_distill_builds_the_student_the_plan_proposes(run_cli, teacher, tmp_path):
+    budget = ("--device", "rpi5", "--min-decode-tps", "2000", "--context", "256")
+    refused = run_cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"))
+    assert refused.returncode == 3 and "distilled student" in refused.stderr
+    r = run_cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"), "--allow-distill",
+                "--distill-steps", "20", "--json", timeout=900)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    student = tmp_path / "small-v1-student"
+    card = json.loads((student / "edgellm-distill.json").read_text())
+    assert card["steps"] == 20 and out["verification"]["held_out"]["mean_kld"] < 0.01
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["model"]["name"] == str(student)
