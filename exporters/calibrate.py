@@ -160,6 +160,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
     finally:
         for h in handles:
             h.remove()
+    # per input feature, i.e. per GGUF column, for Linear and GPT-2's transposed Conv1D alike
     for name, s in sums.items():
         cal.imatrix[name] = (s / counts[name]).numpy().astype(np.float32)
         if hessian:
@@ -168,7 +169,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
         cal.imatrix[name] = cal.imatrix[first]
         if hessian:
             cal.hessian[name] = cal.hessian[first]
-    # Conv1D stores [in, out]: the statistic is still per input feature, i.e. per GGUF column
+    model.zero_grad(set_to_none=True)
     for n, f in fish.items():
-        cal.fisher[n] = (f / (cal.tokens)).numpy()
+        cal.fisher[n] = f.div_(cal.tokens).numpy()       # in place: one copy of the Fisher, not two
     return cal

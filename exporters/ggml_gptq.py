@@ -47,11 +47,11 @@ class Compensator:
         import torch
 
         if (a, b) not in self._inv:
-            self._inv[(a, b)] = torch.linalg.solve_triangular(self.U[a:b, a:b], self.U[a:b, b:], upper=True)
+            self._inv[(a, b)] = torch.linalg.solve_triangular(self.U[a:b, a:b], self.U[a:b, b:], upper=True).float()
         return self._inv[(a, b)]
 
 
-def quantize_rows(rows: np.ndarray, ggml_type: str, out: np.ndarray, comp: Compensator) -> None:
+def quantize_rows(rows: np.ndarray, ggml_type: str, out: np.ndarray, comp: Compensator, threads: int = 1) -> None:
     """float32 ``rows`` [n, cols] -> ggml ``ggml_type`` bytes in ``out`` [n * row_bytes]."""
     import gguf
     import torch
@@ -60,18 +60,18 @@ def quantize_rows(rows: np.ndarray, ggml_type: str, out: np.ndarray, comp: Compe
 
     n, cols = rows.shape
     width = block_width(cols, ggml_type)
-    w = torch.from_numpy(np.array(rows, dtype=np.float64))
+    w = torch.from_numpy(np.array(rows, dtype=np.float32))
     rb = row_bytes(ggml_type, width)
     dst = out.reshape(n, -1)
     buf = np.empty(n * rb, np.uint8)
     qtype = gguf.GGMLQuantizationType[ggml_type]
     for a in range(0, cols, width):
         b = a + width
-        block = np.ascontiguousarray(w[:, a:b].numpy(), dtype=np.float32)
-        quantize_into(ggml_type, block, buf, imatrix=np.ascontiguousarray(comp.diag[a:b]))
+        block = np.ascontiguousarray(w[:, a:b].numpy())
+        quantize_into(ggml_type, block, buf, threads=threads, imatrix=np.ascontiguousarray(comp.diag[a:b]))
         dst[:, a // width * rb:(a // width + 1) * rb] = buf.reshape(n, rb)
         if b < cols:
-            q = np.asarray(gguf.quants.dequantize(buf.reshape(n, rb), qtype), dtype=np.float64).reshape(n, width)
+            q = np.asarray(gguf.quants.dequantize(buf.reshape(n, rb), qtype), dtype=np.float32).reshape(n, width)
             w[:, b:] -= (w[:, a:b] - torch.from_numpy(q)) @ comp.carry(a, b)
 
 

@@ -295,7 +295,7 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: Voca
                 try:
                     if comp is not None:
                         quantize_rows(_f16_rounded(chunk.reshape(n, -1), stored), e.ggml_type,
-                                      outs[i][at:at + n * per_row], comp)
+                                      outs[i][at:at + n * per_row], comp, threads)
                     else:
                         _encode(chunk.reshape(n, -1) if matrix else chunk, e.ggml_type,
                                 outs[i][at:at + n * per_row], threads, stored, (imatrix or {}).get(e.gguf_name))
