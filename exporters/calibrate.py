@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm.errors import BadInput
+from edgellm.errors import BadInput, EdgeLLMError
 
 MIN_WINDOWS = 2
 MIN_CHARS_PER_TOKEN = 1.0
@@ -83,6 +83,27 @@ def calibration_windows(tok, text: str, context: int, max_windows: int) -> list[
     return [ids[i * context:(i + 1) * context] for i in range(n)]
 
 
+def needed_bytes(model, context: int, hessian: bool, fisher: bool) -> int:
+    """Host memory calibration needs: the float32 model, the Fisher accumulator, one XᵀX per
+    distinct layer input, and a window's activations and logits (with their gradients)."""
+    weights = 4 * model.n_params
+    grams = 4 * model.n_layers * (3 * model.hidden ** 2 + model.ffn ** 2) if hessian else 0
+    acts = 4 * context * (model.vocab * 6 + model.n_layers * (12 * model.hidden + 4 * model.ffn))
+    return weights * (2 if fisher else 1) + grams + acts + (512 << 20)
+
+
+def _preflight(model_dir: Path, context: int, hessian: bool, fisher: bool) -> None:
+    from edgellm import models
+    from edgellm.runtime.hostinfo import probe
+    from edgellm.units import fmt_bytes
+
+    need = needed_bytes(models.load_config(str(model_dir)), context, hessian, fisher)
+    have = probe().ram_bytes
+    if need > 0.9 * have:
+        raise EdgeLLMError(f"calibrating {model_dir} needs about {fmt_bytes(need)} of RAM; this machine has "
+                       f"{fmt_bytes(have)} (calibrate on a bigger host, or export without --calibrate)")
+
+
 def _linear_inputs(model):
     """(weight name in the checkpoint, module, transposed) for every matrix multiply with a weight:
     nn.Linear, GPT-2's Conv1D; a head tied to the embeddings is recorded under the embedding's name."""
@@ -108,6 +129,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
 
     if threads:
         torch.set_num_threads(threads)
+    _preflight(Path(model_dir), context, hessian, fisher)
     tok, model = _hf(Path(model_dir), trust_remote_code)
     context = min(context, int(getattr(model.config, "max_position_embeddings", context) or context))
     wins = calibration_windows(tok, default_text() if text is None else text, context, max_windows)
@@ -139,19 +161,26 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
     # (the input is held only between consecutive hooks of one forward pass)
     params = [(n, p) for n, p in model.named_parameters() if p.dim() == 2]
     fish = {n: torch.zeros_like(p) for n, p in params} if fisher else {}
+
+    def squared(name):
+        def accumulate(p):                # as each gradient completes: square it in, drop it, so
+            fish[name].addcmul_(p.grad, p.grad)     # no moment holds every gradient at once
+            p.grad = None
+        return accumulate
+
+    for p in model.parameters():
+        p.requires_grad_(fisher and p.dim() == 2)
+    if fisher:
+        handles += [p.register_post_accumulate_grad_hook(squared(n)) for n, p in params]
     gen = torch.Generator().manual_seed(seed)
     try:
         for k, w in enumerate(wins):
             x = torch.tensor([w])
             if fisher:
-                model.zero_grad(set_to_none=True)
                 logits = model(x).logits[0].float()
                 with torch.no_grad():
                     sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
                 torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
-                for n, p in params:
-                    if p.grad is not None:
-                        fish[n] += p.grad.float() ** 2
             else:
                 with torch.no_grad():
                     model(x)
@@ -169,7 +198,6 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
         cal.imatrix[name] = cal.imatrix[first]
         if hessian:
             cal.hessian[name] = cal.hessian[first]
-    model.zero_grad(set_to_none=True)
     for n, f in fish.items():
         cal.fisher[n] = f.div_(cal.tokens).numpy()       # in place: one copy of the Fisher, not two
     return cal

@@ -109,3 +109,18 @@ def test_plan_names_where_its_quality_figures_come_from(run_cli):
     assert any("reference model" in s for s in sources)
     text = run_cli("plan", "Qwen/Qwen2.5-0.5B-Instruct", "--device", "rpi5").stdout
     assert "Quality figures come from" in text and "reference model" in text
+
+
+def test_calibration_refuses_up_front_when_the_machine_lacks_the_memory(run_cli, reference, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import edgellm.models.examples as bundled
+
+    big = tmp_path / "big"
+    shutil.copytree(reference, big)
+    shutil.copy(Path(bundled.__file__).parent / "meta-llama--Llama-3.1-70B-Instruct.json",
+                big / "config.json")                       # a 70B shape over the small weights
+    r = export(run_cli, big, tmp_path / "out", "--quant", "Q4_K_M", "--calibrate", ok=False)
+    assert r.returncode == 1 and "needs about" in r.stderr and "of RAM" in r.stderr
+    assert not (tmp_path / "out").exists()
