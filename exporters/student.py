@@ -8,7 +8,6 @@ place only when complete.  Every check runs before any training.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +73,7 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
     from edgellm.exporters import prune
     from edgellm.exporters.distill import train, write_card
     from edgellm.exporters.verify import _hf
+    from edgellm.models.architectures import from_config_dict
     from edgellm.textdata import held_out_text, training_text
 
     cfg = req.config
@@ -110,7 +110,7 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
         wins = [ids[i:i + cfg.seq].tolist() for i in range(0, min(len(ids) - cfg.seq, 8 * cfg.seq), cfg.seq)]
         imp = prune.measure(teacher, wins)
         student, keep_h, _ = prune.prune(teacher, student_cfg, imp)
-    s_model = models.load_config(str(_write_config(work, shape)))
+    s_model = from_config_dict(shape, str(req.out))
     say(f"student: {s_model.n_layers} layers, hidden {s_model.hidden}, {s_model.n_params:,} parameters "
         f"(teacher {t_cfg.n_params:,})")
     losses = train(student, None if cfg.baseline else teacher, ids, cfg, work, keep_h, req.resume,
@@ -150,8 +150,3 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
         raise
     shutil.rmtree(work, ignore_errors=True)
     return StudentResult(req.out, record)
-
-
-def _write_config(work: Path, shape: dict) -> Path:
-    (work / "config.json").write_text(json.dumps(shape))
-    return work
