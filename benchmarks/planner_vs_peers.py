@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from edgellm import models
 from edgellm.devices.measure import measure, stderr_progress
-from edgellm.plan.choice import BuildChoice
+from edgellm.plan.build import BuildChoice
 from edgellm.plan.estimate import estimate
 
 PEERS = {  # build -> (peer, decode tok/s, prefill tok/s), 2 threads, 2-core EPYC AVX2

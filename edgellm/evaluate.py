@@ -55,26 +55,11 @@ def open_target(target: str, context: int, threads: int | None = None):
     """A scorer (``tokenize``, ``logits``, ``name``) for whatever ``target`` names."""
     p = Path(target)
     if p.is_dir() and (p / "manifest.json").is_file():
-        from edgellm.runtime.bundle import open_bundle
-
-        b = open_bundle(p)
-        if b.format == "gguf":
-            from edgellm.runtime.llamacpp import LlamaCppModel
-            return _Runtime(LlamaCppModel(b.artifact, n_ctx=context, threads=threads, logits_all=True), target)
-        if "npu" in b.manifest:
-            from edgellm.runtime.onnx_static import StaticOnnxModel
-            return _Runtime(StaticOnnxModel(b.artifact, threads=threads), target)
-        from edgellm.runtime.onnxrt import OnnxModel
-        return _Runtime(OnnxModel(b.artifact, threads=threads), target)
-    if p.suffix == ".gguf" and p.is_file():
-        from edgellm.runtime.gguf_check import read_header
-        from edgellm.runtime.llamacpp import LlamaCppModel
-
-        read_header(p)
-        return _Runtime(LlamaCppModel(p, n_ctx=context, threads=threads, logits_all=True), target)
-    if p.suffix == ".onnx" and p.is_file():
-        from edgellm.runtime.onnxrt import OnnxModel
-        return _Runtime(OnnxModel(p, threads=threads), target)
+        from edgellm.runtime.backend import open_backend
+        return _Runtime(open_backend(p, n_ctx=context, threads=threads, scoring=True)[1], target)
+    if p.suffix in (".gguf", ".onnx") and p.is_file():
+        from edgellm.runtime.backend import open_file
+        return _Runtime(open_file(p, n_ctx=context, threads=threads, scoring=True), target)
     import importlib.util
     if importlib.util.find_spec("torch") is None:
         raise BadInput(f"{target}: not a bundle or model file; scoring a Hugging Face model needs "

@@ -34,9 +34,9 @@ def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20):
 
 def train_spm_tokenizer(folder: Path, vocab_size: int = 1000, limit_bytes: int = 1 << 20):
     """A SentencePiece BPE tokenizer with byte fallback (Llama 2's kind), trained here, as a
-    transformers Llama tokenizer whose files (tokenizer.model and tokenizer.json) it saves."""
+    transformers Llama tokenizer.  ``folder`` keeps the SentencePiece model (spm.model); saving the
+    tokenizer writes tokenizer.json only, as transformers 5 does."""
     import sentencepiece as spm
-    from transformers import LlamaTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,18 @@ def train_spm_tokenizer(folder: Path, vocab_size: int = 1000, limit_bytes: int =
                                    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, max_sentence_length=1 << 16,
                                    minloglevel=2, num_threads=2, seed_sentencepiece_size=100000)
     text.unlink()
-    tok = LlamaTokenizerFast(vocab_file=str(folder / "spm.model"), legacy=True, add_bos_token=True)
+    # transformers 5 converts a tokenizer.model found in a folder (its constructor no longer reads
+    # a vocab_file), as it does for a Llama 2 checkpoint downloaded from a hub
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copyfile(folder / "spm.model", folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": True,
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    tok = AutoTokenizer.from_pretrained(folder)
     tok.chat_template = CHAT_TEMPLATE.replace("<|im_start|>", "<s>").replace("<|im_end|>", "</s>")
     return tok
 
@@ -98,4 +109,27 @@ def build_model(arch: str, folder: Path, tokenizer=None, seed: int = 0, pad_voca
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    # as transformers loads it for this model type, saved again: transformers 5 builds some
+    # families' tokenizers in code (Qwen2's pre-tokenizer regex), so the folder then holds what a
+    # model of that family saved by transformers holds
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)
+    return folder
+
+
+def as_saved_by_transformers4(folder: Path) -> Path:
+    """Rewrite a model folder's tokenizer files the way transformers 4.x wrote them: the class
+    ``PreTrainedTokenizerFast`` and the chat template inside tokenizer_config.json."""
+    import json
+
+    folder = Path(folder)
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        cfg["chat_template"] = template.read_text()
+        template.unlink()
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg.pop("backend", None)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
     return folder

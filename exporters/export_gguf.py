@@ -19,7 +19,7 @@ from edgellm.exporters.gguf_vocab import read_vocab
 from edgellm.exporters.gguf_write import FILE_TYPES, write_gguf
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
 from edgellm.models.config import ModelConfig
-from edgellm.plan.choice import BuildChoice
+from edgellm.plan.build import BuildChoice
 from edgellm.runtime.gguf_check import read_header
 
 
@@ -36,8 +36,8 @@ class ExportRequest:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     force: bool = False
-    int8_weight_levels: int = 127     # ONNX int8: 63 for x86 CPUs without VNNI (see onnx_weights)
     calibration: CalibrationData | None = None   # for a calibrated choice; default text if None
+    source_kind: str = "local folder"            # or "hub": recorded instead of any local path
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ExportResult:
 
 
 def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: None) -> ExportResult:
-    if req.choice.format != "gguf" or req.choice.quant not in FILE_TYPES:
+    if req.choice.format != "gguf" or str(req.choice.quant) not in FILE_TYPES:
         raise BadInput(f"GGUF export offers {', '.join(FILE_TYPES)}; not {req.choice.quant}")
     t0 = time.perf_counter()
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
@@ -72,8 +72,8 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         copy_tokenizer(req.model_dir, tmp)
         report = None
         if req.verify:
-            from edgellm.exporters.verify import verify
-            report = verify(req.model_dir, artifact, req.choice.quant, req.threads, req.trust_remote_code,
+            from edgellm.exporters.verify import verify_file
+            report = verify_file(req.model_dir, req.choice, artifact, req.threads, req.trust_remote_code,
                             progress=lambda m: stage(f"[2/3] verifying: {m}"))
         stage("[3/3] writing the manifest")
         extra = {"calibration": cal_info} if cal_info else {}
@@ -103,7 +103,7 @@ def _calibrated_types(req: ExportRequest, ckpt, arch, stage) -> tuple:
 def manifest_body(req: ExportRequest, report: dict | None, **extra) -> dict:
     return {
         "model": {"name": req.model.name, "architecture": req.model.model_type,
-                  "parameters": req.model.n_params, "source": req.model.source},
+                  "parameters": req.model.n_params, "source": req.source_kind},
         "device": req.device, "choice": req.choice.to_dict(), "prediction": req.prediction, **extra,
         "verification": report if report is not None else {"skipped": True},
     }

@@ -40,8 +40,8 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     from edgellm.textdata import training_text
 
     c = req.choice
-    if c.quant not in WEIGHT_BITS:
-        raise BadInput(f"the NPU build takes int8 or int4 weights (16-bit activations); not {c.quant}")
+    if c.target != "npu-static" or c.quant not in WEIGHT_BITS:
+        raise BadInput(f"the NPU build takes int8 or int4 weights (16-bit activations); not {c.label}")
     t0 = time.perf_counter()
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)
     arch = for_model(req.model)

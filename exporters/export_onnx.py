@@ -14,10 +14,10 @@ from edgellm.errors import BadInput
 from edgellm.exporters.checkpoint import open_checkpoint
 from edgellm.exporters.export_gguf import ExportRequest, ExportResult, manifest_body
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
+from edgellm.plan.onnx_layout import INT8_EMBED_BLOCK
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-BLOCK_SIZES = (16, 32, 64, 128)
 
 
 def _ensure_tokenizer_json(model_dir: Path, tmp: Path) -> None:
@@ -54,14 +54,9 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     from edgellm.exporters.onnx_weights import ExternalData
 
     c = req.choice
-    if str(req.prediction.get("runs_on", "")).startswith("npu"):
-        from edgellm.exporters.export_npu import export_npu
-        return export_npu(req, stage)
-    if c.format != "onnx" or c.quant not in QUANTS:
-        raise BadInput(f"ONNX export offers {', '.join(QUANTS)}; not {c.quant}")
-    block = c.block_size or 32
-    if c.quant in ("int4", "int8") and block not in BLOCK_SIZES:
-        raise BadInput(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}")
+    if c.format != "onnx" or c.target != "cpu" or c.quant not in QUANTS:
+        raise BadInput(f"ONNX export offers {', '.join(QUANTS)}; not {c.label}")
+    block = c.block_size or INT8_EMBED_BLOCK      # int8 has blocks only in its embedding table
     t0 = time.perf_counter()
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
     arch = for_model(req.model)
@@ -72,7 +67,7 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         weights = ExternalData(tmp / DATA_FILE)
         try:
             model = build(arch, Reader(ckpt), weights, c.quant, block, accuracy_level,
-                          int8_levels=req.int8_weight_levels, progress=lambda i, n: stage(f"[1/3] building ONNX {c.label}: step {i}/{n}"),
+                          int8_levels=c.int8_levels or 127, progress=lambda i, n: stage(f"[1/3] building ONNX {c.label}: step {i}/{n}"),
                           int4_quantizer=quantizer)
         finally:
             weights.close()
@@ -87,11 +82,11 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         del model
         report = None
         if req.verify:
-            from edgellm.exporters.verify import verify_onnx
-            report = verify_onnx(req.model_dir, tmp / MODEL_FILE, c.quant, req.threads, req.trust_remote_code,
+            from edgellm.exporters.verify import verify_file
+            report = verify_file(req.model_dir, c, tmp / MODEL_FILE, req.threads, req.trust_remote_code,
                             progress=lambda m: stage(f"[2/3] verifying: {m}"))
         stage("[3/3] writing the manifest")
-        extra = {"int8_weight_levels": req.int8_weight_levels} if c.quant == "int8" else {}
+        extra = {}
         if cal_info:
             extra["calibration"] = cal_info
         files = write_manifest(tmp, MODEL_FILE, manifest_body(req, report, operators=dict(sorted(ops.items())), **extra),

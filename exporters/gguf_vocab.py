@@ -10,6 +10,8 @@ that matches none is an error that says so, never a silent fallback to GPT-2's r
 
 SentencePiece tokenizers (``tokenizer.model``: Llama 2, Gemma, Phi-3) are read with the ``gguf``
 package's SentencePieceVocab: pieces, scores and types, as llama.cpp's "llama" tokenizer takes them.
+Folders saved by transformers 5 hold only tokenizer.json; its SentencePiece BPE (byte fallback) is
+read from there (``read_spm_bpe_json``).
 Merges, special token ids, add-bos/eos flags and the chat template come from the ``gguf``
 package's SpecialVocab.
 """
@@ -85,6 +87,37 @@ def read_spm_vocab(folder: Path, n_vocab: int) -> Vocab:
                  add_space_prefix=_spm_space_prefix(tj) if tj else True)
 
 
+def read_spm_bpe_json(tj: dict, path: Path, n_vocab: int) -> Vocab:
+    """A SentencePiece BPE vocabulary with byte fallback (Llama 2, Mistral) from tokenizer.json
+    alone, as transformers 5 saves it (no tokenizer.model).  llama.cpp's "llama" tokenizer merges
+    by piece score; SentencePiece numbers pieces by falling score and transformers' converter keeps
+    those ids, so -id is each piece's merge priority.  Verification checks the ids are identical."""
+    import re
+
+    by_id: dict[int, tuple[str, int, float]] = {}
+    for text, i in tj["model"]["vocab"].items():
+        kind = BYTE if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text) else NORMAL
+        by_id[i] = (text, kind, 0.0 if kind == BYTE else -float(i))
+    unk = tj["model"].get("unk_token")
+    for added in tj.get("added_tokens", []):
+        kind = CONTROL if added.get("special") else USER_DEFINED
+        if added["content"] == unk:
+            kind = UNKNOWN
+        by_id[added["id"]] = (added["content"], kind, 0.0)
+    n_real = max(by_id) + 1
+    if n_real > n_vocab:
+        raise BadInput(f"{path}: the tokenizer has {n_real} tokens but the model's embedding only "
+                       f"{n_vocab} rows; tokenizer and model do not belong together")
+    tokens, types, scores = [], [], []
+    for i in range(n_vocab):
+        text, kind, score = by_id.get(i, (f"[PAD{i}]", UNUSED, -1000.0))
+        tokens.append(text)
+        types.append(kind)
+        scores.append(score)
+    return Vocab(model="llama", pre="default", tokens=tokens, types=types, n_real=n_real, scores=scores,
+                 add_space_prefix=_spm_space_prefix(tj))
+
+
 def _byte_level(p: dict, use_regex: bool) -> bool:
     return (p.get("type") == "ByteLevel" and not p.get("add_prefix_space", False)
             and p.get("use_regex", True) == use_regex)
@@ -121,7 +154,9 @@ def read_vocab(folder: Path, n_vocab: int) -> Vocab:
         model = tj["model"]
     except (ValueError, KeyError, TypeError):
         raise BadInput(f"{path}: not a valid tokenizer.json") from None
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (tj.get("decoder") or {}).get("type") != "ByteLevel":
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return read_spm_bpe_json(tj, path, n_vocab)
+    if model.get("type") != "BPE" or (tj.get("decoder") or {}).get("type") != "ByteLevel":
         raise BadInput(f"{path}: a {model.get('type')} tokenizer"
                        f"{' with byte fallback' if model.get('byte_fallback') else ''} without its tokenizer.model; "
                        "GGUF export converts byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model)")

@@ -18,6 +18,7 @@ import numpy as np
 from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
 from edgellm.runtime.quiet import captured_stderr
+from edgellm.runtime.tokenizer import render_chat
 
 
 def _trained_context(path: Path) -> int | None:
@@ -89,13 +90,26 @@ class LlamaCppModel:
         self.load_s = time.perf_counter() - t0
         self.n_ctx = n_ctx
 
+    @classmethod
+    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
+        """Our bounds-checked GGUF reader passes the file before llama.cpp parses it."""
+        from edgellm.runtime.gguf_check import read_header
+
+        read_header(Path(path))
+        return cls(path, n_ctx=n_ctx, threads=threads, logits_all=scoring)
+
     @property
     def n_vocab(self) -> int:
         return self.llm.n_vocab()
 
     @property
+    def chat_template(self) -> str | None:
+        t = self.llm.metadata.get("tokenizer.chat_template")
+        return t if isinstance(t, str) and t else None
+
+    @property
     def has_chat_template(self) -> bool:
-        return "tokenizer.chat_template" in self.llm.metadata
+        return self.chat_template is not None
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
@@ -108,20 +122,29 @@ class LlamaCppModel:
         self.llm.eval(tokens)
         return np.array(self.llm.scores[:len(tokens)], dtype=np.float32)
 
+    def _token_text(self, token: int) -> str:
+        return self.llm._model.token_get_text(token) if token >= 0 else ""
+
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        """The prompt's ids: with ``chat`` the GGUF's chat template, rendered in edgellm's sandbox
+        (runtime/tokenizer.py, never llama-cpp-python's renderer), wraps it as a user message and
+        the text is tokenized as transformers' apply_chat_template does (no extra BOS)."""
+        if not chat or self.chat_template is None:
+            return self.tokenize(prompt)
+        specials = {"bos_token": self._token_text(self.llm.token_bos()),
+                    "eos_token": self._token_text(self.llm.token_eos())}
+        text = render_chat(self.chat_template, [{"role": "user", "content": prompt}], True,
+                           where=str(self.path), **specials)
+        return self.tokenize(text, add_bos=False)
+
     def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
-        """Generated text piece by piece; with ``chat`` the GGUF's own chat template wraps the prompt."""
-        if chat:
-            chunks = self.llm.create_chat_completion(
-                messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                temperature=temperature, seed=seed, stream=True)
-            for c in chunks:
-                piece = c["choices"][0]["delta"].get("content")
-                if piece:
-                    yield piece
-        else:
-            for c in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                seed=seed, stream=True):
-                yield c["choices"][0]["text"]
+        """Generated text piece by piece; llama.cpp stops at the vocabulary's end-of-generation tokens."""
+        ids = self.prompt_ids(prompt, chat)
+        if len(ids) >= self.n_ctx:
+            raise BadInput(f"the prompt is {len(ids)} tokens; the context is {self.n_ctx}")
+        for c in self.llm.create_completion(ids, max_tokens=max_tokens, temperature=temperature,
+                                            seed=seed, stream=True):
+            yield c["choices"][0]["text"]
 
     def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:
         """(prefill s, time to first token s, decode s) through llama.cpp's C API directly: one

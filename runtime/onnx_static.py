@@ -13,7 +13,8 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.runtime.onnxrt import Tokenizer, choose
+from edgellm.runtime.backend import choose
+from edgellm.runtime.tokenizer import Tokenizer, text_pieces
 from edgellm.runtime.quiet import captured_stderr
 from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
 
@@ -63,10 +64,17 @@ class StaticOnnxModel:
                                  key=lambda n: (int(n.split(".")[1]), n.endswith("value")))
         self.cache_shape = tuple(int(d) for d in ins[self.past_names[0]])
         self.tokenizer = Tokenizer(self.path.parent) if tokenizer else None
-        self.has_chat_template = tokenizer and isinstance(self.tokenizer.config.get("chat_template"), str)
+        self.has_chat_template = bool(tokenizer) and self.tokenizer.chat_template is not None
+
+    @classmethod
+    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
+        return cls(path, threads=threads)
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_bos)
+
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        return self.tokenizer.prompt_ids(prompt, chat)
 
     def new_cache(self) -> dict:
         return {"arrays": [np.zeros(self.cache_shape, np.float32) for _ in self.past_names], "filled": 0}
@@ -124,7 +132,7 @@ class StaticOnnxModel:
 
     def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
         ids = self.tokenizer.prompt_ids(prompt, chat)
-        return self.tokenizer.text_pieces(self.generate(ids, max_tokens, temperature, seed))
+        return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
 
     def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
         if prompt_tokens + gen_tokens > self.cache_shape[2]:

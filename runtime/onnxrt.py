@@ -8,7 +8,6 @@ positions asked for (``logits_to_keep``): one during generation, all when scorin
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,78 +15,9 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.runtime.backend import choose
 from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
-
-
-class Tokenizer:
-    """tokenizer.json through the ``tokenizers`` library (no transformers on the device)."""
-
-    def __init__(self, folder: Path):
-        try:
-            from tokenizers import Tokenizer as HFTokenizer
-        except ImportError:
-            raise EdgeLLMError("the ONNX backend needs the tokenizers package: pip install tokenizers") from None
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise BadInput(f"{folder}: no tokenizer.json in the bundle")
-        self.tok = HFTokenizer.from_file(str(path))
-        cfg_path = folder / "tokenizer_config.json"
-        self.config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        gen_path = folder / "generation_config.json"
-        gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-        eos = gen.get("eos_token_id", self._special_id("eos_token"))
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-
-    def _special_id(self, key: str) -> int | None:
-        tok = self.config.get(key)
-        if isinstance(tok, dict):
-            tok = tok.get("content")
-        return self.tok.token_to_id(tok) if isinstance(tok, str) else None
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """As transformers encodes: tokenizer.json's own post-processor adds BOS where the model
-        uses one."""
-        return self.tok.encode(text, add_special_tokens=add_bos).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
-
-    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
-        """The prompt's ids: wrapped in the chat template as a user message when ``chat`` and the
-        model has one, else encoded as is (with BOS where the model uses one)."""
-        text = self.chat_prompt(prompt) if chat else None
-        return self.encode(text, add_bos=False) if text is not None else self.encode(prompt)
-
-    def text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
-        """Generated ids as text, piece by piece, holding back incomplete UTF-8 characters."""
-        out: list[int] = []
-        shown = ""
-        for tok in tokens:
-            out.append(tok)
-            text = self.decode(out)
-            if not text.endswith("\ufffd"):
-                yield text[len(shown):]
-                shown = text
-
-
-def choose(row: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0, else a sample from softmax(row / temperature)."""
-    if temperature <= 0:
-        return int(row.argmax())
-    p = np.exp((row - row.max()) / temperature)
-    return int(rng.choice(len(p), p=p / p.sum()))
-
-    def chat_prompt(self, user: str) -> str | None:
-        template = self.config.get("chat_template")
-        if not isinstance(template, str):
-            return None
-        import jinja2
-
-        env = jinja2.Environment(loader=jinja2.BaseLoader(), autoescape=False)
-        special = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in self.config.items()
-                   if k.endswith("_token")}
-        return env.from_string(template).render(messages=[{"role": "user", "content": user}],
-                                                add_generation_prompt=True, **special)
+from edgellm.runtime.tokenizer import Tokenizer, text_pieces
 
 
 class OnnxModel:
@@ -117,12 +47,19 @@ class OnnxModel:
         self.n_ctx = int(meta.get("max_context", 1 << 30))
         self.tokenizer = Tokenizer(self.path.parent)
 
+    @classmethod
+    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
+        return cls(path, threads=threads)
+
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_bos)
 
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        return self.tokenizer.prompt_ids(prompt, chat)
+
     @property
     def has_chat_template(self) -> bool:
-        return isinstance(self.tokenizer.config.get("chat_template"), str)
+        return self.tokenizer.chat_template is not None
 
     # --- one forward step ------------------------------------------------------------------
     def empty_cache(self) -> list:
@@ -177,7 +114,7 @@ class OnnxModel:
 
     def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
         ids = self.tokenizer.prompt_ids(prompt, chat)
-        return self.tokenizer.text_pieces(self.generate(ids, max_tokens, temperature, seed))
+        return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
 
     # --- timing ----------------------------------------------------------------------------
     def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:

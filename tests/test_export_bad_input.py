@@ -146,7 +146,7 @@ def test_existing_output_needs_force(run_cli, tiny, tmp_path):
 def _request(tiny, tmp_path, quant="Q4_K_M"):
     from edgellm import models
     from edgellm.exporters.export_gguf import ExportRequest
-    from edgellm.plan.choice import BuildChoice
+    from edgellm.plan.build import BuildChoice
 
     folder = tiny("llama")
     return ExportRequest(model_dir=folder, model=models.load_config(str(folder)),

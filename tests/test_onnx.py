@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgellm import models, devices
-from edgellm.plan.choice import BuildChoice
+from edgellm.plan.build import BuildChoice
 from edgellm.plan.estimate import estimate
 
 
@@ -43,9 +43,9 @@ def test_quantized_files_are_the_predicted_size_and_report_quality(run_cli, tiny
     if quant in ("int4", "int8"):
         kernel = "MatMulNBits" if quant == "int4" else "DynamicQuantizeMatMul"
         assert m["operators"][kernel] >= 4 * 2 and m["operators"]["GatherBlockQuantized"] == 1
-        assert m["choice"]["block_size"] == (64 if flags else 32)     # 64: not in the plan's table
-    if quant == "int8":                       # rpi5: Arm with dotprod, full 8-bit weights
-        assert m["int8_weight_levels"] == 127
+        assert m["choice"]["block_size"] == (None if quant == "int8" else 64 if flags else 32)  # 64: not in the plan's table
+    if quant == "int8":                       # rpi5: Arm with dotprod, full 8-bit weights; no blocks
+        assert m["choice"]["int8_levels"] == 127 and "/" not in BuildChoice.from_dict(m["choice"]).label
 
 
 def test_int4_loses_more_than_int8_which_loses_more_than_fp16(run_cli, tiny, tmp_path):
@@ -113,7 +113,7 @@ def test_planner_onnx_predictions_match_real_files_per_type(tiny, tmp_path, run_
 
     folder = tiny("qwen2")
     model = models.load_config(str(folder))
-    for quant, block in (("fp32", None), ("fp16", None), ("int8", 32), ("int4", 32), ("int4", 128)):
+    for quant, block in (("fp32", None), ("fp16", None), ("int8", None), ("int4", 32), ("int4", 128)):
         flags = ("--quant", quant) + (("--block-size", str(block)) if block else ())
         m = export(run_cli, folder, tmp_path / f"{quant}{block}", *flags, "--no-verify")
         real = _initializer_bytes(tmp_path / f"{quant}{block}" / "model.onnx")
@@ -128,7 +128,7 @@ def test_unsupported_architecture_lists_the_supported_ones(run_cli, tiny, tmp_pa
     r = run_cli("export", str(tiny("gpt2")), "--device", "rpi5", "--format", "onnx", "--quant", "int4",
                 "-o", str(tmp_path / "b"))
     assert r.returncode == 2
-    assert "does not support architecture 'gpt2'" in r.stderr and "qwen2" in r.stderr
+    assert "ONNX export does not support 'gpt2'" in r.stderr and "qwen2" in r.stderr
     assert not (tmp_path / "b").exists()
 
 
@@ -188,7 +188,7 @@ def test_int8_weights_are_7_bit_for_x86_without_vnni():
     """ONNX Runtime's uint8 x int8 kernel on such CPUs can overflow with full-range weights."""
     from dataclasses import replace
 
-    from edgellm.cli.export_cmd import int8_levels
+    from edgellm.plan.formats import int8_levels
 
     laptop = devices.find("laptop-x86-16gb")                 # Zen 4: AVX-512 VNNI
     old = replace(laptop, cpu=replace(laptop.cpu, isa=("sse4_2", "avx", "avx2", "fma", "f16c")))

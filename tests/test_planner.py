@@ -8,7 +8,7 @@ from edgellm import devices, models
 from edgellm.devices.schema import Budgets as ProfileBudgets, Cpu, DeviceProfile, Memory
 from edgellm.errors import BadInput
 from edgellm.plan import planner
-from edgellm.plan.choice import BuildChoice
+from edgellm.plan.build import BuildChoice
 from edgellm.plan.estimate import estimate
 from edgellm.plan.ggml_types import TYPES
 from edgellm.plan.gguf_recipes import tensor_types
@@ -121,8 +121,10 @@ def test_npu_runs_quantized_onnx_on_the_sd8gen3():
     m = models.load_config("Qwen/Qwen2.5-0.5B-Instruct")
     dev = devices.find("android-sd8gen3-12gb")
     p = planner.plan(m, dev, planner.budgets_for(dev, None, None, None), formats=("onnx",))
-    units = {c.choice.quant: c.estimate.unit for c in p.candidates}
-    assert units["int8"] == "npu:hexagon-npu" and units["fp16"] == "cpu"
+    units = {c.choice.label: c.estimate.unit for c in p.candidates}
+    assert units["onnx int8 npu"] == "npu:hexagon-npu" and units["onnx int8"] == units["onnx fp16"] == "cpu"
+    int8 = [c for c in p.candidates if c.choice.quant == "int8"]
+    assert int8[0].choice.target == "npu-static"          # a tie in speed goes to the NPU: it frees the CPU
 
 
 def test_nothing_fits_suggests_a_shorter_context():
@@ -175,6 +177,6 @@ def test_onnx_quality_follows_the_weight_type_and_block():
     from edgellm.plan.quality import expected
 
     kld = {(q, b): expected(BuildChoice("onnx", q, "f32", b)).kld
-           for q, b in (("fp32", None), ("fp16", None), ("int8", 32), ("int4", 32), ("int4", 64), ("int4", 128))}
-    assert kld["fp32", None] <= kld["fp16", None] < kld["int8", 32] < kld["int4", 32] < kld["int4", 128]
+           for q, b in (("fp32", None), ("fp16", None), ("int8", None), ("int4", 32), ("int4", 64), ("int4", 128))}
+    assert kld["fp32", None] <= kld["fp16", None] < kld["int8", None] < kld["int4", 32] < kld["int4", 128]
     assert kld["int4", 64] == kld["int4", 128]

@@ -70,12 +70,9 @@ def _cli(*args: str) -> str:
     return r.stdout
 
 
-def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf") -> dict:
+def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf", device_arg: str | None = None) -> dict:
     from edgellm.exporters.reference_model import SPECS, cache_root, reference_model
-    from edgellm.exporters.export_gguf import ExportRequest, export_gguf
-    from edgellm.cli.export_cmd import int8_levels
-    from edgellm.exporters.export_onnx import export_onnx
-    from edgellm.runtime.llamacpp import default_threads
+    from edgellm.pipeline import BuildRequest, build_bundle
 
     line = StageLine()
     say = (lambda s: None) if quiet else line
@@ -87,24 +84,23 @@ def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf") -> dict:
         say(f"[1/5] demo model: cached at {model_dir}")
     model = models.load_config(str(model_dir))
     plan = planner.plan(model, device, planner.budgets_for(device, None, None, None, model), formats=(fmt,))
-    w = plan.winner
-    if w is None:
+    if plan.winner is None:
         raise EdgeLLMError(f"demo: no {fmt} build of the demo model fits {device.name}")
-    say(f"[2/5] planned for {device.name}: {w.choice.label}")
-    prediction = report.prediction(w, plan.budgets.context)
+    say(f"[2/5] planned for {device.name}: {plan.winner.choice.label}")
     out = cache_dir() / f"bundle-{fmt}-{device.name}"
-    exporter = export_onnx if fmt == "onnx" else export_gguf
-    result = exporter(ExportRequest(model_dir=model_dir, model=model, choice=w.choice, out=out,
-                                       device=device.name, prediction=prediction, threads=default_threads(),
-                                       force=True, int8_weight_levels=int8_levels(device)), stage=lambda m: say("[3/5] export: " + m.split("] ", 1)[-1]))
+    built = build_bundle(BuildRequest(model=str(model_dir), device=device_arg or device.name, format=fmt,
+                                      output=out, force=True),
+                         say=lambda m: say("[3/5] export: " + m.split("] ", 1)[-1]))
+    result, prediction = built.export, built.prediction
     say("[4/5] running the bundle")
     sample = _cli("run", str(out), "--raw", "-p", DEMO_PROMPT, "--max-tokens", "48", "--temperature", "0.8")
+    chat = _cli("run", str(out), "-p", "Write a Python function that adds two numbers.", "--max-tokens", "32")
     say("[5/5] profiling the bundle")
     prof = json.loads(_cli("profile", str(out), "--prompt-tokens", "256", "--gen-tokens", "64",
                            "--repeats", "2", "--json"))["measured"]
     line.done()
     return {"model_dir": str(model_dir), "plan": report.to_json(plan), "bundle": str(out),
-            "verification": result.verification, "sample": DEMO_PROMPT + sample.rstrip("\n"), "profile": prof,
+            "verification": result.verification, "sample": DEMO_PROMPT + sample.rstrip("\n"), "chat_reply": chat.rstrip("\n"), "profile": prof,
             "prediction": prediction}
 
 
@@ -113,7 +109,7 @@ def run(args) -> int:
     have_toolchain = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "gguf"))
     demo = None
     if not args.plan_only and have_toolchain:
-        demo = _end_to_end(device, args.rebuild, args.json, args.format)
+        demo = _end_to_end(device, args.rebuild, args.json, args.format, args.device)
     plans = _bundled_plans(device)
     if args.json:
         print_json({"demo": demo, "bundled_plans": [report.to_json(p) for p in plans]})
@@ -125,6 +121,7 @@ def run(args) -> int:
         print(f"verified    tokenizer identical; KLD {h['mean_kld']:.5f}, top-1 {h['top1_agreement']:.1%}, "
               f"perplexity x{h['ppl_ratio']:.4f} vs the original")
         print(f"sample      {demo['sample']!r}")
+        print(f"chat        {demo['chat_reply']!r}")
         print(f"profile     here: prefill {prof['prefill_tps']:.0f} tok/s, decode {prof['decode_tps']:.0f} tok/s, "
               f"TTFT {prof['ttft_s'] * 1000:.0f} ms, peak RSS {fmt_bytes(prof['peak_rss_bytes'])}")
         print(f"predicted   on {device.name}: prefill {pred['prefill_tokens_per_s']:.0f} tok/s, decode "

@@ -93,8 +93,8 @@ def request_from(args, teacher: Path, out: Path):
 
 
 def run(args) -> int:
-    from edgellm.cli.export_cmd import _need_export_extra
-    _need_export_extra()
+    from edgellm.pipeline import need_export_extra
+    need_export_extra()
     from edgellm.exporters.student import distill_student
     from edgellm.exporters.weights_source import weights_folder
 

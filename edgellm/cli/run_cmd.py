@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from edgellm.cli.common import positive_int, print_json
-from edgellm.errors import BadInput
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes
 
@@ -37,24 +36,9 @@ def add_parser(sub) -> None:
 
 
 def _open(path: str, n_ctx: int, threads):
-    from edgellm.runtime.bundle import open_bundle
+    from edgellm.runtime.backend import open_backend
 
-    bundle = open_bundle(path)
-    if bundle.format == "onnx" and "npu" in bundle.manifest:
-        from edgellm.runtime.onnx_static import StaticOnnxModel
-
-        return bundle, StaticOnnxModel(bundle.artifact, threads=threads)
-    if bundle.format == "onnx":
-        from edgellm.runtime.onnxrt import OnnxModel
-
-        return bundle, OnnxModel(bundle.artifact, threads=threads)
-    if bundle.format != "gguf":
-        raise BadInput(f"{path}: a {bundle.format} bundle; this runtime runs gguf and onnx bundles")
-    from edgellm.runtime.gguf_check import read_header
-    from edgellm.runtime.llamacpp import LlamaCppModel
-
-    read_header(bundle.artifact)                  # our bounds checks before llama.cpp parses it
-    return bundle, LlamaCppModel(bundle.artifact, n_ctx=n_ctx, threads=threads)
+    return open_backend(path, n_ctx=n_ctx, threads=threads)
 
 
 def run(args) -> int:

@@ -14,6 +14,8 @@ from edgellm.models.config import ModelConfig
 from edgellm.models.tensors import TensorSpec
 
 REGISTRY: dict[str, type["Architecture"]] = {}
+WHAT = {"gguf": "GGUF export", "onnx": "ONNX export", "onnx-npu": "the static NPU build",
+        "distill": "distillation"}
 
 
 def register(cls: type["Architecture"]) -> type["Architecture"]:
@@ -46,10 +48,30 @@ class Architecture:
     fused_gate_up: ClassVar[bool] = False     # gate and up stored as one ffn_up of 2x rows
     gated_ffn: ClassVar[bool] = True
     sliding_window_attention: ClassVar[bool] = False   # llama.cpp keeps a windowed KV cache
+    # what edgellm can build for this family: "gguf", "onnx", "onnx-npu" (plan/formats.py keys)
+    # and "distill"; the planner offers nothing else
+    supports: ClassVar[frozenset[str]] = frozenset({"gguf", "onnx", "onnx-npu", "distill"})
 
     def __init__(self, cfg: dict[str, Any], name: str):
         self.cfg = cfg
         self.name = name
+
+    def build_problem(self, what: str) -> str | None:
+        """Why edgellm cannot build ``what`` (a format key or "distill") for this model; None
+        when it can."""
+        noun = WHAT.get(what, what)
+        model_type = self.cfg.get("model_type")
+        if what not in self.supports:
+            able = sorted(t for t, a in REGISTRY.items() if what in a.supports)
+            return f"{self.name}: {noun} does not support '{model_type}' yet; supported: {', '.join(able)}"
+        if what.startswith("onnx"):
+            rope = self.cfg.get("rope_scaling") or {}
+            kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else "?"
+            if kind not in (None, "default", "linear", "llama3"):
+                return f"{self.name}: rope scaling {kind!r} is not supported by {noun} yet"
+            if self.cfg.get("partial_rotary_factor", 1.0) != 1.0:
+                return f"{self.name}: partial rotary embeddings are not supported by {noun} yet"
+        return None
 
     # -- reading config.json ------------------------------------------------------------------
     def need(self, key: str) -> Any:
@@ -193,6 +215,7 @@ class Qwen3(Architecture):
     model_types = ("qwen3",)
     gguf_arch = "qwen3"
     qk_norm = True
+    supports = frozenset({"gguf", "onnx", "distill"})
 
 
 @register
@@ -202,6 +225,7 @@ class Phi3(Architecture):
     gguf_arch = "phi3"
     fused_qkv = True
     fused_gate_up = True
+    supports = frozenset({"gguf", "onnx", "onnx-npu"})
 
     def global_extras(self, head_dim: int) -> list[TensorSpec]:
         rope = self.cfg.get("rope_scaling") or {}
@@ -217,6 +241,7 @@ class Gemma(Architecture):
     model_types = ("gemma",)
     gguf_arch = "gemma"
     default_tied = True
+    supports = frozenset({"gguf", "onnx"})
 
 
 @register
@@ -226,6 +251,7 @@ class Gemma2(Gemma):
     gguf_arch = "gemma2"
     post_norms = True
     sliding_window_attention = True
+    supports = frozenset({"gguf"})
 
     def is_sliding(self, layer: int) -> bool:
         return layer % 2 == 0
@@ -252,6 +278,7 @@ class GPT2(Architecture):
     default_tied = True
     fused_qkv = True
     gated_ffn = False
+    supports = frozenset({"gguf"})
 
     def ffn_size(self, hidden: int) -> int:
         return self.cfg.get("n_inner") or 4 * hidden
@@ -272,16 +299,46 @@ class GPT2(Architecture):
         return [TensorSpec("output_norm.bias", hidden)]
 
 
+def family_of(model: ModelConfig) -> Architecture:
+    """The declared family of a parsed model."""
+    return REGISTRY[model.model_type](model.raw, model.name)
+
+
 def student_config(model: ModelConfig, layers: int, width: float) -> ModelConfig:
     """The shape of a pruned student of ``model``: fewer layers and/or a narrower width."""
-    arch = REGISTRY[model.model_type](model.raw, model.name)
-    return from_config_dict(arch.shrunk(layers, width), f"student of {model.name}")
+    return from_config_dict(family_of(model).shrunk(layers, width), f"student of {model.name}")
+
+
+def with_legacy_rope_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5 writes rotary settings as ``rope_parameters`` (per attention type for Gemma 3);
+    4.x wrote ``rope_theta``, ``rope_scaling``, ``rope_local_base_freq`` and
+    ``partial_rotary_factor``.  Everything in edgellm reads the 4.x keys, so a 5.x config gets them
+    filled in (keys already present win)."""
+    rp = cfg.get("rope_parameters")
+    if not isinstance(rp, dict):
+        return cfg
+    cfg = dict(cfg)
+    main = rp.get("full_attention", rp)
+    local = rp.get("sliding_attention")
+    if not isinstance(main, dict):
+        return cfg
+    if "rope_theta" in main:
+        cfg.setdefault("rope_theta", main["rope_theta"])
+    if isinstance(local, dict) and "rope_theta" in local:
+        cfg.setdefault("rope_local_base_freq", local["rope_theta"])
+    if "partial_rotary_factor" in main:
+        cfg.setdefault("partial_rotary_factor", main["partial_rotary_factor"])
+    kind = main.get("rope_type", main.get("type"))
+    if kind not in (None, "default") and not cfg.get("rope_scaling"):
+        cfg["rope_scaling"] = {k: v for k, v in main.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    return cfg
 
 
 def from_config_dict(cfg: dict[str, Any], name: str) -> ModelConfig:
     """Build the typed shape for a parsed config.json, or explain why edgellm cannot."""
     if isinstance(cfg.get("text_config"), dict):        # multimodal wrappers (Gemma 3 4B+)
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+    cfg = with_legacy_rope_keys(cfg)
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str):
         raise BadInput(f"{name}: config.json has no 'model_type'; is this a Hugging Face model?")

@@ -8,11 +8,10 @@ import math
 
 from edgellm.devices.catalog import all_profiles
 from edgellm.devices.schema import DeviceProfile
-from edgellm.models.architectures import student_config
+from edgellm.models.architectures import family_of, student_config
 from edgellm.models.config import ModelConfig
-from edgellm.plan.choice import BuildChoice
 from edgellm.plan.estimate import estimate
-from edgellm.plan.planner import Budgets, failures, evaluate
+from edgellm.plan.planner import Budgets, buildable_formats, evaluate, failures
 from edgellm.units import fmt_bytes, fmt_count
 
 MIN_CONTEXT = 256
@@ -22,16 +21,11 @@ def _first_fit(model, device, budgets, formats):
     return next((c for c in evaluate(model, device, budgets, formats) if c.fits), None)
 
 
-# The leanest build of each format: fewest weight bytes (so least memory and fastest decode, since
-# quantized kernels share one rate), plus ONNX fp16 whose 2-byte cache can win at long contexts.
-# If none of these fits, no build fits; the bisections below ask only them.
-LEANEST = (BuildChoice("gguf", "Q2_K", "q8_0"), BuildChoice("onnx", "int4", "f32", 128),
-           BuildChoice("onnx", "fp16", "f16"))
-
-
 def _anything_fits(model, device, budgets, formats) -> bool:
-    for choice in LEANEST:
-        if choice.format in formats:
+    """Whether the leanest build of any buildable format fits: if none of them does, no build
+    does, so the bisections below ask only them."""
+    for f in buildable_formats(model, formats):
+        for choice in f.leanest(device):
             e = estimate(model, device, choice, budgets.context)
             if e is not None and not failures(e, budgets):
                 return True
@@ -57,6 +51,8 @@ def student_that_fits(model, device, budgets, formats) -> ModelConfig | None:
     """The largest pruned student that fits: for each width, the most layers that fit (found by
     bisection), never shallower relative to the teacher than half its width share, so that
     students keep a sensible shape; the student with the most parameters wins."""
+    if family_of(model).build_problem("distill") is not None:
+        return None                       # edgellm distill cannot make a student of this family
     best = None
     for width in WIDTHS:
         if best and student_config(model, model.n_layers, width).n_params <= best.n_params:

@@ -8,20 +8,16 @@ kernels' rate.  Prefill is compute-bound: it is timed on FLOPs alone.  Both are 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 from edgellm.devices.schema import Accelerator, DeviceProfile
 from edgellm.models.config import ModelConfig
-from edgellm.plan import onnx_layout
-from edgellm.plan.choice import BuildChoice
-from edgellm.plan.ggml_types import TYPES
-from edgellm.plan.gguf_recipes import tensor_types
-from edgellm.plan.runtimes import FORMAT_RUNTIME, RUNTIMES, KernelRates
+from edgellm.plan.build import BuildChoice
+from edgellm.plan.formats import BuildFormat, format_for
+from edgellm.plan.runtimes import RUNTIMES, KernelRates
 
 PROMPT_TOKENS = 512
 GEN_TOKENS = 128
-KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "f32": 4.0}
 # accelerator kernel shares of their peak: estimates until measured on the devices
 ACCEL_RATES = {"gpu": KernelRates(decode=0.30, prefill=0.50), "npu": KernelRates(decode=0.10, prefill=0.30)}
 
@@ -49,38 +45,6 @@ class Estimate:
     unit: str                           # "cpu" or "gpu:<name>" / "npu:<name>"
 
 
-def _gguf_metadata_bytes(model: ModelConfig) -> int:
-    """Header, hyperparameters, tensor index and tokenizer.  The tokenizer dominates: about 30
-    bytes per token for byte-level BPE (token, type, merges), which is within 1 MB of the 3.6 MB
-    llama.cpp wrote for a 151,936-token vocabulary (shared/anchors.md)."""
-    return 64 * 1024 + 30 * model.vocab + 96 * len(model.tensors)
-
-
-def _gguf_weights(model: ModelConfig, quant: str) -> tuple[int, int, Counter]:
-    """(all weight bytes, bytes read per decoded token, type histogram)."""
-    total = read = 0
-    hist: Counter = Counter()
-    for t, ty in tensor_types(model, quant):
-        nbytes = TYPES[ty].row_bytes(t.ne0) * t.ne1
-        total += nbytes
-        hist[ty] += 1
-        if not model.gathered_only(t.name):
-            read += nbytes
-    return total, read, hist
-
-
-def _onnx_weights(model: ModelConfig, quant: str, block: int | None) -> tuple[int, int, Counter]:
-    """(resident weight bytes, bytes read per decoded token, type histogram)."""
-    total = onnx_layout.weight_bytes(model, quant, block, resident=True)
-    emb = next(t for t in model.tensors if t.name == "token_embd.weight")
-    gathered = onnx_layout.tensor_bytes(emb, quant, block, resident=True)
-    shared = quant == "int4" and model.tied_embeddings     # one set of blocks, read by the head
-    read = total - onnx_layout.rotary_bytes(model) - (0 if shared else gathered)
-    kind = {"fp32": "float32", "fp16": "float16", "int8": f"int8/{block}", "int4": f"int4/{block}"}[quant]
-    hist = Counter({kind: sum(t.is_matrix for t in model.tensors), "float32": sum(not t.is_matrix for t in model.tensors)})
-    return total, read, hist
-
-
 def _flops_per_token(model: ModelConfig, position: int) -> float:
     """Matrix FLOPs for one token plus attention over ``position`` cached tokens."""
     matmul = model.decode_matmul_elements      # a tied head is token_embd, counted once
@@ -93,46 +57,41 @@ def _head_elements(model: ModelConfig) -> int:
     return model.hidden * model.vocab
 
 
-def _units(device: DeviceProfile, choice: BuildChoice) -> list[tuple[str, float, KernelRates]]:
+def _units(device: DeviceProfile, fmt: BuildFormat, choice: BuildChoice) -> list[tuple[str, float, KernelRates]]:
     """Where this build can run: (label, peak ops/s, kernel shares)."""
-    runtime = RUNTIMES[FORMAT_RUNTIME[choice.format]]
-    family = "float" if choice.quant in ("F16", "fp16", "fp32") else "quant"
+    runtime = RUNTIMES[fmt.runtime]
     units = []
-    if runtime.name in device.runtimes:
+    if runtime.name in device.runtimes and not fmt.accelerator_only:
+        family = "float" if fmt.is_float(choice.quant) else "quant"
         units.append(("cpu", device.cpu.effective_fp32, runtime.rates(family, device.cpu.int8_dot)))
     for acc in device.accelerators:
-        if _accepts(acc, choice):
+        if _accepts(acc, fmt, choice):
             units.append((f"{acc.kind}:{acc.name}", acc.compute, ACCEL_RATES[acc.kind]))
     return units
 
 
-def _accepts(acc: Accelerator, choice: BuildChoice) -> bool:
-    if choice.format not in acc.formats or acc.runtime != FORMAT_RUNTIME[choice.format]:
+def _accepts(acc: Accelerator, fmt: BuildFormat, choice: BuildChoice) -> bool:
+    """GPUs take the runtime's ordinary build; an NPU only the build laid out for it."""
+    if choice.format not in acc.formats or acc.runtime != fmt.runtime:
+        return False
+    if (acc.kind == "npu") != fmt.accelerator_only:
         return False
     return not acc.weight_types or choice.quant in acc.weight_types
 
 
 def kv_bytes(model: ModelConfig, choice: BuildChoice, context: int) -> int:
-    if choice.format == "onnx":
-        per = onnx_layout.KV_BYTES[choice.quant]
-    else:
-        per = KV_ELEMENT_BYTES[choice.kv_cache]
-    return int(model.kv_elements(context) * per)
+    return int(model.kv_elements(context) * format_for(choice).kv_element_bytes(choice))
 
 
 def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, context: int) -> Estimate | None:
     """Predict one build; None when the device has no runtime or accelerator for it."""
-    units = _units(device, choice)
+    fmt = format_for(choice)
+    units = _units(device, fmt, choice)
     if not units:
         return None
-    runtime = RUNTIMES[FORMAT_RUNTIME[choice.format]]
-    if choice.format == "gguf":
-        weights, read, hist = _gguf_weights(model, choice.quant)
-        file_bytes = weights + _gguf_metadata_bytes(model)
-    else:
-        weights, read, hist = _onnx_weights(model, choice.quant, choice.block_size)
-        file_bytes = (onnx_layout.weight_bytes(model, choice.quant, choice.block_size)
-                      + onnx_layout.file_overhead(model, choice.quant))
+    runtime = RUNTIMES[fmt.runtime]
+    weights, read, hist = fmt.weights(model, choice)
+    file_bytes = fmt.file_bytes(model, choice)
     memory = Memory(weights=weights, kv_cache=kv_bytes(model, choice, context),
                     compute=runtime.compute_buffer(model, context), runtime=runtime.fixed_overhead)
 

@@ -7,7 +7,7 @@ checked against real files in tests/test_onnx.py.
   float32 scale and a 4-bit zero point per block.  The embedding is the same blocks read by
   GatherBlockQuantized; a tied head shares them, an untied head has its own.
 - int8: DynamicQuantizeMatMul weights, one byte each plus a float32 scale per output column; the
-  embedding in 8-bit blocks for GatherBlockQuantized (b + 4 + 1 bytes per block), so a tied head
+  embedding in 8-bit blocks of 32 for GatherBlockQuantized (b + 4 + 1 bytes per block), so a tied head
   is stored twice (as blocks and as columns).
 - vectors (norms, biases) float32; rotary cos/sin tables float32, max_context x head_dim/2 each.
 - a float graph holds the head as its own MatMul, so a tied checkpoint stores embedding and head
@@ -21,7 +21,8 @@ import math
 from edgellm.models.config import ModelConfig
 from edgellm.models.tensors import TensorSpec
 
-KV_BYTES = {"fp32": 4.0, "fp16": 4.0, "int8": 4.0, "int4": 4.0}   # the cache is float32
+
+INT8_EMBED_BLOCK = 32       # int8 has no blocks but the embedding's, for GatherBlockQuantized
 
 
 def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = False) -> int:
@@ -31,6 +32,8 @@ def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = 
         return t.n_elements * 4
     if quant == "fp16":
         return t.n_elements * 2
+    if quant == "int8":
+        block = INT8_EMBED_BLOCK
     assert block is not None
     per_col = math.ceil(t.ne0 / block)
     blocks = per_col * t.ne1

@@ -9,20 +9,17 @@ from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
 from edgellm.plan import quality as quality_table
-from edgellm.plan.choice import BuildChoice, calibratable
+from edgellm.models.architectures import family_of
+from edgellm.plan.build import BuildChoice, GgufQuant
 from edgellm.plan.estimate import Estimate, estimate
+from edgellm.plan.formats import BuildFormat, formats_of
 from edgellm.plan.gguf_recipes import RECIPES
 from edgellm.units import fmt_bytes
 
-GGUF_QUANTS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
 # Below this mean KLD a build is treated as lossless: among such builds the fastest wins, since
 # no user can tell them apart (llama.cpp's Q8_0 measures 0.0003 on a small model).
 LOSSLESS_KLD = 0.001
-# what the ONNX exporter writes (exporters/onnx_graph.py): float32 KV cache, MatMulNBits blocks
-ONNX_BUILDS = (("fp32", "f32", None), ("fp16", "f32", None), ("int8", "f32", 32), ("int4", "f32", 32),
-               ("int4", "f32", 128))
-ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
-assert set(GGUF_QUANTS) <= set(RECIPES)
+assert {str(q) for q in GgufQuant} <= set(RECIPES)
 
 
 @dataclass(frozen=True)
@@ -58,15 +55,21 @@ class Plan:
     suggestions: tuple[str, ...] = field(default=())
 
 
-def candidate_choices(formats: tuple[str, ...], calibrated: bool = False) -> list[BuildChoice]:
-    """Every build of ``formats``; with ``calibrated`` the quantized ones are the calibrated kind."""
+def buildable_formats(model: ModelConfig, formats: tuple[str, ...]) -> list[BuildFormat]:
+    """The formats among ``formats`` that edgellm can build for this model's family (and this
+    config of it): the planner never offers a build the exporter would refuse."""
+    family = family_of(model)
+    return [f for f in formats_of(formats) if family.build_problem(f.key) is None]
+
+
+def candidate_choices(model: ModelConfig, device: DeviceProfile, formats: tuple[str, ...],
+                      calibrated: bool = False) -> list[BuildChoice]:
+    """Every build of ``formats`` that can be made for ``model`` and run on ``device``; with
+    ``calibrated`` the quantized ones are the calibrated kind."""
     out = []
-    if "gguf" in formats:
-        out += [BuildChoice("gguf", q, kv) for q in GGUF_QUANTS for kv in ("f16", "q8_0")]
-    if "onnx" in formats:
-        out += [BuildChoice("onnx", q, kv, b) for q, kv, b in ONNX_BUILDS]
-    if calibrated:
-        out = [replace(c, calibrated=True) if calibratable(c.format, c.quant) else c for c in out]
+    for f in buildable_formats(model, formats):
+        for c in f.candidates(device):
+            out.append(replace(c, calibrated=True) if calibrated and f.calibratable(c.quant) else c)
     return out
 
 
@@ -101,12 +104,13 @@ def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
     """Every candidate the device can run, predicted and checked, best quality first."""
     prefs = {f: i for i, f in enumerate(device.preferred_formats)}
     out = []
-    for choice in candidate_choices(formats, calibrated):
+    for choice in candidate_choices(model, device, formats, calibrated):
         e = estimate(model, device, choice, budgets.context)
         if e is not None:
             out.append(Candidate(e, quality_table.expected(choice), failures(e, budgets)))
+    # equal speed: the accelerator's build first, as it frees the CPU
     out.sort(key=lambda c: (quality_rank(c), prefs.get(c.choice.format, 9), -c.estimate.decode_tps,
-                            c.estimate.file_bytes))
+                            c.estimate.unit == "cpu", c.estimate.file_bytes))
     return out
 
 
@@ -143,6 +147,9 @@ def plan(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
     if model.max_context and budgets.context > model.max_context:
         raise BadInput(f"--context {budgets.context} is longer than {model.name} supports "
                        f"({model.max_context} tokens)")
+    refused = [family_of(model).build_problem(f.key) for f in formats_of(formats)]
+    if all(refused):
+        raise BadInput("; ".join(dict.fromkeys(r for r in refused if r)))
     cands = evaluate(model, device, budgets, formats, calibrated)
     if not cands:
         raise BadInput(f"{device.name} has no runtime for {' or '.join(formats)} builds "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgellm.plan.choice import BuildChoice
+from edgellm.plan.build import BuildChoice
 
 MEASURED = "measured on edgellm's 24M reference model (benchmarks/quality.py)"
 ESTIMATE = "estimate"
@@ -72,14 +72,32 @@ def _int4(block: int, table: dict) -> Quality:
     return table["int4/32"] if block <= 32 else table["int4/128"]
 
 
+def _with_cache(q: Quality, kv_cache: str) -> Quality:
+    if kv_cache != "q8_0":
+        return q
+    source = q.source if q.source == ESTIMATE else f"{q.source} + estimate for the q8_0 cache"
+    return Quality(q.kld + _KV_Q8_COST, q.ppl_ratio + _KV_Q8_COST, q.top1 - 0.002, source)
+
+
+def gguf(quant: str, calibrated: bool, kv_cache: str) -> Quality:
+    return _with_cache((_GGUF_CALIBRATED if calibrated else _GGUF)[quant], kv_cache)
+
+
+def onnx(quant: str, block: int | None, calibrated: bool) -> Quality:
+    if quant == "int4":
+        return _int4(block or 32, _ONNX_CALIBRATED if calibrated else _ONNX)
+    return _ONNX[quant]
+
+
+def onnx_npu(quant: str) -> Quality:
+    """Per-channel weights: int8 as the CPU build's int8 columns; int4 at least as lossy as blocks
+    of 128 (an estimate: the NPU build is not in the measured table)."""
+    if quant == "int8":
+        return _ONNX["int8"]
+    q = _ONNX["int4/128"]
+    return Quality(q.kld, q.ppl_ratio, q.top1, f"{ESTIMATE} (per-channel int4; the CPU int4/128 figure as a floor)")
+
+
 def expected(choice: BuildChoice) -> Quality:
-    if choice.format == "gguf":
-        q = (_GGUF_CALIBRATED if choice.calibrated else _GGUF)[choice.quant]
-    elif choice.quant == "int4":
-        q = _int4(choice.block_size or 32, _ONNX_CALIBRATED if choice.calibrated else _ONNX)
-    else:
-        q = _ONNX[choice.quant]
-    if choice.kv_cache == "q8_0":
-        source = q.source if q.source == ESTIMATE else f"{q.source} + estimate for the q8_0 cache"
-        return Quality(q.kld + _KV_Q8_COST, q.ppl_ratio + _KV_Q8_COST, q.top1 - 0.002, source)
-    return q
+    from edgellm.plan.formats import format_for
+    return format_for(choice).quality(choice)

@@ -82,4 +82,3 @@ class OnnxRuntime(Runtime):
 
 
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (LlamaCpp(), OnnxRuntime())}
-FORMAT_RUNTIME = {"gguf": "llama.cpp", "onnx": "onnxruntime"}

@@ -1,0 +1,209 @@
+"""The pipeline as a library: ``build_bundle(request) -> result``.
+
+load -> plan -> distil (when nothing fits and it is allowed) -> for each build tried: calibrate,
+export, verify, package (the format's exporter, edgellm.plan.formats) -> quality gate.  The
+``export`` and ``demo`` commands and the benchmarks call this; the CLI only parses and prints.
+Needs the ``[export]`` extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgellm import devices, models
+from edgellm.errors import BadInput, EdgeLLMError, NothingFits
+from edgellm.models.source import HUB_ID
+from edgellm.plan import planner, report
+from edgellm.plan.build import BuildChoice
+from edgellm.plan.formats import FORMATS, format_for
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build.  ``quant`` "auto" takes the planner's choice for the device and budgets."""
+    model: str                                  # a local folder or a hub id
+    device: str                                 # a profile name or .toml path
+    format: str = "gguf"                        # "gguf" or "onnx" (the NPU build when the plan says)
+    quant: str = "auto"
+    block_size: int | None = None               # ONNX int4
+    output: Path | None = None
+    max_memory: int | None = None
+    min_decode_tps: float | None = None
+    context: int | None = None
+    threads: int | None = None
+    verify: bool = True
+    force: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    calibrate: bool = False
+    calib_text: str | None = None               # default: the built-in training text
+    calib_source: str = ""
+    calib_windows: int = 16
+    max_kld: float | None = None
+    max_ppl_increase: float | None = None
+    allow_distill: bool = False
+    distill_steps: int = 500
+    distill_device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    export: object                              # the exporter's ExportResult
+    choice: BuildChoice
+    prediction: dict
+    trials: list = field(default_factory=list)  # quality-gate trials, when a gate was given
+    gate: object | None = None
+
+
+def need_export_extra() -> None:
+    missing = [m for m in ("torch", "transformers", "gguf", "llama_cpp", "onnx", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EdgeLLMError(f"export needs the host toolchain ({', '.join(missing)} missing): "
+                           "pip install 'edgellm[export]'")
+
+
+def public_name(model: str) -> str:
+    """The model's name as a bundle records it: a hub id as is, a local folder by its own name
+    (a bundle is shipped to other people: never the host's path)."""
+    p = Path(model).expanduser()
+    return p.resolve().name if p.exists() or not HUB_ID.match(model) else model
+
+
+def exporter_for(choice: BuildChoice):
+    module, func = format_for(choice).exporter.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tuple[BuildChoice, dict]]:
+    """The builds to try, smallest predicted file first: the one ``quant`` names, or the plan's
+    winner, or (with a gate) every build of the format that fits (one KV cache type each)."""
+    fmt = req.format
+    names = [str(q) for f in FORMATS.values() if f.format == fmt for q in f.quants]
+    if req.quant != "auto" and req.quant not in names:
+        raise BadInput(f"--quant {req.quant} is not a {fmt} type; {fmt} offers {', '.join(dict.fromkeys(names))}")
+    if req.block_size is not None and (fmt != "onnx" or req.quant not in ("int4", "auto")):
+        raise BadInput("--block-size applies to ONNX int4 only")
+    budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model)
+    plan = planner.plan(model, device, budgets, formats=(fmt,), calibrated=calibrated)
+
+    def wanted(c: BuildChoice) -> bool:
+        return req.block_size is None or c.block_size in (None, req.block_size)
+
+    if req.quant != "auto":
+        block = (req.block_size or 32) if req.quant == "int4" else None
+        named = [c for c in plan.candidates if c.choice.quant == req.quant and c.choice.block_size == block]
+        # the faster build of that type; at equal speed the accelerator's (the plan's order)
+        named.sort(key=lambda c: (-c.estimate.decode_tps, c.estimate.unit == "cpu"))
+        c = named[0] if named else None
+        if c is None:
+            f = next(f for f in FORMATS.values() if f.format == fmt)
+            c = planner.evaluate_choice(model, device, budgets, f.choice(req.quant, device, block, calibrated))
+        if c is None:
+            raise BadInput(f"{device.name} has no runtime for {fmt} {req.quant}; see `edgellm devices show {device.name}`")
+        if not c.fits:
+            import sys
+            print(f"edgellm: warning: {req.quant} misses {device.name}'s budgets: {'; '.join(c.failures)}",
+                  file=sys.stderr)
+        return [(c.choice, report.prediction(c, budgets.context))]
+    fitting = [c for c in plan.candidates if c.fits and wanted(c.choice)]
+    if not fitting:
+        hint = f"; would fit: {plan.suggestions[0]}" if plan.suggestions else ""
+        raise NothingFits(f"no {fmt.upper()} build of {model.name} fits {device.name}{hint}")
+    if not (req.max_kld is not None or req.max_ppl_increase is not None):
+        c = plan.winner if plan.winner in fitting else fitting[0]
+        return [(c.choice, report.prediction(c, budgets.context))]
+    seen, out = set(), []
+    for c in sorted(fitting, key=lambda c: c.estimate.file_bytes):
+        if c.choice.key not in seen:
+            seen.add(c.choice.key)
+            out.append((c.choice, report.prediction(c, budgets.context)))
+    return out
+
+
+def _distil_first(req: BuildRequest, folder: Path, model, device, say: Say):
+    """The planner's student for the device, distilled from ``folder``: (its folder, its config)."""
+    from edgellm.exporters.distill import DistillConfig
+    from edgellm.exporters.student import StudentRequest, distill_student
+    from edgellm.plan.advice import student_that_fits
+
+    budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model)
+    s = student_that_fits(model, device, budgets, (req.format,))
+    if s is None:
+        raise NothingFits(f"no student of {model.name} fits {device.name} either")
+    base = public_name(req.model)
+    out = (req.output or Path(base)).with_name(f"{base}-student")
+    sreq = StudentRequest(folder, out, DistillConfig(steps=req.distill_steps, device=req.distill_device),
+                          layers=s.n_layers, hidden=s.hidden, force=req.force,
+                          trust_remote_code=req.trust_remote_code)
+    say(f"[distil] nothing fits {device.name}: distilling a {s.n_layers}-layer, hidden-{s.hidden} student into {out}")
+    distill_student(sreq, say=lambda m: say(f"[distil] {m}"), progress=lambda p: say(
+        f"[distil] training: step {p.step}/{p.steps}, loss {p.loss:.4f}, {p.tokens_per_s:,.0f} tok/s, "
+        f"ETA {p.eta_s / 60:.1f} min"))
+    return out, dataclasses.replace(models.load_config(str(out)), name=f"{base}-student")
+
+
+def _calibration(req: BuildRequest):
+    if not req.calibrate:
+        return None
+    from edgellm.exporters.calibrate import CalibrationData
+
+    if req.calib_text is None:
+        return CalibrationData(windows=req.calib_windows)
+    return CalibrationData(req.calib_text, req.calib_source, req.calib_windows)
+
+
+def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
+    """Plan, (distil), export, verify and package ``req.model`` for ``req.device``."""
+    need_export_extra()
+    from edgellm.exporters.export_gguf import ExportRequest
+    from edgellm.exporters.quality_gate import Gate, smallest_passing
+    from edgellm.exporters.weights_source import weights_folder
+    from edgellm.runtime.profiling import default_threads
+
+    device = devices.find(req.device)
+    folder = weights_folder(req.model)
+    model = dataclasses.replace(models.load_config(str(folder)), name=public_name(req.model))
+    calibration = _calibration(req)
+    gate = Gate(req.max_kld, req.max_ppl_increase)
+    if gate and not req.verify:
+        raise BadInput("--max-kld/--max-ppl-increase measure every build they try; they cannot skip verification")
+    if calibration is not None and req.quant != "auto":
+        if not any(f.format == req.format and f.calibratable(req.quant) for f in FORMATS.values()):
+            raise BadInput(f"--calibrate applies to GGUF types below F16 and ONNX int4; not {req.format} {req.quant}")
+    try:
+        choices = _candidates(req, model, device, calibration is not None)
+    except NothingFits:
+        if not req.allow_distill:
+            raise
+        folder, model = _distil_first(req, folder, model, device, say)
+        choices = _candidates(req, model, device, calibration is not None)
+    choice = choices[0][0]
+    label = "gated" if gate and len(choices) > 1 else choice.slug   # a gate's build is known once measured
+    out = req.output or Path(f"{public_name(req.model)}-{label}-{device.name}")
+    if out.resolve() == folder.resolve():
+        raise BadInput(f"{out}: the bundle cannot be written into the model folder")
+    predictions = dict(choices)
+    source_kind = "local folder" if Path(req.model).expanduser().exists() else "hub"
+
+    def export(c: BuildChoice, to: Path, force: bool):
+        return exporter_for(c)(ExportRequest(
+            model_dir=folder, model=model, choice=c, out=to, device=device.name,
+            prediction=predictions[c], verify=req.verify, threads=req.threads or default_threads(),
+            allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code, force=force,
+            calibration=calibration, source_kind=source_kind), stage=say)
+
+    trials: list = []
+    if gate:
+        result, choice, trials = smallest_passing([c for c, _ in choices], lambda c, to: export(c, to, True),
+                                                  out, req.force, gate, say=say)
+    else:
+        result = export(choice, out, req.force)
+    return BuildResult(result, choice, predictions[choice], trials, gate if gate else None)

@@ -1,0 +1,90 @@
+"""One interface for every runtime backend, and ``open_backend``: the bundle's recorded build
+choice picks the backend (edgellm.plan.formats names it), never a guess from file names.
+
+A backend offers: ``tokenize(text, add_bos)``, ``prompt_ids(prompt, chat)``, ``logits(ids)`` for
+every position, ``stream(prompt, max_tokens, temperature, chat, seed)``, ``profile(prompt_tokens,
+gen_tokens, repeats)``, ``has_chat_template``, ``n_ctx``, ``n_vocab``, ``load_s`` and ``threads``.
+The tokenizer and chat-template code they share is runtime/tokenizer.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from edgellm.errors import BadInput
+from edgellm.runtime.bundle import Bundle, open_bundle
+from edgellm.runtime.profiling import Profile
+
+
+class Backend(Protocol):
+    n_ctx: int
+    load_s: float
+    threads: int
+
+    @property
+    def has_chat_template(self) -> bool: ...
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
+
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]: ...
+
+    def logits(self, tokens: list[int]) -> np.ndarray: ...
+
+    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool,
+               seed: int = 0) -> Iterator[str]: ...
+
+    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile: ...
+
+
+def choose(row: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0, else a sample from softmax(row / temperature)."""
+    if temperature <= 0:
+        return int(row.argmax())
+    p = np.exp((row - row.max()) / temperature)
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def _load(spec: str, path: Path, n_ctx: int, threads: int | None, scoring: bool) -> Backend:
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.open(path, n_ctx=n_ctx, threads=threads, scoring=scoring)
+
+
+def recorded_choice(bundle: Bundle):
+    """The build choice a bundle's manifest records (edgellm 0.1's version-1 records too, whose
+    NPU builds were marked by an "npu" section instead of a target)."""
+    from edgellm.plan.build import BuildChoice
+
+    data = bundle.manifest.get("choice")
+    if isinstance(data, dict) and data.get("version") == 1 and "npu" in bundle.manifest:
+        data = {**data, "block_size": None, "target": "npu-static"}
+    try:
+        return BuildChoice.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"{bundle.folder}: the manifest's build choice is not one this runtime knows ({e})") from None
+
+
+def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = None,
+                 scoring: bool = False) -> tuple[Bundle, Backend]:
+    """Check a bundle (every file's sha256) and load it with the backend its build choice names.
+    ``scoring``: keep logits for every position (``logits()``), as eval and verification need."""
+    from edgellm.plan.formats import format_for
+
+    bundle = open_bundle(Path(folder))
+    choice = recorded_choice(bundle)
+    return bundle, _load(format_for(choice).backend, bundle.artifact, n_ctx, threads, scoring)
+
+
+def open_file(path: str | Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False) -> Backend:
+    """A bare .gguf or .onnx file (no bundle, no checksums): for eval of files made elsewhere."""
+    from edgellm.plan.formats import FORMATS
+
+    p = Path(path)
+    spec = {".gguf": FORMATS["gguf"].backend, ".onnx": FORMATS["onnx"].backend}.get(p.suffix)
+    if spec is None or not p.is_file():
+        raise BadInput(f"{path}: not a .gguf or .onnx file")
+    return _load(spec, p, n_ctx, threads, scoring)
