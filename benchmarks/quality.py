@@ -59,14 +59,14 @@ def run(model_dir: Path, windows: int, context: int = 512) -> dict:
     from edgellm import models
     from edgellm.exporters.calibrate import CalibrationData
     from edgellm.exporters.checkpoint import open_checkpoint
-    from edgellm.exporters.gguf_arch import for_model
+    from edgellm.models.families import family_for
     from edgellm.exporters.gguf_mix import by_gguf_name, calibrated_gguf
     from edgellm.exporters.gguf_vocab import read_vocab
     from edgellm.exporters.gguf_write import write_gguf
     from edgellm.runtime.llamacpp import LlamaCppModel
 
     model = models.load_config(str(model_dir))
-    ckpt, arch = open_checkpoint(model_dir), for_model(model)
+    ckpt, arch = open_checkpoint(model_dir), family_for(model, "gguf")
     vocab = read_vocab(model_dir, model.vocab)
     work = Path(tempfile.mkdtemp(prefix="edgellm-quality-"))
     out: dict = {"model": str(model_dir), "parameters": model.n_params, "context": context, "gguf": {}, "onnx": {}}
@@ -121,7 +121,7 @@ def run(model_dir: Path, windows: int, context: int = 512) -> dict:
 def _onnx(model, model_dir, ckpt, cal, quant, block, calibrated, work, score) -> dict:
     import onnx
 
-    from edgellm.exporters.onnx_arch import for_model
+    from edgellm.models.families import family_for
     from edgellm.exporters.onnx_graph import Reader, build
     from edgellm.exporters.onnx_gptq import calibrated_quantizer
     from edgellm.exporters.onnx_weights import ExternalData
@@ -129,7 +129,7 @@ def _onnx(model, model_dir, ckpt, cal, quant, block, calibrated, work, score) ->
     from edgellm.exporters.export_onnx import _ensure_tokenizer_json
     from edgellm.runtime.onnxrt import OnnxModel
 
-    arch = for_model(model)
+    arch = family_for(model, "onnx")
     d = work / f"onnx-{quant}-{block}-{calibrated}"
     d.mkdir()
     w = ExternalData(d / "model.onnx.data")
@@ -161,7 +161,7 @@ def time_calibration(model_dir: Path) -> dict:
     from edgellm import models
     from edgellm.exporters.calibrate import CalibrationData
     from edgellm.exporters.checkpoint import open_checkpoint
-    from edgellm.exporters.gguf_arch import for_model
+    from edgellm.models.families import family_for
     from edgellm.exporters.gguf_mix import calibrated_gguf
     from edgellm.exporters.gguf_vocab import read_vocab
     from edgellm.exporters.gguf_write import write_gguf
@@ -173,7 +173,7 @@ def time_calibration(model_dir: Path) -> dict:
     cal = CalibrationData().stats(model_dir, fisher=True, hessian=True, threads=2)
     stats_s = time.perf_counter() - t
     t = time.perf_counter()
-    arch = for_model(model)
+    arch = family_for(model, "gguf")
     c = calibrated_gguf(model, ckpt, arch, "Q4_K_M", cal, threads=2)
     alloc_s = time.perf_counter() - t
     work = Path(tempfile.mkdtemp(prefix="edgellm-caltime-"))
@@ -195,7 +195,7 @@ def time_calibration(model_dir: Path) -> dict:
     t = time.perf_counter()
     cal = CalibrationData().stats(model_dir, hessian=True, threads=2)
     r["onnx_hessian_s"] = round(time.perf_counter() - t, 1)
-    from edgellm.exporters.onnx_arch import for_model as onnx_arch
+    from edgellm.models.families import family_for
     from edgellm.exporters.onnx_graph import Reader, build
     from edgellm.exporters.onnx_gptq import calibrated_quantizer
     from edgellm.exporters.onnx_weights import ExternalData
@@ -203,7 +203,7 @@ def time_calibration(model_dir: Path) -> dict:
     work = Path(tempfile.mkdtemp(prefix="edgellm-caltime-"))
     try:
         t = time.perf_counter()
-        arch = onnx_arch(model)
+        arch = family_for(model, "onnx")
         w = ExternalData(work / "model.onnx.data")
         build(arch, Reader(ckpt), w, "int4", 32, 4, int4_quantizer=calibrated_quantizer(arch, cal.hessian, 32))
         w.close()

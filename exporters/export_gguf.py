@@ -14,7 +14,7 @@ from typing import Callable
 from edgellm.errors import BadInput
 from edgellm.exporters.calibrate import CalibrationData
 from edgellm.exporters.checkpoint import open_checkpoint
-from edgellm.exporters.gguf_arch import for_model
+from edgellm.models.families import family_for
 from edgellm.exporters.gguf_vocab import read_vocab
 from edgellm.exporters.gguf_write import FILE_TYPES, write_gguf
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
@@ -55,7 +55,7 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         raise BadInput(f"GGUF export offers {', '.join(FILE_TYPES)}; not {req.choice.quant}")
     t0 = time.perf_counter()
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
-    arch = for_model(req.model)
+    arch = family_for(req.model, "gguf")
     vocab = read_vocab(req.model_dir, req.model.vocab)
     calibrated = _calibrated_types(req, ckpt, arch, stage) if req.choice.calibrated else None
     types, imatrix, compensators, cal_info = calibrated or (None, None, None, None)

@@ -14,6 +14,7 @@ import numpy as np
 from edgellm.errors import BadInput
 from edgellm.exporters.checkpoint import open_checkpoint
 from edgellm.exporters.export_gguf import ExportRequest, ExportResult, manifest_body
+from edgellm.models.families import family_for
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
 
 MODEL_FILE = "model.onnx"
@@ -32,7 +33,6 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     import onnx
     import onnxruntime as ort
 
-    from edgellm.exporters.onnx_arch import for_model
     from edgellm.exporters.onnx_graph import Reader
     from edgellm.exporters.onnx_qdq import (WEIGHT_BITS, calibration_feeds, quantize_static, run_on_qnn,
                                             unsupported_nodes)
@@ -44,7 +44,7 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
         raise BadInput(f"the NPU build takes int8 or int4 weights (16-bit activations); not {c.label}")
     t0 = time.perf_counter()
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)
-    arch = for_model(req.model)
+    arch = family_for(req.model, "onnx-npu")
     ctx = min(int(req.prediction.get("context") or 1024), req.model.max_context)
     # calibration text never overlaps the held-out text verification scores on
     text = calibration_text or (req.calibration.text if req.calibration and req.calibration.text else None)

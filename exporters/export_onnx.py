@@ -13,6 +13,7 @@ from typing import Callable
 from edgellm.errors import BadInput
 from edgellm.exporters.checkpoint import open_checkpoint
 from edgellm.exporters.export_gguf import ExportRequest, ExportResult, manifest_body
+from edgellm.models.families import family_for
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
 from edgellm.plan.onnx_layout import INT8_EMBED_BLOCK
 
@@ -49,7 +50,6 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
                 accuracy_level: int = 4) -> ExportResult:
     import onnx
 
-    from edgellm.exporters.onnx_arch import for_model
     from edgellm.exporters.onnx_graph import QUANTS, Reader, build
     from edgellm.exporters.onnx_weights import ExternalData
 
@@ -59,7 +59,7 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     block = c.block_size or INT8_EMBED_BLOCK      # int8 has blocks only in its embedding table
     t0 = time.perf_counter()
     ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
-    arch = for_model(req.model)
+    arch = family_for(req.model, "onnx")
     if not (req.model_dir / "tokenizer.json").is_file() and not (req.model_dir / "tokenizer.model").is_file():
         raise BadInput(f"{req.model_dir}: no tokenizer (tokenizer.json or tokenizer.model)")
     quantizer, cal_info = _calibrated(req, arch, block, stage) if c.calibrated else (None, None)

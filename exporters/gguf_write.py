@@ -26,7 +26,7 @@ import numpy as np
 
 from edgellm.errors import BadInput
 from edgellm.exporters.checkpoint import Checkpoint
-from edgellm.exporters.gguf_arch import GgufArch
+from edgellm.models.families import Family
 from edgellm.exporters.gguf_vocab import Vocab, add_to_writer
 from edgellm.exporters.ggml_quant import quantize_into, row_bytes
 from edgellm.exporters.safetensors_reader import widen
@@ -53,7 +53,7 @@ class Entry:
         return rows * row_bytes(self.ggml_type, self.shape[-1])
 
 
-def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, quant: str,
+def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: Family, quant: str,
                  types: dict[str, str] | None = None) -> list[Entry]:
     """Every tensor to write, checked against the checkpoint, with llama.cpp's recipe type for
     ``quant`` (or the type ``types`` names for it: a calibrated mix)."""
@@ -154,7 +154,7 @@ def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, sto
                                               out[ab[0] * per_row:ab[1] * per_row], stored, imatrix), spans))
 
 
-def _chunks(entry: Entry, ckpt: Checkpoint, arch: GgufArch, extras: dict) -> Iterator[tuple[np.ndarray, str]]:
+def _chunks(entry: Entry, ckpt: Checkpoint, arch: Family, extras: dict) -> Iterator[tuple[np.ndarray, str]]:
     """A tensor's values as (row chunk, stored dtype): transformed tensors and vectors whole, plain
     matrices in row chunks as stored (bfloat16 stays uint16 until the encoder's threads widen it)."""
     if entry.hf_name is None:
@@ -210,7 +210,7 @@ def _read_ahead(items: Iterator, depth: int = 1) -> Iterator:
         t.join()
 
 
-def _tensor_chunks(entries: list[Entry], ckpt: Checkpoint, arch: GgufArch, extras: dict) -> Iterator:
+def _tensor_chunks(entries: list[Entry], ckpt: Checkpoint, arch: Family, extras: dict) -> Iterator:
     for i, e in enumerate(entries):
         for chunk, stored in _chunks(e, ckpt, arch, extras):
             yield i, chunk, stored
@@ -248,7 +248,7 @@ def writer_class():
     return Writer
 
 
-def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: GgufArch, vocab: Vocab, folder: Path,
+def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab, folder: Path,
                path: Path, quant: str = "F16", threads: int = 1,
                progress: Callable[[int, int], None] = lambda done, total: None,
                types: dict[str, str] | None = None, imatrix: dict[str, np.ndarray] | None = None,

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgellm.exporters.onnx_arch import OnnxArch
+from edgellm.models.families import Family
 from edgellm.exporters.onnx_weights import ExternalData, NBits, quantize_int8_columns, quantize_nbits
 
 MS = "com.microsoft"
@@ -112,7 +112,7 @@ class Graph:
         return self.node("Cast", [self.weights.add(name, w.astype(np.float16))], to=1)
 
 
-def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block: int = 32,
+def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: int = 32,
           accuracy_level: int = 4, context: int | None = None, int8_levels: int = 127,
           progress: Callable[[int, int], None] = lambda i, n: None,
           int4_quantizer: Callable[[np.ndarray, str], NBits] | None = None):
@@ -168,7 +168,7 @@ def build(arch: OnnxArch, read: Reader, weights: ExternalData, quant: str, block
     residual, pending = x, None
     inputs, outputs = [], []
     for i in range(n_layers):
-        names = arch.layer(i)
+        names = arch.hf_layer(i)
         if pending is None:
             h = g.node("SimplifiedLayerNormalization", [residual, norm_w(names["attn_norm"])], axis=-1, epsilon=eps)
         else:

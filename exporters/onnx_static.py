@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgellm.exporters.onnx_arch import OnnxArch
+from edgellm.models.families import Family
 from edgellm.exporters.onnx_graph import Reader
 
 MASKED = -100.0
@@ -69,7 +69,7 @@ def _rotary(g: _G, x: str, cos: str, sin: str, half: int) -> str:
     return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
 
 
-def build_static(arch: OnnxArch, read: Reader, seq: int, ctx: int):
+def build_static(arch: Family, read: Reader, seq: int, ctx: int):
     from onnx import TensorProto, helper
 
     m = arch.model
@@ -98,7 +98,7 @@ def build_static(arch: OnnxArch, read: Reader, seq: int, ctx: int):
               helper.make_tensor_value_info("attention_bias", TensorProto.FLOAT, [1, 1, seq, ctx])]
     outputs = []
     for i in range(m.n_layers):
-        names = arch.layer(i)
+        names = arch.hf_layer(i)
         h = _rms(g, x, read(names["attn_norm"]) + np.float32(arch.norm_offset), f"l{i}.attn_norm", arch.eps)
         w, b = arch.qkv(read, i)
         qkv = g.node("MatMul", [h, g.init(f"l{i}.qkv", np.ascontiguousarray(w.T))])

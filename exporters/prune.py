@@ -25,21 +25,12 @@ import numpy as np
 
 from edgellm.errors import BadInput
 
-PRUNABLE = ("llama", "mistral", "qwen2", "qwen3")
-
-
 @dataclass(frozen=True)
 class Importance:
     layers: np.ndarray               # [n_layers]
     mlp: np.ndarray                  # [n_layers, intermediate]
     groups: np.ndarray               # [n_layers, n_kv_heads]
     hidden: np.ndarray               # [hidden]
-
-
-def check_prunable(model_type: str, name: str) -> None:
-    if model_type not in PRUNABLE:
-        raise BadInput(f"{name}: distillation prunes {', '.join(PRUNABLE)} models; '{model_type}' is not "
-                       "supported yet")
 
 
 def measure(model, windows: list[list[int]]) -> Importance:
@@ -152,7 +143,7 @@ def student_shape(teacher_cfg: dict, model_type: str, name: str, size: float | N
                   params: int | None = None, layers: int | None = None, hidden: int | None = None) -> dict:
     """config.json of the student: ``size`` (share of the teacher's non-embedding parameters),
     ``params`` (total parameters), or an explicit ``layers``/``hidden``; checked against the teacher."""
-    from edgellm.models.architectures import REGISTRY, from_config_dict
+    from edgellm.models.families import REGISTRY, from_config_dict
 
     arch = REGISTRY[model_type](teacher_cfg, name)
     teacher = from_config_dict(teacher_cfg, name)

@@ -73,7 +73,7 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
     from edgellm.exporters import prune
     from edgellm.exporters.distill import train, write_card
     from edgellm.exporters.verify import _hf
-    from edgellm.models.architectures import from_config_dict
+    from edgellm.models.families import family_for, from_config_dict
     from edgellm.textdata import held_out_text, training_text
 
     cfg = req.config
@@ -81,7 +81,7 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
         raise BadInput(f"{req.out}: already exists; pass --force to replace it")
     _check_device(cfg.device)
     t_cfg = models.load_config(str(req.teacher))
-    prune.check_prunable(t_cfg.model_type, str(req.teacher))
+    family_for(t_cfg, "distill")
     if not any((req.teacher / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise BadInput(f"{req.teacher}: no tokenizer (tokenizer.json or tokenizer.model); the student "
                        "shares its teacher's, so the teacher must have one")

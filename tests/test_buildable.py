@@ -37,7 +37,7 @@ OFFERED = offered()
 
 
 def test_nothing_is_offered_that_the_family_does_not_build():
-    from edgellm.models.architectures import REGISTRY
+    from edgellm.models.families import REGISTRY
     from edgellm.plan.formats import format_for
 
     assert OFFERED

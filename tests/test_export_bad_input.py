@@ -176,7 +176,7 @@ def test_interrupt_or_full_disk_mid_export_leaves_nothing(tiny, tmp_path, monkey
 
 def test_a_wrong_conversion_fails_verification(run_cli, tiny, tmp_path, monkeypatch):
     from edgellm.exporters import export_gguf as mod
-    from edgellm.exporters.gguf_arch import Llama
+    from edgellm.models.families.llama import Llama
     from edgellm.exporters.verify import VerificationFailed
 
     monkeypatch.setattr(Llama, "transform", lambda self, hf, g, data: None)   # forget the rotary permutation

@@ -71,14 +71,14 @@ def test_malformed_files_are_rejected(tmp_path, blob, match):
 def test_truncating_a_real_export_is_caught(tmp_path, tiny):
     from edgellm import models
     from edgellm.exporters.checkpoint import open_checkpoint
-    from edgellm.exporters.gguf_arch import for_model
+    from edgellm.models.families import family_for
     from edgellm.exporters.gguf_vocab import read_vocab
     from edgellm.exporters.gguf_write import write_gguf
 
     folder = tiny("llama")
     m = models.load_config(str(folder))
     path = tmp_path / "m.gguf"
-    write_gguf(m, open_checkpoint(folder), for_model(m), read_vocab(folder, m.vocab), folder, path)
+    write_gguf(m, open_checkpoint(folder), family_for(m, "gguf"), read_vocab(folder, m.vocab), folder, path)
     assert len(read_header(path).tensors) == len(m.tensors)
     blob = path.read_bytes()
     for cut in (len(blob) - 1, len(blob) // 2, 100):

@@ -48,14 +48,14 @@ def test_static_runtime_matches_transformers_in_float(tiny, tmp_path):
 
     from edgellm import models
     from edgellm.exporters.checkpoint import open_checkpoint
-    from edgellm.exporters.onnx_arch import for_model
+    from edgellm.models.families import family_for
     from edgellm.exporters.onnx_graph import Reader
     from edgellm.exporters.onnx_static import build_static
     from edgellm.runtime.onnx_static import StaticOnnxModel
 
     folder = tiny("llama")
     model = models.load_config(str(folder))
-    onnx.save(build_static(for_model(model), Reader(open_checkpoint(folder)), 4, 32), str(tmp_path / "m.onnx"))
+    onnx.save(build_static(family_for(model, "onnx-npu"), Reader(open_checkpoint(folder)), 4, 32), str(tmp_path / "m.onnx"))
     ids = list(range(5, 19))                                   # 14 tokens: windows of 4, 4, 4, 2
     got = StaticOnnxModel(tmp_path / "m.onnx", 1, provider="cpu", tokenizer=False).logits(ids)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgellm.models.architectures import from_config_dict, supported
+from edgellm.models.families import from_config_dict, supported
 from edgellm.models.config import ModelConfig
 from edgellm.models.source import ConfigSource, bundled_ids, locate
 from edgellm.models.tensors import TensorSpec

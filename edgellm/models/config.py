@@ -1,7 +1,7 @@
 """A model's shape, read from its Hugging Face ``config.json``: everything the planner needs.
 
 Only the shape is read; no weights, no code.  Architecture-specific field names and layouts are
-handled by the classes in :mod:`edgellm.models.architectures`.
+handled by the classes in :mod:`edgellm.models.families`.
 """
 
 from __future__ import annotations

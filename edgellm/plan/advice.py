@@ -8,7 +8,7 @@ import math
 
 from edgellm.devices.catalog import all_profiles
 from edgellm.devices.schema import DeviceProfile
-from edgellm.models.architectures import family_of, student_config
+from edgellm.models.families import family_of, student_config
 from edgellm.models.config import ModelConfig
 from edgellm.plan.estimate import estimate
 from edgellm.plan.planner import Budgets, buildable_formats, evaluate, failures

@@ -9,7 +9,7 @@ from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
 from edgellm.plan import quality as quality_table
-from edgellm.models.architectures import family_of
+from edgellm.models.families import family_of
 from edgellm.plan.build import BuildChoice, GgufQuant
 from edgellm.plan.estimate import Estimate, estimate
 from edgellm.plan.formats import BuildFormat, formats_of

@@ -1,0 +1,76 @@
+"""Gemma 1/2/3: RMSNorm of (1 + w), a tied head, GELU (tanh) MLP, the embedding scaled by
+sqrt(hidden); Gemma 2 adds post-norms, logit soft-capping and alternating sliding windows; Gemma 3
+q/k norms and five windowed layers of every six."""
+
+from __future__ import annotations
+
+import math
+
+from edgellm.models.families.base import Family
+from edgellm.models.families.registry import register
+
+
+@register
+class Gemma(Family):
+    """Distillation does not scale the embedding yet; the static NPU graph has no GELU yet."""
+    model_types = ("gemma",)
+    gguf_arch = "gemma"
+    default_tied = True
+    always_tied = True
+    norm_offset = 1.0
+    explicit_head_dims = True
+    activation = "gelu_tanh"
+    supports = frozenset({"gguf", "onnx"})
+
+    @property
+    def embed_scale(self) -> float | None:
+        return math.sqrt(self.model.hidden)
+
+    @property
+    def attention_scale(self) -> float:
+        return float(self.cfg.get("query_pre_attn_scalar", self.model.head_dim)) ** -0.5
+
+
+@register
+class Gemma2(Gemma):
+    """ONNX: soft-capping and mixed sliding/full layers are not in the graph yet."""
+    model_types = ("gemma2",)
+    gguf_arch = "gemma2"
+    post_norms = True
+    sliding_window_attention = True
+    supports = frozenset({"gguf"})
+
+    def is_sliding(self, layer: int) -> bool:
+        return layer % 2 == 0
+
+    def add_metadata(self, w) -> None:
+        super().add_metadata(w)
+        c = self.cfg
+        w.add_attn_logit_softcapping(float(c.get("attn_logit_softcapping") or 0.0))
+        w.add_final_logit_softcapping(float(c.get("final_logit_softcapping") or 0.0))
+        w.add_sliding_window(int(c.get("sliding_window") or 0))
+
+
+@register
+class Gemma3(Gemma2):
+    """Gemma 3 text models."""
+    model_types = ("gemma3_text", "gemma3")
+    gguf_arch = "gemma3"
+    qk_norm = True
+
+    def is_sliding(self, layer: int) -> bool:
+        pattern = self.cfg.get("sliding_window_pattern") or 6
+        return (layer + 1) % pattern != 0
+
+    def add_metadata(self, w) -> None:
+        Gemma.add_metadata(self, w)
+        c = self.cfg
+        if c.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
+        if c.get("sliding_window_pattern") != 1 and c.get("sliding_window"):
+            w.add_sliding_window(int(c["sliding_window"]))
+        rope = c.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type")) == "linear":
+            import gguf
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(rope["factor"]))

@@ -1,0 +1,77 @@
+"""What edgellm's ONNX graphs need of a family (exporters/onnx/graph.py and the static NPU graph):
+where each weight lives in the Hugging Face checkpoint, the norm and activation, the rotary
+tables, the attention and embedding scales."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from edgellm.errors import BadInput
+from edgellm.models.families.rope import llama3_factors, rope_kind
+
+
+class OnnxHooks:
+    activation: ClassVar[str] = "silu"          # or "gelu_tanh"
+    embed: ClassVar[str] = "model.embed_tokens.weight"
+    final_norm: ClassVar[str] = "model.norm.weight"
+    head: ClassVar[str] = "lm_head.weight"
+
+    def hf_layer(self, i: int) -> dict[str, str]:
+        p = f"model.layers.{i}."
+        return {"attn_norm": p + "input_layernorm.weight", "q": p + "self_attn.q_proj", "k": p + "self_attn.k_proj",
+                "v": p + "self_attn.v_proj", "o": p + "self_attn.o_proj", "mlp_norm": p + "post_attention_layernorm.weight",
+                "gate": p + "mlp.gate_proj", "up": p + "mlp.up_proj", "down": p + "mlp.down_proj",
+                "q_norm": p + "self_attn.q_norm.weight", "k_norm": p + "self_attn.k_norm.weight"}
+
+    def qkv(self, read, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The packed [q; k; v] weight [(H + 2 KV) * D, hidden] and bias (or None)."""
+        names = self.hf_layer(i)
+        ws = [read(names[r] + ".weight") for r in ("q", "k", "v")]
+        bias = None
+        if read.has(names["q"] + ".bias"):
+            bias = np.concatenate([read(names[r] + ".bias") for r in ("q", "k", "v")])
+        return np.concatenate(ws), bias
+
+    def gate_up(self, read, i: int) -> tuple[np.ndarray, np.ndarray]:
+        names = self.hf_layer(i)
+        return read(names["gate"] + ".weight"), read(names["up"] + ".weight")
+
+    @property
+    def eps(self) -> float:
+        return self.norm_eps
+
+    @property
+    def attention_scale(self) -> float:
+        return 1.0 / math.sqrt(self.model.head_dim)
+
+    @property
+    def embed_scale(self) -> float | None:
+        return None
+
+    @property
+    def sliding_window(self) -> int:
+        """GroupQueryAttention's local_window_size (-1: full attention)."""
+        ws = {w for w in self.model.windows if w is not None}
+        if not ws:
+            return -1
+        if len(ws) > 1 or None in self.model.windows:
+            raise BadInput(f"{self.model.name}: mixed sliding/full attention layers are not supported by "
+                           "the ONNX exporter yet")
+        return ws.pop()
+
+    def rotary_caches(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin [length, head_dim / 2] as GroupQueryAttention takes them (non-interleaved)."""
+        dim = self.model.head_dim
+        base = float(self.cfg.get("rope_theta", 10000.0))
+        inv = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+        pos = np.arange(length, dtype=np.float64)
+        kind = rope_kind(self.cfg)
+        if kind == "linear":
+            pos = pos / float(self.cfg["rope_scaling"]["factor"])
+        elif kind == "llama3":
+            inv = inv / llama3_factors(self.cfg, dim, np.float64)
+        freqs = np.outer(pos, inv)
+        return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)

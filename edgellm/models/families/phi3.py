@@ -1,0 +1,73 @@
+"""Phi-3/3.5 mini: fused qkv and gate_up, NEOX rotary (no permutation); long-context variants
+carry long/short rope factor tables (convert_hf_to_gguf.py Phi3MiniModel)."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+
+from edgellm.errors import BadInput
+from edgellm.models.families.base import Family
+from edgellm.models.families.registry import register
+from edgellm.models.families.rope import rope_kind
+from edgellm.models.tensors import TensorSpec
+
+
+@register
+class Phi3(Family):
+    """Distillation does not split the fused projections yet; ONNX refuses long-rope scaling."""
+    model_types = ("phi3",)
+    gguf_arch = "phi3"
+    fused_qkv = True
+    fused_gate_up = True
+    supports = frozenset({"gguf", "onnx", "onnx-npu"})
+
+    def global_extras(self, head_dim: int) -> list[TensorSpec]:
+        if rope_kind(self.cfg) in ("longrope", "su"):
+            half = head_dim // 2
+            return [TensorSpec("rope_factors_long.weight", half, is_param=False),
+                    TensorSpec("rope_factors_short.weight", half, is_param=False)]
+        return []
+
+    # -- GGUF ---------------------------------------------------------------------------------
+    def _rope(self) -> dict:
+        return self.cfg.get("rope_scaling") or {}
+
+    def general_name(self, name: str, tokens: list[str]) -> str | None:
+        # llama.cpp (llama-vocab.cpp) adjusts </s>, <unk>, <s> and <|endoftext|> when general.name
+        # contains "phi3" and aborts if the vocabulary lacks them (retrained BPE vocabularies do)
+        needed = {"</s>", "<unk>", "<s>", "<|endoftext|>"}
+        if any(k in name.lower() for k in ("phi3", "phi-3")) and not needed <= set(tokens):
+            return None
+        return name
+
+    def add_metadata(self, w) -> None:
+        super().add_metadata(w)
+        c, m = self.cfg, self.model
+        orig = c.get("original_max_position_embeddings") or m.max_context
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_sliding_window(c.get("sliding_window") or 0)
+        rope = self._rope()
+        if rope.get("long_factor"):
+            kind = (rope.get("rope_type") or rope.get("type") or "").lower()
+            if kind not in ("su", "longrope"):
+                raise BadInput(f"{m.name}: rope scaling '{kind}' is not supported for phi3 export")
+            scale = m.max_context / orig
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0)
+
+    def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+        rope = self._rope()
+        if rope.get("long_factor"):
+            yield "rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32)
+            yield "rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32)
+
+    # -- ONNX ---------------------------------------------------------------------------------
+    def qkv(self, read, i: int):
+        return read(f"model.layers.{i}.self_attn.qkv_proj.weight"), None
+
+    def gate_up(self, read, i: int):
+        w = read(f"model.layers.{i}.mlp.gate_up_proj.weight")
+        half = w.shape[0] // 2
+        return w[:half], w[half:]
