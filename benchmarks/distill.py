@@ -88,8 +88,8 @@ def run(shards: Path | None, device: str, steps: int, batch: int, lr: float) -> 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     _edgellm()
-    from edgellm.exporters import prune
-    from edgellm.exporters.distill import DistillConfig, train
+    from edgellm.exporters.distill import prune
+    from edgellm.exporters.distill.train import DistillConfig, train
 
     teacher = _teacher(shards)
     train_ids = np.load(WORK / "distill" / "train.npy") if shards else np.load(WORK / "ids.npy")

@@ -58,11 +58,11 @@ def _scorer(ref_path: Path, context: int, windows: int):
 def run(model_dir: Path, windows: int, context: int = 512) -> dict:
     from edgellm import models
     from edgellm.exporters.calibrate import CalibrationData
-    from edgellm.exporters.checkpoint import open_checkpoint
+    from edgellm.exporters.io.checkpoint import open_checkpoint
     from edgellm.models.families import family_for
-    from edgellm.exporters.gguf_mix import by_gguf_name, calibrated_gguf
-    from edgellm.exporters.gguf_vocab import read_vocab
-    from edgellm.exporters.gguf_write import write_gguf
+    from edgellm.exporters.gguf.mix import by_gguf_name, calibrated_gguf
+    from edgellm.exporters.gguf.vocab import read_vocab
+    from edgellm.exporters.gguf.write import write_gguf
     from edgellm.runtime.llamacpp import LlamaCppModel
 
     model = models.load_config(str(model_dir))
@@ -122,11 +122,11 @@ def _onnx(model, model_dir, ckpt, cal, quant, block, calibrated, work, score) ->
     import onnx
 
     from edgellm.models.families import family_for
-    from edgellm.exporters.onnx_graph import Reader, build
-    from edgellm.exporters.onnx_gptq import calibrated_quantizer
-    from edgellm.exporters.onnx_weights import ExternalData
+    from edgellm.exporters.onnx.graph import Reader, build
+    from edgellm.exporters.onnx.gptq import calibrated_quantizer
+    from edgellm.exporters.onnx.weights import ExternalData
     from edgellm.exporters.package import copy_tokenizer
-    from edgellm.exporters.export_onnx import _ensure_tokenizer_json
+    from edgellm.exporters.onnx.export import _ensure_tokenizer_json
     from edgellm.runtime.onnxrt import OnnxModel
 
     arch = family_for(model, "onnx")
@@ -160,11 +160,11 @@ def time_calibration(model_dir: Path) -> dict:
     (less a plain write); GPTQ Hessians and the int4 build."""
     from edgellm import models
     from edgellm.exporters.calibrate import CalibrationData
-    from edgellm.exporters.checkpoint import open_checkpoint
+    from edgellm.exporters.io.checkpoint import open_checkpoint
     from edgellm.models.families import family_for
-    from edgellm.exporters.gguf_mix import calibrated_gguf
-    from edgellm.exporters.gguf_vocab import read_vocab
-    from edgellm.exporters.gguf_write import write_gguf
+    from edgellm.exporters.gguf.mix import calibrated_gguf
+    from edgellm.exporters.gguf.vocab import read_vocab
+    from edgellm.exporters.gguf.write import write_gguf
     from edgellm.runtime.profiling import peak_rss_bytes
 
     model = models.load_config(str(model_dir))
@@ -196,9 +196,9 @@ def time_calibration(model_dir: Path) -> dict:
     cal = CalibrationData().stats(model_dir, hessian=True, threads=2)
     r["onnx_hessian_s"] = round(time.perf_counter() - t, 1)
     from edgellm.models.families import family_for
-    from edgellm.exporters.onnx_graph import Reader, build
-    from edgellm.exporters.onnx_gptq import calibrated_quantizer
-    from edgellm.exporters.onnx_weights import ExternalData
+    from edgellm.exporters.onnx.graph import Reader, build
+    from edgellm.exporters.onnx.gptq import calibrated_quantizer
+    from edgellm.exporters.onnx.weights import ExternalData
 
     work = Path(tempfile.mkdtemp(prefix="edgellm-caltime-"))
     try:

@@ -27,8 +27,8 @@ class HFScorer:
 
     @classmethod
     def load(cls, target: str) -> "HFScorer":
-        from edgellm.exporters.verify import _hf
-        from edgellm.exporters.weights_source import weights_folder
+        from edgellm.exporters.verify.verify import _hf
+        from edgellm.exporters.io.weights_source import weights_folder
 
         return cls(*_hf(weights_folder(target), trust_remote_code=False), target)
 
@@ -36,7 +36,7 @@ class HFScorer:
         return self.tok.encode(text, add_special_tokens=False)
 
     def logits(self, ids: list[int]) -> np.ndarray:
-        from edgellm.exporters.verify import _hf_logits
+        from edgellm.exporters.verify.verify import _hf_logits
         return _hf_logits(self.model, ids)
 
 

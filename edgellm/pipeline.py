@@ -130,8 +130,8 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tupl
 
 def _distil_first(req: BuildRequest, folder: Path, model, device, say: Say):
     """The planner's student for the device, distilled from ``folder``: (its folder, its config)."""
-    from edgellm.exporters.distill import DistillConfig
-    from edgellm.exporters.student import StudentRequest, distill_student
+    from edgellm.exporters.distill.train import DistillConfig
+    from edgellm.exporters.distill.student import StudentRequest, distill_student
     from edgellm.plan.advice import student_that_fits
 
     budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model)
@@ -163,9 +163,9 @@ def _calibration(req: BuildRequest):
 def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     """Plan, (distil), export, verify and package ``req.model`` for ``req.device``."""
     need_export_extra()
-    from edgellm.exporters.export_gguf import ExportRequest
-    from edgellm.exporters.quality_gate import Gate, smallest_passing
-    from edgellm.exporters.weights_source import weights_folder
+    from edgellm.exporters.gguf.export import ExportRequest
+    from edgellm.exporters.verify.quality_gate import Gate, smallest_passing
+    from edgellm.exporters.io.weights_source import weights_folder
     from edgellm.runtime.profiling import default_threads
 
     device = devices.find(req.device)

@@ -125,7 +125,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
             threads: int | None = None, seed: int = 0, progress=lambda i, n: None) -> Calibration:
     import torch
 
-    from edgellm.exporters.verify import _hf
+    from edgellm.exporters.verify.verify import _hf
 
     if threads:
         torch.set_num_threads(threads)

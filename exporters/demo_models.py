@@ -79,6 +79,11 @@ SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-qu
                   num_key_value_heads=1, head_dim=64),
     "gemma2": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, sliding_window=128),
+    "smollm3": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2),                  # layer 3 is a NoPE layer
+    "granite": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, embedding_multiplier=12.0, attention_multiplier=0.0625,
+                    residual_multiplier=0.22, logits_scaling=8.0),    # Granite 3's multipliers, scaled
     "gemma3_text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, sliding_window=128,
                         rope_theta=1_000_000.0, rope_local_base_freq=10_000.0),

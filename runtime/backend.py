@@ -48,6 +48,33 @@ def choose(row: np.ndarray, temperature: float, rng: np.random.Generator) -> int
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
+class TokenizedBackend:
+    """What the ONNX backends share: the bundle's tokenizer.json (``self.tokenizer``, a
+    runtime.tokenizer.Tokenizer) and a ``generate(ids, max_tokens, temperature, seed)`` of their own."""
+
+    tokenizer = None
+
+    @classmethod
+    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
+        return cls(path, threads=threads)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.tokenizer is not None and self.tokenizer.chat_template is not None
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos)
+
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        return self.tokenizer.prompt_ids(prompt, chat)
+
+    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
+        from edgellm.runtime.tokenizer import text_pieces
+
+        ids = self.prompt_ids(prompt, chat)
+        return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
+
+
 def _load(spec: str, path: Path, n_ctx: int, threads: int | None, scoring: bool) -> Backend:
     module, name = spec.split(":")
     cls = getattr(importlib.import_module(module), name)

@@ -13,8 +13,8 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.runtime.backend import choose
-from edgellm.runtime.tokenizer import Tokenizer, text_pieces
+from edgellm.runtime.backend import TokenizedBackend, choose
+from edgellm.runtime.tokenizer import Tokenizer
 from edgellm.runtime.quiet import captured_stderr
 from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
 
@@ -40,7 +40,7 @@ def _session(path: Path, threads: int, provider: str):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-class StaticOnnxModel:
+class StaticOnnxModel(TokenizedBackend):
     def __init__(self, path: Path, threads: int | None = None, provider: str = "auto", tokenizer: bool = True):
         import importlib.util
 
@@ -64,17 +64,6 @@ class StaticOnnxModel:
                                  key=lambda n: (int(n.split(".")[1]), n.endswith("value")))
         self.cache_shape = tuple(int(d) for d in ins[self.past_names[0]])
         self.tokenizer = Tokenizer(self.path.parent) if tokenizer else None
-        self.has_chat_template = bool(tokenizer) and self.tokenizer.chat_template is not None
-
-    @classmethod
-    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
-        return cls(path, threads=threads)
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_bos)
-
-    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
-        return self.tokenizer.prompt_ids(prompt, chat)
 
     def new_cache(self) -> dict:
         return {"arrays": [np.zeros(self.cache_shape, np.float32) for _ in self.past_names], "filled": 0}
@@ -129,10 +118,6 @@ class StaticOnnxModel:
                 return
             yield tok
             row = self.step([tok], cache)[-1]
-
-    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
-        ids = self.tokenizer.prompt_ids(prompt, chat)
-        return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
 
     def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
         if prompt_tokens + gen_tokens > self.cache_shape[2]:

@@ -15,12 +15,12 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput, EdgeLLMError
-from edgellm.runtime.backend import choose
+from edgellm.runtime.backend import TokenizedBackend, choose
 from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
-from edgellm.runtime.tokenizer import Tokenizer, text_pieces
+from edgellm.runtime.tokenizer import Tokenizer
 
 
-class OnnxModel:
+class OnnxModel(TokenizedBackend):
     def __init__(self, path: Path, threads: int | None = None):
         try:
             import onnxruntime as ort
@@ -46,20 +46,6 @@ class OnnxModel:
         meta = self.sess.get_modelmeta().custom_metadata_map
         self.n_ctx = int(meta.get("max_context", 1 << 30))
         self.tokenizer = Tokenizer(self.path.parent)
-
-    @classmethod
-    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
-        return cls(path, threads=threads)
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_bos)
-
-    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
-        return self.tokenizer.prompt_ids(prompt, chat)
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self.tokenizer.chat_template is not None
 
     # --- one forward step ------------------------------------------------------------------
     def empty_cache(self) -> list:
@@ -111,10 +97,6 @@ class OnnxModel:
             if cache[0].shape()[2] + 1 > self.n_ctx:
                 return
             logits, cache = self.step([tok], cache)
-
-    def stream(self, prompt: str, max_tokens: int, temperature: float, chat: bool, seed: int = 0) -> Iterator[str]:
-        ids = self.tokenizer.prompt_ids(prompt, chat)
-        return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
 
     # --- timing ----------------------------------------------------------------------------
     def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:

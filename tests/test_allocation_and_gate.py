@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgellm.errors import BadInput, NothingFits
-from edgellm.exporters.gguf_mix import allocate
-from edgellm.exporters.quality_gate import Gate, smallest_passing
+from edgellm.exporters.gguf.mix import allocate
+from edgellm.exporters.verify.quality_gate import Gate, smallest_passing
 
 TYPES = ("q2", "q4", "q6", "q8")
 SIZE = {"q2": 2, "q4": 4, "q6": 6, "q8": 8}

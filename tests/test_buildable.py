@@ -64,7 +64,7 @@ def test_advice_proposes_students_only_for_families_distill_takes(run_cli):
 @pytest.mark.parametrize("model_type,key", sorted(OFFERED, key=str), ids=lambda v: str(v) if isinstance(v, str)
                          else "-".join(str(x) for x in v if x not in (None, False)))
 def test_every_offered_build_exports(tiny, tmp_path, model_type, key):
-    from edgellm.exporters.export_gguf import ExportRequest
+    from edgellm.exporters.gguf.export import ExportRequest
 
     choice = OFFERED[(model_type, key)]
     folder = tiny(TINY.get(model_type, model_type))

@@ -43,8 +43,8 @@ def test_a_pruned_student_learns_and_beats_an_untrained_one(run_cli, teacher, tm
 
 def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_does(teacher, tmp_path):
     from edgellm.errors import EdgeLLMError
-    from edgellm.exporters.distill import DistillConfig
-    from edgellm.exporters.student import StudentRequest, distill_student, work_dir
+    from edgellm.exporters.distill.train import DistillConfig
+    from edgellm.exporters.distill.student import StudentRequest, distill_student, work_dir
 
     cfg = DistillConfig(steps=12, batch=2, seq=64, checkpoint_every=4)
     whole = distill_student(StudentRequest(teacher, tmp_path / "whole", cfg, layers=2))

@@ -18,7 +18,7 @@ def export(run_cli, model, out, *flags):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gpt2", "phi3", "gemma", "gemma2",
-                                  "gemma3_text"])
+                                  "gemma3_text", "smollm3", "granite"])
 def test_every_architecture_exports_f16_and_verifies(run_cli, tiny, tmp_path, arch):
     folder = tiny(arch, tied=arch not in ("mistral", "phi3"))
     manifest = export(run_cli, folder, tmp_path / "b", "--quant", "F16")
@@ -51,7 +51,7 @@ def test_sentencepiece_tokenizer_exports_and_verifies(run_cli, spm_tokenizer, tm
     header = read_header(tmp_path / "b" / manifest["artifact"])
     assert header.metadata["tokenizer.ggml.model"] == "llama"
     # as the saved tokenizer.json says (a Metaspace that prepends to the first piece); identical ids above
-    from edgellm.exporters.gguf_vocab import _spm_space_prefix
+    from edgellm.exporters.gguf.vocab import _spm_space_prefix
     tj = json.loads((folder / "tokenizer.json").read_text())
     assert header.metadata["tokenizer.ggml.add_space_prefix"] is _spm_space_prefix(tj) is True
     r = run_cli("run", str(tmp_path / "b"), "--raw", "-p", "def main():", "--max-tokens", "5")

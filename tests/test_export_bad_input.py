@@ -145,7 +145,7 @@ def test_existing_output_needs_force(run_cli, tiny, tmp_path):
 
 def _request(tiny, tmp_path, quant="Q4_K_M"):
     from edgellm import models
-    from edgellm.exporters.export_gguf import ExportRequest
+    from edgellm.exporters.gguf.export import ExportRequest
     from edgellm.plan.build import BuildChoice
 
     folder = tiny("llama")
@@ -156,8 +156,8 @@ def _request(tiny, tmp_path, quant="Q4_K_M"):
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
 def test_interrupt_or_full_disk_mid_export_leaves_nothing(tiny, tmp_path, monkeypatch, failure):
-    from edgellm.exporters import export_gguf as mod
-    from edgellm.exporters import gguf_write
+    from edgellm.exporters.gguf import export as mod
+    from edgellm.exporters.gguf import write as gguf_write
 
     real, calls = gguf_write._encode, []
 
@@ -175,9 +175,9 @@ def test_interrupt_or_full_disk_mid_export_leaves_nothing(tiny, tmp_path, monkey
 
 
 def test_a_wrong_conversion_fails_verification(run_cli, tiny, tmp_path, monkeypatch):
-    from edgellm.exporters import export_gguf as mod
+    from edgellm.exporters.gguf import export as mod
     from edgellm.models.families.llama import Llama
-    from edgellm.exporters.verify import VerificationFailed
+    from edgellm.exporters.verify.verify import VerificationFailed
 
     monkeypatch.setattr(Llama, "transform", lambda self, hf, g, data: None)   # forget the rotary permutation
     req = _request(tiny, tmp_path, "F16")

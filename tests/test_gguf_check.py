@@ -70,10 +70,10 @@ def test_malformed_files_are_rejected(tmp_path, blob, match):
 
 def test_truncating_a_real_export_is_caught(tmp_path, tiny):
     from edgellm import models
-    from edgellm.exporters.checkpoint import open_checkpoint
+    from edgellm.exporters.io.checkpoint import open_checkpoint
     from edgellm.models.families import family_for
-    from edgellm.exporters.gguf_vocab import read_vocab
-    from edgellm.exporters.gguf_write import write_gguf
+    from edgellm.exporters.gguf.vocab import read_vocab
+    from edgellm.exporters.gguf.write import write_gguf
 
     folder = tiny("llama")
     m = models.load_config(str(folder))

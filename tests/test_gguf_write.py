@@ -4,7 +4,7 @@ import gguf
 import pytest
 from gguf.constants import GGUFValueType
 
-from edgellm.exporters.gguf_write import writer_class
+from edgellm.exporters.gguf.write import writer_class
 
 
 @pytest.mark.parametrize("values", [
@@ -31,8 +31,8 @@ def test_bfloat16_lookup_path_matches_widen_round_quantize(ggml_type):
     including values float16 can only hold as subnormals or flushes to zero."""
     import numpy as np
 
-    from edgellm.exporters.gguf_write import _encode_span
-    from edgellm.exporters.ggml_quant import row_bytes
+    from edgellm.exporters.gguf.write import _encode_span
+    from edgellm.exporters.gguf.ggml_quant import row_bytes
 
     rng = np.random.default_rng(0)
     values = (rng.standard_normal((8, 256)) * 0.02).astype(np.float32)
@@ -51,7 +51,7 @@ def test_bfloat16_outside_float16_range_is_refused(bad):
     import numpy as np
 
     from edgellm.errors import BadInput
-    from edgellm.exporters.gguf_write import _encode_span
+    from edgellm.exporters.gguf.write import _encode_span
 
     values = np.full((2, 32), 0.5, np.float32)
     values[1, 3] = bad

@@ -47,10 +47,10 @@ def test_static_runtime_matches_transformers_in_float(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from edgellm import models
-    from edgellm.exporters.checkpoint import open_checkpoint
+    from edgellm.exporters.io.checkpoint import open_checkpoint
     from edgellm.models.families import family_for
-    from edgellm.exporters.onnx_graph import Reader
-    from edgellm.exporters.onnx_static import build_static
+    from edgellm.exporters.onnx.graph import Reader
+    from edgellm.exporters.npu.static_graph import build_static
     from edgellm.runtime.onnx_static import StaticOnnxModel
 
     folder = tiny("llama")
@@ -67,7 +67,7 @@ def test_static_runtime_matches_transformers_in_float(tiny, tmp_path):
 def test_unsupported_nodes_are_named_one_by_one():
     from onnx import TensorProto, helper
 
-    from edgellm.exporters.onnx_qdq import unsupported_nodes
+    from edgellm.exporters.npu.qdq import unsupported_nodes
 
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
              helper.make_node("GroupQueryAttention", ["y"], ["z"], name="attn", domain="com.microsoft"),

@@ -18,7 +18,7 @@ def export(run_cli, model, out, *flags):
     return json.loads((out / "manifest.json").read_text())
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "smollm3", "granite"])
 def test_every_supported_architecture_exports_fp32_and_verifies(run_cli, tiny, tmp_path, arch):
     folder = tiny(arch, tied=arch not in ("mistral", "phi3"))
     m = export(run_cli, folder, tmp_path / "b", "--quant", "fp32")
@@ -163,9 +163,9 @@ def test_a_truncated_onnx_model_fails_to_load_with_one_line(tmp_path):
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
 def test_interrupted_onnx_export_leaves_nothing(tiny, tmp_path, monkeypatch, failure):
     from edgellm.errors import EdgeLLMError
-    from edgellm.exporters import onnx_graph
-    from edgellm.exporters.export_gguf import ExportRequest
-    from edgellm.exporters.export_onnx import export_onnx
+    from edgellm.exporters.onnx import graph as onnx_graph
+    from edgellm.exporters.gguf.export import ExportRequest
+    from edgellm.exporters.onnx.export import export_onnx
 
     real, calls = onnx_graph.quantize_nbits, []
 

@@ -75,8 +75,8 @@ def add_parser(sub) -> None:
 
 def request_from(args, teacher: Path, out: Path):
     from edgellm.cli.eval_cmd import read_text
-    from edgellm.exporters.distill import DistillConfig
-    from edgellm.exporters.student import StudentRequest
+    from edgellm.exporters.distill.train import DistillConfig
+    from edgellm.exporters.distill.student import StudentRequest
 
     if not (args.size or args.params or args.layers or args.hidden):
         raise BadInput("give the student's size: --size 0.25, --params 50M, or --layers N [--hidden H]")
@@ -95,8 +95,8 @@ def request_from(args, teacher: Path, out: Path):
 def run(args) -> int:
     from edgellm.pipeline import need_export_extra
     need_export_extra()
-    from edgellm.exporters.student import distill_student
-    from edgellm.exporters.weights_source import weights_folder
+    from edgellm.exporters.distill.student import distill_student
+    from edgellm.exporters.io.weights_source import weights_folder
 
     req = request_from(args, weights_folder(args.teacher), args.output)
     line = StageLine()

@@ -57,7 +57,7 @@ QUANT_ENUMS = {Format.GGUF: GgufQuant, Format.ONNX: OnnxQuant}
 class BuildChoice:
     """``quant`` a GGUF file type or an ONNX weight type; ``kv_cache`` the cache element type;
     ``block_size`` weights per block for ONNX int4; ``int8_levels`` the int8 weight range of ONNX
-    int8 (127, or 63 for x86 CPUs without VNNI: see exporters/onnx_weights.py)."""
+    int8 (127, or 63 for x86 CPUs without VNNI: see exporters/onnx/weights.py)."""
 
     format: Format
     quant: GgufQuant | OnnxQuant

@@ -91,7 +91,7 @@ class Gguf(BuildFormat):
     key = "gguf"
     format = Format.GGUF
     runtime = "llama.cpp"
-    exporter = "edgellm.exporters.export_gguf:export_gguf"
+    exporter = "edgellm.exporters.gguf.export:export_gguf"
     backend = "edgellm.runtime.llamacpp:LlamaCppModel"
     quants = tuple(GgufQuant)
     float_quants = (GgufQuant.F16,)
@@ -146,12 +146,12 @@ class Gguf(BuildFormat):
 
 
 class Onnx(BuildFormat):
-    """edgellm's graph of ONNX Runtime's fused contrib ops (exporters/onnx_graph.py): float32 KV
+    """edgellm's graph of ONNX Runtime's fused contrib ops (exporters/onnx/graph.py): float32 KV
     cache; int4 in MatMulNBits blocks; int8 per output column (no blocks)."""
     key = "onnx"
     format = Format.ONNX
     runtime = "onnxruntime"
-    exporter = "edgellm.exporters.export_onnx:export_onnx"
+    exporter = "edgellm.exporters.onnx.export:export_onnx"
     backend = "edgellm.runtime.onnxrt:OnnxModel"
     quants = tuple(OnnxQuant)
     float_quants = (OnnxQuant.FP32, OnnxQuant.FP16)
@@ -220,12 +220,12 @@ class Onnx(BuildFormat):
 
 
 class OnnxNpu(Onnx):
-    """The fixed-shape static QDQ graph a QNN NPU runs (exporters/onnx_static.py, onnx_qdq.py):
+    """The fixed-shape static QDQ graph a QNN NPU runs (exporters/npu/static_graph.py, onnx_qdq.py):
     16-bit activations, int8 or int4 weights per output channel.  Offered only on devices with such
     an accelerator."""
     key = "onnx-npu"
     target = Target.NPU_STATIC
-    exporter = "edgellm.exporters.export_npu:export_npu"
+    exporter = "edgellm.exporters.npu.export:export_npu"
     backend = "edgellm.runtime.onnx_static:StaticOnnxModel"
     accelerator_only = True
     quants = (OnnxQuant.INT8, OnnxQuant.INT4)

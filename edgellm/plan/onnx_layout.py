@@ -1,4 +1,4 @@
-"""Bytes per tensor in the ONNX builds edgellm exports (exporters/onnx_graph.py), by weight type;
+"""Bytes per tensor in the ONNX builds edgellm exports (exporters/onnx/graph.py), by weight type;
 checked against real files in tests/test_onnx.py.
 
 - fp32: every initializer float32.  fp16: matrices stored float16 (the file), widened once to

@@ -22,6 +22,7 @@ class GgufHooks:
     always_tied: ClassVar[bool] = False         # the head is the embedding whatever the config says
     norm_offset: ClassVar[float] = 0.0          # Gemma's RMSNorm multiplies by (1 + w): files add it
     explicit_head_dims: ClassVar[bool] = False  # write key/value lengths even when hidden / heads
+    rotary: ClassVar[bool] = True               # GPT-2 has learned positions: no KV-head or rope keys
 
     @cached_property
     def gguf_arch_enum(self):
@@ -46,9 +47,12 @@ class GgufHooks:
         w.add_block_count(m.n_layers)
         w.add_feed_forward_length(m.ffn)
         w.add_head_count(m.n_heads)
-        w.add_head_count_kv(m.n_kv_heads)
+        if self.rotary:
+            w.add_head_count_kv(m.n_kv_heads)
         w.add_vocab_size(m.vocab)
         self.add_norm_eps(w)
+        if not self.rotary:
+            return
         w.add_rope_freq_base(float(c.get("rope_theta", 10000.0)))
         w.add_rope_dimension_count(m.head_dim)
         if m.head_dim != m.hidden // m.n_heads or self.explicit_head_dims:

@@ -23,6 +23,7 @@ class GPT2(Family):
     fused_qkv = True
     gated_ffn = False
     supports = frozenset({"gguf"})
+    rotary = False
     skip_suffixes = (".attn.bias", ".attn.masked_bias")
     conv1d = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
@@ -50,14 +51,7 @@ class GPT2(Family):
     def norm_eps(self) -> float:
         return float(self.cfg.get("layer_norm_epsilon", 1e-5))
 
-    def add_metadata(self, w) -> None:
-        m = self.model
-        w.add_context_length(m.max_context)
-        w.add_embedding_length(m.hidden)
-        w.add_block_count(m.n_layers)
-        w.add_feed_forward_length(m.ffn)
-        w.add_head_count(m.n_heads)
-        w.add_vocab_size(m.vocab)
+    def add_norm_eps(self, w) -> None:
         w.add_layer_norm_eps(self.norm_eps)
 
     def gguf_name(self, hf_name: str) -> str | None:

@@ -52,6 +52,20 @@ class OnnxHooks:
         return None
 
     @property
+    def residual_scale(self) -> float | None:
+        """A multiplier on each attention and MLP output before it joins the residual (Granite)."""
+        return None
+
+    @property
+    def logit_scale(self) -> float | None:
+        """A divisor of the logits (Granite's logits_scaling)."""
+        return None
+
+    def rotary_layer(self, i: int) -> bool:
+        """Whether layer ``i`` applies rotary positions (SmolLM3's NoPE layers do not)."""
+        return True
+
+    @property
     def sliding_window(self) -> int:
         """GroupQueryAttention's local_window_size (-1: full attention)."""
         ws = {w for w in self.model.windows if w is not None}

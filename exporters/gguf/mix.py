@@ -57,7 +57,7 @@ def roundtrip(w: np.ndarray, ggml_type: str, imatrix: np.ndarray | None, threads
     """``w`` [rows, cols] float32 through ggml's quantizer and back."""
     import gguf
 
-    from edgellm.exporters.ggml_quant import quantize_into, row_bytes
+    from edgellm.exporters.gguf.ggml_quant import quantize_into, row_bytes
 
     if ggml_type in ("F32", "F16"):
         return w.astype(np.float16).astype(np.float32) if ggml_type == "F16" else w
@@ -152,7 +152,7 @@ def mixed_types(model, ckpt, arch, quant: str, cal, threads: int = 1, budget: in
                 progress=lambda i, n: None) -> MixedTypes:
     """The per-tensor types for a calibrated ``quant`` file: llama.cpp's recipe bytes (or ``budget``)
     spent by measured sensitivity."""
-    from edgellm.exporters.gguf_write import plan_tensors
+    from edgellm.exporters.gguf.write import plan_tensors
 
     entries = plan_tensors(model, ckpt, arch, quant)
     imatrix = by_gguf_name(arch, cal.imatrix)
@@ -187,7 +187,7 @@ class CalibratedGguf:
 
 def calibrated_gguf(model, ckpt, arch, quant: str, cal, threads: int = 1,
                     progress=lambda i, n: None) -> CalibratedGguf:
-    from edgellm.exporters.ggml_gptq import Compensators
+    from edgellm.exporters.gguf.gptq import Compensators
 
     mix = mixed_types(model, ckpt, arch, quant, cal, threads, progress=progress)
     return CalibratedGguf(mix, by_gguf_name(arch, cal.imatrix), Compensators(by_gguf_name(arch, cal.hessian)))

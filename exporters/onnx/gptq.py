@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgellm.exporters.onnx_weights import NBits
+from edgellm.exporters.onnx.weights import NBits
 
 DAMP = 0.01
 LAZY = 128
@@ -123,7 +123,7 @@ def _sources(arch, name: str) -> list[str]:
 def calibrated_quantizer(arch, hessian: dict[str, np.ndarray], block: int):
     """The int4 quantizer for ``onnx_graph.build``: GPTQ where the calibration has the matmul's
     input statistics, ONNX Runtime's rounding where it has none (an untied embedding's lookup)."""
-    from edgellm.exporters.onnx_weights import quantize_nbits
+    from edgellm.exporters.onnx.weights import quantize_nbits
 
     def quantize(w_nk: np.ndarray, name: str) -> NBits:
         h = next((hessian[s] for s in _sources(arch, name) if s in hessian), None)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm.errors import BadInput, EdgeLLMError
-from edgellm.exporters.distill import DistillConfig, Progress
+from edgellm.exporters.distill.train import DistillConfig, Progress
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
 
     from edgellm import models
     from edgellm.evaluate import HFScorer, evaluate
-    from edgellm.exporters import prune
-    from edgellm.exporters.distill import train, write_card
-    from edgellm.exporters.verify import _hf
+    from edgellm.exporters.distill import prune
+    from edgellm.exporters.distill.train import train, write_card
+    from edgellm.exporters.verify.verify import _hf
     from edgellm.models.families import family_for, from_config_dict
     from edgellm.textdata import held_out_text, training_text
 

@@ -56,7 +56,7 @@ def quantize_rows(rows: np.ndarray, ggml_type: str, out: np.ndarray, comp: Compe
     import gguf
     import torch
 
-    from edgellm.exporters.ggml_quant import quantize_into, row_bytes
+    from edgellm.exporters.gguf.ggml_quant import quantize_into, row_bytes
 
     n, cols = rows.shape
     width = block_width(cols, ggml_type)

@@ -25,11 +25,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.exporters.checkpoint import Checkpoint
+from edgellm.exporters.io.checkpoint import Checkpoint
 from edgellm.models.families import Family
-from edgellm.exporters.gguf_vocab import Vocab, add_to_writer
-from edgellm.exporters.ggml_quant import quantize_into, row_bytes
-from edgellm.exporters.safetensors_reader import widen
+from edgellm.exporters.gguf.vocab import Vocab, add_to_writer
+from edgellm.exporters.gguf.ggml_quant import quantize_into, row_bytes
+from edgellm.exporters.io.safetensors_reader import widen
 from edgellm.models.config import ModelConfig
 from edgellm.plan.gguf_recipes import tensor_types
 
@@ -257,7 +257,7 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
     the recipe's type per GGUF tensor name; ``imatrix`` (per GGUF tensor name, one weight per
     column) is handed to ggml's quantizer; ``compensators`` (``ggml_gptq.Compensators``) round
     the tensors it has a Hessian for with GPTQ's error compensation: a calibrated file."""
-    from edgellm.exporters.ggml_gptq import quantize_rows
+    from edgellm.exporters.gguf.gptq import quantize_rows
 
     import gguf
 

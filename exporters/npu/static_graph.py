@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgellm.models.families import Family
-from edgellm.exporters.onnx_graph import Reader
+from edgellm.exporters.onnx.graph import Reader
 
 MASKED = -100.0
 OPSET = 21

@@ -13,10 +13,10 @@ from typing import Callable
 
 from edgellm.errors import BadInput
 from edgellm.exporters.calibrate import CalibrationData
-from edgellm.exporters.checkpoint import open_checkpoint
+from edgellm.exporters.io.checkpoint import open_checkpoint
 from edgellm.models.families import family_for
-from edgellm.exporters.gguf_vocab import read_vocab
-from edgellm.exporters.gguf_write import FILE_TYPES, write_gguf
+from edgellm.exporters.gguf.vocab import read_vocab
+from edgellm.exporters.gguf.write import FILE_TYPES, write_gguf
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
 from edgellm.models.config import ModelConfig
 from edgellm.plan.build import BuildChoice
@@ -72,7 +72,7 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         copy_tokenizer(req.model_dir, tmp)
         report = None
         if req.verify:
-            from edgellm.exporters.verify import verify_file
+            from edgellm.exporters.verify.verify import verify_file
             report = verify_file(req.model_dir, req.choice, artifact, req.threads, req.trust_remote_code,
                             progress=lambda m: stage(f"[2/3] verifying: {m}"))
         stage("[3/3] writing the manifest")
@@ -87,7 +87,7 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
 def _calibrated_types(req: ExportRequest, ckpt, arch, stage) -> tuple:
     """Calibration statistics -> (type per tensor, importance matrix per tensor, GPTQ compensators,
     manifest record)."""
-    from edgellm.exporters.gguf_mix import calibrated_gguf
+    from edgellm.exporters.gguf.mix import calibrated_gguf
 
     data = req.calibration or CalibrationData()
     cal = data.stats(req.model_dir, hessian=True, fisher=True, trust_remote_code=req.trust_remote_code,

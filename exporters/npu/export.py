@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.exporters.checkpoint import open_checkpoint
-from edgellm.exporters.export_gguf import ExportRequest, ExportResult, manifest_body
+from edgellm.exporters.io.checkpoint import open_checkpoint
+from edgellm.exporters.gguf.export import ExportRequest, ExportResult, manifest_body
 from edgellm.models.families import family_for
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
 
@@ -33,10 +33,10 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     import onnx
     import onnxruntime as ort
 
-    from edgellm.exporters.onnx_graph import Reader
-    from edgellm.exporters.onnx_qdq import (WEIGHT_BITS, calibration_feeds, quantize_static, run_on_qnn,
+    from edgellm.exporters.onnx.graph import Reader
+    from edgellm.exporters.npu.qdq import (WEIGHT_BITS, calibration_feeds, quantize_static, run_on_qnn,
                                             unsupported_nodes)
-    from edgellm.exporters.onnx_static import build_static
+    from edgellm.exporters.npu.static_graph import build_static
     from edgellm.textdata import training_text
 
     c = req.choice
@@ -86,7 +86,7 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
         copy_tokenizer(req.model_dir, tmp)
         report = None
         if req.verify:
-            from edgellm.exporters.verify import verify_candidate
+            from edgellm.exporters.verify.verify import verify_candidate
             from edgellm.runtime.onnx_static import StaticOnnxModel
 
             report = verify_candidate(req.model_dir, StaticOnnxModel(out, req.threads, provider="cpu"), MODEL_FILE,

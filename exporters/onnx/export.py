@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm.errors import BadInput
-from edgellm.exporters.checkpoint import open_checkpoint
-from edgellm.exporters.export_gguf import ExportRequest, ExportResult, manifest_body
+from edgellm.exporters.io.checkpoint import open_checkpoint
+from edgellm.exporters.gguf.export import ExportRequest, ExportResult, manifest_body
 from edgellm.models.families import family_for
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
 from edgellm.plan.onnx_layout import INT8_EMBED_BLOCK
@@ -37,7 +37,7 @@ def _ensure_tokenizer_json(model_dir: Path, tmp: Path) -> None:
 
 def _calibrated(req: ExportRequest, arch, block: int, stage):
     from edgellm.exporters.calibrate import CalibrationData
-    from edgellm.exporters.onnx_gptq import calibrated_quantizer
+    from edgellm.exporters.onnx.gptq import calibrated_quantizer
 
     data = req.calibration or CalibrationData()
     cal = data.stats(req.model_dir, hessian=True, trust_remote_code=req.trust_remote_code, threads=req.threads,
@@ -50,8 +50,8 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
                 accuracy_level: int = 4) -> ExportResult:
     import onnx
 
-    from edgellm.exporters.onnx_graph import QUANTS, Reader, build
-    from edgellm.exporters.onnx_weights import ExternalData
+    from edgellm.exporters.onnx.graph import QUANTS, Reader, build
+    from edgellm.exporters.onnx.weights import ExternalData
 
     c = req.choice
     if c.format != "onnx" or c.target != "cpu" or c.quant not in QUANTS:
@@ -82,7 +82,7 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         del model
         report = None
         if req.verify:
-            from edgellm.exporters.verify import verify_file
+            from edgellm.exporters.verify.verify import verify_file
             report = verify_file(req.model_dir, c, tmp / MODEL_FILE, req.threads, req.trust_remote_code,
                             progress=lambda m: stage(f"[2/3] verifying: {m}"))
         stage("[3/3] writing the manifest")

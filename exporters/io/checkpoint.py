@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.exporters.safetensors_reader import SafetensorsFile
+from edgellm.exporters.io.safetensors_reader import SafetensorsFile
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 

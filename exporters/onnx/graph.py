@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from edgellm.models.families import Family
-from edgellm.exporters.onnx_weights import ExternalData, NBits, quantize_int8_columns, quantize_nbits
+from edgellm.exporters.onnx.weights import ExternalData, NBits, quantize_int8_columns, quantize_nbits
 
 MS = "com.microsoft"
 QUANTS = ("fp32", "fp16", "int8", "int4")
@@ -167,6 +167,13 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
 
     residual, pending = x, None
     inputs, outputs = [], []
+
+    def scaled(branch: str) -> str:
+        """A residual branch times the family's residual multiplier (Granite), if it has one."""
+        if arch.residual_scale is None:
+            return branch
+        return g.node("Mul", [branch, g.const("residual_scale", np.array(arch.residual_scale, np.float32))])
+
     for i in range(n_layers):
         names = arch.hf_layer(i)
         if pending is None:
@@ -185,16 +192,18 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
             q, k, v = qkv, "", ""
         past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
         pres_k, pres_v = f"present.{i}.key", f"present.{i}.value"
-        attn = g.node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total, cos_n, sin_n], n_out=3,
-                      domain=MS, num_heads=heads, kv_num_heads=kv, scale=arch.attention_scale, do_rotary=1,
+        rotary = arch.rotary_layer(i)                # SmolLM3's NoPE layers attend without positions
+        attn = g.node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total]
+                      + ([cos_n, sin_n] if rotary else []), n_out=3,
+                      domain=MS, num_heads=heads, kv_num_heads=kv, scale=arch.attention_scale, do_rotary=int(rotary),
                       rotary_interleaved=0, local_window_size=arch.sliding_window)
         g.nodes[-1].output[1:] = [pres_k, pres_v]
         cache_shape = ["batch", kv, "past_sequence_length", hd]
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape) for n in (past_k, past_v)]
         outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv, "total_sequence_length", hd])
                     for n in (pres_k, pres_v)]
-        o = g.matmul(attn[0], read(names["o"] + ".weight"), f"layers.{i}.attn.o",
-                     read(names["o"] + ".bias") if read.has(names["o"] + ".bias") else None)
+        o = scaled(g.matmul(attn[0], read(names["o"] + ".weight"), f"layers.{i}.attn.o",
+                            read(names["o"] + ".bias") if read.has(names["o"] + ".bias") else None))
         h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, norm_w(names["mlp_norm"])],
                                    n_out=4, domain=MS, epsilon=eps)
         w_gate, w_up = arch.gate_up(read, i)
@@ -204,7 +213,7 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
             act = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
         else:
             act = g.node("FastGelu", [gate], domain=MS)
-        pending = g.matmul(g.node("Mul", [act, up]), read(names["down"] + ".weight"), f"layers.{i}.mlp.down")
+        pending = scaled(g.matmul(g.node("Mul", [act, up]), read(names["down"] + ".weight"), f"layers.{i}.mlp.down"))
         step += 1
         progress(step, steps)
 
@@ -220,6 +229,8 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     else:
         g.matmul(h, head_w if head_w is not None else read(arch.head), "lm_head")
     del head_w
+    if arch.logit_scale:                              # Granite divides its logits
+        g.node("Mul", [g.nodes[-1].output[0], g.const("logit_scale", np.array(1.0 / arch.logit_scale, np.float32))])
     g.nodes[-1].output[0] = "logits"                  # the head's output is the graph's
     step += 1
     progress(step, steps)

@@ -1,0 +1,1 @@
+"""edgellm.exporters.distill: pruning and distillation."""

@@ -1,0 +1,1 @@
+"""edgellm.exporters.gguf: GGUF export."""

@@ -1,0 +1,1 @@
+"""edgellm.exporters.io: checkpoint I/O."""

@@ -1,0 +1,1 @@
+"""edgellm.exporters.npu: the static NPU build."""

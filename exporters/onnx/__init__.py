@@ -1,0 +1,1 @@
+"""edgellm.exporters.onnx: ONNX export."""

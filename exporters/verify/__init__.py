@@ -1,0 +1,1 @@
+"""edgellm.exporters.verify: verification and quality gates."""
