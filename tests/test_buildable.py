@@ -43,12 +43,13 @@ def test_nothing_is_offered_that_the_family_does_not_build():
     assert OFFERED
     for (model_type, _), c in OFFERED.items():
         assert format_for(c).key in REGISTRY[model_type].supports, (model_type, c.label)
-    assert {c.format for (t, _), c in OFFERED.items() if t == "gemma2"} == {"gguf"}
+    assert {c.format for (t, _), c in OFFERED.items() if t == "gpt2"} == {"gguf"}
+    assert not any(c.target == "npu-static" for (t, _), c in OFFERED.items() if t in ("gemma2", "qwen3"))
 
 
 def test_plan_refuses_a_format_the_family_lacks_in_one_line(run_cli):
-    r = run_cli("plan", "google/gemma-2-2b-it", "--device", "rpi5", "--format", "onnx")
-    assert r.returncode == 2 and "ONNX export does not support 'gemma2'" in r.stderr
+    r = run_cli("plan", "openai-community/gpt2", "--device", "rpi5", "--format", "onnx")
+    assert r.returncode == 2 and "ONNX export does not support 'gpt2'" in r.stderr
     assert r.stderr.count("\n") == 1
 
 

@@ -18,7 +18,8 @@ def export(run_cli, model, out, *flags):
     return json.loads((out / "manifest.json").read_text())
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "smollm3", "granite"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3_text",
+                                  "smollm3", "granite"])
 def test_every_supported_architecture_exports_fp32_and_verifies(run_cli, tiny, tmp_path, arch):
     folder = tiny(arch, tied=arch not in ("mistral", "phi3"))
     m = export(run_cli, folder, tmp_path / "b", "--quant", "fp32")
@@ -29,6 +30,19 @@ def test_every_supported_architecture_exports_fp32_and_verifies(run_cli, tiny, t
     assert v["held_out"]["mean_kld"] < 1e-5 and v["held_out"]["top1_agreement"] > 0.99
     assert {"model.onnx", "model.onnx.data", "tokenizer.json"} <= set(m["files"])
     assert m["operators"]["GroupQueryAttention"] == models.load_config(str(folder)).n_layers
+
+
+def test_gemma3_global_and_windowed_layers_use_their_own_rotary_tables(run_cli, tiny, tmp_path):
+    """Six layers: five windowed (local rope base), the sixth global (rope_theta)."""
+    folder = tiny("gemma3_text", num_hidden_layers=6, sliding_window=64)
+    m = export(run_cli, folder, tmp_path / "b", "--quant", "fp32")
+    assert m["verification"]["logits_max_rel_diff"] < 1e-3 and m["verification"]["held_out"]["mean_kld"] < 1e-5
+    import onnx
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx"), load_external_data=False).graph
+    windows = [next(a.i for a in n.attribute if a.name == "local_window_size") for n in graph.node
+               if n.op_type == "GroupQueryAttention"]
+    caches = [n.input[7] for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert windows == [64] * 5 + [-1] and caches == ["cos_cache_local"] * 5 + ["cos_cache"]
 
 
 @pytest.mark.parametrize("quant,flags", [("fp16", ()), ("int8", ()), ("int4", ()), ("int4", ("--block-size", "64"))])

@@ -57,9 +57,9 @@ class ModelConfig:
     def gqa_ratio(self) -> int:
         return self.n_heads // self.n_kv_heads
 
-    def kv_elements(self, context: int) -> int:
-        """K and V elements the cache holds at ``context`` tokens, summed over layers;
-        sliding-window layers keep at most their window."""
+    def kv_elements(self, context: int, windowed: bool = True) -> int:
+        """K and V elements the cache holds at ``context`` tokens, summed over layers; with
+        ``windowed`` (a runtime that trims them) sliding-window layers keep at most their window."""
         per_layer_token = 2 * self.n_kv_heads * self.head_dim
-        return sum(per_layer_token * (context if w is None else min(context, w))
+        return sum(per_layer_token * (context if w is None or not windowed else min(context, w))
                    for w in (self.windows or (None,) * self.n_layers))

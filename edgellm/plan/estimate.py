@@ -80,7 +80,8 @@ def _accepts(acc: Accelerator, fmt: BuildFormat, choice: BuildChoice) -> bool:
 
 
 def kv_bytes(model: ModelConfig, choice: BuildChoice, context: int) -> int:
-    return int(model.kv_elements(context) * format_for(choice).kv_element_bytes(choice))
+    fmt = format_for(choice)
+    return int(model.kv_elements(context, fmt.windowed_cache) * fmt.kv_element_bytes(choice))
 
 
 def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, context: int) -> Estimate | None:

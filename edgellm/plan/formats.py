@@ -34,6 +34,7 @@ class BuildFormat:
     exporter: ClassVar[str]              # "module:function", imported only when exporting
     backend: ClassVar[str]               # "module:class" of the runtime backend
     accelerator_only: ClassVar[bool] = False   # runs on an accelerator, never on the CPU
+    windowed_cache: ClassVar[bool] = False     # the runtime keeps only a sliding window's tokens
     quants: ClassVar[tuple[str, ...]]
     float_quants: ClassVar[tuple[str, ...]]
 
@@ -91,6 +92,7 @@ class Gguf(BuildFormat):
     key = "gguf"
     format = Format.GGUF
     runtime = "llama.cpp"
+    windowed_cache = True                # llama.cpp's SWA cache (GroupQueryAttention keeps all)
     exporter = "edgellm.exporters.gguf.export:export_gguf"
     backend = "edgellm.runtime.llamacpp:LlamaCppModel"
     quants = tuple(GgufQuant)

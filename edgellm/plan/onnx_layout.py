@@ -57,7 +57,9 @@ def weight_bytes(model: ModelConfig, quant: str, block: int | None, resident: bo
 
 
 def rotary_bytes(model: ModelConfig) -> int:
-    return 2 * model.max_context * (model.head_dim // 2) * 4
+    """cos and sin tables; a second pair where windowed layers have their own rope base (Gemma 3)."""
+    tables = 2 if model.raw.get("rope_local_base_freq") and any(w is not None for w in model.windows) else 1
+    return tables * 2 * model.max_context * (model.head_dim // 2) * 4
 
 
 def file_overhead(model: ModelConfig, quant: str) -> int:

@@ -131,8 +131,15 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     seqlens_k = g.node("Cast", [g.node("Sub", [mask_sum, g.const("one_i64", np.array(1, np.int64))])], to=TensorProto.INT32)
     total = g.node("Cast", [g.node("Gather", [g.node("Shape", ["attention_mask"]), g.const("idx1", np.array(1, np.int64))], axis=0)],
                    to=TensorProto.INT32)
-    cos, sin = arch.rotary_caches(ctx)
-    cos_n, sin_n = weights.add("cos_cache", cos), weights.add("sin_cache", sin)
+    caches = {}                                  # rotary tables by kind ("global", "local")
+
+    def rotary_inputs(i: int) -> list[str]:
+        kind = arch.rotary_kind(i)
+        if kind not in caches:
+            cos, sin = arch.rotary_caches(ctx, local=kind == "local")
+            suffix = "" if kind == "global" else "_local"
+            caches[kind] = [weights.add(f"cos_cache{suffix}", cos), weights.add(f"sin_cache{suffix}", sin)]
+        return caches[kind]
 
     def norm_w(name: str) -> str:
         return weights.add(name, read(name) + np.float32(arch.norm_offset))
@@ -168,6 +175,12 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     residual, pending = x, None
     inputs, outputs = [], []
 
+    def post(branch: str, norm: str | None) -> str:
+        """Gemma 2/3 normalise each branch before it joins the residual."""
+        if norm is None:
+            return branch
+        return g.node("SimplifiedLayerNormalization", [branch, norm_w(norm)], axis=-1, epsilon=eps)
+
     def scaled(branch: str) -> str:
         """A residual branch times the family's residual multiplier (Granite), if it has one."""
         if arch.residual_scale is None:
@@ -193,17 +206,19 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
         past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
         pres_k, pres_v = f"present.{i}.key", f"present.{i}.value"
         rotary = arch.rotary_layer(i)                # SmolLM3's NoPE layers attend without positions
+        extra = {"softcap": arch.attn_softcap} if arch.attn_softcap else {}
         attn = g.node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total]
-                      + ([cos_n, sin_n] if rotary else []), n_out=3,
+                      + (rotary_inputs(i) if rotary else []), n_out=3,
                       domain=MS, num_heads=heads, kv_num_heads=kv, scale=arch.attention_scale, do_rotary=int(rotary),
-                      rotary_interleaved=0, local_window_size=arch.sliding_window)
+                      rotary_interleaved=0, local_window_size=arch.layer_window(i), **extra)
         g.nodes[-1].output[1:] = [pres_k, pres_v]
         cache_shape = ["batch", kv, "past_sequence_length", hd]
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape) for n in (past_k, past_v)]
         outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv, "total_sequence_length", hd])
                     for n in (pres_k, pres_v)]
-        o = scaled(g.matmul(attn[0], read(names["o"] + ".weight"), f"layers.{i}.attn.o",
-                            read(names["o"] + ".bias") if read.has(names["o"] + ".bias") else None))
+        o = scaled(post(g.matmul(attn[0], read(names["o"] + ".weight"), f"layers.{i}.attn.o",
+                                 read(names["o"] + ".bias") if read.has(names["o"] + ".bias") else None),
+                        names.get("post_attn_norm")))
         h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, norm_w(names["mlp_norm"])],
                                    n_out=4, domain=MS, epsilon=eps)
         w_gate, w_up = arch.gate_up(read, i)
@@ -213,7 +228,8 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
             act = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
         else:
             act = g.node("FastGelu", [gate], domain=MS)
-        pending = scaled(g.matmul(g.node("Mul", [act, up]), read(names["down"] + ".weight"), f"layers.{i}.mlp.down"))
+        pending = scaled(post(g.matmul(g.node("Mul", [act, up]), read(names["down"] + ".weight"), f"layers.{i}.mlp.down"),
+                              names.get("post_mlp_norm")))
         step += 1
         progress(step, steps)
 
@@ -231,6 +247,9 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     del head_w
     if arch.logit_scale:                              # Granite divides its logits
         g.node("Mul", [g.nodes[-1].output[0], g.const("logit_scale", np.array(1.0 / arch.logit_scale, np.float32))])
+    if arch.final_softcap:                            # Gemma 2: cap * tanh(logits / cap)
+        cap = g.const("final_softcap", np.array(arch.final_softcap, np.float32))
+        g.node("Mul", [g.node("Tanh", [g.node("Div", [g.nodes[-1].output[0], cap])]), cap])
     g.nodes[-1].output[0] = "logits"                  # the head's output is the graph's
     step += 1
     progress(step, steps)

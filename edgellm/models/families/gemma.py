@@ -33,12 +33,25 @@ class Gemma(Family):
 
 @register
 class Gemma2(Gemma):
-    """ONNX: soft-capping and mixed sliding/full layers are not in the graph yet."""
     model_types = ("gemma2",)
     gguf_arch = "gemma2"
     post_norms = True
     sliding_window_attention = True
-    supports = frozenset({"gguf"})
+    supports = frozenset({"gguf", "onnx"})
+
+    def hf_layer(self, i: int) -> dict[str, str]:
+        p = f"model.layers.{i}."
+        return {**super().hf_layer(i), "mlp_norm": p + "pre_feedforward_layernorm.weight",
+                "post_attn_norm": p + "post_attention_layernorm.weight",
+                "post_mlp_norm": p + "post_feedforward_layernorm.weight"}
+
+    @property
+    def attn_softcap(self) -> float | None:
+        return self.cfg.get("attn_logit_softcapping") or None
+
+    @property
+    def final_softcap(self) -> float | None:
+        return self.cfg.get("final_logit_softcapping") or None
 
     def is_sliding(self, layer: int) -> bool:
         return layer % 2 == 0
@@ -61,6 +74,10 @@ class Gemma3(Gemma2):
     def is_sliding(self, layer: int) -> bool:
         pattern = self.cfg.get("sliding_window_pattern") or 6
         return (layer + 1) % pattern != 0
+
+    def rotary_kind(self, i: int) -> str:
+        windowed = self.model.windows and self.model.windows[i] is not None
+        return "local" if windowed and self.cfg.get("rope_local_base_freq") else "global"
 
     def add_metadata(self, w) -> None:
         Gemma.add_metadata(self, w)

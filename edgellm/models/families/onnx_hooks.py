@@ -76,13 +76,35 @@ class OnnxHooks:
                            "the ONNX exporter yet")
         return ws.pop()
 
-    def rotary_caches(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin [length, head_dim / 2] as GroupQueryAttention takes them (non-interleaved)."""
+    def layer_window(self, i: int) -> int:
+        """GroupQueryAttention's local_window_size for layer ``i`` (-1: full attention).  Hugging
+        Face's sliding_window W maps to W: measured, W - 1 disagrees with transformers on windows
+        longer than W (tests/test_onnx.py scores 512-token windows against a window of 128)."""
+        w = self.model.windows[i] if self.model.windows else None
+        return -1 if w is None else w
+
+    @property
+    def attn_softcap(self) -> float | None:
+        """tanh soft-capping of attention scores (Gemma 2)."""
+        return None
+
+    @property
+    def final_softcap(self) -> float | None:
+        """tanh soft-capping of the logits (Gemma 2)."""
+        return None
+
+    def rotary_kind(self, i: int) -> str:
+        """Which rotary table layer ``i`` uses: "global", or "local" (Gemma 3's windowed layers)."""
+        return "global"
+
+    def rotary_caches(self, length: int, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin [length, head_dim / 2] as GroupQueryAttention takes them (non-interleaved);
+        ``local``: the table of windowed layers where the family has its own (Gemma 3)."""
         dim = self.model.head_dim
-        base = float(self.cfg.get("rope_theta", 10000.0))
+        base = float(self.cfg.get("rope_local_base_freq" if local else "rope_theta", 10000.0))
         inv = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
         pos = np.arange(length, dtype=np.float64)
-        kind = rope_kind(self.cfg)
+        kind = None if local else rope_kind(self.cfg)
         if kind == "linear":
             pos = pos / float(self.cfg["rope_scaling"]["factor"])
         elif kind == "llama3":
