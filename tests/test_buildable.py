@@ -54,7 +54,7 @@ def test_plan_refuses_a_format_the_family_lacks_in_one_line(run_cli):
 
 
 def test_advice_proposes_students_only_for_families_distill_takes(run_cli):
-    for hub_id, distils in (("microsoft/Phi-3-mini-4k-instruct", False), ("meta-llama/Llama-3.1-8B-Instruct", True)):
+    for hub_id, distils in (("google/gemma-2-2b-it", False), ("microsoft/Phi-3-mini-4k-instruct", True)):
         r = run_cli("plan", hub_id, "--device", "rpi4-4gb", "--max-memory", "1GB", "--json")
         assert r.returncode == 3, r.stderr
         import json

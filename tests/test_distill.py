@@ -94,3 +94,44 @@ def test_export_allow_distill_builds_the_student_the_plan_proposes(run_cli, teac
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["model"]["name"] == "small-v1-student"         # a name, never the host's path
     assert str(tmp_path) not in (tmp_path / "b" / "manifest.json").read_text()
+
+
+@pytest.mark.parametrize("arch", ["phi3", "gemma"])
+def test_fused_and_gemma_students_keep_the_teachers_rows_and_distil(run_cli, tiny, tmp_path, arch):
+    """Phi-3 stacks q|k|v and gate|up in one matrix each: the student keeps the rows the separate
+    projections would keep.  Then the CLI distils and the student exports like any model."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edgellm.exporters.distill.prune import Importance, prune
+
+    folder = tiny(arch)
+    teacher = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    t = teacher.config
+    rng = np.random.default_rng(0)
+    imp = Importance(rng.random(t.num_hidden_layers), rng.random((t.num_hidden_layers, t.intermediate_size)),
+                     rng.random((t.num_hidden_layers, t.num_key_value_heads)), rng.random(t.hidden_size))
+    cfg = AutoConfig.from_pretrained(folder)
+    cfg.num_hidden_layers, cfg.intermediate_size = 1, 256
+    if arch == "gemma":                 # Phi-3 derives its head size from the width: keep it there
+        cfg.hidden_size = 192
+    student, keep_h, keep_layers = prune(teacher, cfg, imp)
+    tl, sl = teacher.model.layers[int(keep_layers[0])], student.model.layers[0]
+    ffn = torch.from_numpy(np.sort(np.argsort(-imp.mlp[keep_layers[0]], kind="stable")[:256]))
+    if arch == "phi3":
+        inter = t.intermediate_size
+        gate, up = tl.mlp.gate_up_proj.weight[:inter], tl.mlp.gate_up_proj.weight[inter:]
+        want = torch.cat([gate[ffn][:, keep_h], up[ffn][:, keep_h]])
+        assert torch.equal(sl.mlp.gate_up_proj.weight, want)
+        q_size = t.num_attention_heads * (t.hidden_size // t.num_attention_heads)
+        assert torch.equal(sl.self_attn.qkv_proj.weight[:q_size], tl.self_attn.qkv_proj.weight[:q_size][:, keep_h])
+    else:
+        assert torch.equal(sl.mlp.gate_proj.weight, tl.mlp.gate_proj.weight[ffn][:, keep_h])
+    if arch == "phi3":                  # llama.cpp's phi3 needs hidden = heads x head size
+        r = run_cli("distill", str(folder), "--hidden", "192", *FAST, "-o", str(tmp_path / "x"))
+        assert r.returncode == 2 and "heads x head size" in r.stderr and not (tmp_path / "x").exists()
+    r = run_cli("distill", str(folder), "--size", "0.4", *FAST, "-o", str(tmp_path / "s"), "--json", timeout=900)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export", str(tmp_path / "s"), "--device", "rpi5", "--quant", "Q8_0", "-o", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr

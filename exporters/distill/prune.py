@@ -122,7 +122,13 @@ def prune(teacher, student_cfg, imp: Importance):
             kv_rows = torch.cat([torch.arange(gg * hd, (gg + 1) * hd) for gg in g])
             ffn = torch.from_numpy(_top(imp.mlp[i], student_cfg.intermediate_size))
             a, sa = tl.self_attn, sl.self_attn
+            if hasattr(a, "qkv_proj"):                # Phi-3: q, k and v rows stacked in one matrix
+                q_size, kv_size = heads * hd, kv * hd
+                rows = torch.cat([q_rows, q_size + kv_rows, q_size + kv_size + kv_rows])
+                sa.qkv_proj.weight.copy_(rows_cols(a.qkv_proj.weight, rows, keep_h))
             for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+                if not hasattr(a, name):
+                    continue
                 getattr(sa, name).weight.copy_(rows_cols(getattr(a, name).weight, rows, keep_h))
                 if getattr(a, name).bias is not None:
                     getattr(sa, name).bias.copy_(getattr(a, name).bias[rows])
@@ -130,8 +136,12 @@ def prune(teacher, student_cfg, imp: Importance):
             for nm in ("q_norm", "k_norm"):
                 if hasattr(a, nm):
                     getattr(sa, nm).weight.copy_(getattr(a, nm).weight)
-            sl.mlp.gate_proj.weight.copy_(rows_cols(tl.mlp.gate_proj.weight, ffn, keep_h))
-            sl.mlp.up_proj.weight.copy_(rows_cols(tl.mlp.up_proj.weight, ffn, keep_h))
+            if hasattr(tl.mlp, "gate_up_proj"):       # Phi-3: gate and up rows stacked in one matrix
+                rows = torch.cat([ffn, t.intermediate_size + ffn])
+                sl.mlp.gate_up_proj.weight.copy_(rows_cols(tl.mlp.gate_up_proj.weight, rows, keep_h))
+            else:
+                sl.mlp.gate_proj.weight.copy_(rows_cols(tl.mlp.gate_proj.weight, ffn, keep_h))
+                sl.mlp.up_proj.weight.copy_(rows_cols(tl.mlp.up_proj.weight, ffn, keep_h))
             sl.mlp.down_proj.weight.copy_(rows_cols(tl.mlp.down_proj.weight, keep_h, ffn))
             sl.input_layernorm.weight.copy_(tl.input_layernorm.weight[keep_h])
             sl.post_attention_layernorm.weight.copy_(tl.post_attention_layernorm.weight[keep_h])
@@ -184,6 +194,9 @@ def student_shape(teacher_cfg: dict, model_type: str, name: str, size: float | N
         cfg["intermediate_size"] = int(min(max(64, ffn), teacher.ffn))
         best = (None, cfg)
         cfg = best[1]
+    problem = arch.student_problem(cfg)
+    if problem:
+        raise BadInput(problem)
     student = from_config_dict(cfg, name)
     if student.n_layers < 1 or student.hidden < 1:
         raise BadInput("the student must keep at least one layer")

@@ -12,7 +12,8 @@ from edgellm.models.families.registry import register
 
 @register
 class Gemma(Family):
-    """Distillation does not scale the embedding yet; the static NPU graph has no GELU yet."""
+    """The static NPU graph has no GELU yet.  A narrower student's embedding is multiplied by
+    sqrt(its own hidden size): distillation trains from there."""
     model_types = ("gemma",)
     gguf_arch = "gemma"
     default_tied = True
@@ -20,7 +21,7 @@ class Gemma(Family):
     norm_offset = 1.0
     explicit_head_dims = True
     activation = "gelu_tanh"
-    supports = frozenset({"gguf", "onnx"})
+    supports = frozenset({"gguf", "onnx", "distill"})
 
     @property
     def embed_scale(self) -> float | None:

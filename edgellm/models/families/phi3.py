@@ -17,12 +17,26 @@ from edgellm.models.tensors import TensorSpec
 
 @register
 class Phi3(Family):
-    """Distillation does not split the fused projections yet; ONNX refuses long-rope scaling."""
+    """ONNX refuses long-rope scaling; pruning keeps matching rows of the fused projections."""
     model_types = ("phi3",)
     gguf_arch = "phi3"
     fused_qkv = True
     fused_gate_up = True
-    supports = frozenset({"gguf", "onnx", "onnx-npu"})
+    supports = frozenset({"gguf", "onnx", "onnx-npu", "distill"})
+
+    def shrunk(self, layers: int, width: float) -> dict:
+        """llama.cpp's phi3 graph sizes the query as the hidden size: a student keeps
+        hidden = heads x head size, so its width moves in whole key/value groups."""
+        cfg = super().shrunk(layers, width)
+        cfg[self.k_hidden] = cfg[self.k_heads] * cfg["head_dim"]
+        return cfg
+
+    def student_problem(self, cfg: dict) -> str | None:
+        heads, head_dim = cfg[self.k_heads], cfg.get("head_dim") or cfg[self.k_hidden] // cfg[self.k_heads]
+        if cfg[self.k_hidden] != heads * head_dim:
+            return (f"a Phi-3 student's hidden size must be its heads x head size ({heads} x {head_dim} = "
+                    f"{heads * head_dim}), as llama.cpp's phi3 graph requires; not {cfg[self.k_hidden]}")
+        return None
 
     def global_extras(self, head_dim: int) -> list[TensorSpec]:
         if rope_kind(self.cfg) in ("longrope", "su"):

@@ -115,6 +115,10 @@ class Shape:
         cfg.pop("layer_types", None)
         return cfg
 
+    def student_problem(self, cfg: dict[str, Any]) -> str | None:
+        """Why a student config of this family could not be exported; None when it can."""
+        return None
+
     def scale_ffn(self, cfg: dict[str, Any], width: float) -> None:
         cfg[self.k_ffn] = max(256, round(self.need(self.k_ffn) * width / 256) * 256)
 
