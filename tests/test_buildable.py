@@ -3,6 +3,8 @@ on a CPU board and on a phone with an NPU; each build offered is exported (witho
 the other tests verify) from a tiny random model of that family, and each one refused is refused
 by the planner with the reason, not by the exporter later."""
 
+import json
+
 import pytest
 
 from edgellm import devices, models
@@ -43,13 +45,15 @@ def test_nothing_is_offered_that_the_family_does_not_build():
     assert OFFERED
     for (model_type, _), c in OFFERED.items():
         assert format_for(c).key in REGISTRY[model_type].supports, (model_type, c.label)
-    assert {c.format for (t, _), c in OFFERED.items() if t == "gpt2"} == {"gguf"}
-    assert not any(c.target == "npu-static" for (t, _), c in OFFERED.items() if t in ("gemma2", "qwen3"))
+    assert {c.format for (t, _), c in OFFERED.items() if t == "gpt2"} == {"gguf", "onnx"}
+    assert not any(c.target == "npu-static" for (t, _), c in OFFERED.items() if t in ("gemma2", "qwen3", "gpt2"))
 
 
-def test_plan_refuses_a_format_the_family_lacks_in_one_line(run_cli):
-    r = run_cli("plan", "openai-community/gpt2", "--device", "rpi5", "--format", "onnx")
-    assert r.returncode == 2 and "ONNX export does not support 'gpt2'" in r.stderr
+def test_plan_refuses_a_build_the_config_rules_out_in_one_line(run_cli, model_dir):
+    cfg = json.loads(open(models.locate("meta-llama/Llama-3.2-1B-Instruct").path).read())
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}
+    r = run_cli("plan", str(model_dir(cfg)), "--device", "rpi5", "--format", "onnx")
+    assert r.returncode == 2 and "rope scaling 'yarn' is not supported by ONNX export" in r.stderr
     assert r.stderr.count("\n") == 1
 
 
@@ -57,7 +61,6 @@ def test_advice_proposes_students_only_for_families_distill_takes(run_cli):
     for hub_id, distils in (("google/gemma-2-2b-it", False), ("microsoft/Phi-3-mini-4k-instruct", True)):
         r = run_cli("plan", hub_id, "--device", "rpi4-4gb", "--max-memory", "1GB", "--json")
         assert r.returncode == 3, r.stderr
-        import json
         suggestions = " ".join(json.loads(r.stdout)["suggestions"])
         assert ("distilled student" in suggestions) == distils, suggestions
 

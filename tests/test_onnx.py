@@ -19,7 +19,7 @@ def export(run_cli, model, out, *flags):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3_text",
-                                  "smollm3", "granite"])
+                                  "smollm3", "granite", "gpt2"])
 def test_every_supported_architecture_exports_fp32_and_verifies(run_cli, tiny, tmp_path, arch):
     folder = tiny(arch, tied=arch not in ("mistral", "phi3"))
     m = export(run_cli, folder, tmp_path / "b", "--quant", "fp32")
@@ -138,11 +138,12 @@ def test_planner_onnx_predictions_match_real_files_per_type(tiny, tmp_path, run_
         assert on_disk == pytest.approx(e.file_bytes, rel=0.03), quant
 
 
-def test_unsupported_architecture_lists_the_supported_ones(run_cli, tiny, tmp_path):
-    r = run_cli("export", str(tiny("gpt2")), "--device", "rpi5", "--format", "onnx", "--quant", "int4",
-                "-o", str(tmp_path / "b"))
-    assert r.returncode == 2
-    assert "ONNX export does not support 'gpt2'" in r.stderr and "qwen2" in r.stderr
+def test_a_config_onnx_cannot_build_is_refused_before_any_work(run_cli, tiny, tmp_path):
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}
+    r = run_cli("export", str(tiny("llama", rope_scaling=rope)), "--device", "rpi5", "--format", "onnx",
+                "--quant", "int4", "-o", str(tmp_path / "b"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "rope scaling 'yarn' is not supported by ONNX export" in r.stderr
     assert not (tmp_path / "b").exists()
 
 

@@ -28,6 +28,8 @@ INT8_EMBED_BLOCK = 32       # int8 has no blocks but the embedding's, for Gather
 def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = False) -> int:
     if not t.is_matrix:
         return t.n_elements * 4
+    if t.name == "position_embd.weight":          # GPT-2's learned positions stay float
+        quant = "fp32" if quant != "fp16" else quant
     if quant == "fp32" or (quant == "fp16" and resident):
         return t.n_elements * 4
     if quant == "fp16":
@@ -57,7 +59,10 @@ def weight_bytes(model: ModelConfig, quant: str, block: int | None, resident: bo
 
 
 def rotary_bytes(model: ModelConfig) -> int:
-    """cos and sin tables; a second pair where windowed layers have their own rope base (Gemma 3)."""
+    """cos and sin tables; a second pair where windowed layers have their own rope base (Gemma 3);
+    none for learned positions (GPT-2)."""
+    if any(t.name == "position_embd.weight" for t in model.tensors):
+        return 0
     tables = 2 if model.raw.get("rope_local_base_freq") and any(w is not None for w in model.windows) else 1
     return tables * 2 * model.max_context * (model.head_dim // 2) * 4
 

@@ -113,11 +113,7 @@ def _sources(arch, name: str) -> list[str]:
         tied = arch.model.tied_embeddings
         return [arch.embed] if tied else ([arch.head] if name == "lm_head" else [])
     _, i, _, part = name.split(".")
-    names, p = arch.hf_layer(int(i)), f"model.layers.{i}."
-    return {"qkv": [names["q"] + ".weight", p + "self_attn.qkv_proj.weight"], "o": [names["o"] + ".weight"],
-            "gate": [names["gate"] + ".weight", p + "mlp.gate_up_proj.weight"],
-            "up": [names["up"] + ".weight", p + "mlp.gate_up_proj.weight"],
-            "down": [names["down"] + ".weight"]}[part]
+    return arch.calibration_sources(int(i), part)
 
 
 def calibrated_quantizer(arch, hessian: dict[str, np.ndarray], block: int):

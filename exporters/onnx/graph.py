@@ -144,6 +144,27 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     def norm_w(name: str) -> str:
         return weights.add(name, read(name) + np.float32(arch.norm_offset))
 
+    def norm_ins(name: str) -> list[str]:
+        """Scale (and, for LayerNorm families such as GPT-2, bias) of a norm weight ``name``."""
+        if not arch.layer_norm:
+            return [norm_w(name)]
+        return [norm_w(name), weights.add(name.removesuffix(".weight") + ".bias",
+                                          read(name.removesuffix(".weight") + ".bias"))]
+
+    def norm(x: str, name: str) -> str:
+        if arch.layer_norm:
+            return g.node("LayerNormalization", [x, *norm_ins(name)], axis=-1, epsilon=eps)
+        return g.node("SimplifiedLayerNormalization", [x, *norm_ins(name)], axis=-1, epsilon=eps)
+
+    def skip_norm(branch: str, residual: str, name: str) -> tuple[str, str]:
+        """(normed, new residual) of residual + branch: one fused op."""
+        op = "SkipLayerNormalization" if arch.layer_norm else "SkipSimplifiedLayerNormalization"
+        h, _, _, total_ = g.node(op, [branch, residual, *norm_ins(name)], n_out=4, domain=MS, epsilon=eps)
+        return h, total_
+
+    def bias(name: str):
+        return read(name + ".bias") if read.has(name + ".bias") else None
+
     # embedding: int4/int8 blocks read by GatherBlockQuantized (a tied int4 head multiplies the
     # same blocks; an int8 head is its own DynamicQuantizeMatMul), float weights by Gather
     tied = m.tied_embeddings or not read.has(arch.head)
@@ -165,6 +186,13 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
             head_q = (qw, qs, qz, bits)
     else:
         x = g.node("Gather", [g.weight("embed.weight", emb), "input_ids"], axis=0)
+    if arch.position_embed is not None:              # GPT-2's learned positions: the last S of
+        axis1 = g.const("axis1", np.array([1], np.int64))      # cumsum(attention_mask) - 1
+        seq = g.node("Slice", [g.node("Shape", ["input_ids"]), axis1, g.const("two", np.array([2], np.int64))])
+        ones = g.const("ones_1d", np.array([1], np.int64))
+        pos = g.node("Sub", [g.node("CumSum", ["attention_mask", g.const("axis1_scalar", np.array(1, np.int64))]), ones])
+        pos = g.node("Slice", [pos, g.node("Neg", [seq]), g.const("int_max", np.array([2**62], np.int64)), axis1])
+        x = g.node("Add", [x, g.node("Gather", [g.weight("position_embed.weight", read(arch.position_embed)), pos], axis=0)])
     head_w = emb if tied and head_q is None else None
     del emb
     if arch.embed_scale is not None:
@@ -175,11 +203,11 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     residual, pending = x, None
     inputs, outputs = [], []
 
-    def post(branch: str, norm: str | None) -> str:
+    def post(branch: str, weight: str | None) -> str:
         """Gemma 2/3 normalise each branch before it joins the residual."""
-        if norm is None:
+        if weight is None:
             return branch
-        return g.node("SimplifiedLayerNormalization", [branch, norm_w(norm)], axis=-1, epsilon=eps)
+        return norm(branch, weight)
 
     def scaled(branch: str) -> str:
         """A residual branch times the family's residual multiplier (Granite), if it has one."""
@@ -190,10 +218,9 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     for i in range(n_layers):
         names = arch.hf_layer(i)
         if pending is None:
-            h = g.node("SimplifiedLayerNormalization", [residual, norm_w(names["attn_norm"])], axis=-1, epsilon=eps)
+            h = norm(residual, names["attn_norm"])
         else:
-            h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm_w(names["attn_norm"])],
-                                       n_out=4, domain=MS, epsilon=eps)
+            h, residual = skip_norm(pending, residual, names["attn_norm"])
         w_qkv, b_qkv = arch.qkv(read, i)
         qkv = g.matmul(h, w_qkv, f"layers.{i}.attn.qkv", b_qkv)
         if arch.qk_norm:
@@ -216,25 +243,27 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape) for n in (past_k, past_v)]
         outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv, "total_sequence_length", hd])
                     for n in (pres_k, pres_v)]
-        o = scaled(post(g.matmul(attn[0], read(names["o"] + ".weight"), f"layers.{i}.attn.o",
-                                 read(names["o"] + ".bias") if read.has(names["o"] + ".bias") else None),
+        o = scaled(post(g.matmul(attn[0], arch.linear(read, names["o"]), f"layers.{i}.attn.o", bias(names["o"])),
                         names.get("post_attn_norm")))
-        h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, norm_w(names["mlp_norm"])],
-                                   n_out=4, domain=MS, epsilon=eps)
+        h, residual = skip_norm(o, residual, names["mlp_norm"])
         w_gate, w_up = arch.gate_up(read, i)
-        gate = g.matmul(h, w_gate, f"layers.{i}.mlp.gate")
-        up = g.matmul(h, w_up, f"layers.{i}.mlp.up")
+        up = g.matmul(h, w_up, f"layers.{i}.mlp.up", bias(names["up"]))
+        if w_gate is None:                           # GPT-2: act(up), no gate
+            act, up = up, None
+            gate = act
+        else:
+            gate = g.matmul(h, w_gate, f"layers.{i}.mlp.gate")
         if arch.activation == "silu":
             act = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
         else:
             act = g.node("FastGelu", [gate], domain=MS)
-        pending = scaled(post(g.matmul(g.node("Mul", [act, up]), read(names["down"] + ".weight"), f"layers.{i}.mlp.down"),
+        inner = act if up is None else g.node("Mul", [act, up])
+        pending = scaled(post(g.matmul(inner, arch.linear(read, names["down"]), f"layers.{i}.mlp.down", bias(names["down"])),
                               names.get("post_mlp_norm")))
         step += 1
         progress(step, steps)
 
-    h, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm_w(arch.final_norm)],
-                        n_out=4, domain=MS, epsilon=eps)
+    h, _ = skip_norm(pending, residual, arch.final_norm)
     # the head on the last logits_to_keep positions only
     neg_keep = g.node("Neg", [g.node("Reshape", ["logits_to_keep", g.const("shape1", np.array([1], np.int64))])])
     h = g.node("Slice", [h, neg_keep, g.const("int_max", np.array([2**62], np.int64)), g.const("axis1", np.array([1], np.int64))])

@@ -14,7 +14,7 @@ from edgellm.models.tensors import TensorSpec
 
 @register
 class GPT2(Family):
-    """ONNX: LayerNorm, learned positions and unrotated attention are not in the graph yet."""
+    """ONNX: LayerNorm, learned positions, attention without rotary, an ungated GELU MLP."""
     model_types = ("gpt2",)
     gguf_arch = "gpt2"
     k_hidden, k_layers, k_heads, k_context = "n_embd", "n_layer", "n_head", "n_positions"
@@ -22,8 +22,13 @@ class GPT2(Family):
     always_tied = True
     fused_qkv = True
     gated_ffn = False
-    supports = frozenset({"gguf"})
+    supports = frozenset({"gguf", "onnx"})
     rotary = False
+    activation = "gelu_tanh"           # gelu_new
+    layer_norm = True
+    embed = "transformer.wte.weight"
+    position_embed = "transformer.wpe.weight"
+    final_norm = "transformer.ln_f.weight"
     skip_suffixes = (".attn.bias", ".attn.masked_bias")
     conv1d = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
@@ -64,3 +69,27 @@ class GPT2(Family):
 
     def transform(self, hf_name: str, gguf_name: str, data: np.ndarray) -> np.ndarray | None:
         return np.ascontiguousarray(data.T) if hf_name.endswith(self.conv1d) else None
+
+    # -- ONNX ---------------------------------------------------------------------------------
+    def hf_layer(self, i: int) -> dict[str, str]:
+        p = f"transformer.h.{i}."
+        return {"attn_norm": p + "ln_1.weight", "o": p + "attn.c_proj", "mlp_norm": p + "ln_2.weight",
+                "up": p + "mlp.c_fc", "down": p + "mlp.c_proj"}
+
+    def calibration_sources(self, i: int, part: str) -> list[str]:
+        p = f"transformer.h.{i}."
+        return [{"qkv": p + "attn.c_attn", "o": p + "attn.c_proj", "up": p + "mlp.c_fc",
+                 "down": p + "mlp.c_proj"}[part] + ".weight"]
+
+    def linear(self, read, name: str) -> np.ndarray:
+        return np.ascontiguousarray(read(name + ".weight").T)      # Conv1D stores [in, out]
+
+    def qkv(self, read, i: int):
+        p = f"transformer.h.{i}.attn.c_attn"
+        return self.linear(read, p), read(p + ".bias")
+
+    def gate_up(self, read, i: int):
+        return None, self.linear(read, f"transformer.h.{i}.mlp.c_fc")
+
+    def rotary_layer(self, i: int) -> bool:
+        return False

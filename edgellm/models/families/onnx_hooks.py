@@ -15,6 +15,8 @@ from edgellm.models.families.rope import llama3_factors, rope_kind
 
 class OnnxHooks:
     activation: ClassVar[str] = "silu"          # or "gelu_tanh"
+    layer_norm: ClassVar[bool] = False          # LayerNorm with a bias (GPT-2) instead of RMSNorm
+    position_embed: ClassVar[str | None] = None  # a learned position table (GPT-2)
     embed: ClassVar[str] = "model.embed_tokens.weight"
     final_norm: ClassVar[str] = "model.norm.weight"
     head: ClassVar[str] = "lm_head.weight"
@@ -26,6 +28,19 @@ class OnnxHooks:
                 "gate": p + "mlp.gate_proj", "up": p + "mlp.up_proj", "down": p + "mlp.down_proj",
                 "q_norm": p + "self_attn.q_norm.weight", "k_norm": p + "self_attn.k_norm.weight"}
 
+    def linear(self, read, name: str) -> np.ndarray:
+        """A linear layer's weight [out, in] (``name`` without ".weight")."""
+        return read(name + ".weight")
+
+    def calibration_sources(self, i: int, part: str) -> list[str]:
+        """Checkpoint weights whose input the graph's ``part`` matmul of layer ``i`` shares (where
+        calibration recorded its statistics): qkv, o, gate, up or down."""
+        names, p = self.hf_layer(i), f"model.layers.{i}."
+        return {"qkv": [names["q"] + ".weight", p + "self_attn.qkv_proj.weight"], "o": [names["o"] + ".weight"],
+                "gate": [names["gate"] + ".weight", p + "mlp.gate_up_proj.weight"],
+                "up": [names["up"] + ".weight", p + "mlp.gate_up_proj.weight"],
+                "down": [names["down"] + ".weight"]}[part]
+
     def qkv(self, read, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The packed [q; k; v] weight [(H + 2 KV) * D, hidden] and bias (or None)."""
         names = self.hf_layer(i)
@@ -35,7 +50,8 @@ class OnnxHooks:
             bias = np.concatenate([read(names[r] + ".bias") for r in ("q", "k", "v")])
         return np.concatenate(ws), bias
 
-    def gate_up(self, read, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def gate_up(self, read, i: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """(gate, up) weights; gate None for an ungated MLP (GPT-2: act(up))."""
         names = self.hf_layer(i)
         return read(names["gate"] + ".weight"), read(names["up"] + ".weight")
 
