@@ -86,10 +86,11 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tupl
     """The builds to try, smallest predicted file first: the one ``quant`` names, or the plan's
     winner, or (with a gate) every build of the format that fits (one KV cache type each)."""
     fmt = req.format
-    names = [str(q) for f in FORMATS.values() if f.format == fmt for q in f.quants]
+    entry = next(f for f in FORMATS.values() if f.format == fmt)       # the format's CPU build
+    names = [str(q) for q in entry.quants]
     if req.quant != "auto" and req.quant not in names:
-        raise BadInput(f"--quant {req.quant} is not a {fmt} type; {fmt} offers {', '.join(dict.fromkeys(names))}")
-    if req.block_size is not None and (fmt != "onnx" or req.quant not in ("int4", "auto")):
+        raise BadInput(f"--quant {req.quant} is not a {fmt} type; {fmt} offers {', '.join(names)}")
+    if req.block_size is not None and not (entry.takes_block(req.quant) or (req.quant == "auto" and entry.takes_block())):
         raise BadInput("--block-size applies to ONNX int4 only")
     budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model)
     plan = planner.plan(model, device, budgets, formats=(fmt,), calibrated=calibrated)
@@ -98,14 +99,13 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tupl
         return req.block_size is None or c.block_size in (None, req.block_size)
 
     if req.quant != "auto":
-        block = (req.block_size or 32) if req.quant == "int4" else None
+        block = entry.choice(req.quant, device, req.block_size, calibrated).block_size
         named = [c for c in plan.candidates if c.choice.quant == req.quant and c.choice.block_size == block]
         # the faster build of that type; at equal speed the accelerator's (the plan's order)
         named.sort(key=lambda c: (-c.estimate.decode_tps, c.estimate.unit == "cpu"))
         c = named[0] if named else None
-        if c is None:
-            f = next(f for f in FORMATS.values() if f.format == fmt)
-            c = planner.evaluate_choice(model, device, budgets, f.choice(req.quant, device, block, calibrated))
+        if c is None:                    # a block size the plan's table does not list
+            c = planner.evaluate_choice(model, device, budgets, entry.choice(req.quant, device, block, calibrated))
         if c is None:
             raise BadInput(f"{device.name} has no runtime for {fmt} {req.quant}; see `edgellm devices show {device.name}`")
         if not c.fits:

@@ -60,6 +60,10 @@ class BuildFormat:
     def calibratable(self, quant: str) -> bool:
         return False
 
+    def takes_block(self, quant: str | None = None) -> bool:
+        """Whether ``quant`` (any quant of the format, when None) has a block size to choose."""
+        return False
+
     def is_float(self, quant: str) -> bool:
         return quant in self.float_quants
 
@@ -197,6 +201,9 @@ class Onnx(BuildFormat):
     def calibratable(self, quant: str) -> bool:
         return quant == OnnxQuant.INT4
 
+    def takes_block(self, quant: str | None = None) -> bool:
+        return quant is None or quant == OnnxQuant.INT4
+
     def weights(self, model, c):
         quant, block = str(c.quant), c.block_size
         total = onnx_layout.weight_bytes(model, quant, block, resident=True)
@@ -253,6 +260,9 @@ class OnnxNpu(Onnx):
             raise ValueError("the NPU build keeps a float32 cache")
 
     def calibratable(self, quant: str) -> bool:
+        return False
+
+    def takes_block(self, quant: str | None = None) -> bool:
         return False
 
     def weights(self, model, c):
