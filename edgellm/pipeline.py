@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -109,7 +110,6 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tupl
         if c is None:
             raise BadInput(f"{device.name} has no runtime for {fmt} {req.quant}; see `edgellm devices show {device.name}`")
         if not c.fits:
-            import sys
             print(f"edgellm: warning: {req.quant} misses {device.name}'s budgets: {'; '.join(c.failures)}",
                   file=sys.stderr)
         return [(c.choice, report.prediction(c, budgets.context))]
