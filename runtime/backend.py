@@ -75,7 +75,7 @@ class TokenizedBackend:
         return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
 
 
-def _load(spec: str, path: Path, n_ctx: int, threads: int | None, scoring: bool) -> Backend:
+def load_backend(spec: str, path: Path, n_ctx: int, threads: int | None, scoring: bool) -> Backend:
     module, name = spec.split(":")
     cls = getattr(importlib.import_module(module), name)
     return cls.open(path, n_ctx=n_ctx, threads=threads, scoring=scoring)
@@ -103,7 +103,7 @@ def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = No
 
     bundle = open_bundle(Path(folder))
     choice = recorded_choice(bundle)
-    return bundle, _load(format_for(choice).backend, bundle.artifact, n_ctx, threads, scoring)
+    return bundle, load_backend(format_for(choice).backend, bundle.artifact, n_ctx, threads, scoring)
 
 
 def open_file(path: str | Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False) -> Backend:
@@ -114,4 +114,4 @@ def open_file(path: str | Path, n_ctx: int = 2048, threads: int | None = None, s
     spec = {".gguf": FORMATS["gguf"].backend, ".onnx": FORMATS["onnx"].backend}.get(p.suffix)
     if spec is None or not p.is_file():
         raise BadInput(f"{path}: not a .gguf or .onnx file")
-    return _load(spec, p, n_ctx, threads, scoring)
+    return load_backend(spec, p, n_ctx, threads, scoring)

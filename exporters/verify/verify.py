@@ -93,10 +93,10 @@ def verify_file(model_dir: Path, choice, path: Path, threads: int, trust_remote_
                 context: int = 512, progress=lambda msg: None) -> dict:
     """An exported file through the runtime backend its format names, to that format's tolerance."""
     from edgellm.plan.formats import format_for
-    from edgellm.runtime.backend import _load
+    from edgellm.runtime.backend import load_backend
 
     fmt = format_for(choice)
-    cand = _load(fmt.backend, path, context, threads, scoring=True)
+    cand = load_backend(fmt.backend, path, context, threads, scoring=True)
     return verify_candidate(model_dir, cand, path.name, fmt.runtime, fmt.tolerance(choice.quant),
                             trust_remote_code, context, progress)
 
