@@ -35,4 +35,13 @@ class Unreachable(EdgeLLMError):
     exit_code = 4
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: handled as Ctrl-C is (temporary files removed), with its own exit code."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
+EXIT_CRASHED = 6             # the runtime died in native code (the message names the file)
 EXIT_INTERRUPTED = 130

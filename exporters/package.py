@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
 from edgellm import __version__
-from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.exporters.output import check_space, claimed, temp_name, write_error
 from edgellm.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, sha256_file
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -35,7 +35,7 @@ def swap_in(tmp: Path, out: Path) -> None:
     removed only once the new one is in place, so no moment leaves neither."""
     old = None
     if out.exists() or out.is_symlink():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = temp_name(out, "old")
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
@@ -43,29 +43,35 @@ def swap_in(tmp: Path, out: Path) -> None:
 
 
 @contextmanager
-def staging(out: Path, force: bool) -> Iterator[Path]:
+def staging(out: Path, force: bool, needed: int | None = None, claim: bool = True) -> Iterator[Path]:
     """A fresh ``.<name>.partial-<pid>`` folder for the caller to fill; on success it becomes
-    ``out``, on any error (a full disk, Ctrl-C) it is removed."""
-    if out.exists() and not force:
-        raise BadInput(f"{out}: already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        swap_in(tmp, out)
-    except BaseException as e:
+    ``out``, on any error (a full disk, Ctrl-C, SIGTERM) it is removed.  The output is claimed
+    first (exporters/output.py: locked, replaceable only if it is a bundle, free space for
+    ``needed`` bytes); ``claim=False`` when the caller already holds it."""
+    out = Path(out)
+    with claimed(out, force) if claim else nullcontext():
+        free = check_space(out.parent, needed)
+        tmp = temp_name(out, "partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and not isinstance(e, EdgeLLMError):
-            raise EdgeLLMError(f"export failed writing {out}: {e.strerror or e}") from None
-        raise
+        try:
+            tmp.mkdir()
+            yield tmp
+            swap_in(tmp, out)
+        except BaseException as e:
+            said = write_error(e, out, needed, free) if isinstance(e, Exception) else None
+            shutil.rmtree(tmp, ignore_errors=True)
+            if said is not None:
+                raise said from None
+            raise
 
 
 def copy_tokenizer(model_dir: Path, tmp: Path) -> None:
+    from edgellm.exporters.io.model_files import member
+
     for fname in TOKENIZER_FILES:
-        if (model_dir / fname).is_file():
-            shutil.copyfile(model_dir / fname, tmp / fname)
+        src = member(model_dir, fname, "tokenizer file")
+        if src.is_file():
+            shutil.copyfile(src, tmp / fname)
 
 
 def write_manifest(tmp: Path, artifact: str, body: dict, tools: dict) -> dict:

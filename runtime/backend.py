@@ -15,7 +15,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from edgellm.errors import BadInput
+from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.runtime.bundle import Bundle, open_bundle
 from edgellm.runtime.profiling import Profile
 
@@ -91,8 +91,9 @@ def recorded_choice(bundle: Bundle):
         data = {**data, "block_size": None, "target": "npu-static"}
     try:
         return BuildChoice.from_dict(data)
-    except (TypeError, ValueError) as e:
-        raise BadInput(f"{bundle.folder}: the manifest's build choice is not one this runtime knows ({e})") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise BadInput(f"{bundle.folder}: the manifest's build choice is not one this runtime knows "
+                       f"({str(e)[:200]})") from None
 
 
 def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = None,
@@ -102,8 +103,17 @@ def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = No
     from edgellm.plan.formats import format_for
 
     bundle = open_bundle(Path(folder))
-    choice = recorded_choice(bundle)
-    return bundle, load_backend(format_for(choice).backend, bundle.artifact, n_ctx, threads, scoring)
+    try:
+        choice = recorded_choice(bundle)
+        return bundle, load_backend(format_for(choice).backend, bundle.artifact, n_ctx, threads, scoring)
+    except EdgeLLMError as e:
+        bundle.close()
+        e.message = bundle.shown(e.message)
+        e.args = (e.message,)
+        raise
+    except BaseException:
+        bundle.close()
+        raise
 
 
 def open_file(path: str | Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False) -> Backend:

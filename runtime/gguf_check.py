@@ -10,6 +10,8 @@ data past the end of the file (truncation).  Standard library only.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,14 @@ GGML_TYPES = {
 # GGUF value types: id -> struct format (None: string / array)
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+SMALL_ARRAY = 4096           # numeric arrays up to this are read (per-layer values); longer ones counted
+
+
+class Skipped(int):
+    """A long numeric array, read past: its value is the element count."""
+
+    def __repr__(self) -> str:
+        return f"<{int(self)} values>"
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,12 @@ class GgufHeader:
     tensors: list[TensorRecord] = field(default_factory=list)
     data_start: int = 0
     file_size: int = 0
+
+
+def _q(name: str) -> str:
+    """A name from the file, quoted and cut short for an error line."""
+    text = repr(name)
+    return text if len(text) <= 120 else text[:120] + "...'"
 
 
 class _Cursor:
@@ -89,26 +105,33 @@ class _Cursor:
             least = struct.calcsize(SCALARS[etype]) if etype in SCALARS else 8
             if count * least > self.size - self.f.tell():
                 raise self.fail(f"array of {count} elements is larger than the {self.size - self.f.tell()} bytes left")
-            if etype in SCALARS and etype != 7:      # bulk-read numeric arrays without building them
-                self.take(count * least)
-                return f"<{count} values>"
+            if etype in SCALARS and etype != 7:
+                data = self.take(count * least)
+                if count > SMALL_ARRAY:              # token scores, types: kept as a count only
+                    return Skipped(count)
+                return list(struct.unpack(f"<{count}{SCALARS[etype][1]}", data))
             return [self.value(etype, depth + 1) for _ in range(count)]
         raise self.fail(f"unknown value type {vtype}")
 
 
-def read_header(path: Path) -> GgufHeader:
-    """Validate ``path`` as a GGUF file and return its header, or raise BadInput naming the flaw."""
+def read_header(path: Path, check_meaning: bool = True) -> GgufHeader:
+    """Validate ``path`` as a GGUF file and return its header, or raise BadInput naming the flaw.
+    ``check_meaning``: also the metadata llama.cpp asserts on (runtime/gguf_meta.py), so a file
+    that would abort llama.cpp is refused here instead."""
     path = Path(path)
 
     def fail(what: str) -> BadInput:
         return BadInput(f"{path}: not a valid GGUF file: {what}")
 
     try:
-        size = path.stat().st_size
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise BadInput(f"{path}: cannot read ({e.strerror})") from None
-    with f:
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail("not a regular file")
+        size = st.st_size
         c = _Cursor(f, size, fail)
         if c.take(4) != MAGIC:
             raise fail("bad magic (not a GGUF file)")
@@ -122,7 +145,7 @@ def read_header(path: Path) -> GgufHeader:
         for _ in range(n_kv):
             key = c.string()
             if key in h.metadata:
-                raise fail(f"duplicate key {key!r}")
+                raise fail(f"duplicate key {_q(key)}")
             h.metadata[key] = c.value(c.unpack("<I"))
         align = h.metadata.get("general.alignment", 32)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
@@ -132,11 +155,11 @@ def read_header(path: Path) -> GgufHeader:
         for _ in range(n_tensors):
             name = c.string()
             if name in seen:
-                raise fail(f"duplicate tensor {name!r}")
+                raise fail(f"duplicate tensor {_q(name)}")
             seen.add(name)
             n_dims = c.unpack("<I")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise fail(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+                raise fail(f"tensor {_q(name)} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
             dims = tuple(c.unpack("<Q") for _ in range(n_dims))
             ttype, offset = c.unpack("<I"), c.unpack("<Q")
             infos.append((name, dims, ttype, offset))
@@ -145,26 +168,29 @@ def read_header(path: Path) -> GgufHeader:
     spans = []
     for name, dims, ttype, offset in infos:
         if ttype not in GGML_TYPES:
-            raise fail(f"tensor {name!r} has unknown type {ttype}")
+            raise fail(f"tensor {_q(name)} has unknown type {ttype}")
         tname, block, block_bytes = GGML_TYPES[ttype]
         n = 1
         for d in dims:
             if d == 0 or d >= 1 << 62:
-                raise fail(f"tensor {name!r} has a dimension of {d}")
+                raise fail(f"tensor {_q(name)} has a dimension of {d}")
             n *= d
             if n >= 1 << 62:
-                raise fail(f"tensor {name!r}: the product of its dimensions overflows")
+                raise fail(f"tensor {_q(name)}: the product of its dimensions overflows")
         if dims[0] % block:
-            raise fail(f"tensor {name!r}: rows of {dims[0]} are not a multiple of {tname}'s block of {block}")
+            raise fail(f"tensor {_q(name)}: rows of {dims[0]} are not a multiple of {tname}'s block of {block}")
         nbytes = n // block * block_bytes
         if offset % align:
-            raise fail(f"tensor {name!r} is not aligned to {align} bytes")
+            raise fail(f"tensor {_q(name)} is not aligned to {align} bytes")
         if offset + nbytes > data_size:
-            raise fail(f"tensor {name!r} runs past the end of the file (truncated?)")
+            raise fail(f"tensor {_q(name)} runs past the end of the file (truncated?)")
         spans.append((offset, offset + nbytes, name))
         h.tensors.append(TensorRecord(name, dims, tname, offset, nbytes))
     spans.sort()
     for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
         if b0 < a1:
-            raise fail(f"tensors {an!r} and {bn!r} overlap")
+            raise fail(f"tensors {_q(an)} and {_q(bn)} overlap")
+    if check_meaning:
+        from edgellm.runtime.gguf_meta import check_metadata
+        check_metadata(h, fail)
     return h

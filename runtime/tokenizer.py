@@ -10,6 +10,7 @@ Reading a tokenizer file is bounded the same way (``read_small_text``).
 from __future__ import annotations
 
 import json
+import os
 import stat
 import time
 from pathlib import Path
@@ -24,33 +25,45 @@ MAX_RENDER_SECONDS = 5.0
 MAX_CONFIG_BYTES = 16 << 20                    # tokenizer_config.json / generation_config.json
 
 
-def read_small_text(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
-    """A regular file's text, refused before reading when it is larger than ``limit`` or not a
-    plain file (a FIFO or a device would hang or never end)."""
+def read_small_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """A regular file's bytes, refused before reading when it is larger than ``limit`` or not a
+    plain file.  Opened without blocking and checked on the open file, so a FIFO, a device such
+    as /dev/zero, or a file swapped in after a check can neither hang the read nor run it on."""
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise BadInput(f"{path}: cannot read it ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInput(f"{path}: not a regular file")
-    if st.st_size > limit:
-        raise BadInput(f"{path}: {st.st_size:,} bytes is more than the {limit:,} a file of this kind may have")
-    try:
-        with open(path, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise BadInput(f"{path}: {st.st_size:,} bytes is more than the {limit:,} a file of this kind may have")
+        try:
             data = f.read(limit + 1)
-        return data[:limit].decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: unreadable ({e})") from None
+        except OSError as e:
+            raise BadInput(f"{path}: unreadable ({e.strerror})") from None
+    if len(data) > limit:
+        raise BadInput(f"{path}: grew past the {limit:,} bytes a file of this kind may have while being read")
+    return data
 
 
-def read_json_object(path: Path) -> dict:
+def read_small_text(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
+    """A small regular file's UTF-8 text (see ``read_small_bytes``)."""
+    try:
+        return read_small_bytes(path, limit).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_json_object(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
     """A small JSON object file, or {} when the file is absent."""
-    if not path.is_file() and not path.is_symlink():
+    if not path.exists() and not path.is_symlink():
         return {}
     try:
-        value = json.loads(read_small_text(path))
-    except ValueError as e:
-        raise BadInput(f"{path}: not valid JSON ({e})") from None
+        value = json.loads(read_small_text(path, limit))
+    except (ValueError, RecursionError) as e:
+        raise BadInput(f"{path}: not valid JSON ({str(e)[:200]})") from None
     if not isinstance(value, dict):
         raise BadInput(f"{path}: expected a JSON object")
     return value

@@ -59,7 +59,7 @@ def test_missing_shard_is_named_before_anything_is_written(run_cli, tiny, tmp_pa
     index = {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
                             "lm_head.weight": "model-00002-of-00002.safetensors"}}
     (m / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert "missing shard(s): model-00002-of-00002.safetensors" in fails(run_cli, m, tmp_path / "out")
+    assert "missing shard(s): 'model-00002-of-00002.safetensors'" in fails(run_cli, m, tmp_path / "out")
 
 
 def test_sharded_checkpoint_exports(run_cli, tiny, tmp_path):
@@ -132,15 +132,20 @@ def test_unsupported_and_non_causal_models(run_cli, tiny, tmp_path):
     assert "architecture 'falcon' is not supported; supported:" in fails(run_cli, m, tmp_path / "out")
 
 
-def test_existing_output_needs_force(run_cli, tiny, tmp_path):
+def test_existing_output_needs_force_and_only_a_bundle_is_replaced(run_cli, tiny, tmp_path):
+    export = ("export", str(tiny("llama")), "--device", "rpi5", "--quant", "Q8_0", "--no-verify")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep").write_text("mine")
-    r = run_cli("export", str(tiny("llama")), "--device", "rpi5", "-o", str(out), "--quant", "Q8_0", "--no-verify")
+    r = run_cli(*export, "-o", str(out))
     assert r.returncode == 2 and "--force" in r.stderr and (out / "keep").exists()
-    r = run_cli("export", str(tiny("llama")), "--device", "rpi5", "-o", str(out), "--quant", "Q8_0",
-                "--no-verify", "--force")
-    assert r.returncode == 0 and not (out / "keep").exists() and (out / "manifest.json").exists()
+    r = run_cli(*export, "-o", str(out), "--force")       # a folder of the user's: never deleted
+    assert r.returncode == 2 and "is not an edgellm bundle" in r.stderr and (out / "keep").read_text() == "mine"
+    bundle = tmp_path / "bundle"
+    assert run_cli(*export, "-o", str(bundle)).returncode == 0
+    (bundle / "stale").write_text("x")
+    r = run_cli(*export, "-o", str(bundle), "--force")     # a bundle: replaced
+    assert r.returncode == 0 and not (bundle / "stale").exists() and (bundle / "manifest.json").exists()
 
 
 def _request(tiny, tmp_path, quant="Q4_K_M"):
@@ -151,7 +156,7 @@ def _request(tiny, tmp_path, quant="Q4_K_M"):
     folder = tiny("llama")
     return ExportRequest(model_dir=folder, model=models.load_config(str(folder)),
                          choice=BuildChoice("gguf", quant, "f16"), out=tmp_path / "out", device="rpi5-8gb",
-                         verify=False)
+                         verify=False, prediction={"file_bytes": 3 << 20})
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
@@ -170,7 +175,7 @@ def test_interrupt_or_full_disk_mid_export_leaves_nothing(tiny, tmp_path, monkey
     with pytest.raises((KeyboardInterrupt, EdgeLLMError)) as e:
         mod.export_gguf(_request(tiny, tmp_path))
     if isinstance(failure, OSError):
-        assert "No space left on device" in e.value.message
+        assert "no space left on" in e.value.message and "needs about" in e.value.message
     assert list(tmp_path.iterdir()) == []
 
 

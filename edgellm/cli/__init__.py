@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 
 from edgellm import __version__
 from edgellm.cli import demo_cmd, devices_cmd, distill_cmd, eval_cmd, export_cmd, plan_cmd, run_cmd
-from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError
+from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError, Terminated
 
 COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, eval_cmd, devices_cmd, demo_cmd)
 
@@ -24,7 +25,8 @@ EPILOG = """exit codes:
   3  nothing fits the budgets (the message says what would)
   4  the hub could not be reached
   5  an export failed verification against the original model
-  130 interrupted
+  6  the runtime crashed in native code (the message names the file and what it said)
+  130 interrupted (Ctrl-C); 143 terminated (SIGTERM); 129 hung up (SIGHUP)
 
 start here:
   edgellm demo                                   build, export, verify, run and profile a demo model
@@ -48,21 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    # transformers 5 and huggingface_hub draw their own progress bars (loading and saving weights)
-    # on stderr; edgellm's stage lines say the same, and errors must stay one line
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+def _on_terminate(signum, frame) -> None:
+    # raised once; a second SIGTERM while cleaning up must not cut the clean-up short
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args) or 0
     except EdgeLLMError as e:
         if args.debug:
             traceback.print_exc()
         print(f"edgellm: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except Terminated as e:
+        print(f"edgellm: stopped by {signal.Signals(e.exit_code - 128).name}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("edgellm: interrupted", file=sys.stderr)
@@ -74,3 +77,21 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"edgellm: error: unexpected {type(e).__name__}: {e} (--debug shows where)", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    # transformers 5 and huggingface_hub draw their own progress bars (loading and saving weights)
+    # on stderr; edgellm's stage lines say the same, and errors must stay one line
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _on_terminate)
+    if getattr(args, "supervised", False):
+        from edgellm.cli.supervise import supervised
+        return supervised(lambda: _dispatch(args), args.bundle)
+    return _dispatch(args)

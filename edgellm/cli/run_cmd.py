@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     r.add_argument("--raw", action="store_true", help="do not apply the chat template")
     r.add_argument("--threads", type=positive_int, default=None, help="threads (default: all usable)")
     r.add_argument("--context", type=positive_int, default=2048, help="context length (default 2048)")
-    r.set_defaults(func=run)
+    r.set_defaults(func=run, supervised=True)
     p = sub.add_parser("profile", help="measure load time, TTFT, prefill and decode speed, peak RAM",
                        description="Time the bundle on this machine (llama-bench's method: one prefill "
                                    "batch, then token-by-token decode; medians of repeats) and print each "
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--gen-tokens", type=positive_int, default=128, help="generated tokens (default 128)")
     p.add_argument("--repeats", type=positive_int, default=3, help="repeats; medians are reported (default 3)")
     p.add_argument("--json", action="store_true", help="print as JSON")
-    p.set_defaults(func=profile)
+    p.set_defaults(func=profile, supervised=True)
 
 
 def _open(path: str, n_ctx: int, threads):

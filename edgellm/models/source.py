@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgellm.errors import BadInput, Unreachable
 
+MAX_CONFIG_JSON = 4 << 20            # real config.json files are a few KB
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -32,6 +33,8 @@ def _parse(text: str, where: str) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInput(f"{where}: config.json is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError):
+        raise BadInput(f"{where}: config.json is not valid JSON (nested too deep, or a number too long)") from None
     if not isinstance(data, dict):
         raise BadInput(f"{where}: config.json must hold a JSON object")
     return data
@@ -39,12 +42,11 @@ def _parse(text: str, where: str) -> dict:
 
 def _read_local(path: Path) -> ConfigSource:
     cfg = path / "config.json" if path.is_dir() else path
-    if not cfg.is_file():
+    if not cfg.exists():
         raise BadInput(f"{path}: no config.json in this folder; is it a Hugging Face model folder?")
-    try:
-        text = cfg.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{cfg}: cannot read ({e})") from None
+    from edgellm.runtime.tokenizer import read_small_text
+
+    text = read_small_text(cfg, MAX_CONFIG_JSON)
     return ConfigSource(_parse(text, str(cfg)), "local folder", str(cfg))
 
 

@@ -59,7 +59,7 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     vocab = read_vocab(req.model_dir, req.model.vocab)
     calibrated = _calibrated_types(req, ckpt, arch, stage) if req.choice.calibrated else None
     types, imatrix, compensators, cal_info = calibrated or (None, None, None, None)
-    with staging(req.out, req.force) as tmp:
+    with staging(req.out, req.force, needed=req.prediction.get("file_bytes")) as tmp:
         name = f"{Path(req.model.name).name}-{req.choice.quant}{'-cal' if calibrated else ''}.gguf"
         artifact = tmp / name
         write_gguf(req.model, ckpt, arch, vocab, req.model_dir, artifact, req.choice.quant, req.threads,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgellm.errors import BadInput
+from edgellm.exporters.io.model_files import member
 
 # tokenizer.json split regexes -> llama.cpp pre-tokenizer names
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -32,6 +33,8 @@ QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 SPLIT_REGEXES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2"}
 SUPPORTED_PRE = ("gpt-2 (ByteLevel with its own regex)", "smollm (Digits + ByteLevel)",
                  "llama-bpe (Llama 3 split regex)", "qwen2 (Qwen2 split regex)")
+
+MAX_TOKENIZER_JSON = 256 << 20     # Gemma 3's 262k-token tokenizer.json is 33 MB
 
 # GGUF token types (gguf.TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -81,8 +84,7 @@ def read_spm_vocab(folder: Path, n_vocab: int) -> Vocab:
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(UNUSED)
-    tj_path = folder / "tokenizer.json"
-    tj = json.loads(tj_path.read_text(encoding="utf-8")) if tj_path.is_file() else {}
+    tj = _tokenizer_json(folder) if (folder / "tokenizer.json").exists() else {}
     return Vocab(model="llama", pre="default", tokens=tokens, types=types, n_real=n_real, scores=scores,
                  add_space_prefix=_spm_space_prefix(tj) if tj else True)
 
@@ -141,19 +143,24 @@ def identify_pre_tokenizer(tj: dict, where: str) -> str:
                    f"would tokenize differently ({summary}); recognised: {'; '.join(SUPPORTED_PRE)}")
 
 
+def _tokenizer_json(folder: Path) -> dict:
+    from edgellm.runtime.tokenizer import read_json_object
+
+    return read_json_object(member(folder, "tokenizer.json", "tokenizer file"), MAX_TOKENIZER_JSON)
+
+
 def read_vocab(folder: Path, n_vocab: int) -> Vocab:
     """Tokens and their types from tokenizer.json, padded to the model's embedding rows."""
-    path = folder / "tokenizer.json"
-    if (folder / "tokenizer.model").is_file():
+    path = member(folder, "tokenizer.json", "tokenizer file")
+    if member(folder, "tokenizer.model", "tokenizer file").is_file():
         return read_spm_vocab(folder, n_vocab)
-    if not path.is_file():
+    if not path.exists():
         raise BadInput(f"{folder}: no tokenizer.json; the bundle needs the tokenizer (a fast "
                        "tokenizer saved by transformers)")
-    try:
-        tj = json.loads(path.read_text(encoding="utf-8"))
-        model = tj["model"]
-    except (ValueError, KeyError, TypeError):
-        raise BadInput(f"{path}: not a valid tokenizer.json") from None
+    tj = _tokenizer_json(folder)
+    model = tj.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
+        raise BadInput(f"{path}: not a valid tokenizer.json (no model vocabulary)")
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         return read_spm_bpe_json(tj, path, n_vocab)
     if model.get("type") != "BPE" or (tj.get("decoder") or {}).get("type") != "ByteLevel":

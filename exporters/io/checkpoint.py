@@ -8,7 +8,6 @@ file that needs more than that fails, it is never retried with ``weights_only=Fa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,9 +15,12 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
+from edgellm.exporters.io.model_files import inside, member, shown
 from edgellm.exporters.io.safetensors_reader import SafetensorsFile
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+MAX_INDEX = 64 << 20          # bytes of model.safetensors.index.json
+MAX_TENSORS = 1 << 20         # tensor names in one checkpoint
 
 
 @dataclass(frozen=True)
@@ -64,21 +66,25 @@ class Checkpoint:
 
 
 def _sharded(folder: Path, index_path: Path) -> Checkpoint:
-    try:
-        index = json.loads(index_path.read_text())
-        weight_map = index["weight_map"]
-        assert isinstance(weight_map, dict)
-    except (OSError, ValueError, KeyError, AssertionError):
-        raise BadInput(f"{index_path}: not a valid safetensors index (needs a 'weight_map' object)") from None
-    shards = sorted(set(weight_map.values()))
-    missing = [s for s in shards if not (folder / s).is_file()]
+    from edgellm.runtime.tokenizer import read_json_object
+
+    index = read_json_object(inside(folder, index_path, "index"), MAX_INDEX)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise BadInput(f"{index_path}: not a valid safetensors index (needs a 'weight_map' object)")
+    if len(weight_map) > MAX_TENSORS:
+        raise BadInput(f"{index_path}: names {len(weight_map)} tensors; more than {MAX_TENSORS} is not a model")
+    shards = sorted({s if isinstance(s, str) else repr(s) for s in weight_map.values()})
+    paths = {s: member(folder, s, "shard", named_by=index_path) for s in shards}
+    missing = [s for s, p in paths.items() if not p.is_file()]
     if missing:
-        raise BadInput(f"{folder}: the index names {len(missing)} missing shard(s): {', '.join(missing)}")
-    files = {s: SafetensorsFile(folder / s) for s in shards}
+        raise BadInput(f"{folder}: the index names {len(missing)} missing shard(s): "
+                       f"{', '.join(shown(s) for s in missing[:5])}")
+    files = {s: SafetensorsFile(p) for s, p in paths.items()}
     where = {}
     for name, shard in weight_map.items():
         if name not in files[shard].tensors:
-            raise BadInput(f"{folder / shard}: the index says it holds {name!r}, but it does not")
+            raise BadInput(f"{paths[shard]}: the index says it holds {shown(name)}, but it does not")
         where[name] = files[shard]
     return Checkpoint(folder, where=where)
 
@@ -113,7 +119,7 @@ def open_checkpoint(folder: Path, allow_pickle: bool = False) -> Checkpoint:
     if st:
         where: dict[str, SafetensorsFile] = {}
         for path in st:
-            f = SafetensorsFile(path)
+            f = SafetensorsFile(inside(folder, path, "weights file"))
             for name in f.tensors:
                 if name in where:
                     raise BadInput(f"{folder}: tensor {name!r} appears in both {where[name].path.name} and {path.name}")
@@ -125,5 +131,5 @@ def open_checkpoint(folder: Path, allow_pickle: bool = False) -> Checkpoint:
             raise BadInput(f"{folder}: only pickle weights ({pickles[0].name}); pickle files can run code "
                            "when loaded, so edgellm refuses them. Pass --allow-pickle to load them with "
                            "torch.load(weights_only=True), or convert them to safetensors")
-        return _pickled(folder, pickles)
+        return _pickled(folder, [inside(folder, p, "weights file") for p in pickles])
     raise BadInput(f"{folder}: no weights found (expected model.safetensors or a sharded index)")

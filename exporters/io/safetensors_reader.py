@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
+from edgellm.exporters.io.model_files import shown
 
 MAX_HEADER = 100 << 20
 DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
@@ -44,22 +47,32 @@ class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb") as f:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as e:
+            raise BadInput(f"{self.path}: cannot read ({e.strerror})") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._bad("not a regular file")
+            size = st.st_size
+            try:
                 head = f.read(8)
                 if len(head) < 8:
                     raise self._bad("shorter than the 8-byte header length")
                 (n,) = struct.unpack("<Q", head)
-                if n > size - 8 or n > MAX_HEADER:
-                    raise self._bad(f"header length {n} runs past the end of the {size}-byte file")
+                if n > size - 8 or n > MAX_HEADER:     # the number itself is not shown: it is file bytes
+                    raise self._bad(f"the header length runs past the end of the {size}-byte file "
+                                    f"(or the {MAX_HEADER >> 20} MiB limit)")
                 raw = f.read(n)
-        except OSError as e:
-            raise BadInput(f"{self.path}: cannot read ({e.strerror})") from None
+            except OSError as e:
+                raise BadInput(f"{self.path}: cannot read ({e.strerror})") from None
+        if len(raw) < n:
+            raise self._bad("truncated inside its header")
         self.data_start = 8 + n
         self.data_size = size - self.data_start
         try:
             header = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise self._bad("header is not valid JSON") from None
         if not isinstance(header, dict):
             raise self._bad("header is not a JSON object")
@@ -72,23 +85,23 @@ class SafetensorsFile:
 
     def _entry(self, name: str, spec) -> TensorEntry:
         if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES:
-            raise self._bad(f"tensor {name!r} has an unknown dtype {spec.get('dtype') if isinstance(spec, dict) else spec!r}")
+            raise self._bad(f"tensor {shown(name)} has an unknown dtype {shown(str(spec.get('dtype') if isinstance(spec, dict) else spec))}")
         shape, offs = spec.get("shape"), spec.get("data_offsets")
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise self._bad(f"tensor {name!r} has a malformed shape {shape!r}")
+            raise self._bad(f"tensor {shown(name)} has a malformed shape {shown(str(shape))}")
         if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
                 and 0 <= offs[0] <= offs[1]):
-            raise self._bad(f"tensor {name!r} has malformed data_offsets {offs!r}")
+            raise self._bad(f"tensor {shown(name)} has malformed data_offsets {shown(str(offs))}")
         e = TensorEntry(name, spec["dtype"], tuple(shape), offs[0], offs[1])
         if e.end - e.begin != e.n_elements * DTYPES[e.dtype][1]:
-            raise self._bad(f"tensor {name!r}: {e.end - e.begin} bytes do not hold shape {list(e.shape)} of {e.dtype}")
+            raise self._bad(f"tensor {shown(name)}: {e.end - e.begin} bytes do not hold shape {list(e.shape)} of {e.dtype}")
         return e
 
     def _check_ranges(self) -> None:
         last_end, last = 0, None
         for e in sorted(self.tensors.values(), key=lambda t: (t.begin, t.end)):
             if e.begin < last_end:
-                raise self._bad(f"tensors {last!r} and {e.name!r} overlap")
+                raise self._bad(f"tensors {shown(last)} and {shown(e.name)} overlap")
             last_end, last = e.end, e.name
         if last_end > self.data_size:
             raise self._bad(f"truncated: tensor data needs {last_end} bytes after the header, "
@@ -108,7 +121,7 @@ class SafetensorsFile:
             f.seek(self.data_start + offset)
             data = np.fromfile(f, dtype=np_dtype, count=count)
         if data.size != count:
-            raise self._bad(f"tensor {e.name!r} is truncated")
+            raise self._bad(f"tensor {shown(e.name)} is truncated")
         return data.reshape(shape)
 
     def read(self, name: str) -> np.ndarray:

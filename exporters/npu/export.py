@@ -49,7 +49,9 @@ def export_npu(req: ExportRequest, stage: Callable[[str], None] = lambda s: None
     # calibration text never overlaps the held-out text verification scores on
     text = calibration_text or (req.calibration.text if req.calibration and req.calibration.text else None)
     ids = _calibration_ids(req.model_dir, text or training_text(64 << 10))
-    with staging(req.out, req.force) as tmp:
+    # the float graph is written beside the quantized one while it is calibrated
+    needed = (req.prediction.get("file_bytes") or 0) + 4 * req.model.n_params
+    with staging(req.out, req.force, needed=needed) as tmp:
         stage(f"[1/4] building the fixed-shape graph ({seq} tokens per step, context {ctx})")
         float_path = tmp / "float.onnx"
         onnx.save(build_static(arch, Reader(ckpt), seq, ctx), str(float_path), save_as_external_data=True,

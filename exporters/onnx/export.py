@@ -63,7 +63,7 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     if not (req.model_dir / "tokenizer.json").is_file() and not (req.model_dir / "tokenizer.model").is_file():
         raise BadInput(f"{req.model_dir}: no tokenizer (tokenizer.json or tokenizer.model)")
     quantizer, cal_info = _calibrated(req, arch, block, stage) if c.calibrated else (None, None)
-    with staging(req.out, req.force) as tmp:
+    with staging(req.out, req.force, needed=req.prediction.get("file_bytes")) as tmp:
         weights = ExternalData(tmp / DATA_FILE)
         try:
             model = build(arch, Reader(ckpt), weights, c.quant, block, accuracy_level,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgellm.errors import BadInput, NothingFits
+from edgellm.errors import NothingFits
+from edgellm.exporters.output import claimed, temp_name
 from edgellm.exporters.package import swap_in
 
 
@@ -61,14 +62,17 @@ def smallest_passing(choices: list, export: Callable, out: Path, force: bool, ga
                      say: Callable[[str], None] = lambda s: None):
     """``choices``: builds ordered smallest first; ``export(choice, folder)`` writes and verifies a
     bundle there and returns its ExportResult.  Returns (result moved to ``out``, its choice, trials)."""
-    if out.exists() and not force:
-        raise BadInput(f"{out}: already exists; pass --force to replace it")
+    with claimed(out, force):
+        return _search(choices, export, out, gate, say)
+
+
+def _search(choices: list, export: Callable, out: Path, gate: Gate, say: Callable[[str], None]):
     trials: list[Trial] = []
     results: dict[int, object] = {}
 
     def attempt(i: int) -> bool:
         c = choices[i]
-        folder = out.with_name(f".{out.name}.trial-{i}")
+        folder = temp_name(out, "trial", f"-{i}")
         say(f"quality gate: trying {c.label} ({len(trials) + 1} tried so far)")
         r = export(c, folder)
         h = r.verification["held_out"]
