@@ -30,7 +30,7 @@ from edgellm.units import fmt_bytes
 TEMP_KINDS = ("partial", "old", "trial")
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old|trial)-(?P<pid>\d+)(-\d+)?$")
 DISK_MARGIN = 1.05             # predicted sizes are estimates
-DISK_SLACK = 4 << 20           # tokenizer files, the manifest, filesystem overhead
+DISK_SLACK = 1 << 20           # tokenizer files, the manifest, filesystem overhead
 
 
 class OutputBusy(EdgeLLMError):
@@ -114,7 +114,8 @@ def free_bytes(path: Path) -> int:
 
 def no_space(where: Path, needed: int | None, free: int) -> EdgeLLMError:
     need = f"needs about {fmt_bytes(needed)}" if needed else "needs more"
-    return EdgeLLMError(f"no space left on {mount_point(where)}: writing {where} {need}, has {fmt_bytes(free)} free")
+    return EdgeLLMError(f"no space left on {mount_point(where)}: {need}, has {fmt_bytes(free)} "
+                        f"(writing {where}); free some space or choose another -o")
 
 
 def check_space(folder: Path, needed: int | None) -> int:
@@ -135,7 +136,7 @@ class _Lock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             except OSError as e:
-                raise EdgeLLMError(f"cannot write beside {self.path.parent}: {e.strerror}") from None
+                raise EdgeLLMError(f"cannot write to {self.path.parent}: {e.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -181,8 +182,6 @@ def claimed(out: Path, force: bool, recognise: Callable[[Path], bool] = is_bundl
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgeLLMError(f"cannot create {out.parent}: {e.strerror}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise EdgeLLMError(f"cannot write to {out.parent}: permission denied")
     lock = _Lock(out)
     lock.acquire()
     try:

@@ -7,6 +7,7 @@ each phase timed on its own; the figures are medians over repeats.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -25,7 +26,7 @@ def _trained_context(path: Path) -> int | None:
     """The context the model was trained for (GGUF ``<arch>.context_length``), if readable."""
     from edgellm.runtime.gguf_check import read_header
 
-    meta = read_header(path).metadata
+    meta = read_header(path, check_meaning=False).metadata     # open() checked it in full
     value = meta.get(f"{meta.get('general.architecture')}.context_length")
     return value if isinstance(value, int) and value > 0 else None
 
@@ -78,13 +79,17 @@ class LlamaCppModel:
         if trained:
             n_ctx = min(n_ctx, trained)
         t0 = time.perf_counter()
+        # under `run`/`profile`'s supervisor (edgellm/cli/supervise.py) llama.cpp's stderr goes to
+        # the parent, which keeps it back unless the process dies: then its last words are the
+        # error line.  Elsewhere its loader chatter is captured here and dropped.
+        supervised = os.environ.get("EDGELLM_SUPERVISED") == "1"
         try:
             guard = _without_extra_buffers() if _cpu_has_amx() else nullcontext()
-            with captured_stderr(), guard:
+            with nullcontext() if supervised else captured_stderr(), guard:
                 # flash attention on, as llama.cpp's own "auto" default picks on CPU
                 self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
                                  n_threads=self.threads, n_threads_batch=self.threads,
-                                 logits_all=logits_all, flash_attn=True, verbose=False)
+                                 logits_all=logits_all, flash_attn=True, verbose=supervised)
         except (ValueError, RuntimeError) as e:
             raise BadInput(f"{self.path}: llama.cpp could not load it ({e})") from None
         self.load_s = time.perf_counter() - t0
@@ -141,7 +146,8 @@ class LlamaCppModel:
         """Generated text piece by piece; llama.cpp stops at the vocabulary's end-of-generation tokens."""
         ids = self.prompt_ids(prompt, chat)
         if len(ids) >= self.n_ctx:
-            raise BadInput(f"the prompt is {len(ids)} tokens; the context is {self.n_ctx}")
+            raise BadInput(f"the prompt is {len(ids)} tokens, more than fits the context of {self.n_ctx} "
+                           "(give --context more, up to the model's trained context)")
         for c in self.llm.create_completion(ids, max_tokens=max_tokens, temperature=temperature,
                                             seed=seed, stream=True):
             yield c["choices"][0]["text"]

@@ -44,7 +44,8 @@ class OnnxModel(TokenizedBackend):
         self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.n_vocab = int(self.sess.get_outputs()[0].shape[-1])
         meta = self.sess.get_modelmeta().custom_metadata_map
-        self.n_ctx = int(meta.get("max_context", 1 << 30))
+        ctx = meta.get("max_context", "")
+        self.n_ctx = int(ctx) if ctx.isdigit() and 0 < int(ctx) <= 1 << 27 else 1 << 27
         self.tokenizer = Tokenizer(self.path.parent)
 
     # --- one forward step ------------------------------------------------------------------

@@ -89,7 +89,23 @@ def find_chat_template(folder: Path, config: dict | None = None) -> str | None:
     return template_from_config(config)
 
 
-def _environment():
+class _Budget:
+    """The render's time and size allowance, checked inside loops too: a template that loops
+    without writing anything (nested ``range`` loops) still stops at the deadline."""
+
+    def __init__(self):
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _Overrun(f"ran longer than {MAX_RENDER_SECONDS:g} s")
+
+
+class _Overrun(Exception):
+    pass
+
+
+def _environment(budget: _Budget):
     from jinja2 import ext
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -104,11 +120,37 @@ def _environment():
     def strftime_now(fmt):
         return time.strftime(fmt)
 
+    def bounded_range(*args):
+        r = range(*args)
+        if len(r) > 100_000:                     # jinja's own sandbox limit
+            raise _Overrun(f"asked for a range of {len(r):,} items")
+        for i in r:
+            budget.tick()
+            yield i
+
+    class Env(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            budget.tick()
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1000:
+                raise _Overrun("raised a number to a huge power")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_PROMPT_CHARS:
+                        raise _Overrun(f"built a value of more than {MAX_PROMPT_CHARS:,} items")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):     # noqa: N805 - jinja's signature
+            budget.tick()
+            return super().call(__context, __obj, *args, **kwargs)
+
     # the options transformers' apply_chat_template uses, so prompts match the original's
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
+    env = Env(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
+    env.globals["range"] = bounded_range
     return env
 
 
@@ -120,25 +162,30 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
 
     if len(template) > MAX_TEMPLATE_CHARS:
         raise BadInput(f"{where}: chat template of {len(template):,} characters is too long")
-    deadline = time.monotonic() + MAX_RENDER_SECONDS
+    budget = _Budget()
     out: list[str] = []
     size = 0
     try:
-        compiled = _environment().from_string(template)
+        compiled = _environment(budget).from_string(template)
         for piece in compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
                                        **variables):
             out.append(piece)
             size += len(piece)
             if size > MAX_PROMPT_CHARS:
                 raise BadInput(f"{where}: chat template output passed {MAX_PROMPT_CHARS:,} characters; refused")
-            if time.monotonic() > deadline:
-                raise BadInput(f"{where}: chat template ran longer than {MAX_RENDER_SECONDS:g} s; refused")
+            budget.tick()
+    except _Overrun as e:
+        raise BadInput(f"{where}: chat template {e}; refused") from None
     except SecurityError as e:
         raise BadInput(f"{where}: chat template refused: it tried to reach outside the sandbox ({e})") from None
     except TemplateError as e:
         raise BadInput(f"{where}: chat template failed: {e}") from None
     except RecursionError:
         raise BadInput(f"{where}: chat template recursed too deeply; refused") from None
+    except BadInput:
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError, MemoryError) as e:
+        raise BadInput(f"{where}: chat template failed ({type(e).__name__}: {str(e)[:160]})") from None
     return "".join(out)
 
 

@@ -64,3 +64,43 @@ def tiny(tmp_path_factory, tokenizer):
 def spm_tokenizer(tmp_path_factory):
     from edgellm.exporters.demo_models import train_spm_tokenizer
     return train_spm_tokenizer(tmp_path_factory.mktemp("spm"))
+
+
+def write_bundle(folder: Path, files: dict[str, bytes], artifact: str, choice: dict | None = None,
+                 **extra) -> Path:
+    """A bundle folder as an exporter would write it (right checksums), around any bytes."""
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    manifest = {"format": "edgellm-bundle", "version": 1, "artifact": artifact,
+                "choice": choice or {"version": 2, "format": "gguf", "quant": "F16", "kv_cache": "f16",
+                                     "block_size": None, "calibrated": False, "target": "cpu",
+                                     "int8_levels": None},
+                "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in files.items()},
+                **extra}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """Run `edgellm ARGS` with a fresh tmpfs of ``size`` mounted at ``{fs}`` (in the arguments),
+    in a private mount namespace (unshare: no root needed where user namespaces are allowed):
+    a real full or read-only filesystem, not a simulated one."""
+    import shlex
+
+    def run(args: list[str], size: str = "1m", read_only: bool = False, timeout: int = 300):
+        fs = tmp_path / "small-fs"
+        fs.mkdir(exist_ok=True)
+        exe = Path(sys.executable).with_name("edgellm")
+        argv = " ".join(shlex.quote(a.replace("{fs}", str(fs))) for a in args)
+        opts = f"size={size}" + (",ro" if read_only else "")
+        script = f"mount -t tmpfs -o {opts} tmpfs {shlex.quote(str(fs))} && exec {shlex.quote(str(exe))} {argv}"
+        return subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    return run

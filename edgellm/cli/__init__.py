@@ -37,8 +37,15 @@ start here:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line (and exit 2), pointing at --help, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edgellm", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Which build of a language model fits a small device, how fast it runs there, "
                     "and what it costs in quality.")
@@ -93,5 +100,5 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, _on_terminate)
     if getattr(args, "supervised", False):
         from edgellm.cli.supervise import supervised
-        return supervised(lambda: _dispatch(args), args.bundle)
+        return supervised(lambda: _dispatch(args), args.bundle, show_all=args.debug)
     return _dispatch(args)

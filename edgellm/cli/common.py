@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from edgellm import units
@@ -25,14 +26,25 @@ def _positive(convert, kind: str):
             v = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+        if not v > 0 or (isinstance(v, float) and not math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text!r}")
         return v
     parse.__name__ = kind           # argparse names the type in its messages
     return parse
 
 
 positive_float = _positive(float, "a number")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a temperature): NaN, infinities and negatives are refused."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text!r}")
+    return v
 positive_int = _positive(int, "a whole number")
 
 

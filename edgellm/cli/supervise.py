@@ -49,14 +49,21 @@ def _die_with_parent() -> None:
 
 
 def _native_message(held: list[str]) -> str:
+    """The library's last words: its assertion (build path cut to the source file), or its
+    uncaught exception as "type: what"."""
     lines = [ln.strip() for ln in held[-40:] if ln.strip()]
     said = [ln for ln in lines if _NATIVE_SAYS.search(ln)]
     text = (said or lines or [""])[-1]
+    if text.startswith("what():"):
+        thrown = next((m[1] for ln in reversed(lines) if (m := re.search(r"instance of '([^']+)'", ln))), None)
+        text = f"{thrown + ': ' if thrown else ''}{text[len('what():'):].strip()}"
+    text = re.sub(r"^\S*/(?:vendor/)?llama\.cpp/", "", text)
     return text[:300]
 
 
-def supervised(work: Callable[[], int], what: str) -> int:
-    """Run ``work()`` (which returns an exit code) in a child; ``what`` names the file for a crash."""
+def supervised(work: Callable[[], int], what: str, show_all: bool = False) -> int:
+    """Run ``work()`` (which returns an exit code) in a child; ``what`` names the file for a crash.
+    ``show_all`` (--debug): pass on the native libraries' output too, once the child has ended."""
     if not hasattr(os, "fork") or os.environ.get("EDGELLM_IN_PROCESS"):
         return work()
     sys.stdout.flush()
@@ -71,6 +78,7 @@ def supervised(work: Callable[[], int], what: str) -> int:
             os.close(w)
             _die_with_parent()
             os.environ["GGML_NO_BACKTRACE"] = "1"            # ggml would run gdb for a backtrace
+            os.environ["EDGELLM_SUPERVISED"] = "1"
             code = work()
         finally:
             try:
@@ -107,6 +115,7 @@ def supervised(work: Callable[[], int], what: str) -> int:
         print(f"edgellm: error: {what}: the runtime crashed ({why})" + (f"; it said: {said}" if said else ""),
               file=sys.stderr)
         return EXIT_CRASHED
-    sys.stderr.writelines(held)             # warnings and --debug tracebacks of a run that ended
-    sys.stderr.flush()
+    if show_all:                            # native chatter, warnings, --debug tracebacks
+        sys.stderr.writelines(held)
+        sys.stderr.flush()
     return os.WEXITSTATUS(status)

@@ -36,14 +36,16 @@ def _user_files() -> list[Path]:
     return sorted(d.glob("*.toml")) if d.is_dir() else []
 
 
+MAX_PROFILE_BYTES = 1 << 20
+
+
 def load_file(path: Path) -> DeviceProfile:
     """Read and validate one profile file."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such device profile file") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
+    from edgellm.runtime.tokenizer import read_small_bytes
+
+    if not Path(path).exists():
+        raise BadInput(f"{path}: no such device profile file")
+    raw = read_small_bytes(Path(path), MAX_PROFILE_BYTES)       # a regular file, bounded
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

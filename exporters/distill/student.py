@@ -65,6 +65,15 @@ def _tokens(tok, text: str, cfg: DistillConfig):
 def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: None,
                     progress: Callable[[Progress], None] = lambda p: None,
                     stop_after: int | None = None) -> StudentResult:
+    """Distil ``req.teacher`` into a student folder at ``req.out`` (claimed for the run: locked,
+    replaced with --force only when it is a student edgellm wrote)."""
+    from edgellm.exporters.output import claimed, is_student
+
+    with claimed(req.out, req.force, is_student, "distilled student"):
+        return _distill(req, say, progress, stop_after)
+
+
+def _distill(req: StudentRequest, say, progress, stop_after) -> StudentResult:
     import torch
     from transformers import AutoConfig
 
@@ -77,8 +86,6 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
     from edgellm.textdata import held_out_text, training_text
 
     cfg = req.config
-    if req.out.exists() and not req.force:
-        raise BadInput(f"{req.out}: already exists; pass --force to replace it")
     _check_device(cfg.device)
     t_cfg = models.load_config(str(req.teacher))
     family_for(t_cfg, "distill")
@@ -134,7 +141,9 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
                     "kld_vs_teacher": r.mean_kld, "top1_agreement": r.top1_agreement, "context": ctx,
                     "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])},
     }
-    tmp = req.out.with_name(f".{req.out.name}.partial")
+    from edgellm.exporters.output import temp_name
+
+    tmp = temp_name(req.out, "partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         student.save_pretrained(tmp, safe_serialization=True)

@@ -84,7 +84,7 @@ class SafetensorsFile:
         return BadInput(f"{self.path}: not a valid safetensors file: {what}")
 
     def _entry(self, name: str, spec) -> TensorEntry:
-        if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES:
+        if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str) or spec["dtype"] not in DTYPES:
             raise self._bad(f"tensor {shown(name)} has an unknown dtype {shown(str(spec.get('dtype') if isinstance(spec, dict) else spec))}")
         shape, offs = spec.get("shape"), spec.get("data_offsets")
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):

@@ -87,8 +87,3 @@ class Gemma3(Gemma2):
             w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
         if c.get("sliding_window_pattern") != 1 and c.get("sliding_window"):
             w.add_sliding_window(int(c["sliding_window"]))
-        rope = c.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type")) == "linear":
-            import gguf
-            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(float(rope["factor"]))

@@ -23,6 +23,9 @@ class GgufHooks:
     norm_offset: ClassVar[float] = 0.0          # Gemma's RMSNorm multiplies by (1 + w): files add it
     explicit_head_dims: ClassVar[bool] = False  # write key/value lengths even when hidden / heads
     rotary: ClassVar[bool] = True               # GPT-2 has learned positions: no KV-head or rope keys
+    # rope_scaling kinds the GGUF metadata (and tensors) express; anything else is refused at
+    # export, never dropped (shape.py build_problem)
+    gguf_rope_kinds: ClassVar[tuple] = (None, "default", "linear")
 
     @cached_property
     def gguf_arch_enum(self):
@@ -55,6 +58,11 @@ class GgufHooks:
             return
         w.add_rope_freq_base(float(c.get("rope_theta", 10000.0)))
         w.add_rope_dimension_count(m.head_dim)
+        rope = c.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type")) == "linear":
+            import gguf
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(rope["factor"]))
         if m.head_dim != m.hidden // m.n_heads or self.explicit_head_dims:
             w.add_key_length(m.head_dim)
             w.add_value_length(m.head_dim)

@@ -17,6 +17,7 @@ class Llama(Family):
     model_types = ("llama",)
     gguf_arch = "llama"
     permute_rotary = True
+    gguf_rope_kinds = (None, "default", "linear", "llama3")
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """Llama 3.1+ rope scaling as a frequency-factor table (convert_hf_to_gguf.py)."""

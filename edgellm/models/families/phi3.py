@@ -23,6 +23,7 @@ class Phi3(Family):
     fused_qkv = True
     fused_gate_up = True
     supports = frozenset({"gguf", "onnx", "onnx-npu", "distill"})
+    gguf_rope_kinds = (None, "default", "linear", "longrope", "su")
 
     def shrunk(self, layers: int, width: float) -> dict:
         """llama.cpp's phi3 graph sizes the query as the hidden size: a student keeps

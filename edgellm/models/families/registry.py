@@ -7,6 +7,7 @@ from typing import Any
 
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
+from edgellm.models.families.limits import check_values
 
 REGISTRY: dict[str, type] = {}
 
@@ -63,6 +64,8 @@ def with_legacy_rope_keys(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def from_config_dict(cfg: dict[str, Any], name: str) -> ModelConfig:
     """Build the typed shape for a parsed config.json, or explain why edgellm cannot."""
+    if not isinstance(cfg, dict):
+        raise BadInput(f"{name}: config.json must hold a JSON object")
     if isinstance(cfg.get("text_config"), dict):        # multimodal wrappers (Gemma 3 4B+)
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
     cfg = with_legacy_rope_keys(cfg)
@@ -75,9 +78,17 @@ def from_config_dict(cfg: dict[str, Any], name: str) -> ModelConfig:
         raise BadInput(f"{name}: architecture '{model_type}' is not supported{custom}; "
                        f"supported: {', '.join(supported())}")
     archs = cfg.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise BadInput(f"{name}: config.json: 'architectures' must be a list of class names")
     if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
-        raise BadInput(f"{name}: {archs[0]} is not a causal language model")
-    return family(cfg, name).build()
+        raise BadInput(f"{name}: {archs[0][:80]} is not a causal language model")
+    check_values(cfg, name)
+    try:
+        return family(cfg, name).build()
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        # a field of the wrong shape that no bound above names: still one line, never a traceback
+        raise BadInput(f"{name}: config.json has a value edgellm cannot use for {model_type} "
+                       f"({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def student_config(model: ModelConfig, layers: int, width: float) -> ModelConfig:

@@ -60,6 +60,13 @@ class Shape:
             from edgellm.models.families.registry import REGISTRY
             able = sorted(t for t, a in REGISTRY.items() if what in a.supports)
             return f"{self.name}: {noun} does not support '{model_type}' yet; supported: {', '.join(able)}"
+        if what == "gguf":
+            kind = rope_kind(self.cfg)
+            if kind not in self.gguf_rope_kinds:
+                return (f"{self.name}: rope scaling {kind!r} is not written by {noun} for "
+                        f"{model_type} yet; the file would run without it (a different model)")
+            if self.cfg.get("partial_rotary_factor", 1.0) != 1.0:
+                return f"{self.name}: partial rotary embeddings are not written by {noun} yet"
         if what.startswith("onnx"):
             kind = rope_kind(self.cfg)
             if kind not in (None, "default", "linear", "llama3"):
