@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("-k", default=None, help="only properties matching this pytest -k expression")
     args = ap.parse_args()
     env = {**os.environ, "EDGELLM_FUZZ_EXAMPLES": str(args.examples)}
-    names = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/test_fuzz.py"]
+    names = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "--collect-only", "-q", "tests/test_fuzz.py"]
                            + (["-k", args.k] if args.k else []), capture_output=True, text=True, cwd=ROOT,
                            env=env).stdout.split()
     tests = [n for n in names if "::test_" in n]

@@ -108,7 +108,8 @@ def supervised(work: Callable[[], int], what: str, show_all: bool = False) -> in
         sig = os.WTERMSIG(status)
         if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             name = signal.Signals(sig).name
-            print(f"edgellm: error: {what}: the runtime was stopped by {name}", file=sys.stderr)
+            hint = " (out of memory? the system kills what it cannot fit)" if sig == signal.SIGKILL else ""
+            print(f"edgellm: error: {what}: the runtime was stopped by {name}{hint}", file=sys.stderr)
             return 128 + sig
         why = WHY.get(sig, signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}")
         said = _native_message(held)
