@@ -20,6 +20,12 @@ from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, 
 from edgellm.runtime.tokenizer import Tokenizer
 
 
+def ort_value(arr: np.ndarray):
+    import onnxruntime as ort
+
+    return ort.OrtValue.ortvalue_from_numpy(arr)
+
+
 class OnnxModel(TokenizedBackend):
     def __init__(self, path: Path, threads: int | None = None):
         try:
@@ -71,7 +77,8 @@ class OnnxModel(TokenizedBackend):
         b = self.sess.io_binding()
         b.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
         b.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
-        b.bind_cpu_input("logits_to_keep", np.array(keep, dtype=np.int64))
+        # an overridable initializer in graphs that give it a default: bound as a value, not a CPU input
+        b.bind_ortvalue_input("logits_to_keep", ort_value(np.array(keep, dtype=np.int64)))
         for name, v in zip(self.past_names, cache):
             b.bind_ortvalue_input(name, v)
         b.bind_output("logits")

@@ -14,6 +14,7 @@ from edgellm.errors import BadInput
 from edgellm.exporters.io.checkpoint import open_checkpoint
 from edgellm.exporters.gguf.export import ExportRequest, ExportResult, manifest_body
 from edgellm.models.families import family_for
+from edgellm.exporters.onnx.genai import write_genai_config
 from edgellm.exporters.package import copy_tokenizer, staging, tool_versions, write_manifest
 from edgellm.plan.onnx_layout import INT8_EMBED_BLOCK
 
@@ -76,6 +77,7 @@ def export_onnx(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
         onnx.save(model, str(tmp / MODEL_FILE))
         copy_tokenizer(req.model_dir, tmp)
         _ensure_tokenizer_json(req.model_dir, tmp)
+        write_genai_config(req.model, tmp, MODEL_FILE)          # onnxruntime-genai loads the bundle as is
         ops: dict[str, int] = {}
         for node in model.graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1

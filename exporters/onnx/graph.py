@@ -27,6 +27,7 @@ from edgellm.exporters.onnx.weights import ExternalData, NBits, quantize_int8_co
 MS = "com.microsoft"
 QUANTS = ("fp32", "fp16", "int8", "int4")
 OPSET = 21
+KEEP_ALL = 2 ** 62         # logits_to_keep: every position
 
 
 class Reader:
@@ -117,7 +118,7 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
           progress: Callable[[int, int], None] = lambda i, n: None,
           int4_quantizer: Callable[[np.ndarray, str], NBits] | None = None):
     """The ModelProto (initializers external in ``weights``)."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     m = arch.model
     g = Graph(weights, quant, block, accuracy_level, int8_levels, int4_quantizer)
@@ -266,7 +267,7 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     h, _ = skip_norm(pending, residual, arch.final_norm)
     # the head on the last logits_to_keep positions only
     neg_keep = g.node("Neg", [g.node("Reshape", ["logits_to_keep", g.const("shape1", np.array([1], np.int64))])])
-    h = g.node("Slice", [h, neg_keep, g.const("int_max", np.array([2**62], np.int64)), g.const("axis1", np.array([1], np.int64))])
+    h = g.node("Slice", [h, neg_keep, g.const("int_max", np.array([KEEP_ALL], np.int64)), g.const("axis1", np.array([1], np.int64))])
     if head_q is not None:
         qw, qs, qz, bits = head_q
         g.node("MatMulNBits", [h, qw, qs, qz], domain=MS, name="lm_head", K=hidden, N=vocab, bits=bits,
@@ -287,7 +288,11 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence_length"]),
               helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [])] + inputs
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "kept", vocab])] + outputs
-    graph = helper.make_graph(g.nodes, "edgellm", inputs, outputs, initializer=weights.initializers)
+    # logits_to_keep has a default (every position), so runtimes that do not feed it, such as
+    # onnxruntime-genai, get the full [batch, sequence, vocab] logits they allocate for; edgellm's
+    # runtime feeds 1 and pays for the head on the last position only
+    keep_all = numpy_helper.from_array(np.array(KEEP_ALL, np.int64), "logits_to_keep")
+    graph = helper.make_graph(g.nodes, "edgellm", inputs, outputs, initializer=weights.initializers + [keep_all])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                               producer_name="edgellm")
     model.ir_version = 10
