@@ -172,6 +172,13 @@ def _vocabulary(meta: dict, h: GgufHeader, fail: Fail) -> None:
         seen: set[str] = set()
         dup = next(t for t in texts if t in seen or seen.add(t))
         raise fail(f"token text {dup[:40]!r} appears more than once in the vocabulary")
+    name = meta.get("general.name")
+    phi3_tokens = {"</s>", "<unk>", "<s>", "<|endoftext|>"}
+    if (meta.get("general.architecture") == "phi3" and isinstance(name, str)
+            and any(k in name.lower() for k in ("phi3", "phi-3")) and not phi3_tokens <= set(tokens)):
+        # llama-vocab.cpp looks these up (unchecked) when general.name says Phi-3
+        raise fail(f"general.name {name[:40]!r} makes llama.cpp look up {', '.join(sorted(phi3_tokens))}, "
+                   "and this vocabulary lacks some")
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
         v = meta.get(key)
         if v is not None and (len(v) if isinstance(v, list) else int(v) if isinstance(v, Skipped) else -1) != n:

@@ -264,9 +264,10 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
     entries = plan_tensors(model, ckpt, arch, quant, types)
     extras = dict(arch.extra_tensors())
     w = writer_class()(path=None, arch=arch.gguf_arch_name)
+    from edgellm.exporters.gguf.card import general_metadata
+
     name = arch.general_name(Path(model.name).name, vocab.tokens)
-    if name:
-        w.add_name(name)
+    general_metadata(folder, name, model.n_params).set_gguf_meta_model(w)   # general.*: card + heuristics
     w.add_file_type(FILE_TYPES[quant])
     if quant != "F16":
         w.add_quantization_version(QUANTIZATION_VERSION)
