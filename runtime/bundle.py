@@ -123,6 +123,13 @@ def read_manifest(folder: Path) -> dict:
     for key in ("prediction", "verification", "model"):
         if key in manifest and not isinstance(manifest[key], dict):
             raise _fail(mpath, f"the manifest's {key!r} is not an object")
+    from edgellm.runtime.schema import SchemaError, schema, validate
+
+    try:
+        validate(manifest, schema(BUNDLE_VERSION))
+    except SchemaError as e:
+        raise _fail(mpath, f"the manifest breaks its schema (runtime/schemas/bundle-manifest-v{BUNDLE_VERSION}"
+                           f".schema.json) at {e}") from None
     return manifest
 
 

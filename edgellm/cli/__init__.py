@@ -13,10 +13,11 @@ import sys
 import traceback
 
 from edgellm import __version__
-from edgellm.cli import demo_cmd, devices_cmd, distill_cmd, eval_cmd, export_cmd, plan_cmd, run_cmd
+from edgellm.cli import (demo_cmd, devices_cmd, distill_cmd, eval_cmd, export_cmd, plan_cmd, run_cmd,
+                         verify_cmd)
 from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError, Terminated
 
-COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, eval_cmd, devices_cmd, demo_cmd)
+COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, verify_cmd, eval_cmd, devices_cmd, demo_cmd)
 
 EPILOG = """exit codes:
   0  success
@@ -32,6 +33,7 @@ start here:
   edgellm demo                                   build, export, verify, run and profile a demo model
   edgellm plan Qwen/Qwen2.5-0.5B-Instruct --device rpi5-8gb
   edgellm export ./my-model --device rpi5-8gb    a verified GGUF bundle (then: edgellm run / profile)
+  edgellm verify ./my-model-gguf-Q8_0-rpi5-8gb   manifest, checksums, loads and generates: ok?
   edgellm devices                                known device profiles
   edgellm device measure                         profile the machine you are on
 """
