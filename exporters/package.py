@@ -8,10 +8,10 @@ import os
 import shutil
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from edgellm import __version__
-from edgellm.exporters.output import check_space, claimed, temp_name, write_error
+from edgellm.exporters.output import check_space, claimed, is_bundle, temp_name, write_error
 from edgellm.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, sha256_file
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -43,13 +43,14 @@ def swap_in(tmp: Path, out: Path) -> None:
 
 
 @contextmanager
-def staging(out: Path, force: bool, needed: int | None = None, claim: bool = True) -> Iterator[Path]:
+def staging(out: Path, force: bool, needed: int | None = None, claim: bool = True,
+            recognise: Callable[[Path], bool] = is_bundle, kind: str = "bundle") -> Iterator[Path]:
     """A fresh ``.<name>.partial-<pid>`` folder for the caller to fill; on success it becomes
     ``out``, on any error (a full disk, Ctrl-C, SIGTERM) it is removed.  The output is claimed
     first (exporters/output.py: locked, replaceable only if it is a bundle, free space for
     ``needed`` bytes); ``claim=False`` when the caller already holds it."""
     out = Path(out)
-    with claimed(out, force) if claim else nullcontext():
+    with claimed(out, force, recognise, kind) if claim else nullcontext():
         free = check_space(out.parent, needed)
         tmp = temp_name(out, "partial")
         shutil.rmtree(tmp, ignore_errors=True)

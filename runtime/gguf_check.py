@@ -11,6 +11,7 @@ data past the end of the file (truncation).  Standard library only.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -192,5 +193,31 @@ def read_header(path: Path, check_meaning: bool = True) -> GgufHeader:
             raise fail(f"tensors {_q(an)} and {_q(bn)} overlap")
     if check_meaning:
         from edgellm.runtime.gguf_meta import check_metadata
-        check_metadata(h, fail)
+        check_metadata(_with_other_parts(path, h, fail), fail)
     return h
+
+
+SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def _with_other_parts(path: Path, h: GgufHeader, fail) -> GgufHeader:
+    """For the first file of llama.cpp's split format, every part checked (llama.cpp opens them
+    by name beside it) and their tensors joined, so the meaning is checked on the whole model."""
+    count = h.metadata.get("split.count", 1)
+    if not isinstance(count, int) or count <= 1:
+        return h
+    m = SPLIT_NAME.match(path.name)
+    if h.metadata.get("split.no") != 0 or not m or int(m["count"]) != count or int(m["no"]) != 1 or count > 9999:
+        raise fail(f"split part {h.metadata.get('split.no')} of {count}: open the first part, named "
+                   "NAME-00001-of-NNNNN.gguf")
+    merged = GgufHeader(h.version, dict(h.metadata), list(h.tensors), h.data_start, h.file_size)
+    for i in range(2, count + 1):
+        part = path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf")
+        if not part.is_file():
+            raise fail(f"split part {part.name} is missing")
+        ph = read_header(part, check_meaning=False)
+        if ph.metadata.get("split.no") != i - 1 or ph.metadata.get("split.count") != count:
+            raise BadInput(f"{part}: not part {i} of {count} of {path.name}")
+        merged.tensors += ph.tensors
+    merged.metadata["split.count"] = 1                     # checked as one file
+    return merged

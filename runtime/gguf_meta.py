@@ -50,6 +50,11 @@ def _shown(v) -> str:
     return text if len(text) <= 60 else text[:60] + "..."
 
 
+def _split(h: GgufHeader) -> bool:
+    count = h.metadata.get("split.count", 1)
+    return _int(count) and count > 1
+
+
 def check_metadata(h: GgufHeader, fail: Fail) -> None:
     meta = h.metadata
     for key, v in meta.items():
@@ -72,7 +77,7 @@ def _layers(h: GgufHeader, arch: str, fail: Fail) -> int:
     if not _int(n) or not 1 <= n <= MAX_LAYERS:
         raise fail(f"{key} is {_shown(n)}; llama.cpp takes 1 to {MAX_LAYERS} layers")
     present = {int(m[1]) for t in h.tensors if (m := BLOCK.match(t.name))}
-    if present and max(present) + 1 != n:
+    if present and max(present) + 1 != n and not _split(h):
         raise fail(f"{key} says {n} layers but the file has tensors for {max(present) + 1}")
     nextn = h.metadata.get(f"{arch}.nextn_predict_layers", 0)
     if not _int(nextn) or not 0 <= nextn <= n:
@@ -91,10 +96,12 @@ def _experts(h: GgufHeader, arch: str, n_layer: int, fail: Fail) -> None:
     if not (_int(groups) and _int(group_used) and groups >= 0 and group_used >= 0):
         raise fail(f"{arch}.expert_group_count/expert_group_used_count must be whole numbers")
     exps = [t for t in h.tensors if "_exps" in t.name]
+    if _split(h):                      # a part of llama.cpp's split format: the tensors are spread
+        exps = exps or [None]
     if n == 0:
         if used or groups:
             raise fail(f"{arch}.expert_used_count/expert_group_count are set but expert_count is 0")
-        if exps:
+        if exps and exps[0] is not None:
             raise fail(f"tensor {exps[0].name!r} holds experts but {arch}.expert_count is 0")
         return
     if not 0 < used <= n:
@@ -104,7 +111,7 @@ def _experts(h: GgufHeader, arch: str, n_layer: int, fail: Fail) -> None:
                    f"divide {n} experts")
     if not exps:
         raise fail(f"{arch}.expert_count is {n} but the file has no expert tensors")
-    for t in exps:
+    for t in (t for t in exps if t is not None):
         if len(t.shape) < 3 or t.shape[2] != n:
             raise fail(f"tensor {t.name!r} has shape {list(t.shape)}, not {n} experts")
 
