@@ -59,15 +59,24 @@ class Target:
         raise NotImplementedError
 
 
-def _runtime_lines(fmt: str, folder: str, artifact: str, files: list[PackFile]) -> list[str]:
+def _runtime_lines(fmt: str, folder: str, artifact: str, files: list[PackFile], lang: str) -> list[str]:
+    """How the app loads it, with this package's file names (``lang``: kotlin or swift)."""
     first = next((f.name for f in files if f.name.endswith(".gguf")), artifact)
     if fmt == "gguf":
-        return [f"- Runtime: a llama.cpp binding (llama.android, llama.swiftui, llama.rn): load "
-                f"`{folder}/{first}`" + (" (the other parts beside it are found by llama.cpp itself)"
-                                         if "-of-" in first else "") + ".",
-                "- The chat template is inside the GGUF (`tokenizer.chat_template`); the binding's chat API uses it."]
-    return [f"- Runtime: onnxruntime-genai: `Model(\"{folder}\")` then `Tokenizer(model)`; it reads "
-            "`genai_config.json`, `model.onnx`, `model.onnx.data` and the tokenizer files of that folder."]
+        split = " (the other parts beside it are found by llama.cpp itself)" if "-of-" in first else ""
+        return [f"Runtime: a llama.cpp binding (llama.android, llama.swiftui, llama.rn). Load `{folder}/{first}`{split}; "
+                "the chat template is inside the GGUF (`tokenizer.chat_template`), so the binding's chat API uses it.", "",
+                "```" + lang, (f'val model = LLamaAndroid.instance().load("{folder}/{first}")' if lang == "kotlin" else
+                               f'let context = try LlamaContext.create_context(path: "{folder}/{first}")'), "```"]
+    return [f"Runtime: onnxruntime-genai. It reads `genai_config.json`, `model.onnx`, `model.onnx.data` and the "
+            f"tokenizer files of `{folder}`.", "",
+            "```" + lang,
+            *((f'val model = ai.onnxruntime.genai.Model("{folder}")', "val tokenizer = ai.onnxruntime.genai.Tokenizer(model)",
+               "val params = ai.onnxruntime.genai.GeneratorParams(model)  // then Generator(model, params)")
+              if lang == "kotlin" else
+              (f'let model = try OGAModel(path: "{folder}")', "let tokenizer = try OGATokenizer(model: model)",
+               "let params = try OGAGeneratorParams(model: model)  // then OGAGenerator(model:params:)")),
+            "```"]
 
 
 class Android(Target):
@@ -119,7 +128,7 @@ class Android(Target):
                         f"`getPackLocation(pack).assetsPath() + \"/edgellm/{ident}/\"`."))
         limit = limits.PLAY_BASE_MODULE if delivery == "base" else limits.PLAY_ASSET_PACK
         lay.note += [f"# {model} for Android ({delivery})", "", where, "",
-                     *_runtime_lines(fmt, f"<filesDir>/edgellm/{ident}", artifact, files), "",
+                     *_runtime_lines(fmt, f"<filesDir>/edgellm/{ident}", artifact, files, "kotlin"), "",
                      f"Size: {store_bytes(total)} in {len(files)} files; Google Play's limit for this delivery is "
                      f"{store_bytes(limit)} per {'base module' if delivery == 'base' else 'asset pack'} "
                      "(https://developer.android.com/guide/playcore/asset-delivery)."]
@@ -170,7 +179,7 @@ class Ios(Target):
             where = ("Upload the files of `download/` to your host (`index.json` lists sizes, sha256 and URLs); on "
                      f"first launch download them into Application Support/`{ident}/`, check each sha256, load from there.")
         lay.note += [f"# {model} for iOS ({delivery})", "", where, "",
-                     *_runtime_lines(fmt, f"<resources>/{ident}", artifact, files), "",
+                     *_runtime_lines(fmt, f"<resources>/{ident}", artifact, files, "swift"), "",
                      f"Size: {store_bytes(total)} (App Store limit {store_bytes(limits.APP_STORE_APP)} uncompressed)."]
         if not any(k in device.lower() for k in ("iphone", "ipad")):
             lay.note += ["", f"Memory: this bundle was planned for {device}, not an iPhone or iPad, so its memory "
