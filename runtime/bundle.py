@@ -103,7 +103,7 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise _fail(mpath, "not an edgellm bundle manifest")
     version = manifest.get("version")
-    if version != BUNDLE_VERSION:
+    if version != BUNDLE_VERSION or isinstance(version, bool):
         shown = version if isinstance(version, int) and not isinstance(version, bool) else repr(str(version)[:40])
         raise _fail(mpath, f"bundle version {shown} is not supported (this edgellm reads version {BUNDLE_VERSION})")
     files = manifest.get("files")

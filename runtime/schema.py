@@ -40,7 +40,7 @@ def _key(path: str, key: str) -> str:
 
 def validate(value, rules: dict, path: str = "$") -> None:
     """Raise SchemaError at the first rule ``value`` breaks."""
-    if "const" in rules and value != rules["const"]:
+    if "const" in rules and (value != rules["const"] or type(value) is not type(rules["const"])):
         raise SchemaError(path, f"must be {rules['const']!r}")
     if "enum" in rules and value not in rules["enum"]:
         raise SchemaError(path, f"must be one of {', '.join(map(repr, rules['enum']))}")

@@ -267,7 +267,12 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
     from edgellm.exporters.gguf.card import general_metadata
 
     name = arch.general_name(Path(model.name).name, vocab.tokens)
-    general_metadata(folder, name, model.n_params).set_gguf_meta_model(w)   # general.*: card + heuristics
+    md = general_metadata(folder, name, model.n_params)        # general.*: the card + gguf's heuristics
+    md.name = name or "-"                                       # gguf's writer insists on a name ...
+    md.set_gguf_meta_model(w)
+    if name is None:                                            # ... which the family wants left out
+        for kv in w.kv_data:
+            kv.pop("general.name", None)
     w.add_file_type(FILE_TYPES[quant])
     if quant != "F16":
         w.add_quantization_version(QUANTIZATION_VERSION)
