@@ -72,7 +72,7 @@ def main() -> None:
             prof = json.loads(subprocess.run(
                 [EDGELLM, "profile", str(ours), "--threads", str(a.threads), "--prompt-tokens", prompt,
                  "--gen-tokens", "64", "--repeats", "3", "--json"], capture_output=True, text=True,
-                check=True).stdout)["measured"]
+                check=True).stdout)[0]["edgellm"]["measured"]
             best[key] = max(best[key], prof[f"{key}_tps"])
             best["rss"] = max(best["rss"], prof["peak_rss_bytes"])
     print(f"## runtime on that file, {a.threads} threads: prefill of 128 tokens, decode of 64 from an empty "

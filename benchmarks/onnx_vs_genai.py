@@ -78,7 +78,7 @@ def main() -> None:
         best["peer"] = [max(best["peer"][0], r["prefill"]), max(best["peer"][1], r["decode"])]
         r = json.loads(subprocess.run([EDGELLM, "profile", str(ours), "--threads", str(a.threads), "--prompt-tokens",
                                        "128", "--gen-tokens", "64", "--repeats", "3", "--json"], check=True,
-                                      capture_output=True, text=True, env=env).stdout)["measured"]
+                                      capture_output=True, text=True, env=env).stdout)[0]["edgellm"]["measured"]
         best["ours"] = [max(best["ours"][0], r["prefill_tps"]), max(best["ours"][1], r["decode_tps"])]
     (po, do), (pp, dp) = best["ours"], best["peer"]
     print(f"## runtime, {a.threads} threads: prefill of 128 tokens, then 64 greedy tokens; best of 3 interleaved rounds, each a median of 3")

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput, EdgeLLMError
-from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
+from edgellm.runtime.profiling import Profile, default_threads, depth_prefix, profile_prompt, summarize
 from edgellm.runtime.quiet import captured_stderr
 from edgellm.runtime.tokenizer import render_chat
 
@@ -152,7 +152,7 @@ class LlamaCppModel:
                                             seed=seed, stream=True):
             yield c["choices"][0]["text"]
 
-    def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:
+    def _timed_run(self, prompt: list[int], gen_tokens: int, prefix: list[int] = ()) -> tuple[float, float, float]:
         """(prefill s, time to first token s, decode s) through llama.cpp's C API directly: one
         llama_decode for the prompt, then one per token, the greedy choice taken on a zero-copy
         view of llama.cpp's logits (no per-token copy of the vocabulary, no candidate array)."""
@@ -160,6 +160,11 @@ class LlamaCppModel:
 
         ctx, n_vocab = self.llm.ctx, self.n_vocab
         C.llama_memory_clear(C.llama_get_memory(ctx), True)
+        step = self.llm.n_batch
+        for i in range(0, len(prefix), step):                # the context depth: filled, not timed
+            chunk = (C.llama_token * len(prefix[i:i + step]))(*prefix[i:i + step])
+            if C.llama_decode(ctx, C.llama_batch_get_one(chunk, len(chunk))) != 0:
+                raise EdgeLLMError("llama.cpp failed to evaluate the context prefix")
 
         def greedy() -> int:
             return int(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax())
@@ -180,12 +185,14 @@ class LlamaCppModel:
         self.llm.reset()
         return t1 - t0, ttft, t3 - t2
 
-    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
-        """Time prefill of a ``prompt_tokens`` prompt and greedy decode of ``gen_tokens``."""
-        if prompt_tokens + gen_tokens > self.n_ctx:
-            raise BadInput(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed the "
-                           f"context ({self.n_ctx})")
+    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int, depth: int = 0) -> Profile:
+        """Time prefill of a ``prompt_tokens`` prompt and greedy decode of ``gen_tokens``, after
+        ``depth`` tokens already in the cache (llama-bench's -d)."""
+        if depth + prompt_tokens + gen_tokens > self.n_ctx:
+            raise BadInput(f"depth + --prompt-tokens + --gen-tokens ({depth + prompt_tokens + gen_tokens}) exceed "
+                           f"the context ({self.n_ctx})")
         prompt = profile_prompt(self.tokenize, prompt_tokens)
+        prefix = depth_prefix(prompt or [0], depth)
         self._timed_run(prompt[:min(8, len(prompt))], 2)          # warm-up, as llama-bench does
-        runs = [self._timed_run(prompt, gen_tokens) for _ in range(repeats)]
-        return summarize(runs, self.threads, prompt_tokens, gen_tokens, self.load_s)
+        runs = [self._timed_run(prompt, gen_tokens, prefix) for _ in range(repeats)]
+        return summarize(runs, self.threads, prompt_tokens, gen_tokens, self.load_s, depth)

@@ -119,7 +119,9 @@ class StaticOnnxModel(TokenizedBackend):
             yield tok
             row = self.step([tok], cache)[-1]
 
-    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
+    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int, depth: int = 0) -> Profile:
+        if depth:
+            raise BadInput("context depths need a growing cache; this fixed-shape NPU build profiles at depth 0")
         if prompt_tokens + gen_tokens > self.cache_shape[2]:
             raise BadInput(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed this "
                            f"fixed-shape model's cache ({self.cache_shape[2]})")

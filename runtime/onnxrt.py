@@ -16,7 +16,7 @@ import numpy as np
 
 from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.runtime.backend import TokenizedBackend, choose
-from edgellm.runtime.profiling import Profile, default_threads, profile_prompt, summarize
+from edgellm.runtime.profiling import Profile, default_threads, depth_prefix, profile_prompt, summarize
 from edgellm.runtime.tokenizer import Tokenizer
 
 
@@ -107,9 +107,10 @@ class OnnxModel(TokenizedBackend):
             logits, cache = self.step([tok], cache)
 
     # --- timing ----------------------------------------------------------------------------
-    def _timed_run(self, prompt: list[int], gen_tokens: int) -> tuple[float, float, float]:
+    def _timed_run(self, prompt: list[int], gen_tokens: int, prefix: list[int] = ()) -> tuple[float, float, float]:
+        cache = self.step(list(prefix), self.empty_cache())[1] if prefix else self.empty_cache()   # the depth, untimed
         t0 = time.perf_counter()
-        logits, cache = self.step(prompt, self.empty_cache())
+        logits, cache = self.step(prompt, cache)
         t1 = time.perf_counter()
         tok = int(logits[-1].argmax())
         ttft = time.perf_counter() - t0
@@ -119,11 +120,12 @@ class OnnxModel(TokenizedBackend):
             tok = int(logits[-1].argmax())
         return t1 - t0, ttft, time.perf_counter() - t2
 
-    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int) -> Profile:
-        if prompt_tokens + gen_tokens > self.n_ctx:
-            raise BadInput(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed the "
-                           f"context ({self.n_ctx})")
+    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int, depth: int = 0) -> Profile:
+        if depth + prompt_tokens + gen_tokens > self.n_ctx:
+            raise BadInput(f"depth + --prompt-tokens + --gen-tokens ({depth + prompt_tokens + gen_tokens}) exceed "
+                           f"the context ({self.n_ctx})")
         prompt = profile_prompt(self.tokenize, prompt_tokens)
+        prefix = depth_prefix(prompt or [0], depth)
         self._timed_run(prompt[:min(8, len(prompt))], 2)          # warm-up
-        runs = [self._timed_run(prompt, gen_tokens) for _ in range(repeats)]
-        return summarize(runs, self.threads, prompt_tokens, gen_tokens, self.load_s)
+        runs = [self._timed_run(prompt, gen_tokens, prefix) for _ in range(repeats)]
+        return summarize(runs, self.threads, prompt_tokens, gen_tokens, self.load_s, depth)

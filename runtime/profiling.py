@@ -42,6 +42,9 @@ class Profile:
     prefill_tps: float
     decode_tps: float
     peak_rss_bytes: int
+    depth: int = 0                                   # tokens already in the cache (llama-bench n_depth)
+    samples_prefill_tps: tuple[float, ...] = ()      # one per repeat
+    samples_decode_tps: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,10 +57,17 @@ def profile_prompt(tokenize: Callable[..., list[int]], n: int) -> list[int]:
 
 
 def summarize(runs: list[tuple[float, float, float]], threads: int, prompt_tokens: int, gen_tokens: int,
-              load_s: float) -> Profile:
-    """Medians over repeats of (prefill s, time to first token s, decode s)."""
+              load_s: float, depth: int = 0) -> Profile:
+    """Medians over repeats of (prefill s, time to first token s, decode s), and every sample."""
+    pre = tuple(prompt_tokens / r[0] for r in runs)
+    dec = tuple(gen_tokens / r[2] if r[2] > 0 else 0.0 for r in runs)
     return Profile(threads=threads, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=len(runs),
                    load_s=load_s, ttft_s=statistics.median(r[1] for r in runs),
-                   prefill_tps=statistics.median(prompt_tokens / r[0] for r in runs),
-                   decode_tps=statistics.median(gen_tokens / r[2] for r in runs),
-                   peak_rss_bytes=peak_rss_bytes())
+                   prefill_tps=statistics.median(pre), decode_tps=statistics.median(dec),
+                   peak_rss_bytes=peak_rss_bytes(), depth=depth, samples_prefill_tps=pre,
+                   samples_decode_tps=dec)
+
+
+def depth_prefix(prompt: list[int], depth: int) -> list[int]:
+    """``depth`` tokens of context to fill the cache with before a timed run (untimed)."""
+    return (prompt * (depth // max(len(prompt), 1) + 1))[:depth] if depth else []

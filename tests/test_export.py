@@ -119,7 +119,7 @@ def test_run_and_profile_the_bundle(run_cli, tiny, tmp_path):
     r = run_cli("profile", str(tmp_path / "b"), "--prompt-tokens", "64", "--gen-tokens", "16",
                 "--repeats", "2", "--json")
     assert r.returncode == 0, r.stderr
-    data = json.loads(r.stdout)
+    data = json.loads(r.stdout)[0]["edgellm"]
     m = data["measured"]
     assert m["prefill_tps"] > 0 and m["decode_tps"] > 0 and m["peak_rss_bytes"] > 1 << 20
     assert m["ttft_s"] > 0 and data["predicted"]["decode_tokens_per_s"] > 0

@@ -36,7 +36,7 @@ def test_npu_bundle_runs_and_profiles(run_cli, tiny, tmp_path):
     r = run_cli("profile", str(tmp_path / "b"), "--prompt-tokens", "40", "--gen-tokens", "4", "--repeats", "1",
                 "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["measured"]["decode_tps"] > 0
+    assert json.loads(r.stdout)[0]["edgellm"]["measured"]["decode_tps"] > 0
 
 
 def test_static_runtime_matches_transformers_in_float(tiny, tmp_path):

@@ -76,7 +76,7 @@ def test_run_and_profile_an_onnx_bundle(run_cli, tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("profile", str(tmp_path / "b"), "--prompt-tokens", "32", "--gen-tokens", "8", "--repeats", "2", "--json")
     assert r.returncode == 0, r.stderr
-    prof = json.loads(r.stdout)["measured"]
+    prof = json.loads(r.stdout)[0]["edgellm"]["measured"]
     assert prof["prefill_tps"] > 0 and prof["decode_tps"] > 0 and prof["peak_rss_bytes"] > 1 << 20
 
 

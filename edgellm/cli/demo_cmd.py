@@ -97,7 +97,7 @@ def _end_to_end(device, rebuild: bool, quiet: bool, fmt: str = "gguf", device_ar
     chat = _cli("run", str(out), "-p", "Write a Python function that adds two numbers.", "--max-tokens", "32")
     say("[5/5] profiling the bundle")
     prof = json.loads(_cli("profile", str(out), "--prompt-tokens", "256", "--gen-tokens", "64",
-                           "--repeats", "2", "--json"))["measured"]
+                           "--repeats", "2", "--json"))[0]["edgellm"]["measured"]
     line.done()
     return {"model_dir": str(model_dir), "plan": report.to_json(plan), "bundle": str(out),
             "verification": result.verification, "sample": DEMO_PROMPT + sample.rstrip("\n"), "chat_reply": chat.rstrip("\n"), "profile": prof,

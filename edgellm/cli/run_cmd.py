@@ -1,14 +1,12 @@
-"""``edgellm run BUNDLE -p TEXT`` and ``edgellm profile BUNDLE``: the bundle on this machine."""
+"""``edgellm run BUNDLE -p TEXT``: the bundle on this machine."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from edgellm.cli.common import non_negative_float, positive_int, print_json
+from edgellm.cli.common import non_negative_float, positive_int
 from edgellm.errors import BadInput
-from edgellm.textfmt import table
-from edgellm.units import fmt_bytes
 
 
 def add_parser(sub) -> None:
@@ -27,17 +25,6 @@ def add_parser(sub) -> None:
     r.add_argument("--threads", type=positive_int, default=None, help="threads (default: all usable)")
     r.add_argument("--context", type=positive_int, default=2048, help="context length (default 2048)")
     r.set_defaults(func=run, supervised=True)
-    p = sub.add_parser("profile", help="measure load time, TTFT, prefill and decode speed, peak RAM",
-                       description="Time the bundle on this machine (llama-bench's method: one prefill "
-                                   "batch, then token-by-token decode; medians of repeats) and print each "
-                                   "figure beside the planner's prediction recorded at export.")
-    p.add_argument("bundle", help="bundle folder")
-    p.add_argument("--threads", type=positive_int, default=None, help="threads (default: all usable)")
-    p.add_argument("--prompt-tokens", type=positive_int, default=512, help="prompt length (default 512)")
-    p.add_argument("--gen-tokens", type=positive_int, default=128, help="generated tokens (default 128)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="repeats; medians are reported (default 3)")
-    p.add_argument("--json", action="store_true", help="print as JSON")
-    p.set_defaults(func=profile, supervised=True)
 
 
 def _open(path: str, n_ctx: int, threads):
@@ -79,25 +66,4 @@ def run(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    return 0
-
-
-def profile(args) -> int:
-    bundle, model = _open(args.bundle, args.prompt_tokens + args.gen_tokens + 8, args.threads)
-    prof = model.profile(args.prompt_tokens, args.gen_tokens, args.repeats)
-    pred = bundle.manifest.get("prediction", {})
-    if args.json:
-        print_json({"bundle": str(bundle.folder), "measured": prof.to_dict(), "predicted": pred})
-        return 0
-    rows = [
-        ["load time", f"{prof.load_s:.2f} s", "-"],
-        ["time to first token", f"{prof.ttft_s * 1000:.0f} ms", "-"],
-        ["prefill", f"{prof.prefill_tps:.1f} tok/s", f"{pred['prefill_tokens_per_s']:.1f} tok/s" if pred else "-"],
-        ["decode", f"{prof.decode_tps:.1f} tok/s", f"{pred['decode_tokens_per_s']:.1f} tok/s" if pred else "-"],
-        ["peak RSS", fmt_bytes(prof.peak_rss_bytes), fmt_bytes(pred["peak_memory_bytes"]) + f" at context {pred['context']}" if pred else "-"],
-    ]
-    print(f"{bundle.folder}: {bundle.manifest['choice']['quant']}, {prof.threads} threads, "
-          f"{prof.prompt_tokens}-token prompt, {prof.gen_tokens} generated, median of {prof.repeats}")
-    print(f"(predictions were made for {bundle.manifest.get('device')}; compare on that device)")
-    print(table(["", "measured", "predicted"], rows, right={1, 2}))
     return 0

@@ -1,0 +1,106 @@
+"""`edgellm profile`: conditions recorded (or marked unavailable), context depths, a sustained run,
+and llama-bench's JSON field names."""
+
+import json
+
+import pytest
+
+from conftest import CORPUS, write_bundle
+
+LLAMA_BENCH_FIELDS = {"n_prompt", "n_gen", "n_depth", "avg_ts", "stddev_ts", "samples_ts", "model_size",
+                      "model_n_params", "type_k", "type_v", "n_threads", "cpu_info", "build_commit"}
+
+
+@pytest.fixture
+def gguf_bundle(tmp_path):
+    return write_bundle(tmp_path / "b", {"m.gguf": (CORPUS / "valid.gguf").read_bytes()}, "m.gguf",
+                        model={"name": "tiny", "architecture": "llama", "parameters": 12345, "source": "hub"})
+
+
+def test_json_is_llama_bench_records_with_edgellms_figures(run_cli, gguf_bundle):
+    r = run_cli("profile", str(gguf_bundle), "--prompt-tokens", "16", "--gen-tokens", "8", "--repeats", "2",
+                "--depths", "0,32", "--json")
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(r.stdout)
+    assert [(x["test"], x["n_depth"]) for x in recs] == [("pp16", 0), ("tg8", 0), ("pp16", 32), ("tg8", 32)]
+    for x in recs:
+        assert LLAMA_BENCH_FIELDS <= set(x)
+        assert len(x["samples_ts"]) == 2 and x["avg_ts"] > 0 and x["model_n_params"] == 12345
+        e = x["edgellm"]
+        assert e["measured"]["peak_rss_bytes"] > 0 and e["measured"]["ttft_s"] > 0
+        cond = e["conditions"]
+        for when in ("before", "after"):
+            c = cond[when]
+            assert c["threads_used"] >= 1 and c["cpu_model"]
+            for key in ("governor", "temperatures_c", "throttling"):
+                assert c[key] not in (None, "")                     # a value, or "unavailable" with why
+        jpt = cond["joules_per_generated_token"]
+        assert jpt == "unavailable" or jpt > 0
+    assert recs[0]["n_prompt"] == 16 and recs[0]["n_gen"] == 0 and recs[1]["n_gen"] == 8 and recs[1]["n_prompt"] == 0
+
+
+def test_what_a_machine_does_not_expose_is_unavailable_never_guessed(tmp_path, monkeypatch):
+    from edgellm.runtime import conditions
+
+    monkeypatch.setattr(conditions, "CPUFREQ", tmp_path / "none")
+    monkeypatch.setattr(conditions, "THERMAL", tmp_path / "none")
+    monkeypatch.setattr(conditions, "POWERCAP", tmp_path / "none")
+    monkeypatch.setattr(conditions.shutil, "which", lambda name: None)
+    s = conditions.snapshot(2)
+    assert s["governor"] == "unavailable" and s["temperatures_c"]["value"] == "unavailable"
+    assert s["throttling"]["value"] == "unavailable" and conditions.energy_uj() is None
+    assert conditions.joules(None, None) == "unavailable"
+
+
+def test_conditions_are_read_where_the_platform_exposes_them(tmp_path, monkeypatch):
+    from edgellm.runtime import conditions
+
+    cpu = tmp_path / "cpu/cpu0/cpufreq"
+    cpu.mkdir(parents=True)
+    (cpu / "scaling_governor").write_text("performance\n")
+    (cpu / "scaling_cur_freq").write_text("2400000\n")
+    (cpu / "cpuinfo_max_freq").write_text("2400000\n")
+    zone = tmp_path / "thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("61500\n")
+    rapl = tmp_path / "powercap/intel-rapl:0"
+    rapl.mkdir(parents=True)
+    (rapl / "name").write_text("package-0\n")
+    (rapl / "energy_uj").write_text("1000000\n")
+    fake_vcgencmd = tmp_path / "vcgencmd"
+    fake_vcgencmd.write_text("#!/bin/sh\necho throttled=0x50005\n")
+    fake_vcgencmd.chmod(0o755)
+    monkeypatch.setattr(conditions, "CPUFREQ", tmp_path / "cpu")
+    monkeypatch.setattr(conditions, "THERMAL", tmp_path / "thermal")
+    monkeypatch.setattr(conditions, "POWERCAP", tmp_path / "powercap")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    s = conditions.snapshot(4)
+    assert s["governor"] == "performance" and s["cur_khz"] == [2400000] and s["max_khz"] == [2400000]
+    assert s["temperatures_c"] == {"cpu-thermal": 61.5}
+    assert s["throttling"]["flags"] == ["under-voltage now", "throttled now", "under-voltage has occurred",
+                                        "throttling has occurred"]
+    before = conditions.energy_uj()
+    (rapl / "energy_uj").write_text("3500000\n")
+    assert conditions.joules(before, conditions.energy_uj()) == 2.5
+
+
+def test_profiles_at_several_depths_and_a_sustained_run_sampled_over_time(run_cli, gguf_bundle):
+    r = run_cli("profile", str(gguf_bundle), "--prompt-tokens", "8", "--gen-tokens", "8", "--repeats", "3",
+                "--depths", "0,96", "--sustained", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(r.stdout)
+    samples = recs[0]["edgellm"]["sustained"]
+    assert 1 <= len(samples) <= 4 and all(s["decode_tps"] > 0 for s in samples)
+    assert samples[-1]["t_s"] >= 1.5
+    text = run_cli("profile", str(gguf_bundle), "--prompt-tokens", "8", "--gen-tokens", "8", "--repeats", "1",
+                   "--sustained", "1").stdout
+    assert "conditions:" in text and "sustained" in text and "decode at depth" not in text
+
+
+def test_bad_depths_are_one_line(run_cli, gguf_bundle):
+    for d in ("a,b", "-1", ""):
+        r = run_cli("profile", str(gguf_bundle), "--depths", d)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1
+    r = run_cli("profile", str(gguf_bundle), "--depths", "100000")
+    assert r.returncode == 2 and "exceed" in r.stderr
