@@ -49,6 +49,14 @@ def add_parser(sub) -> None:
                    help="tokens already in the cache for each profile (default 0)")
     p.add_argument("--sustained", type=positive_float, metavar="SECONDS", default=0.0,
                    help="then decode back to back for SECONDS, sampling tokens/s and temperature")
+    p.add_argument("--remote", metavar="[USER@]HOST[:PORT]",
+                   help="profile on that machine through ssh (your ~/.ssh/config and keys apply): the bundle "
+                        "is copied there (files already there with the same sha256 are skipped) and run by "
+                        "its edgellm")
+    p.add_argument("--remote-python", metavar="PATH", help="the far side's Python with edgellm (default: edgellm on its PATH)")
+    p.add_argument("--ssh-config", metavar="FILE", help="with --remote: ssh's -F FILE instead of ~/.ssh/config")
+    p.add_argument("--device", help="with --remote: the device profile to compare with (default: the bundle's)")
+    p.add_argument("--clean", action="store_true", help="with --remote: remove the copied bundle there afterwards")
     p.add_argument("--json", action="store_true", help="llama-bench JSON records, with edgellm's figures")
     p.set_defaults(func=profile, supervised=True)
 
@@ -71,7 +79,62 @@ def _model_info(bundle, model) -> dict:
             "backend": "CPU (llama.cpp)" if gguf else "CPU (ONNX Runtime)", "build_commit": build}
 
 
+def _remote(args) -> int:
+    """The same profile on another machine; printed beside the plan for --device (or the bundle's)."""
+    from edgellm.remote import Remote, profile_remote
+    from edgellm.runtime.bundle import open_bundle
+
+    remote = Remote.parse(args.remote, args.remote_python, args.ssh_config)
+    bundle = open_bundle(Path(args.bundle))
+    try:
+        passed = ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens), "--repeats",
+                  str(args.repeats), "--depths", ",".join(map(str, args.depths))]
+        if args.threads:
+            passed += ["--threads", str(args.threads)]
+        if args.sustained:
+            passed += ["--sustained", str(args.sustained)]
+        records, sent = profile_remote(remote, bundle, passed, args.clean)
+        device = args.device or bundle.manifest.get("device")
+        pred = _prediction_for(bundle, device) if args.device else (bundle.manifest.get("prediction") or {})
+    finally:
+        bundle.close()
+    for r in records:
+        r["edgellm"]["predicted"] = pred
+        r["edgellm"]["remote"] = {"host": remote.name, "bytes_copied": sent, "device_compared": device}
+    if args.json:
+        print_json(records)
+        return 0
+    m = records[0]["edgellm"]["measured"]
+    rows = [["load time", f"{m['load_s']:.2f} s", "-"], ["time to first token", f"{m['ttft_s'] * 1000:.0f} ms", "-"]]
+    for r in records[1::2]:
+        mm = r["edgellm"]["measured"]
+        at = f" at depth {mm['depth']}" if mm["depth"] or len(records) > 2 else ""
+        rows += [[f"prefill{at}", f"{mm['prefill_tps']:.1f} tok/s", f"{pred['prefill_tokens_per_s']:.1f} tok/s" if pred and not mm["depth"] else "-"],
+                 [f"decode{at}", f"{mm['decode_tps']:.1f} tok/s", f"{pred['decode_tokens_per_s']:.1f} tok/s" if pred and not mm["depth"] else "-"]]
+    rows.append(["peak RSS", fmt_bytes(m["peak_rss_bytes"]), fmt_bytes(pred["peak_memory_bytes"]) if pred else "-"])
+    print(f"{args.bundle} on {remote.name} ({records[0]['cpu_info']}, {m['threads']} threads; "
+          f"{fmt_bytes(sent)} copied), beside the plan for {device}")
+    print(table(["", f"measured on {remote.host}", "predicted"], rows, right={1, 2}))
+    return 0
+
+
+def _prediction_for(bundle, device_name: str) -> dict:
+    """What the planner predicts for this bundle's build on ``device_name``."""
+    from edgellm import devices, models
+    from edgellm.plan import planner, report
+    from edgellm.runtime.backend import recorded_choice
+
+    folder = bundle.load_dir or bundle.folder
+    model = models.load_config(str(folder))
+    device = devices.find(device_name)
+    budgets = planner.budgets_for(device, None, None, None, model)
+    c = planner.evaluate_choice(model, device, budgets, recorded_choice(bundle))
+    return report.prediction(c, budgets.context) if c else {}
+
+
 def profile(args) -> int:
+    if args.remote:
+        return _remote(args)
     from edgellm.runtime.backend import open_backend
     from edgellm.runtime.bench import records, run_session
 
