@@ -12,7 +12,6 @@ leaves only ``*.partial`` files, which the next copy replaces.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shlex
@@ -20,6 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgellm.runtime.bundle import sha256_file
 from edgellm.errors import BadInput, EdgeLLMError, Unreachable
 
 TARGET = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>[A-Za-z0-9._\-]+|\[[0-9a-fA-F:]+\])(?::(?P<port>\d{1,5}))?$")
@@ -77,14 +77,6 @@ class Remote:
         return EdgeLLMError(f"{self.name}: {doing} failed (exit {r.returncode}{': ' + last if last else ''})")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_runtime(remote: Remote) -> str:
     r = remote.ssh(f"{remote.edgellm()} --version", timeout=60)
     if r.returncode == 0 and r.stdout.startswith("edgellm"):
@@ -108,7 +100,7 @@ def push(remote: Remote, bundle, say=lambda s: None) -> tuple[str, int]:
     src = bundle.load_dir or bundle.folder
     files = dict(bundle.manifest["files"])
     manifest_path = bundle.folder / MANIFEST
-    files[MANIFEST] = {"sha256": _sha256(manifest_path), "bytes": manifest_path.stat().st_size}
+    files[MANIFEST] = {"sha256": sha256_file(manifest_path), "bytes": manifest_path.stat().st_size}
     where = remote_dir(bundle.folder, files[MANIFEST]["sha256"])
     q = shlex.quote(where)
     listing = remote.ssh(f"mkdir -p {q} && cd {q} && (sha256sum -- * 2>/dev/null || true) && df -Pk .", timeout=120)

@@ -3,7 +3,6 @@
 failures a user meets (unreachable, refused, no edgellm there)."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess

@@ -8,7 +8,6 @@ an export: a temporary folder renamed into place when complete; --force replaces
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tarfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm import __version__
+from edgellm.runtime.bundle import sha256_file
 from edgellm.errors import BadInput
 from edgellm.packaging.targets import TARGETS, PackFile
 
@@ -47,16 +47,8 @@ def is_package(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _file(name: str, path: Path) -> PackFile:
-    return PackFile(name, path, path.stat().st_size, _sha256(path))
+    return PackFile(name, path, path.stat().st_size, sha256_file(path))
 
 
 def _split(bundle, work: Path, max_bytes: int) -> list[PackFile]:
