@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     m.add_argument("--name", default=None, help=f"profile name (default: {default_name()})")
     m.add_argument("-o", "--output", type=Path, default=None,
                    help=f"file to write (default: {devices.user_dir()}/NAME.toml)")
+    m.add_argument("--kernels", action="store_true",
+                   help="also measure llama.cpp's decode and prefill rate for each GGUF type (about a minute), "
+                        "so plans rank types by what they do here")
     m.add_argument("--json", action="store_true", help="print the measured profile as JSON")
     m.set_defaults(func=run_measure)
 
@@ -95,7 +98,7 @@ def run_show(args) -> int:
 
 def run_measure(args) -> int:
     name = args.name or default_name()
-    prof, text = measure(name, stderr_progress)
+    prof, text = measure(name, stderr_progress, kernels=args.kernels)
     out = args.output or devices.user_dir() / f"{name}.toml"
     atomic_write(out, text.encode("utf-8"))
     if args.json:

@@ -29,8 +29,9 @@ def _q(value: str) -> str:
 
 
 def measure(name: str, progress: Callable[[str], None] = lambda s: None,
-            buffer_bytes: int = 512 << 20) -> tuple[DeviceProfile, str]:
-    """Measure this machine; return the validated profile and its TOML text."""
+            buffer_bytes: int = 512 << 20, kernels: bool = False) -> tuple[DeviceProfile, str]:
+    """Measure this machine; return the validated profile and its TOML text.  ``kernels``: also
+    each GGUF type's decode and prefill rates with llama.cpp itself (about a minute)."""
     from edgellm.runtime import hostinfo, membench
 
     progress("reading CPU and memory facts")
@@ -66,6 +67,16 @@ cores_little = {host.cores_little}                           # {by}
 {freq}isa = {json.dumps(list(host.isa))}   # {by} (/proc/cpuinfo or sysctl)
 fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threads
 """
+    if kernels:
+        from edgellm.devices.kernels import measure_kernels
+
+        rates = measure_kernels(bw.read, threads, progress, source=by)
+        text += ("\n# llama.cpp's kernels per type, measured on a random-weight 100 M-parameter llama with\n"
+                 "# llama-cpp-python itself (edgellm/devices/kernels.py); the planner uses them for this device\n"
+                 "[kernels]\n")
+        for key, r in rates.items():
+            text += (f"{_q(key)} = {{ decode_bandwidth_share = {r.decode_bandwidth_share}, "
+                     f"prefill_gflops = {r.prefill_gflops}, source = {_q(r.source)} }}\n")
     prof = profile_from_dict(tomllib.loads(text), f"<measured {name}>")
     progress(f"read {fmt_rate(bw.read, 'B/s')}, copy {fmt_rate(bw.copy, 'B/s')}, "
              f"matmul {fmt_rate(flops, 'FLOPS')}")

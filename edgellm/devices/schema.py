@@ -103,6 +103,11 @@ class DeviceProfile:
     accelerators: tuple[Accelerator, ...] = ()
     aliases: tuple[str, ...] = ()             # short names, e.g. "rpi5" for "rpi5-8gb"
     source: str = ""                          # file it came from
+    # measured kernel rates per "runtime:TYPE" ([kernels], edgellm/devices/kernels.py)
+    kernels: tuple = ()
+
+    def kernel(self, key: str):
+        return next((rate for k, rate in self.kernels if k == key), None)
 
     @property
     def memory_budget(self) -> int:
@@ -140,7 +145,7 @@ def _fraction(v: Any) -> float:
 
 
 def _positive(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
         raise units.UnitError(f"expected a number > 0, got {v!r}")
     return float(v)
 
@@ -188,7 +193,16 @@ _ACCEL = {"name": (_string, True), "kind": (_choice(ACCEL_KINDS), True),
           "weight_types": (_list_of(_string), False)}
 _BUDGETS = {"context": (_positive_count, False), "min_decode_tps": (_positive, False),
             "max_memory": (_positive_bytes, False)}
-_SECTIONS = {"memory", "cpu", "accelerators", "budgets"}
+_SECTIONS = {"memory", "cpu", "accelerators", "budgets", "kernels"}
+_KERNEL = {"decode_bandwidth_share": (lambda v: _fraction_upto(v, 4.0), True),
+           "prefill_gflops": (lambda v: _positive(v), True), "source": (lambda v: _string(v), False)}
+
+
+def _fraction_upto(v: Any, most: float) -> float:
+    x = _positive(v)
+    if x > most:
+        raise units.UnitError(f"{x} is more than {most}")
+    return x
 
 
 def _section(data: Any, spec: dict, where: str, fail: Callable[[str], BadInput]) -> dict:
@@ -238,6 +252,11 @@ def profile_from_dict(data: dict, source: str) -> DeviceProfile:
     budgets = Budgets(**_section(data.get("budgets", {}), _BUDGETS, "budgets.", fail))
     if budgets.max_memory is not None and budgets.max_memory > memory.ram:
         raise fail("budgets.max_memory: larger than memory.ram")
+    kernels = data.get("kernels", {})
+    if not isinstance(kernels, dict):
+        raise fail("kernels: expected a table of \"runtime:TYPE\" = { decode_bandwidth_share, prefill_gflops }")
+    from edgellm.devices.kernels import KernelRate
+    rates = tuple((str(k), KernelRate(**_section(v, _KERNEL, f"kernels.{k}.", fail))) for k, v in kernels.items())
     fields.pop("schema")
     return DeviceProfile(memory=memory, cpu=cpu, accelerators=accelerators, budgets=budgets,
-                         source=source, **fields)
+                         source=source, kernels=rates, **fields)

@@ -79,6 +79,11 @@ def _accepts(acc: Accelerator, fmt: BuildFormat, choice: BuildChoice) -> bool:
     return not acc.weight_types or choice.quant in acc.weight_types
 
 
+def prefill_flops(model: ModelConfig, prompt: int) -> float:
+    """Every layer matrix for each prompt token, the head once (last token only)."""
+    return prompt * (_flops_per_token(model, prompt // 2) - 2 * _head_elements(model)) + 2 * _head_elements(model)
+
+
 def kv_bytes(model: ModelConfig, choice: BuildChoice, context: int) -> int:
     fmt = format_for(choice)
     return int(model.kv_elements(context, fmt.windowed_cache) * fmt.kv_element_bytes(choice))
@@ -99,15 +104,21 @@ def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, con
     prompt = min(PROMPT_TOKENS, max(context - GEN_TOKENS, 1))
     position = min(prompt + GEN_TOKENS // 2, context)
     bandwidth = device.memory.effective_bandwidth
+    measured = device.kernel(f"{runtime.name}:{choice.quant}")
     best = None
     for label, peak, rates in units:
-        t_mem = (read + kv_bytes(model, choice, position)) / bandwidth
-        t_compute = _flops_per_token(model, position) / (peak * rates.decode)
-        decode = 1.0 / (max(t_mem, t_compute) + runtime.per_token_overhead_s)
-        # prefill: every layer matrix for each prompt token, the head once (last token only)
-        flops = prompt * (_flops_per_token(model, prompt // 2) - 2 * _head_elements(model)) + 2 * _head_elements(model)
-        t_prefill = max(flops / (peak * rates.prefill), weights / bandwidth)
-        prefill = prompt / t_prefill
+        flops = prefill_flops(model, prompt)
+        if label == "cpu" and measured is not None:
+            # this type's kernels as measured on the device (device measure --kernels)
+            t_mem = (read + kv_bytes(model, choice, position)) / (bandwidth * measured.decode_bandwidth_share)
+            decode = 1.0 / (t_mem + runtime.per_token_overhead_s)
+            prefill = prompt / max(flops / (measured.prefill_gflops * 1e9), weights / bandwidth)
+        else:
+            t_mem = (read + kv_bytes(model, choice, position)) / bandwidth
+            t_compute = _flops_per_token(model, position) / (peak * rates.decode)
+            decode = 1.0 / (max(t_mem, t_compute) + runtime.per_token_overhead_s)
+            t_prefill = max(flops / (peak * rates.prefill), weights / bandwidth)
+            prefill = prompt / t_prefill
         if best is None or decode >= best[2]:     # a tie goes to the accelerator: it frees the CPU
             best = (label, prefill, decode)
     label, prefill, decode = best
