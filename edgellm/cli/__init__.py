@@ -14,10 +14,10 @@ import traceback
 
 from edgellm import __version__
 from edgellm.cli import (demo_cmd, devices_cmd, distill_cmd, eval_cmd, export_cmd, package_cmd, plan_cmd,
-                         profile_cmd, run_cmd, verify_cmd)
+                         profile_cmd, report_cmd, run_cmd, verify_cmd)
 from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError, Terminated
 
-COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, profile_cmd, verify_cmd, package_cmd, eval_cmd, devices_cmd, demo_cmd)
+COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, profile_cmd, verify_cmd, package_cmd, report_cmd, eval_cmd, devices_cmd, demo_cmd)
 
 EPILOG = """exit codes:
   0  success
