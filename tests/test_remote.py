@@ -101,3 +101,14 @@ def test_remote_failures_are_one_line(run_cli, sshd, bundle, tmp_path):
     assert r.stderr.count("\n") == 1
     r = run_cli("profile", str(bundle), "--remote", "bad host!")
     assert r.returncode == 2 and "expected [user@]host[:port]" in r.stderr
+
+
+def test_measure_a_remote_machine_into_a_profile(run_cli, sshd):
+    config, _ = sshd
+    r = run_cli("device", "measure", "--remote", "edge-test", "--ssh-config", str(config()), "--remote-python", PY,
+                "--update-profile", "rpi5-8gb", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "from edge-test" in r.stdout
+    from edgellm import devices
+    text = Path(devices.find("rpi5-8gb").source).read_text()
+    assert "measured on edge-test by edgellm device measure" in text

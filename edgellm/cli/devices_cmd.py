@@ -40,6 +40,13 @@ def add_parser(sub) -> None:
     m.add_argument("--kernels", action="store_true",
                    help="also measure llama.cpp's decode and prefill rate for each GGUF type (about a minute), "
                         "so plans rank types by what they do here")
+    m.add_argument("--update-profile", metavar="PROFILE",
+                   help="fold the measurements (bandwidth, fp32 rate, [kernels]) into this existing profile "
+                        "instead of writing a new one, the source recorded; a shipped profile's updated copy "
+                        "goes to your profile folder, where it takes precedence")
+    m.add_argument("--remote", metavar="[USER@]HOST[:PORT]", help="measure that machine, through ssh")
+    m.add_argument("--remote-python", metavar="PATH", help="with --remote: the far side's Python with edgellm")
+    m.add_argument("--ssh-config", metavar="FILE", help="with --remote: ssh's -F FILE")
     m.add_argument("--json", action="store_true", help="print the measured profile as JSON")
     m.set_defaults(func=run_measure)
 
@@ -96,9 +103,47 @@ def run_show(args) -> int:
     return 0
 
 
+def _measure_remote(args, name: str) -> str:
+    import shlex
+
+    from edgellm.remote import Remote, check_runtime
+
+    remote = Remote.parse(args.remote, args.remote_python, args.ssh_config)
+    check_runtime(remote)
+    stderr_progress(f"measuring {remote.name}" + (" with kernels (about a minute)" if args.kernels else ""))
+    path = ".cache/edgellm/remote/measured.toml"
+    r = remote.ssh(f"mkdir -p .cache/edgellm/remote && {remote.edgellm()} device measure --name {shlex.quote(name)}"
+                   f"{' --kernels' if args.kernels else ''} -o {path} > /dev/null && cat {path} && rm -f {path}")
+    if r.returncode != 0:
+        raise remote.fail(r, "measuring")
+    return r.stdout
+
+
 def run_measure(args) -> int:
+    import datetime
+    import socket
+    import tomllib
+
     name = args.name or default_name()
-    prof, text = measure(name, stderr_progress, kernels=args.kernels)
+    if args.remote:
+        text = _measure_remote(args, name)
+        prof = devices.schema.profile_from_dict(tomllib.loads(text), f"<measured on {args.remote}>")
+        where = args.remote
+    else:
+        prof, text = measure(name, stderr_progress, kernels=args.kernels)
+        where = socket.gethostname()
+    if args.update_profile:
+        from edgellm.devices.update import update_profile
+
+        target = devices.find(args.update_profile)
+        source = f"measured on {where} by edgellm device measure, {datetime.date.today().isoformat()}"
+        out, updated = update_profile(target, text, source, devices.user_dir())
+        if args.json:
+            print_json(_profile_json(updated))
+        else:
+            print(f"updated {out} ({target.name}): bandwidth, fp32 rate" + (", kernels" if args.kernels else "")
+                  + f" from {where}")
+        return 0
     out = args.output or devices.user_dir() / f"{name}.toml"
     atomic_write(out, text.encode("utf-8"))
     if args.json:
