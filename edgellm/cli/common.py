@@ -63,3 +63,12 @@ def fraction_arg(text: str) -> float:
 def print_json(data) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def add_remote_args(p, what: str) -> None:
+    """--remote, --remote-python, --ssh-config: the same on every command that reaches a device."""
+    p.add_argument("--remote", metavar="[USER@]HOST[:PORT]",
+                   help=f"{what} that machine through the system's ssh (your ~/.ssh/config, keys and agent apply)")
+    p.add_argument("--remote-python", metavar="PATH",
+                   help="with --remote: the far side's Python with edgellm (default: edgellm on its PATH)")
+    p.add_argument("--ssh-config", metavar="FILE", help="with --remote: ssh's -F FILE instead of ~/.ssh/config")

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from edgellm import devices
-from edgellm.cli.common import print_json
+from edgellm.cli.common import add_remote_args, print_json
 from edgellm.devices.measure import default_name, measure, stderr_progress
 from edgellm.fsutil import atomic_write
 from edgellm.textfmt import table
@@ -44,9 +44,7 @@ def add_parser(sub) -> None:
                    help="fold the measurements (bandwidth, fp32 rate, [kernels]) into this existing profile "
                         "instead of writing a new one, the source recorded; a shipped profile's updated copy "
                         "goes to your profile folder, where it takes precedence")
-    m.add_argument("--remote", metavar="[USER@]HOST[:PORT]", help="measure that machine, through ssh")
-    m.add_argument("--remote-python", metavar="PATH", help="with --remote: the far side's Python with edgellm")
-    m.add_argument("--ssh-config", metavar="FILE", help="with --remote: ssh's -F FILE")
+    add_remote_args(m, "measure")
     m.add_argument("--json", action="store_true", help="print the measured profile as JSON")
     m.set_defaults(func=run_measure)
 

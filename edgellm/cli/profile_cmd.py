@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgellm.cli.common import positive_float, positive_int, print_json
+from edgellm.cli.common import add_remote_args, positive_float, positive_int, print_json
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes
 
@@ -49,12 +49,7 @@ def add_parser(sub) -> None:
                    help="tokens already in the cache for each profile (default 0)")
     p.add_argument("--sustained", type=positive_float, metavar="SECONDS", default=0.0,
                    help="then decode back to back for SECONDS, sampling tokens/s and temperature")
-    p.add_argument("--remote", metavar="[USER@]HOST[:PORT]",
-                   help="profile on that machine through ssh (your ~/.ssh/config and keys apply): the bundle "
-                        "is copied there (files already there with the same sha256 are skipped) and run by "
-                        "its edgellm")
-    p.add_argument("--remote-python", metavar="PATH", help="the far side's Python with edgellm (default: edgellm on its PATH)")
-    p.add_argument("--ssh-config", metavar="FILE", help="with --remote: ssh's -F FILE instead of ~/.ssh/config")
+    add_remote_args(p, "profile on")     # the bundle is copied there (files whose sha256 matches skipped)
     p.add_argument("--device", help="with --remote: the device profile to compare with (default: the bundle's)")
     p.add_argument("--clean", action="store_true", help="with --remote: remove the copied bundle there afterwards")
     p.add_argument("--json", action="store_true", help="llama-bench JSON records, with edgellm's figures")
