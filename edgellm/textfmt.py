@@ -1,4 +1,5 @@
-"""Plain-text tables for the terminal: no dependency, columns sized to their content."""
+"""Plain text for the terminal: tables sized to their content, and strangers' names quoted for
+error lines.  No dependency."""
 
 from __future__ import annotations
 
@@ -12,3 +13,9 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), sep] + [line(r) for r in rows])
+
+
+def quoted(name: str, limit: int = 120) -> str:
+    """A name from a file someone else made, quoted and cut short for a one-line error."""
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit] + "...'"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.fsutil import plain_name
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "edgellm-bundle"
@@ -134,8 +135,7 @@ def read_manifest(folder: Path) -> dict:
 
 
 def _plain(mpath: Path, name) -> None:
-    if (not isinstance(name, str) or not name or name in (".", "..", MANIFEST) or "/" in name or "\\" in name
-            or "\0" in name or len(name) > 255):
+    if not plain_name(name) or name == MANIFEST:
         shown = repr(name)[:120]
         raise _fail(mpath, f"file entry {shown} is not a plain name inside the bundle")
 

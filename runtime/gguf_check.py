@@ -10,14 +10,14 @@ data past the end of the file (truncation).  Standard library only.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgellm.errors import BadInput
+from edgellm.fsutil import open_regular
+from edgellm.textfmt import quoted
 
 MAGIC = b"GGUF"
 MAX_DIMS = 4
@@ -62,12 +62,6 @@ class GgufHeader:
     tensors: list[TensorRecord] = field(default_factory=list)
     data_start: int = 0
     file_size: int = 0
-
-
-def _q(name: str) -> str:
-    """A name from the file, quoted and cut short for an error line."""
-    text = repr(name)
-    return text if len(text) <= 120 else text[:120] + "...'"
 
 
 class _Cursor:
@@ -124,14 +118,8 @@ def read_header(path: Path, check_meaning: bool = True) -> GgufHeader:
     def fail(what: str) -> BadInput:
         return BadInput(f"{path}: not a valid GGUF file: {what}")
 
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise fail("not a regular file")
+    f, st = open_regular(path)
+    with f:
         size = st.st_size
         c = _Cursor(f, size, fail)
         if c.take(4) != MAGIC:
@@ -146,7 +134,7 @@ def read_header(path: Path, check_meaning: bool = True) -> GgufHeader:
         for _ in range(n_kv):
             key = c.string()
             if key in h.metadata:
-                raise fail(f"duplicate key {_q(key)}")
+                raise fail(f"duplicate key {quoted(key)}")
             h.metadata[key] = c.value(c.unpack("<I"))
         align = h.metadata.get("general.alignment", 32)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
@@ -156,11 +144,11 @@ def read_header(path: Path, check_meaning: bool = True) -> GgufHeader:
         for _ in range(n_tensors):
             name = c.string()
             if name in seen:
-                raise fail(f"duplicate tensor {_q(name)}")
+                raise fail(f"duplicate tensor {quoted(name)}")
             seen.add(name)
             n_dims = c.unpack("<I")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise fail(f"tensor {_q(name)} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+                raise fail(f"tensor {quoted(name)} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
             dims = tuple(c.unpack("<Q") for _ in range(n_dims))
             ttype, offset = c.unpack("<I"), c.unpack("<Q")
             infos.append((name, dims, ttype, offset))
@@ -169,28 +157,28 @@ def read_header(path: Path, check_meaning: bool = True) -> GgufHeader:
     spans = []
     for name, dims, ttype, offset in infos:
         if ttype not in GGML_TYPES:
-            raise fail(f"tensor {_q(name)} has unknown type {ttype}")
+            raise fail(f"tensor {quoted(name)} has unknown type {ttype}")
         tname, block, block_bytes = GGML_TYPES[ttype]
         n = 1
         for d in dims:
             if d == 0 or d >= 1 << 62:
-                raise fail(f"tensor {_q(name)} has a dimension of {d}")
+                raise fail(f"tensor {quoted(name)} has a dimension of {d}")
             n *= d
             if n >= 1 << 62:
-                raise fail(f"tensor {_q(name)}: the product of its dimensions overflows")
+                raise fail(f"tensor {quoted(name)}: the product of its dimensions overflows")
         if dims[0] % block:
-            raise fail(f"tensor {_q(name)}: rows of {dims[0]} are not a multiple of {tname}'s block of {block}")
+            raise fail(f"tensor {quoted(name)}: rows of {dims[0]} are not a multiple of {tname}'s block of {block}")
         nbytes = n // block * block_bytes
         if offset % align:
-            raise fail(f"tensor {_q(name)} is not aligned to {align} bytes")
+            raise fail(f"tensor {quoted(name)} is not aligned to {align} bytes")
         if offset + nbytes > data_size:
-            raise fail(f"tensor {_q(name)} runs past the end of the file (truncated?)")
+            raise fail(f"tensor {quoted(name)} runs past the end of the file (truncated?)")
         spans.append((offset, offset + nbytes, name))
         h.tensors.append(TensorRecord(name, dims, tname, offset, nbytes))
     spans.sort()
     for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
         if b0 < a1:
-            raise fail(f"tensors {_q(an)} and {_q(bn)} overlap")
+            raise fail(f"tensors {quoted(an)} and {quoted(bn)} overlap")
     if check_meaning:
         from edgellm.runtime.gguf_meta import check_metadata
         check_metadata(_with_other_parts(path, h, fail), fail)

@@ -10,8 +10,6 @@ Reading a tokenizer file is bounded the same way (``read_small_text``).
 from __future__ import annotations
 
 import json
-import os
-import stat
 import time
 from pathlib import Path
 from typing import Iterator
@@ -29,14 +27,10 @@ def read_small_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
     """A regular file's bytes, refused before reading when it is larger than ``limit`` or not a
     plain file.  Opened without blocking and checked on the open file, so a FIFO, a device such
     as /dev/zero, or a file swapped in after a check can neither hang the read nor run it on."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read it ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadInput(f"{path}: not a regular file")
+    from edgellm.fsutil import open_regular
+
+    f, st = open_regular(path)
+    with f:
         if st.st_size > limit:
             raise BadInput(f"{path}: {st.st_size:,} bytes is more than the {limit:,} a file of this kind may have")
         try:

@@ -9,18 +9,13 @@ reported by name only, never with bytes of whatever it points at.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from edgellm.errors import BadInput
+from edgellm.fsutil import plain_name
+from edgellm.textfmt import quoted
 
-MAX_NAME_SHOWN = 120
-
-
-def shown(name: str) -> str:
-    """A stranger's name, quoted and cut short for an error line."""
-    text = repr(name)
-    return text if len(text) <= MAX_NAME_SHOWN else text[:MAX_NAME_SHOWN] + "...'"
+shown = quoted          # a stranger's name, quoted and cut short for an error line
 
 
 def allowed_root(folder: Path) -> Path:
@@ -47,7 +42,6 @@ def member(folder: Path, name, what: str = "file", named_by: Path | None = None)
     """The file ``name`` names in ``folder``: a plain name (no folder part, no ``..``, not
     absolute) that stays inside the folder.  ``named_by``: the file that gave the name."""
     by = f"{named_by}: " if named_by else f"{folder}: "
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name or os.path.isabs(name) or len(name) > 255):
+    if not plain_name(name):
         raise BadInput(f"{by}{what} name {shown(str(name))} is not a plain file name inside the model folder")
     return inside(folder, Path(folder) / name, what)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 
 from edgellm.errors import BadInput
 from edgellm.exporters.io.model_files import shown
+from edgellm.fsutil import open_regular
 
 MAX_HEADER = 100 << 20
 DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
@@ -46,14 +45,8 @@ class TensorEntry:
 class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = Path(path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except OSError as e:
-            raise BadInput(f"{self.path}: cannot read ({e.strerror})") from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise self._bad("not a regular file")
+        f, st = open_regular(self.path)
+        with f:
             size = st.st_size
             try:
                 head = f.read(8)
