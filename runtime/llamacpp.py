@@ -169,10 +169,11 @@ class LlamaCppModel:
         def greedy() -> int:
             return int(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax())
 
-        arr = (C.llama_token * len(prompt))(*prompt)
+        chunks = [(C.llama_token * len(prompt[i:i + step]))(*prompt[i:i + step]) for i in range(0, len(prompt), step)]
         t0 = time.perf_counter()
-        if C.llama_decode(ctx, C.llama_batch_get_one(arr, len(prompt))) != 0:
-            raise EdgeLLMError("llama.cpp failed to evaluate the prompt")
+        for arr in chunks:                  # at most n_batch tokens per llama_decode, as llama-bench does
+            if C.llama_decode(ctx, C.llama_batch_get_one(arr, len(arr))) != 0:
+                raise EdgeLLMError("llama.cpp failed to evaluate the prompt")
         t1 = time.perf_counter()
         tok = (C.llama_token * 1)(greedy())
         ttft = time.perf_counter() - t0

@@ -104,3 +104,17 @@ def test_bad_depths_are_one_line(run_cli, gguf_bundle):
         assert r.returncode == 2 and r.stderr.count("\n") == 1
     r = run_cli("profile", str(gguf_bundle), "--depths", "100000")
     assert r.returncode == 2 and "exceed" in r.stderr
+
+
+def test_a_prompt_longer_than_one_batch_is_fed_in_batches(run_cli, tmp_path):
+    """llama.cpp asserts (aborts) on a llama_decode of more than n_batch (512) tokens; a 600-token
+    prompt is fed as llama-bench does, one batch at a time."""
+    from edgellm.runtime.synthetic_gguf import Shape, write
+
+    gguf = write(tmp_path / "m.gguf", Shape(hidden=64, ffn=256, layers=2, heads=1, kv_heads=1, vocab=512,
+                                            context=1024))
+    bundle = write_bundle(tmp_path / "b", {"m.gguf": gguf.read_bytes()}, "m.gguf")
+    r = run_cli("profile", str(bundle), "--prompt-tokens", "600", "--gen-tokens", "4", "--repeats", "1",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["n_prompt"] == 600
