@@ -19,7 +19,7 @@ bandwidth_measured = "5 GB/s" # an old measurement
 name = "A76"                  # the datasheet
 
 [kernels]
-"llama.cpp:Q8_0" = { decode_bandwidth_share = 0.1, prefill_gflops = 1.0 }
+"llama.cpp:Q8_0" = { decode_row_ns = 30, decode_weight_ps = 90, prefill_weight_ps = 40 }
 """
 MEASURED = """schema = 1
 [memory]
@@ -28,7 +28,7 @@ copy_measured = "7 GB/s"
 [cpu]
 fp32_measured = "40 GFLOPS"
 [kernels]
-"llama.cpp:Q4_0" = { decode_bandwidth_share = 0.8, prefill_gflops = 30.0, source = "m" }
+"llama.cpp:Q4_0" = { decode_row_ns = 17, decode_weight_ps = 16, prefill_weight_ps = 6, source = "m" }
 """
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from edgellm import devices
-from edgellm.cli.common import add_remote_args, print_json
+from edgellm.cli.common import add_remote_args, print_json, remote_of
 from edgellm.devices.measure import default_name, measure, stderr_progress
 from edgellm.fsutil import atomic_write
 from edgellm.textfmt import table
@@ -37,9 +37,9 @@ def add_parser(sub) -> None:
     m.add_argument("--name", default=None, help=f"profile name (default: {default_name()})")
     m.add_argument("-o", "--output", type=Path, default=None,
                    help=f"file to write (default: {devices.user_dir()}/NAME.toml)")
-    m.add_argument("--kernels", action="store_true",
-                   help="also measure llama.cpp's decode and prefill rate for each GGUF type (about a minute), "
-                        "so plans rank types by what they do here")
+    m.add_argument("--kernels", nargs="?", const="all", default=None, metavar="TYPES", type=_kernel_types,
+                   help="also measure llama.cpp's decode and prefill kernels for each ggml tensor type (about "
+                        "two minutes; or only TYPES, e.g. Q8_0,Q4_K), so plans rank builds by what they do here")
     m.add_argument("--update-profile", metavar="PROFILE",
                    help="fold the measurements (bandwidth, fp32 rate, [kernels]) into this existing profile "
                         "instead of writing a new one, the source recorded; a shipped profile's updated copy "
@@ -47,6 +47,23 @@ def add_parser(sub) -> None:
     add_remote_args(m, "measure")
     m.add_argument("--json", action="store_true", help="print the measured profile as JSON")
     m.set_defaults(func=run_measure)
+
+
+def _kernel_types(text) -> tuple[str, ...]:
+    """``--kernels [TYPES]``: argparse leaves the bare flag's "all" unconverted."""
+    from edgellm.devices.kernels import GGML_TYPES
+
+    if isinstance(text, tuple):
+        return text
+    if text == "all":
+        return GGML_TYPES
+    types = tuple(t.strip().upper() for t in text.split(",") if t.strip())
+    bad = [t for t in types if t not in GGML_TYPES]
+    if bad or not types:
+        what = ", ".join(bad) if bad else repr(text)
+        raise argparse.ArgumentTypeError(f"not a measurable ggml type: {what} "
+                                         f"(one or more of {','.join(GGML_TYPES)})")
+    return types
 
 
 def _profile_json(p: devices.DeviceProfile) -> dict:
@@ -104,14 +121,11 @@ def run_show(args) -> int:
 def _measure_remote(args, name: str) -> str:
     import shlex
 
-    from edgellm.remote import Remote, check_runtime
-
-    remote = Remote.parse(args.remote, args.remote_python, args.ssh_config)
-    check_runtime(remote)
-    stderr_progress(f"measuring {remote.name}" + (" with kernels (about a minute)" if args.kernels else ""))
+    remote = remote_of(args, stderr_progress)
+    stderr_progress(f"measuring {remote.name}" + (" with kernels (about two minutes)" if args.kernels else ""))
     path = ".cache/edgellm/remote/measured.toml"
     r = remote.ssh(f"mkdir -p .cache/edgellm/remote && {remote.edgellm()} device measure --name {shlex.quote(name)}"
-                   f"{' --kernels' if args.kernels else ''} -o {path} > /dev/null && cat {path} && rm -f {path}")
+                   f"{' --kernels ' + ','.join(_kernel_types(args.kernels)) if args.kernels else ''} -o {path} > /dev/null && cat {path} && rm -f {path}")
     if r.returncode != 0:
         raise remote.fail(r, "measuring")
     return r.stdout
@@ -128,7 +142,8 @@ def run_measure(args) -> int:
         prof = devices.schema.profile_from_dict(tomllib.loads(text), f"<measured on {args.remote}>")
         where = args.remote
     else:
-        prof, text = measure(name, stderr_progress, kernels=args.kernels)
+        prof, text = measure(name, stderr_progress, kernels=bool(args.kernels),
+                             kernel_types=_kernel_types(args.kernels) if args.kernels else ())
         where = socket.gethostname()
     if args.update_profile:
         from edgellm.devices.update import update_profile

@@ -29,9 +29,10 @@ def _q(value: str) -> str:
 
 
 def measure(name: str, progress: Callable[[str], None] = lambda s: None,
-            buffer_bytes: int = 512 << 20, kernels: bool = False) -> tuple[DeviceProfile, str]:
+            buffer_bytes: int = 512 << 20, kernels: bool = False,
+            kernel_types: tuple[str, ...] = ()) -> tuple[DeviceProfile, str]:
     """Measure this machine; return the validated profile and its TOML text.  ``kernels``: also
-    each GGUF type's decode and prefill rates with llama.cpp itself (about a minute)."""
+    llama.cpp's kernel rates per ggml tensor type (``kernel_types``, default all; about 10 s each)."""
     from edgellm.runtime import hostinfo, membench
 
     progress("reading CPU and memory facts")
@@ -68,15 +69,19 @@ cores_little = {host.cores_little}                           # {by}
 fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threads
 """
     if kernels:
-        from edgellm.devices.kernels import measure_kernels
+        from edgellm.devices.kernels import GGML_TYPES, measure_kernels
+        from edgellm.plan.kernel_model import RuntimeCost
 
-        rates = measure_kernels(bw.read, threads, progress, source=by)
-        text += ("\n# llama.cpp's kernels per type, measured on a random-weight 100 M-parameter llama with\n"
-                 "# llama-cpp-python itself (edgellm/devices/kernels.py); the planner uses them for this device\n"
+        costs = measure_kernels(threads, progress, kernel_types or GGML_TYPES, source=by)
+        text += ("\n# llama.cpp's kernels: per ggml tensor type, seconds per matrix row and per weight, measured\n"
+                 "# with llama-cpp-python itself on random-weight probe models (edgellm/devices/kernels.py,\n"
+                 "# edgellm/plan/kernel_model.py); the planner sums a build's tensors at their own type's rates\n"
                  "[kernels]\n")
-        for key, r in rates.items():
-            text += (f"{_q(key)} = {{ decode_bandwidth_share = {r.decode_bandwidth_share}, "
-                     f"prefill_gflops = {r.prefill_gflops}, source = {_q(r.source)} }}\n")
+        for key, r in costs.items():
+            fields = ("token_us", "attention_gflops") if isinstance(r, RuntimeCost) else \
+                ("decode_row_ns", "decode_weight_ps", "prefill_row_ns", "prefill_weight_ps")
+            text += f"{_q(key)} = {{ " + ", ".join(f"{f} = {getattr(r, f)}" for f in fields) + \
+                f", source = {_q(r.source)} }}\n"
     prof = profile_from_dict(tomllib.loads(text), f"<measured {name}>")
     progress(f"read {fmt_rate(bw.read, 'B/s')}, copy {fmt_rate(bw.copy, 'B/s')}, "
              f"matmul {fmt_rate(flops, 'FLOPS')}")

@@ -7,11 +7,13 @@ file and the key, so a typo in a user's profile cannot silently become a default
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edgellm import units
 from edgellm.errors import BadInput
+from edgellm.runtime.gguf_check import GGML_TYPES
 
 SCHEMA_VERSION = 1
 
@@ -103,7 +105,7 @@ class DeviceProfile:
     accelerators: tuple[Accelerator, ...] = ()
     aliases: tuple[str, ...] = ()             # short names, e.g. "rpi5" for "rpi5-8gb"
     source: str = ""                          # file it came from
-    # measured kernel rates per "runtime:TYPE" ([kernels], edgellm/devices/kernels.py)
+    # measured kernel costs: "runtime" and "runtime:GGML_TYPE" ([kernels], edgellm/plan/kernel_model.py)
     kernels: tuple = ()
 
     def kernel(self, key: str):
@@ -194,15 +196,38 @@ _ACCEL = {"name": (_string, True), "kind": (_choice(ACCEL_KINDS), True),
 _BUDGETS = {"context": (_positive_count, False), "min_decode_tps": (_positive, False),
             "max_memory": (_positive_bytes, False)}
 _SECTIONS = {"memory", "cpu", "accelerators", "budgets", "kernels"}
-_KERNEL = {"decode_bandwidth_share": (lambda v: _fraction_upto(v, 4.0), True),
-           "prefill_gflops": (lambda v: _positive(v), True), "source": (lambda v: _string(v), False)}
+# [kernels] (edgellm/plan/kernel_model.py): "runtime" = its own costs, "runtime:GGML_TYPE" = a type's
+_KERNEL_COST = {"token_us": (lambda v: _nonneg(v), True), "attention_gflops": (lambda v: _positive(v), False),
+                "source": (lambda v: _string(v), False)}
+_KERNEL_TYPE = {"decode_row_ns": (lambda v: _nonneg(v), True), "decode_weight_ps": (lambda v: _nonneg(v), True),
+                "prefill_row_ns": (lambda v: _nonneg(v), False), "prefill_weight_ps": (lambda v: _nonneg(v), False),
+                "source": (lambda v: _string(v), False)}
+_KERNELS_HINT = ('kernels: expected "runtime" = { token_us, attention_gflops } and "runtime:GGML_TYPE" = '
+                 '{ decode_row_ns, decode_weight_ps, prefill_row_ns, prefill_weight_ps } (rerun edgellm device measure --kernels)')
 
 
-def _fraction_upto(v: Any, most: float) -> float:
-    x = _positive(v)
-    if x > most:
-        raise units.UnitError(f"{x} is more than {most}")
-    return x
+def _nonneg(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or v > 1e9:
+        raise units.UnitError(f"expected a finite number from 0 to 1e9, got {v!r}")
+    return float(v)
+
+
+def _kernels(data: Any, fail: Callable[[str], BadInput]) -> tuple:
+    from edgellm.plan.kernel_model import RuntimeCost, TypeRate
+
+    if not isinstance(data, dict):
+        raise fail(_KERNELS_HINT)
+    out = []
+    for key, value in data.items():
+        runtime, _, ty = str(key).partition(":")
+        if runtime not in RUNTIMES or (ty and ty not in {n for n, *_ in GGML_TYPES.values()}):
+            raise fail(f"kernels.{key}: not a runtime ({', '.join(sorted(RUNTIMES))}) or runtime:GGML_TYPE")
+        where = f"kernels.{key}."
+        if isinstance(value, dict) and ("decode_bandwidth_share" in value or "prefill_gflops" in value):
+            raise fail(f"{where[:-1]}: written by an older edgellm ({_KERNELS_HINT.split('(')[1][:-1]})")
+        out.append((str(key), TypeRate(**_section(value, _KERNEL_TYPE, where, fail)) if ty
+                    else RuntimeCost(**_section(value, _KERNEL_COST, where, fail))))
+    return tuple(out)
 
 
 def _section(data: Any, spec: dict, where: str, fail: Callable[[str], BadInput]) -> dict:
@@ -252,11 +277,7 @@ def profile_from_dict(data: dict, source: str) -> DeviceProfile:
     budgets = Budgets(**_section(data.get("budgets", {}), _BUDGETS, "budgets.", fail))
     if budgets.max_memory is not None and budgets.max_memory > memory.ram:
         raise fail("budgets.max_memory: larger than memory.ram")
-    kernels = data.get("kernels", {})
-    if not isinstance(kernels, dict):
-        raise fail("kernels: expected a table of \"runtime:TYPE\" = { decode_bandwidth_share, prefill_gflops }")
-    from edgellm.devices.kernels import KernelRate
-    rates = tuple((str(k), KernelRate(**_section(v, _KERNEL, f"kernels.{k}.", fail))) for k, v in kernels.items())
+    rates = _kernels(data.get("kernels", {}), fail)
     fields.pop("schema")
     return DeviceProfile(memory=memory, cpu=cpu, accelerators=accelerators, budgets=budgets,
                          source=source, kernels=rates, **fields)

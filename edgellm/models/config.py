@@ -47,6 +47,12 @@ class ModelConfig:
         tables read one row at a time (an untied token embedding, GPT-2's positions)."""
         return sum(t.n_elements for t in self.tensors if t.quantizable and not self.gathered_only(t.name))
 
+    def attention_flops(self, position: int) -> float:
+        """FLOPs of one token's attention over ``position`` cached tokens (scores and values),
+        each layer's window respected."""
+        return 4 * self.n_heads * self.head_dim * sum(
+            position if w is None else min(position, w) for w in (self.windows or (None,) * self.n_layers))
+
     def gathered_only(self, name: str) -> bool:
         """Embedding tables of which a token reads one row, not the whole table."""
         if name == "position_embd.weight":

@@ -1,6 +1,9 @@
 """Predictions for one build on one device: artifact bytes, peak memory, prefill and decode speed.
 
-Speed is a roofline.  Decode reads every weight byte once per token (plus the KV cache so far)
+Speed, where the device profile has measured kernels for the build's runtime ([kernels], written
+by ``edgellm device measure --kernels``): each tensor at its own ggml type's measured cost per
+row and per weight (edgellm/plan/kernel_model.py), plus the KV cache read at the bandwidth.
+Otherwise a roofline: decode reads every weight byte once per token (plus the KV cache so far)
 and does two FLOPs per weight; its time is the larger of bytes / bandwidth and FLOPs / the
 kernels' rate.  Prefill is compute-bound: it is timed on FLOPs alone.  Both are predicted where
 ``edgellm profile`` measures them: a 512-token prompt, then 128 generated tokens.
@@ -14,6 +17,8 @@ from edgellm.devices.schema import Accelerator, DeviceProfile
 from edgellm.models.config import ModelConfig
 from edgellm.plan.build import BuildChoice
 from edgellm.plan.formats import BuildFormat, format_for
+from edgellm.plan.ggml_types import TYPES
+from edgellm.plan.kernel_model import decode_seconds, loads, prefill_seconds
 from edgellm.plan.runtimes import RUNTIMES, KernelRates
 
 PROMPT_TOKENS = 512
@@ -48,9 +53,7 @@ class Estimate:
 def _flops_per_token(model: ModelConfig, position: int) -> float:
     """Matrix FLOPs for one token plus attention over ``position`` cached tokens."""
     matmul = model.decode_matmul_elements      # a tied head is token_embd, counted once
-    attn = 4 * model.n_heads * model.head_dim * sum(
-        position if w is None else min(position, w) for w in (model.windows or (None,) * model.n_layers))
-    return 2 * matmul + attn
+    return 2 * matmul + model.attention_flops(position)
 
 
 def _head_elements(model: ModelConfig) -> int:
@@ -62,8 +65,8 @@ def _units(device: DeviceProfile, fmt: BuildFormat, choice: BuildChoice) -> list
     runtime = RUNTIMES[fmt.runtime]
     units = []
     if runtime.name in device.runtimes and not fmt.accelerator_only:
-        family = "float" if fmt.is_float(choice.quant) else "quant"
-        units.append(("cpu", device.cpu.effective_fp32, runtime.rates(family, device.cpu.int8_dot)))
+        units.append(("cpu", device.cpu.effective_fp32,
+                      runtime.rates(fmt.kernel_family(choice.quant), device.cpu.int8_dot)))
     for acc in device.accelerators:
         if _accepts(acc, fmt, choice):
             units.append((f"{acc.kind}:{acc.name}", acc.compute, ACCEL_RATES[acc.kind]))
@@ -89,6 +92,28 @@ def kv_bytes(model: ModelConfig, choice: BuildChoice, context: int) -> int:
     return int(model.kv_elements(context, fmt.windowed_cache) * fmt.kv_element_bytes(choice))
 
 
+def _measured(model: ModelConfig, device: DeviceProfile, fmt: BuildFormat, choice: BuildChoice, prompt: int,
+              position: int, prefill_flops_s: float) -> tuple[float, float] | None:
+    """(prefill tok/s, decode tok/s) from the device's measured kernels, or None without them.
+    A tensor type the profile has no rate for streams at the bandwidth (decode) and the
+    roofline's rate (prefill)."""
+    runtime = fmt.runtime
+    cost, typed = device.kernel(runtime), fmt.typed_tensors(model, choice)
+    if cost is None or typed is None:
+        return None
+    load = loads(model, typed)
+    rates = {ty: r for ty in load if (r := device.kernel(f"{runtime}:{ty}")) is not None}
+    bandwidth = device.memory.effective_bandwidth
+    per_weight = {ty: TYPES[ty].block_bytes / TYPES[ty].block / bandwidth for ty in load}
+    t_decode = decode_seconds(load, rates, cost, per_weight)
+    t_prefill = prefill_seconds(load, rates, prompt, {ty: 2 / prefill_flops_s for ty in load})
+    if cost.attention_gflops:               # attention over the cache at its measured rate
+        t_decode += model.attention_flops(position) / (cost.attention_gflops * 1e9)
+    else:                                   # the cache read at the bandwidth
+        t_decode += kv_bytes(model, choice, position) / bandwidth
+    return prompt / t_prefill, 1.0 / t_decode
+
+
 def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, context: int) -> Estimate | None:
     """Predict one build; None when the device has no runtime or accelerator for it."""
     fmt = format_for(choice)
@@ -104,15 +129,13 @@ def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, con
     prompt = min(PROMPT_TOKENS, max(context - GEN_TOKENS, 1))
     position = min(prompt + GEN_TOKENS // 2, context)
     bandwidth = device.memory.effective_bandwidth
-    measured = device.kernel(f"{runtime.name}:{choice.quant}")
     best = None
     for label, peak, rates in units:
         flops = prefill_flops(model, prompt)
-        if label == "cpu" and measured is not None:
-            # this type's kernels as measured on the device (device measure --kernels)
-            t_mem = (read + kv_bytes(model, choice, position)) / (bandwidth * measured.decode_bandwidth_share)
-            decode = 1.0 / (t_mem + runtime.per_token_overhead_s)
-            prefill = prompt / max(flops / (measured.prefill_gflops * 1e9), weights / bandwidth)
+        measured = _measured(model, device, fmt, choice, prompt, position, peak * rates.prefill) \
+            if label == "cpu" else None
+        if measured is not None:
+            prefill, decode = measured
         else:
             t_mem = (read + kv_bytes(model, choice, position)) / bandwidth
             t_compute = _flops_per_token(model, position) / (peak * rates.decode)

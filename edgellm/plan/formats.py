@@ -64,6 +64,10 @@ class BuildFormat:
         """Whether ``quant`` (any quant of the format, when None) has a block size to choose."""
         return False
 
+    def kernel_family(self, quant: str) -> str:
+        """Which of the runtime's kernel rates (runtimes.py) a build's weights run at."""
+        return "float" if self.is_float(quant) else "quant"
+
     def is_float(self, quant: str) -> bool:
         return quant in self.float_quants
 
@@ -76,6 +80,11 @@ class BuildFormat:
     def weights(self, model: ModelConfig, c: BuildChoice) -> tuple[int, int, Counter]:
         """(resident weight bytes, bytes read per decoded token, tensor type histogram)."""
         raise NotImplementedError
+
+    def typed_tensors(self, model: ModelConfig, c: BuildChoice):
+        """(TensorSpec, ggml type) per tensor where the runtime's kernels are measured per type
+        ([kernels] of a device profile); None for formats without such rates."""
+        return None
 
     def file_bytes(self, model: ModelConfig, c: BuildChoice) -> int:
         raise NotImplementedError
@@ -123,6 +132,9 @@ class Gguf(BuildFormat):
     def calibratable(self, quant: str) -> bool:
         return quant not in self.float_quants
 
+    def typed_tensors(self, model, c):
+        return tensor_types(model, c.quant)
+
     def weights(self, model, c):
         total = read = 0
         hist: Counter = Counter()
@@ -164,6 +176,9 @@ class Onnx(BuildFormat):
     calibration_note = "ONNX int4 has one"
     BLOCK_SIZES = (16, 32, 64, 128)
     PLANNED_BLOCKS = (32, 128)           # the plan's table lists these; export takes any of BLOCK_SIZES
+
+    def kernel_family(self, quant: str) -> str:
+        return "float" if self.is_float(quant) else ("int8" if quant == OnnxQuant.INT8 else "quant")
 
     def candidates(self, device) -> list[BuildChoice]:
         out = [self.choice(OnnxQuant.FP32), self.choice(OnnxQuant.FP16), self.choice(OnnxQuant.INT8, device)]

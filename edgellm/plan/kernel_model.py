@@ -1,0 +1,104 @@
+"""How long llama.cpp's matrix kernels take for one build, from rates measured on the device.
+
+A matrix-vector product over a quantized matrix costs a fixed amount per *row* (one dot
+product's setup and horizontal sum, whatever its length) plus an amount per *weight* (the
+block's bytes streamed and unpacked).  On a 2-core EPYC, Q8_0 costs about 24 ns per row and
+28 ps per weight: for Qwen2.5-0.5B's rows of 896 weights the per-row share is half the time,
+which is why one bytes-per-second figure per type, taken on another model, does not carry over.
+So every ggml tensor type gets four measured figures (edgellm/devices/kernels.py):
+
+- decode: seconds per row and per weight of each matrix read for a token;
+- prefill: the same per prompt token (the head only for the last token, as llama.cpp computes
+  it).  The per-row figure also carries the attention and element-wise work, which grow with a
+  layer's width as its rows do: on the 2-core EPYC a Q4_0 layer 1024 wide prefills at 10 ps per
+  weight and token, one 2048 wide at 6.6;
+
+and the runtime two: decode seconds per token (graph build, sampling), and the rate of decode's
+attention over the KV cache (measured as the slowdown of decode at a depth of 1024 tokens), which
+the planner adds for the position it predicts at.  The per-layer work that
+is not a matrix product (norms, rope, attention over a short cache) grows with the layer's width
+as its rows do and is carried in the per-row figures: fitted separately, the two were not
+identifiable from timings on a shared 2-core machine.  A build's time is the sum over its tensors at their own
+type's rates.  Numpy-free and torch-free: the device imports it to fit the figures.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+HEADS = ("output.weight", "token_embd.weight")
+
+
+@dataclass(frozen=True)
+class TypeRate:
+    """One ggml type's kernels on one device."""
+    decode_row_ns: float
+    decode_weight_ps: float
+    prefill_row_ns: float | None = None       # per row and prompt token; None: not measured
+    prefill_weight_ps: float | None = None    # per weight and prompt token
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class RuntimeCost:
+    """What a generated token costs beyond the layers' matrices."""
+    token_us: float
+    attention_gflops: float | None = None     # None: the KV cache read at the bandwidth instead
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Rows and weights one ggml type contributes: per generated token, and per prompt."""
+    rows: int = 0                   # layer matrices
+    weights: int = 0
+    head_rows: int = 0              # the output projection (tied or not), once per prompt
+    head_weights: int = 0
+
+    def decode(self) -> tuple[int, int]:
+        return self.rows + self.head_rows, self.weights + self.head_weights
+
+    def prefill(self, prompt: int) -> tuple[int, int]:
+        return prompt * self.rows + self.head_rows, prompt * self.weights + self.head_weights
+
+
+def loads(model, typed) -> dict[str, Load]:
+    """``typed``: (TensorSpec, ggml type) for every tensor of a build -> its matrices' load per
+    type.  Embedding tables read one row per token, and vectors, cost nothing here."""
+    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for t, ty in typed:
+        if not t.is_matrix or model.gathered_only(t.name):
+            continue
+        a = acc[ty]
+        k = 2 if t.name in HEADS else 0
+        a[k] += t.ne1
+        a[k + 1] += t.n_elements
+    return {ty: Load(*a) for ty, a in acc.items()}
+
+
+def decode_seconds(load: dict[str, Load], rates: dict[str, TypeRate], cost: RuntimeCost,
+                   fallback_weight_s: dict[str, float]) -> float:
+    """Seconds per generated token, KV cache excluded.  A type without measured rates streams at
+    ``fallback_weight_s[type]`` seconds per weight (the roofline's bandwidth)."""
+    t = cost.token_us * 1e-6
+    for ty, ld in load.items():
+        rows, weights = ld.decode()
+        r = rates.get(ty)
+        t += rows * r.decode_row_ns * 1e-9 + weights * r.decode_weight_ps * 1e-12 if r else \
+            weights * fallback_weight_s[ty]
+    return t
+
+
+def prefill_seconds(load: dict[str, Load], rates: dict[str, TypeRate], prompt: int,
+                    fallback_weight_s: dict[str, float]) -> float:
+    """Seconds to evaluate a ``prompt``-token prompt (one batch)."""
+    t = 0.0
+    for ty, ld in load.items():
+        rows, weights = ld.prefill(prompt)
+        r = rates.get(ty)
+        if r is not None and r.prefill_weight_ps is not None:
+            t += rows * (r.prefill_row_ns or 0.0) * 1e-9 + weights * r.prefill_weight_ps * 1e-12
+        else:
+            t += weights * fallback_weight_s[ty]
+    return t
