@@ -4,53 +4,21 @@ failures a user meets (unreachable, refused, no edgellm there)."""
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import CORPUS, write_bundle
+from sshd_helper import free_port as _free_port, start_sshd as _start_sshd
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PY = sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host", "user", "stranger"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    shutil.copy(d / "user.pub", d / "authorized_keys")
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\nPidFile {d / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        raise RuntimeError(proc.stderr.read().decode())
-
-    def config(key: str = "user") -> Path:
-        path = d / f"config-{key}"
-        path.write_text(f"Host edge-test\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d / key}\n"
-                        "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
-        return path
+    proc, config, port = _start_sshd(tmp_path_factory.mktemp("sshd"))
     yield config, port
     proc.terminate()
     proc.wait(timeout=10)
@@ -112,3 +80,78 @@ def test_measure_a_remote_machine_into_a_profile(run_cli, sshd):
     from edgellm import devices
     text = Path(devices.find("rpi5-8gb").source).read_text()
     assert "measured on edge-test by edgellm device measure" in text
+
+
+def test_a_remote_disk_too_small_is_refused_before_copying(run_cli, tmp_path_factory, bundle):
+    """The far side's df says 12 KiB free: refused with the numbers, nothing copied there."""
+    d = tmp_path_factory.mktemp("sshd-small")
+    fake = d / "bin"
+    fake.mkdir()
+    (fake / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                             "echo 'tmpfs 64 52 12 82% /small'\n")
+    (fake / "df").chmod(0o755)
+    proc, config, _ = _start_sshd(d, f"SetEnv PATH={fake}:/usr/local/bin:/usr/bin:/bin\n")
+    try:
+        r = run_cli("profile", str(bundle), *ARGS, "--remote", "edge-test", "--ssh-config", str(config()),
+                    "--remote-python", PY)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "the disk there is too small for the bundle: needs" in r.stderr and "has 12 KiB" in r.stderr
+    cache = Path.home() / ".cache/edgellm/remote"
+    assert not any(p.is_file() for p in cache.glob("b-*/*")), "nothing copied to a disk too small"
+
+
+def test_a_connection_dropped_mid_run_is_one_line_and_leaves_only_the_cache(run_cli, sshd, bundle, tmp_path):
+    """The far side's session dies while profiling (its sshd child killed): one line, exit 4."""
+    config, _ = sshd
+    script = tmp_path / "python-that-drops"
+    script.write_text(f"""#!/bin/sh
+case "$*" in *" profile "*)
+  pid=$$
+  while [ "$pid" -gt 1 ]; do
+    pid=$(ps -o ppid= -p "$pid" | tr -d ' ')
+    if [ "$(ps -o comm= -p "$pid")" = sshd ]; then kill -9 "$pid"; sleep 5; fi
+  done;;
+esac
+exec {PY} "$@"
+""")
+    script.chmod(0o755)
+    r = run_cli("profile", str(bundle), *ARGS, "--remote", "edge-test", "--ssh-config", str(config()),
+                "--remote-python", str(script))
+    assert r.returncode == 4 and r.stderr.count("\n") == 1, r.stderr
+    assert "the connection dropped while profiling" in r.stderr, r.stderr
+    cache = Path.home() / ".cache/edgellm/remote"
+    left = [p for p in cache.glob("b-*/*")]
+    assert left and all(not p.name.endswith(".partial") for p in left)    # the cached bundle, whole
+    run_cli("profile", str(bundle), *ARGS, "--remote", "edge-test", "--ssh-config", str(config()),
+            "--remote-python", PY, "--clean")
+    assert not list(cache.glob("b-*"))
+
+
+def test_install_pushes_this_edgellm_where_there_is_none(run_cli, sshd, bundle, tmp_path):
+    """A far-side Python with numpy and llama-cpp-python but no edgellm: one line saying so, then
+    --install builds this edgellm's wheel, unpacks it in the far side's cache and profiles."""
+    import sysconfig
+
+    bare = tmp_path / "bare"
+    subprocess.run([str(Path(sys.base_prefix) / "bin" / "python3"), "-m", "venv", "--without-pip", str(bare)],
+                   check=True)
+    site = next(bare.glob("lib/python3*/site-packages"))
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")   # numpy, llama_cpp, pip; no edgellm
+    remote = ("--remote", "edge-test", "--ssh-config", str(sshd[0]()), "--remote-python", str(bare / "bin/python"))
+    installed = Path.home() / ".cache/edgellm/remote/site"
+    try:
+        r = run_cli("profile", str(bundle), *ARGS, *remote)
+        assert r.returncode == 1 and "or --install to push this one" in r.stderr, r.stderr
+        r = run_cli("profile", str(bundle), *ARGS, *remote, "--install", "--json", "--clean", timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)[1]["edgellm"]["measured"]["decode_tps"] > 0
+        assert (installed / "edgellm" / "remote.py").is_file()
+        r = run_cli("profile", str(bundle), *ARGS, *remote, "--clean")      # found again without --install
+        assert r.returncode == 0, r.stderr
+        bad = run_cli("profile", str(bundle), *ARGS, *remote, "--install", str(tmp_path / "nope.whl"))
+        assert bad.returncode == 2 and "not an edgellm wheel file" in bad.stderr
+    finally:
+        shutil.rmtree(installed, ignore_errors=True)

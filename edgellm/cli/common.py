@@ -72,3 +72,25 @@ def add_remote_args(p, what: str) -> None:
     p.add_argument("--remote-python", metavar="PATH",
                    help="with --remote: the far side's Python with edgellm (default: edgellm on its PATH)")
     p.add_argument("--ssh-config", metavar="FILE", help="with --remote: ssh's -F FILE instead of ~/.ssh/config")
+    p.add_argument("--install", nargs="?", const="", default=None, metavar="WHEEL",
+                   help="with --remote: push this edgellm (a wheel built from its source here, or WHEEL) into "
+                        "the far side's ~/.cache/edgellm/remote and run that; numpy and llama-cpp-python must "
+                        "be there already")
+
+
+def remote_of(args, say=lambda s: None):
+    """The --remote machine, ready to run edgellm (after --install, if given)."""
+    from pathlib import Path
+
+    from edgellm.remote import Remote, local_wheel, reach
+
+    import shutil
+
+    remote = Remote.parse(args.remote, args.remote_python, args.ssh_config)
+    built = args.install == ""
+    wheel = local_wheel(say) if built else (None if args.install is None else Path(args.install))
+    try:
+        return reach(remote, wheel, say)
+    finally:
+        if built:
+            shutil.rmtree(wheel.parent, ignore_errors=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgellm.cli.common import add_remote_args, positive_float, positive_int, print_json
+from edgellm.cli.common import add_remote_args, positive_float, positive_int, print_json, remote_of
+from edgellm.devices.measure import stderr_progress
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes
 
@@ -76,11 +77,12 @@ def _model_info(bundle, model) -> dict:
 
 def _remote(args) -> int:
     """The same profile on another machine; printed beside the plan for --device (or the bundle's)."""
-    from edgellm.remote import Remote, profile_remote
+    from edgellm.remote import profile_remote
     from edgellm.runtime.bundle import open_bundle
 
-    remote = Remote.parse(args.remote, args.remote_python, args.ssh_config)
-    bundle = open_bundle(Path(args.bundle))
+    # the manifest only: the far side's edgellm checks every file's sha256 when it opens the copy,
+    # so hashing them here too would only add to the run
+    bundle = open_bundle(Path(args.bundle), check=False)
     try:
         passed = ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens), "--repeats",
                   str(args.repeats), "--depths", ",".join(map(str, args.depths))]
@@ -88,6 +90,7 @@ def _remote(args) -> int:
             passed += ["--threads", str(args.threads)]
         if args.sustained:
             passed += ["--sustained", str(args.sustained)]
+        remote = remote_of(args, stderr_progress)
         records, sent = profile_remote(remote, bundle, passed, args.clean)
         device = args.device or bundle.manifest.get("device")
         pred = _prediction_for(bundle, device) if args.device else (bundle.manifest.get("prediction") or {})
