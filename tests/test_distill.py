@@ -81,7 +81,7 @@ def test_bad_input_fails_before_any_training(run_cli, teacher, tiny, tmp_path):
 
 
 def test_export_allow_distill_builds_the_student_the_plan_proposes(run_cli, teacher, tmp_path):
-    budget = ("--device", "rpi5", "--min-decode-tps", "2000", "--context", "256")
+    budget = ("--device", "rpi5", "--min-decode-tps", "2200", "--context", "256")   # the teacher's builds are slower
     refused = run_cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"))
     assert refused.returncode == 3 and "distilled student" in refused.stderr
     r = run_cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"), "--allow-distill",
