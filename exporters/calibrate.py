@@ -38,6 +38,7 @@ class Calibration:
     imatrix: dict[str, np.ndarray] = field(default_factory=dict)
     hessian: dict[str, np.ndarray] = field(default_factory=dict)
     fisher: dict[str, np.ndarray] = field(default_factory=dict)
+    costs: object = None             # what the Fisher was turned into as it came (gguf.mix.Costs)
 
 
 @dataclass
@@ -50,11 +51,18 @@ class CalibrationData:
     context: int = 512
     _done: list = field(default_factory=list)
 
-    def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, **kw) -> Calibration:
+    def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, ckpt=None, sink=None,
+              **kw) -> Calibration:
+        """Gathered a decoder layer at a time (``calibrate_layers``); ``sink(cal)`` -> a callable
+        taking each tensor's Fisher as it is done instead of keeping it in ``cal.fisher``."""
+        from edgellm.exporters.calibrate_layers import collect_layerwise
+        from edgellm.exporters.io.checkpoint import open_checkpoint
+
         for (folder, h, f), cal in self._done:
             if folder == str(model_dir) and (h or not hessian) and (f or not fisher):
                 return cal
-        cal = collect(model_dir, self.text, self.context, self.windows, hessian=hessian, fisher=fisher, **kw)
+        cal = collect_layerwise(Path(model_dir), ckpt or open_checkpoint(Path(model_dir)), self.text, self.context,
+                                self.windows, hessian=hessian, fisher=fisher, fisher_sink=sink, **kw)
         self._done.append(((str(model_dir), hessian, fisher), cal))
         return cal
 
@@ -102,6 +110,37 @@ def _preflight(model_dir: Path, context: int, hessian: bool, fisher: bool) -> No
     if need > 0.9 * have:
         raise EdgeLLMError(f"calibrating {model_dir} needs about {fmt_bytes(need)} of RAM; this machine has "
                        f"{fmt_bytes(have)} (calibrate on a bigger host, or export without --calibrate)")
+
+
+def needed_bytes_layerwise(model, context: int, windows: int, hessian: bool, fisher: bool,
+                           keep_fisher: bool = True) -> int:
+    """Host memory of ``calibrate_layers.collect_layerwise``: one decoder layer (with its gradients
+    and Fisher sums when ``fisher``), the embeddings and head likewise, the statistics it returns
+    (importance vectors, XᵀX per distinct input, the Fisher diagonal), a window's activations and
+    logits, and the gradient at a layer boundary for every window."""
+    layer = 4 * max(model.n_params - model.n_embedding_params - (0 if model.tied_embeddings else
+                                                                   model.hidden * model.vocab), 0) // model.n_layers
+    outer = 4 * (model.n_params - layer // 4 * model.n_layers)
+    live = (layer + outer) * (3 if fisher else 1)
+    grams = 4 * model.n_layers * (3 * model.hidden ** 2 + model.ffn ** 2) if hessian else 0
+    kept = 4 * model.n_params if fisher and keep_fisher else 0
+    acts = 4 * context * (model.vocab * 6 + 12 * model.hidden + 4 * model.ffn)
+    boundary = 4 * windows * context * model.hidden if fisher else 0
+    return live + grams + kept + acts + boundary + (512 << 20)
+
+
+def _preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool, fisher: bool,
+                      keep_fisher: bool) -> None:
+    from edgellm import models
+    from edgellm.runtime.hostinfo import probe
+    from edgellm.units import fmt_bytes
+
+    model = models.load_config(str(model_dir))
+    need = needed_bytes_layerwise(model, min(context, model.max_context), windows, hessian, fisher, keep_fisher)
+    have = probe().ram_bytes
+    if need > 0.9 * have:
+        raise EdgeLLMError(f"calibrating {model_dir} needs about {fmt_bytes(need)} of RAM; this machine "
+                           f"has {fmt_bytes(have)} (calibrate on a bigger host, or export without --calibrate)")
 
 
 def _linear_inputs(model):

@@ -87,11 +87,16 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
 def _calibrated_types(req: ExportRequest, ckpt, arch, stage) -> tuple:
     """Calibration statistics -> (type per tensor, importance matrix per tensor, GPTQ compensators,
     manifest record)."""
-    from edgellm.exporters.gguf.mix import calibrated_gguf
+    from edgellm.exporters.gguf.mix import Costs, calibrated_gguf
+
+    def sink(cal):                  # each tensor's Fisher into its costs as it comes: never all at once
+        cal.costs = Costs(req.model, ckpt, arch, cal.imatrix, req.threads)
+        return cal.costs.add
 
     data = req.calibration or CalibrationData()
-    cal = data.stats(req.model_dir, hessian=True, fisher=True, trust_remote_code=req.trust_remote_code,
-                     threads=req.threads, progress=lambda i, n: stage(f"[0/3] calibrating: window {i}/{n}"))
+    cal = data.stats(req.model_dir, hessian=True, fisher=True, ckpt=ckpt, sink=sink,
+                     trust_remote_code=req.trust_remote_code,
+                     threads=req.threads, progress=lambda i, n: stage(f"[0/3] calibrating a layer at a time: {i}/{n}"))
     c = calibrated_gguf(req.model, ckpt, arch, req.choice.quant, cal, req.threads,
                         progress=lambda i, n: stage(f"[0/3] measuring each tensor's sensitivity: {i}/{n}"))
     info = {**data.describe(cal), "method": "Fisher-sensitivity mixed types at the recipe's bytes; ggml's "

@@ -81,17 +81,19 @@ class Compensators:
     factors, not one per layer.  The token embedding is never compensated: its rows are looked
     up, not multiplied."""
 
-    def __init__(self, hessians: dict[str, np.ndarray], keep: int = 4):
-        self.hessians = {n: h for n, h in hessians.items() if n != "token_embd.weight"}
+    def __init__(self, hessians, keep: int = 4):
+        self.hessians = hessians            # a mapping; read only when a tensor asks (it may be lazy)
         self.keep = keep
-        self._made: dict[int, Compensator] = {}
+        self._made: dict[int, tuple[np.ndarray, Compensator]] = {}   # the array kept: its id stays its own
 
     def get(self, name: str, ggml_type: str, cols: int) -> Compensator | None:
+        if name == "token_embd.weight" or ggml_type in ("F32", "F16") or block_width(cols, ggml_type) is None:
+            return None
         h = self.hessians.get(name)
-        if h is None or ggml_type in ("F32", "F16") or block_width(cols, ggml_type) is None:
+        if h is None:
             return None
         if id(h) not in self._made:
             while len(self._made) >= self.keep:
                 self._made.pop(next(iter(self._made)))
-            self._made[id(h)] = Compensator(h)
-        return self._made[id(h)]
+            self._made[id(h)] = (h, Compensator(h))
+        return self._made[id(h)][1]

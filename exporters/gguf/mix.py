@@ -21,6 +21,7 @@ GGUF (llama-quantize writes such files itself with --tensor-type).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,40 +140,102 @@ def _matrix(ckpt, arch, entry) -> np.ndarray:
     return w.astype(np.float16).astype(np.float32)          # what the quantizer sees (see gguf_write)
 
 
+def _gguf_name(arch, hf: str) -> str | None:
+    return arch.gguf_name(hf) if hf != "lm_head.weight" or not arch.model.tied_embeddings else "token_embd.weight"
+
+
 def by_gguf_name(arch, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for hf, v in stats.items():
-        g = arch.gguf_name(hf) if hf != "lm_head.weight" or not arch.model.tied_embeddings else "token_embd.weight"
-        if g is not None:
+        if (g := _gguf_name(arch, hf)) is not None:
             out[g] = v
     return out
+
+
+class ByGgufName(Mapping):
+    """``stats`` (checkpoint names) seen under GGUF names, read only when asked: a lazy source
+    (calibrate_layers.LayerHessians) stays lazy."""
+
+    def __init__(self, arch, stats):
+        self.stats = stats
+        self.names = {g: hf for hf in stats if (g := _gguf_name(arch, hf)) is not None}
+
+    def __getitem__(self, name):
+        return self.stats[self.names[name]]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+
+class Costs:
+    """Every quantizable tensor's predicted KL divergence per candidate type (``tensor_costs``),
+    computed when its Fisher diagonal is handed in (``add``), so a calibration that runs a layer at
+    a time never holds the Fisher of the whole model.  The candidates include every type a
+    recipe can pick for a row length, so one table serves every file type."""
+
+    def __init__(self, model, ckpt, arch, imatrix: dict[str, np.ndarray], threads: int = 1):
+        from edgellm.exporters.gguf.write import FILE_TYPES, plan_tensors
+
+        self.ckpt, self.arch, self.threads = ckpt, arch, threads
+        self.imatrix = by_gguf_name(arch, imatrix)
+        self.quantized = [e for e in plan_tensors(model, ckpt, arch, "Q4_K_M")
+                          if len(e.shape) == 2 and e.hf_name is not None and e.ggml_type not in ("F32", "F16")]
+        self.index: dict[str, list[int]] = {}
+        for i, e in enumerate(self.quantized):
+            self.index.setdefault(e.hf_name, []).append(i)
+        self.types = {e.gguf_name: list(candidates(e.shape[1])) for e in self.quantized}
+        for quant in FILE_TYPES:                # and whatever a recipe picks, should it not be one
+            for e in plan_tensors(model, ckpt, arch, quant):
+                if e.gguf_name in self.types and e.ggml_type not in self.types[e.gguf_name] + ["F32", "F16"]:
+                    self.types[e.gguf_name].append(e.ggml_type)
+        self.costs: dict[str, dict[str, float]] = {}
+
+    def add(self, hf_name: str, fisher: np.ndarray | None) -> None:
+        for i in self.index.get(hf_name, ()):
+            e = self.quantized[i]
+            f = None
+            if fisher is not None:
+                changed = self.arch.transform(e.hf_name, e.gguf_name, fisher)
+                f = np.asarray(fisher if changed is None else changed, dtype=np.float32)
+            self.costs[e.gguf_name] = tensor_costs(_matrix(self.ckpt, self.arch, e), f,
+                                                   self.imatrix.get(e.gguf_name), self.types[e.gguf_name],
+                                                   self.threads, seed=i)
+
+    def complete(self, progress=lambda i, n: None) -> "Costs":
+        """Costs for the tensors no Fisher came for (importance-weighted)."""
+        todo = [e for e in self.quantized if e.gguf_name not in self.costs]
+        for k, e in enumerate(todo):
+            self.add(e.hf_name, None)
+            progress(k + 1, len(todo))
+        return self
 
 
 def mixed_types(model, ckpt, arch, quant: str, cal, threads: int = 1, budget: int | None = None,
                 progress=lambda i, n: None) -> MixedTypes:
     """The per-tensor types for a calibrated ``quant`` file: llama.cpp's recipe bytes (or ``budget``)
-    spent by measured sensitivity."""
+    spent by measured sensitivity.  ``cal.costs`` (a ``Costs`` filled during calibration) is used
+    when present; otherwise the costs are computed here from ``cal.fisher``."""
     from edgellm.exporters.gguf.write import plan_tensors
 
     entries = plan_tensors(model, ckpt, arch, quant)
-    imatrix = by_gguf_name(arch, cal.imatrix)
     quantized = [e for e in entries if len(e.shape) == 2 and e.hf_name is not None
                  and e.ggml_type not in ("F32", "F16")]
+    table = getattr(cal, "costs", None)
+    if table is None:
+        table = Costs(model, ckpt, arch, cal.imatrix, threads)
+        for i, hf in enumerate(dict.fromkeys(e.hf_name for e in table.quantized)):
+            table.add(hf, cal.fisher.get(hf))
+            progress(i + 1, len(table.index))
+    costs = table.complete().costs
     recipe_bytes = sum(e.nbytes for e in quantized)
     budget = recipe_bytes if budget is None else budget - sum(e.nbytes for e in entries if e not in quantized)
-    costs, sizes, recipe_cost = {}, {}, 0.0
-    for i, e in enumerate(quantized):
-        w = _matrix(ckpt, arch, e)
-        fisher = cal.fisher.get(e.hf_name)
-        if fisher is not None:
-            changed = arch.transform(e.hf_name, e.gguf_name, fisher)
-            fisher = np.asarray(fisher if changed is None else changed, dtype=np.float32)
-        types = tuple(dict.fromkeys(candidates(e.shape[1]) + (e.ggml_type,)))
-        costs[e.gguf_name] = tensor_costs(w, fisher, imatrix.get(e.gguf_name), types, threads, seed=i)
-        sizes[e.gguf_name] = {t: e.shape[0] * TYPES[t].row_bytes(e.shape[1]) for t in types}
-        recipe_cost += costs[e.gguf_name][e.ggml_type]
-        progress(i + 1, len(quantized))
-    chosen = allocate(costs, sizes, budget)
+    sizes = {e.gguf_name: {t: e.shape[0] * TYPES[t].row_bytes(e.shape[1]) for t in costs[e.gguf_name]}
+             for e in quantized}
+    recipe_cost = sum(costs[e.gguf_name][e.ggml_type] for e in quantized)
+    chosen = allocate({e.gguf_name: costs[e.gguf_name] for e in quantized}, sizes, budget)
     spent = sum(sizes[n][t] for n, t in chosen.items())
     return MixedTypes(chosen, budget, spent, sum(costs[n][t] for n, t in chosen.items()), recipe_cost)
 
@@ -190,4 +253,4 @@ def calibrated_gguf(model, ckpt, arch, quant: str, cal, threads: int = 1,
     from edgellm.exporters.gguf.gptq import Compensators
 
     mix = mixed_types(model, ckpt, arch, quant, cal, threads, progress=progress)
-    return CalibratedGguf(mix, by_gguf_name(arch, cal.imatrix), Compensators(by_gguf_name(arch, cal.hessian)))
+    return CalibratedGguf(mix, by_gguf_name(arch, cal.imatrix), Compensators(ByGgufName(arch, cal.hessian)))
