@@ -2,9 +2,10 @@
 
 A matrix-vector product over a quantized matrix costs a fixed amount per *row* (one dot
 product's setup and horizontal sum, whatever its length) plus an amount per *weight* (the
-block's bytes streamed and unpacked).  On a 2-core EPYC, Q8_0 costs about 24 ns per row and
-28 ps per weight: for Qwen2.5-0.5B's rows of 896 weights the per-row share is half the time,
-which is why one bytes-per-second figure per type, taken on another model, does not carry over.
+block's bytes streamed and unpacked).  On a 2-core EPYC, Q8_0 measured 11 ns per row and 29 ps
+per weight, Q4_0 8 ns and 14 ps: for Qwen2.5-0.5B's rows of 896 weights the per-row share is 30-40%
+of the time, which is why one bytes-per-second figure per type, taken on another model, does not
+carry over.
 So every ggml tensor type gets four measured figures (edgellm/devices/kernels.py):
 
 - decode: seconds per row and per weight of each matrix read for a token;
@@ -15,11 +16,11 @@ So every ggml tensor type gets four measured figures (edgellm/devices/kernels.py
 
 and the runtime two: decode seconds per token (graph build, sampling), and the rate of decode's
 attention over the KV cache (measured as the slowdown of decode at a depth of 1024 tokens), which
-the planner adds for the position it predicts at.  The per-layer work that
-is not a matrix product (norms, rope, attention over a short cache) grows with the layer's width
-as its rows do and is carried in the per-row figures: fitted separately, the two were not
-identifiable from timings on a shared 2-core machine.  A build's time is the sum over its tensors at their own
-type's rates.  Numpy-free and torch-free: the device imports it to fit the figures.
+the planner adds for the position it predicts at.  The per-layer work that is not a matrix
+product (norms, rope) grows with the layer's width as its rows do and is carried in the per-row
+figures: fitted separately, the two were not identifiable from timings on a shared 2-core
+machine.  A build's time is the sum over its tensors at their own type's rates.  Numpy-free and
+torch-free: the device imports it to fit the figures.
 """
 
 from __future__ import annotations
