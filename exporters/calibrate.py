@@ -143,6 +143,28 @@ def _preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool
                            f"has {fmt_bytes(have)} (calibrate on a bigger host, or export without --calibrate)")
 
 
+def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool):
+    """Forward hooks gathering, for every linear input of ``module`` (checkpoint names: ``prefix``
+    + the module's own), the sum of x² per column, the row count and (``hessian``) XᵀX.  Layers
+    reading the same input (q/k/v, gate/up) are recorded once and pointed at it in ``shared``.
+    Returns the hook handles and the holder of the last input seen (reset it between passes)."""
+    last = {"input": None, "name": None}
+    handles = []
+    for name, mod, _ in _linear_inputs(module):
+        def record(_mod, args, full=prefix + name):
+            if args[0] is last["input"]:
+                shared.setdefault(full, last["name"])
+                return
+            last["input"], last["name"] = args[0], full
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            sums[full] = sums.get(full, 0) + (x * x).sum(0)
+            counts[full] = counts.get(full, 0) + x.shape[0]
+            if hessian:
+                grams[full] = grams.get(full, 0) + x.T @ x
+        handles.append(mod.register_forward_pre_hook(record))
+    return handles, last
+
+
 def _linear_inputs(model):
     """(weight name in the checkpoint, module, transposed) for every matrix multiply with a weight:
     nn.Linear, GPT-2's Conv1D; a head tied to the embeddings is recorded under the embedding's name."""
@@ -178,25 +200,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
     counts: dict[str, int] = {}
 
     shared: dict[str, str] = {}       # layers reading the same input (q/k/v, gate/up): one XᵀX
-    last: dict = {"input": None, "name": None}
-
-    def hook(name):
-        def record(_mod, args):
-            same = args[0] is last["input"]
-            if not same:
-                last["input"], last["name"] = args[0], name
-            elif name not in shared:
-                shared[name] = last["name"]
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            if not same:
-                s = (x * x).sum(0)
-                sums[name] = sums.get(name, 0) + s
-                counts[name] = counts.get(name, 0) + x.shape[0]
-                if hessian:
-                    grams[name] = grams.get(name, 0) + x.T @ x
-        return record
-
-    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod, _ in _linear_inputs(model)]
+    handles, last = input_hooks(model, "", sums, counts, grams, shared, hessian)
     # (the input is held only between consecutive hooks of one forward pass)
     params = [(n, p) for n, p in model.named_parameters() if p.dim() == 2]
     fish = {n: torch.zeros_like(p) for n, p in params} if fisher else {}

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm.exporters.calibrate import Calibration, _linear_inputs, _preflight_layers, calibration_windows
+from edgellm.exporters.calibrate import (Calibration, _linear_inputs, _preflight_layers, calibration_windows,
+                                         input_hooks)
 
 
 LOGITS_BYTES = 64 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
@@ -61,7 +62,7 @@ class LayerHessians(Mapping):
 
         sums, counts, grams, shared = {}, {}, {}, {}
         layer = self.stream.load_layer(i)
-        handles = _hooks(layer, self.stream.prefixes[i], sums, counts, grams, shared, True)
+        handles = input_hooks(layer, self.stream.prefixes[i], sums, counts, grams, shared, True)[0]
         try:
             with torch.no_grad():
                 for w, call in enumerate(self.calls):
@@ -81,6 +82,7 @@ class _States:
 
     def __init__(self, folder: Path, boundaries: int, windows: int, shape: tuple[int, int]):
         self.shape, self.windows = shape, windows
+        self.fd = None
         self.block = int(np.prod(shape)) * 4
         fd, path = tempfile.mkstemp(prefix=".edgellm-states-", dir=folder)
         os.unlink(path)                     # nothing left behind, whatever happens
@@ -102,27 +104,6 @@ class _States:
             self.fd = None
 
     __del__ = close
-
-
-def _hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool):
-    """Importance (mean x²) and XᵀX of every linear input of ``module``, under checkpoint names.
-    Layers reading the same input (q/k/v, gate/up) are recorded once, the rest pointed at it in
-    ``shared``, as ``collect`` does."""
-    last = {"input": None, "name": None}
-    handles = []
-    for name, mod, _ in _linear_inputs(module):
-        def record(_mod, args, full=prefix + name):
-            if args[0] is last["input"]:
-                shared.setdefault(full, last["name"])
-                return
-            last["input"], last["name"] = args[0], full
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            sums[full] = sums.get(full, 0) + (x * x).sum(0)
-            counts[full] = counts.get(full, 0) + x.shape[0]
-            if hessian:
-                grams[full] = grams.get(full, 0) + x.T @ x
-        handles.append(mod.register_forward_pre_hook(record))
-    return handles
 
 
 def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: int = 512, max_windows: int = 16,
@@ -162,7 +143,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
         for i in range(n):                                  # forward, a layer at a time
             layer = stream.load_layer(i)
             names.append([stream.prefixes[i] + name for name, _, _ in _linear_inputs(layer)])
-            handles = _hooks(layer, stream.prefixes[i], sums, counts, grams, shared, False)
+            handles = input_hooks(layer, stream.prefixes[i], sums, counts, grams, shared, False)[0]
             with torch.no_grad():
                 for w in range(W):
                     states.put(i + 1, w, stream.run(layer, states.get(i, w), calls[w][i]))
@@ -171,7 +152,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
             stream.drop_layer(i)
             done += 1
             progress(done, steps)
-        head_handles = _hooks(stream.model, "", sums, counts, grams, shared, hessian)   # the head's input
+        head_handles = input_hooks(stream.model, "", sums, counts, grams, shared, hessian)[0]   # the head's input
         outer = [(name, p) for name, p in stream.model.named_parameters() if p.dim() == 2]
         fish: dict[str, torch.Tensor] = {}
         gen = torch.Generator().manual_seed(seed)

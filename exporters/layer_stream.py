@@ -68,6 +68,7 @@ class LayerStream:
                                f"({type(e).__name__}: {e})") from None
         model.eval()
         self.ckpt, self.model, self.config, self.model_dir = ckpt, model, config, Path(model_dir)
+        self._names = set(ckpt.names())
         n = config.get_text_config().num_hidden_layers
         parent, attr = _find_layers(model, n)
         layers = getattr(parent, attr)
@@ -93,7 +94,7 @@ class LayerStream:
     def _read(self, name: str, shape: tuple):
         torch = _torch()
         prefix = getattr(self.model, "base_model_prefix", "") + "."
-        names = set(self.ckpt.names())
+        names = self._names
         for cand in (name, name[len(prefix):] if name.startswith(prefix) else prefix + name):
             if cand in names:
                 arr = np.asarray(self.ckpt.read(cand), dtype=np.float32)
