@@ -39,6 +39,8 @@ class Calibration:
     hessian: dict[str, np.ndarray] = field(default_factory=dict)
     fisher: dict[str, np.ndarray] = field(default_factory=dict)
     costs: object = None             # what the Fisher was turned into as it came (gguf.mix.Costs)
+    device: str = "cpu"              # where it was computed
+    precision: str = "float32"       # the matrix products' type (calibrate_layers.compute_dtype)
 
 
 @dataclass
@@ -49,12 +51,13 @@ class CalibrationData:
     source: str = "default: Python standard library source (edgellm.textdata training split)"
     windows: int = 16
     context: int = 512
+    device: str = "auto"             # where the statistics are computed (compute.resolve)
     _done: list = field(default_factory=list)
 
     def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, ckpt=None, sink=None,
               **kw) -> Calibration:
-        """Gathered a decoder layer at a time (``calibrate_layers``); ``sink(cal)`` -> a callable
-        taking each tensor's Fisher as it is done instead of keeping it in ``cal.fisher``."""
+        """Gathered a decoder layer at a time (``calibrate_layers``); ``sink(cal)`` -> what takes
+        each tensor's Fisher as it is done instead of keeping it in ``cal.fisher`` (see there)."""
         from edgellm.exporters.calibrate_layers import collect_layerwise
         from edgellm.exporters.io.checkpoint import open_checkpoint
 
@@ -62,12 +65,21 @@ class CalibrationData:
             if folder == str(model_dir) and (h or not hessian) and (f or not fisher):
                 return cal
         cal = collect_layerwise(Path(model_dir), ckpt or open_checkpoint(Path(model_dir)), self.text, self.context,
-                                self.windows, hessian=hessian, fisher=fisher, fisher_sink=sink, **kw)
+                                self.windows, hessian=hessian, fisher=fisher, fisher_sink=sink,
+                                device=self.device, **kw)
         self._done.append(((str(model_dir), hessian, fisher), cal))
         return cal
 
+    def check(self, model_dir: Path, context: int, trust_remote_code: bool = False) -> None:
+        """The text's faults (too short, not the model's vocabulary) before any work."""
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        calibration_windows(tok, default_text() if self.text is None else self.text, context, self.windows)
+
     def describe(self, cal: Calibration) -> dict:
-        return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context}
+        return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context,
+                "device": cal.device, "precision": cal.precision}
 
 
 def default_text(limit_bytes: int = 1 << 20) -> str:
@@ -112,35 +124,17 @@ def _preflight(model_dir: Path, context: int, hessian: bool, fisher: bool) -> No
                        f"{fmt_bytes(have)} (calibrate on a bigger host, or export without --calibrate)")
 
 
-def needed_bytes_layerwise(model, context: int, windows: int, hessian: bool, fisher: bool,
-                           keep_fisher: bool = True) -> int:
-    """Host memory of ``calibrate_layers.collect_layerwise``: one decoder layer (with its gradients
-    and Fisher sums when ``fisher``), the embeddings and head likewise, the statistics it returns
-    (importance vectors, XᵀX per distinct input, the Fisher diagonal), a window's activations and
-    logits, and the gradient at a layer boundary for every window."""
-    layer = 4 * max(model.n_params - model.n_embedding_params - (0 if model.tied_embeddings else
-                                                                   model.hidden * model.vocab), 0) // model.n_layers
-    outer = 4 * (model.n_params - layer // 4 * model.n_layers)
-    live = (layer + outer) * (3 if fisher else 1)
-    grams = 4 * model.n_layers * (3 * model.hidden ** 2 + model.ffn ** 2) if hessian else 0
-    kept = 4 * model.n_params if fisher and keep_fisher else 0
-    acts = 4 * context * (model.vocab * 6 + 12 * model.hidden + 4 * model.ffn)
-    boundary = 4 * windows * context * model.hidden if fisher else 0
-    return live + grams + kept + acts + boundary + (512 << 20)
-
-
 def _preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool, fisher: bool,
-                      keep_fisher: bool) -> None:
+                      keep_fisher: bool, device: str = "cpu", work_dir: Path | None = None):
+    """``calibrate_memory.preflight`` for the model in ``model_dir``: refused before any work."""
+    import tempfile
+
     from edgellm import models
-    from edgellm.runtime.hostinfo import probe
-    from edgellm.units import fmt_bytes
+    from edgellm.exporters.calibrate_memory import preflight
 
     model = models.load_config(str(model_dir))
-    need = needed_bytes_layerwise(model, min(context, model.max_context), windows, hessian, fisher, keep_fisher)
-    have = probe().ram_bytes
-    if need > 0.9 * have:
-        raise EdgeLLMError(f"calibrating {model_dir} needs about {fmt_bytes(need)} of RAM; this machine "
-                           f"has {fmt_bytes(have)} (calibrate on a bigger host, or export without --calibrate)")
+    return preflight(model, min(context, model.max_context), windows, hessian, fisher, keep_fisher, device,
+                     Path(work_dir or tempfile.gettempdir()), str(model_dir))
 
 
 def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool):
@@ -148,6 +142,8 @@ def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool)
     + the module's own), the sum of x² per column, the row count and (``hessian``) XᵀX.  Layers
     reading the same input (q/k/v, gate/up) are recorded once and pointed at it in ``shared``.
     Returns the hook handles and the holder of the last input seen (reset it between passes)."""
+    import torch
+
     last = {"input": None, "name": None}
     handles = []
     for name, mod, _ in _linear_inputs(module):
@@ -157,10 +153,14 @@ def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool)
                 return
             last["input"], last["name"] = args[0], full
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            sums[full] = sums.get(full, 0) + (x * x).sum(0)
-            counts[full] = counts.get(full, 0) + x.shape[0]
-            if hessian:
-                grams[full] = grams.get(full, 0) + x.T @ x
+            with torch.autocast(x.device.type, enabled=False):     # sums in float32, whatever the products
+                sums[full] = sums.get(full, 0) + (x * x).sum(0)
+                counts[full] = counts.get(full, 0) + x.shape[0]
+                if hessian:                 # in place: a 14,336-wide input's XᵀX is 822 MB
+                    if full in grams:
+                        grams[full].addmm_(x.T, x)
+                    else:
+                        grams[full] = x.T @ x
         handles.append(mod.register_forward_pre_hook(record))
     return handles, last
 

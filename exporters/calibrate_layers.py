@@ -26,9 +26,13 @@ import numpy as np
 
 from edgellm.exporters.calibrate import (Calibration, _linear_inputs, _preflight_layers, calibration_windows,
                                          input_hooks)
+from edgellm.exporters import host_memory
+from edgellm.exporters.calibrate_fisher import (HeadRows, Keep, rows_array, rows_tensor, sparse_embeddings,
+                                                square_into)
+from edgellm.exporters.compute import gpu_memory_guard, resolve
 
 
-LOGITS_BYTES = 64 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
+LOGITS_BYTES = 16 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
 
 
 class LayerHessians(Mapping):
@@ -51,6 +55,10 @@ class LayerHessians(Mapping):
             self._cache, self._layer = self._compute(i), i
         return self._cache[name]
 
+    def group(self, name: str):
+        """The decoder layer whose re-run yields ``name``'s XᵀX (None: kept from the start)."""
+        return self.layer_of.get(name)
+
     def __iter__(self):
         return iter([*self.eager, *self.layer_of])
 
@@ -58,6 +66,10 @@ class LayerHessians(Mapping):
         return len(self.eager) + len(self.layer_of)
 
     def _compute(self, i: int) -> dict[str, np.ndarray]:
+        with gpu_memory_guard(self.stream.device, "computing a layer's XᵀX", " (--calib-device cpu)"):
+            return self._layer_grams(i)
+
+    def _layer_grams(self, i: int) -> dict[str, np.ndarray]:
         import torch
 
         sums, counts, grams, shared = {}, {}, {}, {}
@@ -66,12 +78,13 @@ class LayerHessians(Mapping):
         try:
             with torch.no_grad():
                 for w, call in enumerate(self.calls):
-                    self.stream.run(layer, self.states.get(i, w), call[i])
+                    self.stream.run(layer, self.states.get(i, w, self.stream.device), call[i])
         finally:
             for h in handles:
                 h.remove()
             self.stream.drop_layer(i)
-        out = {n: (g / counts[n]).numpy() for n, g in grams.items()}
+            host_memory.release()
+        out = {n: g.div_(counts[n]).cpu().numpy() for n, g in grams.items()}
         out.update({n: out[first] for n, first in shared.items()})
         return out
 
@@ -90,13 +103,13 @@ class _States:
         os.ftruncate(fd, boundaries * windows * self.block)
 
     def put(self, b: int, w: int, x) -> None:
-        data = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32).tobytes()
+        data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32).tobytes()
         os.pwrite(self.fd, data, (b * self.windows + w) * self.block)
 
-    def get(self, b: int, w: int):
+    def get(self, b: int, w: int, device: str = "cpu"):
         import torch
         raw = os.pread(self.fd, self.block, (b * self.windows + w) * self.block)
-        return torch.from_numpy(np.frombuffer(raw, np.float32).copy().reshape(1, *self.shape))
+        return torch.from_numpy(np.frombuffer(raw, np.float32).copy().reshape(1, *self.shape)).to(device)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -109,26 +122,58 @@ class _States:
 def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: int = 512, max_windows: int = 16,
                       hessian: bool = False, fisher: bool = False, trust_remote_code: bool = False,
                       threads: int | None = None, seed: int = 0, progress=lambda i, n: None,
-                      work_dir: Path | None = None, fisher_sink=None) -> Calibration:
-    """``fisher_sink(cal)``, called once the importance and XᵀX are in ``cal``, returns a callable
-    that takes each tensor's Fisher diagonal (checkpoint name, array) when it is done; without it
-    the Fisher is kept in ``cal.fisher``."""
+                      work_dir: Path | None = None, fisher_sink=None, device: str = "cpu",
+                      precision: str = "auto") -> Calibration:
+    """``fisher_sink(cal)``, called once the layers' importance is gathered (``cal.imatrix`` fills
+    before any Fisher comes), returns what takes each tensor's Fisher diagonal when it is done:
+    ``add(checkpoint name, array, rows=None)``, and ``wanted_rows(name)``: the rows it needs of a
+    tensor (None: all), so only those are computed (``gguf.mix.Costs``).  Without it the Fisher
+    is kept whole in ``cal.fisher``."""
+    import torch
+
+    dev = resolve(device, "--calib-device")
+    host_memory.keep_big_blocks_apart()
+    if threads:
+        torch.set_num_threads(threads)
+    _preflight_layers(Path(model_dir), context, max_windows, hessian, fisher, keep_fisher=fisher_sink is None,
+                      device=dev, work_dir=work_dir)
+    with gpu_memory_guard(dev, "calibrating", " (--calib-device cpu)"):
+        return _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed,
+                        progress, work_dir, fisher_sink, dev, compute_dtype(precision, dev))
+
+
+def compute_dtype(precision: str, device: str) -> str:
+    """The matrix products' type: ``auto`` is bfloat16 where the hardware multiplies it natively
+    (a GPU; a CPU with AVX512-BF16 or AMX, through oneDNN), float32 elsewhere.  The statistics
+    are summed in float32 either way."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bfloat16" if native else "float32"
+
+
+def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed, progress,
+             work_dir, fisher_sink, dev, dtype) -> Calibration:
     import torch
     from transformers import AutoTokenizer
 
     from edgellm.exporters.calibrate import default_text
     from edgellm.exporters.layer_stream import LayerStream
 
-    if threads:
-        torch.set_num_threads(threads)
-    _preflight_layers(Path(model_dir), context, max_windows, hessian, fisher, keep_fisher=fisher_sink is None)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    stream = LayerStream(Path(model_dir), ckpt, trust_remote_code)
+    stream = LayerStream(Path(model_dir), ckpt, trust_remote_code, dev, dtype)
     cfg = stream.config.get_text_config()
     context = min(context, int(getattr(cfg, "max_position_embeddings", context) or context))
     wins = calibration_windows(tok, default_text() if text is None else text, context, max_windows)
-    cal = Calibration(tokens=sum(map(len, wins)), windows=len(wins), context=context)
-    ids = [torch.tensor([w]) for w in wins]
+    cal = Calibration(tokens=sum(map(len, wins)), windows=len(wins), context=context, device=dev, precision=dtype)
+    ids = [torch.tensor([w], device=dev) for w in wins]
     n, W = stream.n_layers, len(wins)
     steps, done = n * (2 if fisher else 1) + 1, 0
     sums, counts, grams, shared = {}, {}, {}, {}
@@ -139,6 +184,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
             h0, c = stream.capture(ids[w])
             states.put(0, w, h0)
             calls.append(c)
+        stream.hold(table=False, head=False)                # the layer passes need neither
         names: list[list[str]] = []
         for i in range(n):                                  # forward, a layer at a time
             layer = stream.load_layer(i)
@@ -146,22 +192,27 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
             handles = input_hooks(layer, stream.prefixes[i], sums, counts, grams, shared, False)[0]
             with torch.no_grad():
                 for w in range(W):
-                    states.put(i + 1, w, stream.run(layer, states.get(i, w), calls[w][i]))
+                    states.put(i + 1, w, stream.run(layer, states.get(i, w, dev), calls[w][i]))
             for h in handles:
                 h.remove()
             stream.drop_layer(i)
+            host_memory.release()
             done += 1
             progress(done, steps)
+        stream.hold(table=False, head=True)
         head_handles = input_hooks(stream.model, "", sums, counts, grams, shared, hessian)[0]   # the head's input
-        outer = [(name, p) for name, p in stream.model.named_parameters() if p.dim() == 2]
+        outer = stream.outer_matrices()
+        sink = (fisher_sink(cal) if fisher_sink else Keep(cal.fisher)) if fisher else None
+        rows = {name: rows_tensor(sink.wanted_rows(name), dev) for name, _ in outer} if fisher else {}
         fish: dict[str, torch.Tensor] = {}
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=dev).manual_seed(seed)
         grads = []
+        head = HeadRows(stream.model, outer, rows) if fisher else None
         for p in stream.model.parameters():
-            p.requires_grad_(fisher and p.dim() == 2)
+            p.requires_grad_(fisher and p.dim() == 2 and (head is None or p is not head.weight))
         step = max(1, LOGITS_BYTES // (4 * cfg.vocab_size))     # tokens whose logits are held at once
         for w in range(W):                                  # the head: its statistics, its loss
-            h = states.get(n, w).requires_grad_(fisher)
+            h = states.get(n, w, dev).requires_grad_(fisher)
             for a in range(0, h.shape[1], step):            # the loss is a sum over tokens: exact in slices
                 part, part_ids = h[:, a:a + step], ids[w][:, a:a + step]
                 if fisher:
@@ -170,20 +221,25 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                         sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
                     torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
                     del logits
+                    head.slice_done()
                 else:
                     with torch.no_grad():
                         stream.logits(part, part_ids)
             if fisher:                                      # the window's gradient, squared once
                 grads.append(h.grad.detach())
-                _square_into(fish, outer)
+                head.window_done(fish)
+                square_into(fish, outer, rows)
+        if head is not None:
+            head.close()
+        stream.hold(table=False, head=False)
         for hd in head_handles:
             hd.remove()
+        host_memory.release()
         done += 1
         progress(done, steps)
         _finish_inputs(cal, sums, counts, grams, shared, hessian)
         if hessian:                                         # the layers' XᵀX: when asked for
             cal.hessian = LayerHessians(stream, states, calls, names, dict(cal.hessian))
-        add = fisher_sink(cal) if fisher_sink else cal.fisher.__setitem__
         if fisher:
             for i in reversed(range(n)):                    # backward, a layer at a time
                 layer = stream.load_layer(i)
@@ -191,26 +247,32 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                 for _, p in params:
                     p.requires_grad_(True)
                 for w in range(W):
-                    h = states.get(i, w).requires_grad_(True)
+                    h = states.get(i, w, dev).requires_grad_(True)
                     stream.run(layer, h, calls[w][i]).backward(grads[w])
                     grads[w] = h.grad.detach()
-                    _square_into(fish, params)
+                    square_into(fish, params, {})
                 for name, _ in params:
-                    add(name, fish.pop(name).div_(cal.tokens).numpy())
+                    sink.add(name, fish.pop(name).div_(cal.tokens).cpu().numpy())
                 stream.drop_layer(i)
+                host_memory.release()
                 done += 1
                 progress(done, steps)
-            for w in range(W):                              # the embeddings (GPT-2's positions too)
-                stream.embed_backward(ids[w], grads[w])
-                _square_into(fish, outer)
+            stream.hold(table=True, head=False)
+            for p in stream.model.parameters():
+                p.requires_grad_(p.dim() == 2)
+            with sparse_embeddings(stream.model):          # gradients of the rows looked up, not the table
+                for w in range(W):                          # the embeddings (GPT-2's positions too)
+                    stream.embed_backward(ids[w], grads[w])
+                    square_into(fish, outer, rows)
             for name in list(fish):
-                add(name, fish.pop(name).div_(cal.tokens).numpy())
+                sink.add(name, fish.pop(name).div_(cal.tokens).cpu().numpy(), rows=rows_array(rows.get(name)))
     except BaseException:
         states.close()
         raise
     finally:
         for p in stream.model.parameters():
             p.requires_grad_(False)
+        stream.release_outer()                              # the layers' re-runs need none of it
     if not hessian:
         states.close()                                      # else the lazy XᵀX reads it (closed with it)
     return cal
@@ -219,22 +281,10 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
 def _finish_inputs(cal: Calibration, sums, counts, grams, shared, hessian: bool) -> None:
     """Importance vectors (and the XᵀX gathered so far: the head's) into ``cal``."""
     for name in list(sums):
-        cal.imatrix[name] = (sums.pop(name) / counts[name]).numpy().astype(np.float32)
+        cal.imatrix[name] = (sums.pop(name) / counts[name]).cpu().numpy().astype(np.float32)
         if hessian and name in grams:
-            cal.hessian[name] = (grams.pop(name) / counts[name]).numpy()
+            cal.hessian[name] = grams.pop(name).div_(counts[name]).cpu().numpy()
     for name, first in shared.items():
         cal.imatrix[name] = cal.imatrix[first]
         if first in cal.hessian:
             cal.hessian[name] = cal.hessian[first]
-
-
-def _square_into(fish: dict, params) -> None:
-    """Add each parameter's squared gradient (one window's) to the Fisher sums; drop the gradient."""
-    for name, p in params:
-        if p.grad is not None:
-            g = p.grad.detach()
-            if name in fish:
-                fish[name].addcmul_(g, g)
-            else:
-                fish[name] = g * g
-            p.grad = None

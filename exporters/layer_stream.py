@@ -22,6 +22,9 @@ import numpy as np
 from edgellm.errors import EdgeLLMError
 
 
+READ_ELEMENTS = 4 << 20       # a checkpoint tensor is copied in a chunk of about this many values at a time
+
+
 class _Stop(Exception):
     pass
 
@@ -54,7 +57,8 @@ def _find_layers(model, n: int):
 
 
 class LayerStream:
-    def __init__(self, model_dir: Path, ckpt, trust_remote_code: bool = False):
+    def __init__(self, model_dir: Path, ckpt, trust_remote_code: bool = False, device: str = "cpu",
+                 compute_dtype: str = "float32"):
         torch = _torch()
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -68,6 +72,8 @@ class LayerStream:
                                f"({type(e).__name__}: {e})") from None
         model.eval()
         self.ckpt, self.model, self.config, self.model_dir = ckpt, model, config, Path(model_dir)
+        self.device = device
+        self.compute_dtype = getattr(torch, compute_dtype)     # matrix products run in it (autocast)
         self._names = set(ckpt.names())
         n = config.get_text_config().num_hidden_layers
         parent, attr = _find_layers(model, n)
@@ -77,49 +83,106 @@ class LayerStream:
         self.layers = list(layers)
         setattr(parent, attr, torch.nn.ModuleList([_Slot(self, i) for i in range(n)]))
         self._mode, self._record, self._inject, self._caught = "capture", [], None, None
-        # the rest: the model's own initializer (buffers: rotary tables, embedding scales), then its weights
-        model.to_empty(device="cpu")
+        # the rest: the model's own initializer (buffers: rotary tables, embedding scales), then its
+        # weights; an untied head is not even allocated until the head pass wants it (``hold``)
+        table = model.get_input_embeddings().weight
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        untied = getattr(head, "weight", None) is not None and head.weight is not table
+        shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}   # tied weights: once
+        if untied:
+            head.weight.data = torch.empty(0, device="meta")
+        model.to_empty(device=device)
         with torch.no_grad():
             for module in model.modules():
                 model._init_weights(module)
             model.tie_weights()                             # a tied head shares the embedding again
-            for name, p in model.named_parameters():        # tied weights are listed once
-                p.copy_(self._read(name, tuple(p.shape)))
+            self.table = model.get_input_embeddings().weight
+            self.head = getattr(model.get_output_embeddings() if head is not None else None, "weight", None)
+            self._shapes = {}
+            for name, p in model.named_parameters():
+                self._shapes[id(p)] = (name, shapes[name])
+                if p is not self.head or p is self.table:
+                    self._fill(p, name)
         self.base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
 
     @property
     def n_layers(self) -> int:
         return len(self.layers)
 
-    def _read(self, name: str, shape: tuple):
+    def _fill(self, p, name: str) -> None:
+        """Copy checkpoint tensor ``name`` into parameter ``p`` (allocated, same shape), a chunk of
+        rows at a time: a 151,936-row embedding is never held twice, nor as float32 and bfloat16."""
         torch = _torch()
         prefix = getattr(self.model, "base_model_prefix", "") + "."
-        names = self._names
+        shape = tuple(p.shape)
         for cand in (name, name[len(prefix):] if name.startswith(prefix) else prefix + name):
-            if cand in names:
-                arr = np.asarray(self.ckpt.read(cand), dtype=np.float32)
-                if tuple(arr.shape) != shape:
-                    raise EdgeLLMError(f"{cand}: shape {tuple(arr.shape)} in the checkpoint, the model wants {shape}")
-                return torch.from_numpy(arr)
+            if cand not in self._names:
+                continue
+            have = tuple(self.ckpt.info(cand).shape)
+            if have != shape:
+                raise EdgeLLMError(f"{cand}: shape {have} in the checkpoint, the model wants {shape}")
+            rows = max(1, READ_ELEMENTS // max(1, int(np.prod(shape[1:]))))
+            at = 0
+            with torch.no_grad():
+                for chunk in self.ckpt.read_rows(cand, rows):
+                    part = torch.from_numpy(np.asarray(chunk, dtype=np.float32))
+                    if p.dim() == 0:
+                        p.copy_(part.reshape(()))
+                    else:
+                        p[at:at + len(part)].copy_(part)
+                        at += len(part)
+            return
         raise EdgeLLMError(f"{name}: not in the checkpoint")
 
     # one layer at a time
     def load_layer(self, i: int):
         torch = _torch()
-        layer = self.layers[i].to_empty(device="cpu")
+        layer = self.layers[i].to_empty(device=self.device)
         with torch.no_grad():
             for name, p in layer.named_parameters():
-                p.copy_(self._read(self.prefixes[i] + name, tuple(p.shape)))
+                self._fill(p, self.prefixes[i] + name)
         return layer
 
     def drop_layer(self, i: int) -> None:
         self.layers[i].to("meta")
 
-    @staticmethod
-    def run(layer, hidden, call):
+    def outer_matrices(self) -> list:
+        """(name, parameter) of the matrices outside the layers (held or not: see ``hold``)."""
+        return [(name, p) for name, p in self.model.named_parameters() if len(self._shapes[id(p)][1]) == 2]
+
+    def hold(self, table: bool, head: bool) -> None:
+        """Which of the two big outer matrices are in memory: the input embedding table (the
+        first layer's inputs, the lookup's gradients) and the head (the loss); one tensor when
+        they are tied.  The rest (norms, position tables) stays.  The layer passes need neither."""
+        torch = _torch()
+        want = {id(self.table): (self.table, table)}
+        if self.head is not None:                          # tied: held when either is wanted
+            want[id(self.head)] = (self.head, head or want.get(id(self.head), (None, False))[1])
+        for p, on in want.values():
+            name, shape = self._shapes[id(p)]
+            loaded = tuple(p.shape) == shape
+            if on and not loaded:
+                p.data = torch.empty(shape, device=self.device)
+                self._fill(p, name)
+            elif not on and loaded:
+                p.data = torch.empty(0, device=self.device)
+
+    def release_outer(self) -> None:
+        """Free the embeddings, head and buffers: re-running a layer from its stored inputs
+        (``run``) needs none of them."""
+        self.model.to("meta")
+
+    def _autocast(self):
+        torch = _torch()
+        return torch.autocast("cuda" if self.device.startswith("cuda") else "cpu", dtype=self.compute_dtype,
+                              enabled=self.compute_dtype != torch.float32)
+
+    def run(self, layer, hidden, call):
         args, kwargs = call
-        out = layer(hidden, *args, **kwargs)
-        return out[0] if isinstance(out, tuple) else out
+        with self._autocast():
+            out = layer(hidden, *args, **kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.float()
 
     # what the slots do
     def _at_slot(self, i, hidden, args, kwargs):
@@ -147,9 +210,12 @@ class LayerStream:
     def logits(self, hidden_last, ids):
         """[T, vocab] logits from the last layer's output through the model's own final norm,
         head and soft-capping (``hidden_last`` may require grad)."""
+        torch = _torch()
         self._mode, self._inject = "inject", hidden_last
-        try:
-            return self.model(input_ids=ids, use_cache=False).logits[0]
+        stand_in = torch.zeros(*ids.shape, self.config.get_text_config().hidden_size, device=self.device)
+        try:                # (embeddings in place of ids: the table need not be held; the slot replaces them)
+            with self._autocast():
+                return self.model(inputs_embeds=stand_in, use_cache=False).logits[0]
         finally:
             self._inject = None
 

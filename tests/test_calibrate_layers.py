@@ -21,7 +21,7 @@ def test_layer_at_a_time_matches_the_whole_model(tiny, arch):
     folder = tiny(arch)
     whole = collect(folder, TEXT, context=64, max_windows=3, hessian=True, fisher=True, seed=1)
     layered = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=3, hessian=True,
-                                fisher=True, seed=1)
+                                fisher=True, seed=1, precision="float32")
     assert (layered.tokens, layered.windows, layered.context) == (whole.tokens, whole.windows, whole.context)
     assert set(layered.imatrix) == set(whole.imatrix) and set(layered.hessian) == set(whole.hessian)
     for name in whole.imatrix:
@@ -46,13 +46,71 @@ def test_the_heads_logits_in_slices_give_the_same_statistics(tiny, monkeypatch):
 
     folder = tiny("qwen2")
     whole = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=2, hessian=True,
-                              fisher=True, seed=1)
+                              fisher=True, seed=1, precision="float32")
     monkeypatch.setattr(cl, "LOGITS_BYTES", 4 * 768 * 16)           # 16 tokens a slice
     sliced = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=2, hessian=True,
-                               fisher=True, seed=1)
+                               fisher=True, seed=1, precision="float32")
     for name in whole.imatrix:
         assert _close(sliced.imatrix[name], whole.imatrix[name], 1e-5), name
         assert _close(sliced.hessian[name], whole.hessian[name], 1e-5), name
     for name in whole.fisher:
         ratio = sliced.fisher[name].sum() / whole.fisher[name].sum()
         assert 0.5 < ratio < 2, (name, ratio)
+
+
+@pytest.mark.parametrize("arch,tie", [("qwen2", True), ("llama", False)])
+def test_only_the_sampled_rows_fisher_is_computed_and_the_costs_are_the_same(tiny, monkeypatch, arch, tie):
+    """Where the cost estimate reads a sample of a tensor's rows (the embedding and head of a big
+    vocabulary), only those rows' Fisher is computed (the head's from its input and output
+    gradient, the lookup's from sparse gradients) and the costs equal those of the whole Fisher."""
+    import edgellm.exporters.gguf.mix as mix
+    from edgellm import models
+    from edgellm.models.families import family_for
+
+    monkeypatch.setattr(mix, "SAMPLE_ROWS", 40)
+    folder = tiny(arch, tied=tie)
+    model, ckpt = models.load_config(str(folder)), open_checkpoint(folder)
+    gguf_arch = family_for(model, "gguf")
+    whole = collect_layerwise(folder, ckpt, TEXT, context=64, max_windows=2, hessian=False, fisher=True, seed=1,
+                              precision="float32")
+    dense = mix.Costs(model, ckpt, gguf_arch, whole.imatrix)
+    for name, f in whole.fisher.items():
+        dense.add(name, f)
+    seen = {}
+
+    def sink(cal):
+        table = mix.Costs(model, ckpt, gguf_arch, cal.imatrix)
+        add = table.add
+
+        def spy(name, fisher, rows=None):
+            seen[name] = (fisher.shape, rows)
+            add(name, fisher, rows)
+        table.add = spy
+        cal.costs = table
+        return table
+
+    sampled = collect_layerwise(folder, ckpt, TEXT, context=64, max_windows=2, hessian=False, fisher=True, seed=1,
+                                fisher_sink=sink, precision="float32").costs
+    big = [n for n, (shape, rows) in seen.items() if rows is not None]
+    assert big and all(seen[n][0][0] == 40 for n in big)              # the embedding (and head): 40 rows
+    assert set(sampled.costs) == set(dense.costs)
+    for name, costs in dense.costs.items():
+        for t, c in costs.items():
+            assert abs(sampled.costs[name][t] - c) <= 1e-3 * abs(c) + 1e-12, (name, t)
+
+
+def test_bfloat16_products_give_close_statistics(tiny):
+    """Where bfloat16 is native (``auto``), the matrix products run in it: the importance and XᵀX
+    stay within a few percent of float32's, the Fisher within its sampling noise."""
+    folder = tiny("llama")
+    ref = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=3, hessian=True,
+                            fisher=True, seed=1, precision="float32")
+    low = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=3, hessian=True,
+                            fisher=True, seed=1, precision="bfloat16")
+    assert (ref.precision, low.precision) == ("float32", "bfloat16")
+    for name in ref.imatrix:
+        assert _close(low.imatrix[name], ref.imatrix[name], 0.05), name
+        assert _close(low.hessian[name], ref.hessian[name], 0.05), name
+    for name in ref.fisher:
+        ratio = low.fisher[name].sum() / ref.fisher[name].sum()
+        assert 0.7 < ratio < 1.4, (name, ratio)

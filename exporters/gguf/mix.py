@@ -26,12 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgellm.exporters import host_memory
 from edgellm.plan.ggml_types import TYPES
 
 # K-quant rows (multiples of 256) and the rest (multiples of 32)
 CANDIDATES_256 = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 CANDIDATES_32 = ("Q4_0", "Q4_1", "IQ4_NL", "Q5_0", "Q5_1", "Q8_0")
 SAMPLE_ROWS = 2048
+ROWS_PER_READ = 8192             # rows read at once when only a sample of a big tensor is wanted
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,22 @@ def roundtrip(w: np.ndarray, ggml_type: str, imatrix: np.ndarray | None, threads
     return np.asarray(out, dtype=np.float32).reshape(w.shape)
 
 
+def sampled_rows(rows: int, seed: int) -> np.ndarray | None:
+    """The rows ``tensor_costs`` estimates a tensor of ``rows`` rows on (None: all of them)."""
+    if rows <= SAMPLE_ROWS:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(rows, SAMPLE_ROWS, replace=False))
+
+
 def tensor_costs(w: np.ndarray, fisher: np.ndarray | None, imatrix: np.ndarray | None, types, threads: int = 1,
-                 seed: int = 0) -> dict[str, float]:
-    """Predicted KL divergence of each type for one matrix (GGUF layout, float16-rounded values)."""
-    rows = w.shape[0]
-    if rows > SAMPLE_ROWS:
-        pick = np.sort(np.random.default_rng(seed).choice(rows, SAMPLE_ROWS, replace=False))
-        w = w[pick]
-        fisher = None if fisher is None else fisher[pick]
+                 seed: int = 0, rows: int | None = None) -> dict[str, float]:
+    """Predicted KL divergence of each type for one matrix (GGUF layout, float16-rounded values).
+    ``rows``: the tensor's row count when ``w`` (and ``fisher``) are already its ``sampled_rows``."""
+    if rows is None:
+        rows = w.shape[0]
+        if (pick := sampled_rows(rows, seed)) is not None:
+            w = w[pick]
+            fisher = None if fisher is None else fisher[pick]
     scale = rows / w.shape[0]
     weight = fisher if fisher is not None else np.broadcast_to(
         imatrix if imatrix is not None else np.ones(w.shape[1], np.float32), w.shape)
@@ -133,11 +143,21 @@ def allocate(costs: dict[str, dict[str, float]], sizes: dict[str, dict[str, int]
     return {n: hulls[n][level[n]] for n in hulls}
 
 
-def _matrix(ckpt, arch, entry) -> np.ndarray:
-    data = ckpt.read(entry.hf_name)
-    changed = arch.transform(entry.hf_name, entry.gguf_name, data)
-    w = np.asarray(data if changed is None else changed, dtype=np.float32)
-    return w.astype(np.float16).astype(np.float32)          # what the quantizer sees (see gguf_write)
+def _matrix(ckpt, arch, entry, pick: np.ndarray | None = None) -> np.ndarray:
+    """The matrix as the quantizer sees it (float16-rounded, see gguf_write); with ``pick`` only
+    those rows, read a chunk at a time (a tensor that needs no transform)."""
+    if pick is None:
+        data = ckpt.read(entry.hf_name)
+        changed = arch.transform(entry.hf_name, entry.gguf_name, data)
+        w = np.asarray(data if changed is None else changed, dtype=np.float32)
+    else:
+        parts, start = [], 0
+        for chunk in ckpt.read_rows(entry.hf_name, ROWS_PER_READ):
+            mine = pick[(pick >= start) & (pick < start + len(chunk))] - start
+            parts.append(np.asarray(chunk[mine], dtype=np.float32))
+            start += len(chunk)
+        w = np.concatenate(parts)
+    return w.astype(np.float16).astype(np.float32)
 
 
 def _gguf_name(arch, hf: str) -> str | None:
@@ -163,6 +183,10 @@ class ByGgufName(Mapping):
     def __getitem__(self, name):
         return self.stats[self.names[name]]
 
+    def group(self, name):
+        group = getattr(self.stats, "group", None)
+        return group(self.names[name]) if group and name in self.names else None
+
     def __iter__(self):
         return iter(self.names)
 
@@ -180,7 +204,7 @@ class Costs:
         from edgellm.exporters.gguf.write import FILE_TYPES, plan_tensors
 
         self.ckpt, self.arch, self.threads = ckpt, arch, threads
-        self.imatrix = by_gguf_name(arch, imatrix)
+        self.imatrix = imatrix                  # checkpoint names; read when a tensor's costs are
         self.quantized = [e for e in plan_tensors(model, ckpt, arch, "Q4_K_M")
                           if len(e.shape) == 2 and e.hf_name is not None and e.ggml_type not in ("F32", "F16")]
         self.index: dict[str, list[int]] = {}
@@ -193,16 +217,33 @@ class Costs:
                     self.types[e.gguf_name].append(e.ggml_type)
         self.costs: dict[str, dict[str, float]] = {}
 
-    def add(self, hf_name: str, fisher: np.ndarray | None) -> None:
+    def wanted_rows(self, hf_name: str) -> np.ndarray | None:
+        """The rows of ``hf_name`` the estimate reads, when it reads only some (None: all), so a
+        calibration may compute the Fisher of those rows alone."""
+        at = self.index.get(hf_name, ())
+        if len(at) != 1:
+            return None
+        e = self.quantized[at[0]]
+        if self.arch.needs_transform(e.hf_name, e.gguf_name):
+            return None
+        return sampled_rows(e.shape[0], at[0])
+
+    def add(self, hf_name: str, fisher: np.ndarray | None, rows: np.ndarray | None = None) -> None:
+        """``fisher``: the tensor's Fisher diagonal, or with ``rows`` (``wanted_rows``) those rows'."""
         for i in self.index.get(hf_name, ()):
             e = self.quantized[i]
+            pick = rows if rows is not None else (
+                None if self.arch.needs_transform(e.hf_name, e.gguf_name) else sampled_rows(e.shape[0], i))
             f = None
             if fisher is not None:
                 changed = self.arch.transform(e.hf_name, e.gguf_name, fisher)
                 f = np.asarray(fisher if changed is None else changed, dtype=np.float32)
-            self.costs[e.gguf_name] = tensor_costs(_matrix(self.ckpt, self.arch, e), f,
-                                                   self.imatrix.get(e.gguf_name), self.types[e.gguf_name],
-                                                   self.threads, seed=i)
+                if pick is not None and rows is None:
+                    f = f[pick]
+            self.costs[e.gguf_name] = tensor_costs(_matrix(self.ckpt, self.arch, e, pick), f,
+                                                   self.imatrix.get(e.hf_name), self.types[e.gguf_name],
+                                                   self.threads, seed=i, rows=e.shape[0])
+        host_memory.release()
 
     def complete(self, progress=lambda i, n: None) -> "Costs":
         """Costs for the tensors no Fisher came for (importance-weighted)."""

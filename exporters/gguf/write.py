@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from edgellm.exporters import host_memory
 from edgellm.errors import BadInput
 from edgellm.exporters.io.checkpoint import Checkpoint
 from edgellm.models.families import Family
@@ -313,6 +314,8 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
                         pending.result()
                     pending = writer.submit(w.write_tensor_data, outs[i])
                     outs[i] = np.empty(0, np.uint8)   # the writer holds the only reference
+                    if compensators:
+                        host_memory.release()         # a layer's GPTQ factors and XᵀX, freed: back
                     progress(i + 1, len(entries))
             if pending is not None:
                 pending.result()

@@ -1,0 +1,129 @@
+"""The Fisher diagonal's bookkeeping for ``calibrate_layers``: per window, each weight's squared
+gradient summed into its Fisher, for only the rows the consumer wants of the big outer matrices.
+
+The head's weight gradient for chosen rows comes from the head's input and the gradient at its
+output (``HeadRows``), the embedding table's from sparse gradients (``sparse_embeddings``): for a
+151,936-token vocabulary neither [vocab, hidden] gradient is ever made.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Keep:
+    """The sink without one: every Fisher diagonal kept whole in ``cal.fisher``."""
+
+    def __init__(self, store: dict):
+        self.store = store
+
+    @staticmethod
+    def wanted_rows(name: str):
+        return None
+
+    def add(self, name: str, fisher: np.ndarray, rows=None) -> None:
+        self.store[name] = fisher
+
+
+def rows_tensor(rows, device: str):
+    import torch
+    return None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
+
+
+def rows_array(rows):
+    return None if rows is None else rows.cpu().numpy()
+
+
+class HeadRows:
+    """The head's weight gradient for the rows the sink wants only: from the head's input x and
+    the gradient g at its output, rows r of a window's gradient are gᵀ[r] x, summed over the
+    window's token slices, so the [vocab, hidden] gradient (544 MB for Qwen2.5's) never exists."""
+
+    def __init__(self, model, outer, rows):
+        import torch
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        names = {id(p): n for n, p in outer}
+        self.weight = None
+        if isinstance(head, torch.nn.Linear) and id(head.weight) in names:
+            self.weight, self.name = head.weight, names[id(head.weight)]
+            self.rows = rows.get(self.name)
+            self.acc, self.x, self.g = None, None, None
+            self.handle = head.register_forward_hook(self._seen)
+
+    def _seen(self, _mod, args, out):
+        self.x = args[0].detach()
+        if out.requires_grad:
+            out.register_hook(self._grad)
+
+    def _grad(self, g):
+        self.g = g.detach()
+
+    def slice_done(self) -> None:
+        if self.weight is None or self.g is None:
+            return
+        g = self.g.reshape(-1, self.g.shape[-1])
+        if self.rows is not None:
+            g = g[:, self.rows]
+        part = g.T.float() @ self.x.reshape(-1, self.x.shape[-1]).float()
+        self.acc = part if self.acc is None else self.acc.add_(part)
+        self.x = self.g = None
+
+    def window_done(self, fish: dict) -> None:
+        if self.acc is not None:
+            add_squares(fish, self.name, self.acc, None)
+            self.acc = None
+
+    def close(self) -> None:
+        if self.weight is not None:
+            self.handle.remove()
+
+
+class sparse_embeddings:
+    """Embedding tables give sparse gradients (the rows looked up) while inside."""
+
+    def __init__(self, model):
+        import torch
+        self.mods = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and not m.sparse]
+
+    def __enter__(self):
+        for m in self.mods:
+            m.sparse = True
+
+    def __exit__(self, *exc):
+        for m in self.mods:
+            m.sparse = False
+
+
+def add_squares(fish: dict, name: str, g, rows) -> None:
+    """fish[name] += g² over the wanted ``rows`` (all when None); a sparse ``g`` (an embedding's)
+    adds the rows it has."""
+    import torch
+
+    if g.is_sparse:
+        g = g.coalesce()
+        idx, vals = g.indices()[0], g.values()
+        n = g.shape[0] if rows is None else len(rows)
+        if rows is not None:
+            pos = torch.searchsorted(rows, idx).clamp_(max=len(rows) - 1)
+            keep = rows[pos] == idx
+            idx, vals = pos[keep], vals[keep]
+        if name not in fish:
+            fish[name] = torch.zeros(n, *g.shape[1:], device=g.device)
+        fish[name].index_add_(0, idx, vals * vals)
+        return
+    if rows is not None:
+        g = g[rows]
+    if name in fish:
+        fish[name].addcmul_(g, g)
+    else:
+        fish[name] = g * g
+
+
+def square_into(fish: dict, params, rows: dict) -> None:
+    """Add each parameter's squared gradient (one window's) to the Fisher sums, for the rows
+    ``rows`` names (all by default); drop the gradient."""
+    for name, p in params:
+        if p.grad is not None:
+            add_squares(fish, name, p.grad.detach(), rows.get(name))
+            p.grad = None
