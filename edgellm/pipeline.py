@@ -47,11 +47,12 @@ class BuildRequest:
     calib_text: str | None = None               # default: the built-in training text
     calib_source: str = ""
     calib_windows: int = 16
+    calib_device: str = "auto"                  # compute.resolve: auto, cpu, cuda
     max_kld: float | None = None
     max_ppl_increase: float | None = None
     allow_distill: bool = False
     distill_steps: int = 500
-    distill_device: str = "cpu"
+    distill_device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -150,19 +151,29 @@ def _distil_first(req: BuildRequest, folder: Path, model, device, say: Say):
     return out, dataclasses.replace(models.load_config(str(out)), name=f"{base}-student")
 
 
+def _calibration_preflight(model, calibration):
+    import tempfile
+
+    from edgellm.exporters.calibrate_memory import preflight
+
+    return preflight(model, min(calibration.context, model.max_context), calibration.windows, True, True, False,
+                     calibration.device, Path(tempfile.gettempdir()), model.name)
+
+
 def _calibration(req: BuildRequest):
     if not req.calibrate:
         return None
     from edgellm.exporters.calibrate import CalibrationData
 
     if req.calib_text is None:
-        return CalibrationData(windows=req.calib_windows)
-    return CalibrationData(req.calib_text, req.calib_source, req.calib_windows)
+        return CalibrationData(windows=req.calib_windows, device=req.calib_device)
+    return CalibrationData(req.calib_text, req.calib_source, req.calib_windows, device=req.calib_device)
 
 
 def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     """Plan, (distil), export, verify and package ``req.model`` for ``req.device``."""
     need_export_extra()
+    from edgellm.exporters.compute import resolve
     from edgellm.exporters.gguf.export import ExportRequest
     from edgellm.exporters.verify.quality_gate import Gate, smallest_passing
     from edgellm.exporters.io.weights_source import weights_folder
@@ -178,6 +189,10 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     if calibration is not None and req.quant != "auto":
         if not any(f.format == req.format and f.calibratable(req.quant) for f in FORMATS.values()):
             raise BadInput(f"--calibrate applies to GGUF types below F16 and ONNX int4; not {req.format} {req.quant}")
+    if calibration is not None:                 # where it runs, and whether it fits: before any work
+        calibration = dataclasses.replace(calibration, device=resolve(req.calib_device, "--calib-device"))
+    if req.allow_distill:
+        resolve(req.distill_device, "--distill-device")
     try:
         choices = _candidates(req, model, device, calibration is not None)
     except NothingFits:
@@ -191,6 +206,12 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     if out.resolve() == folder.resolve():
         raise BadInput(f"{out}: the bundle cannot be written into the model folder")
     predictions = dict(choices)
+    if calibration is not None and any(c.calibrated for c, _ in choices):
+        calibration.check(folder, min(calibration.context, model.max_context), req.trust_remote_code)
+        need = _calibration_preflight(model, calibration)
+        for c in predictions:
+            predictions[c] = {**predictions[c], "calibration": need.to_dict()}
+        getattr(say, "note", say)(f"calibration on {calibration.device} needs {need.describe()}")
     source_kind = "local folder" if Path(req.model).expanduser().exists() else "hub"
 
     def export(c: BuildChoice, to: Path, force: bool):

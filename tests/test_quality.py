@@ -119,8 +119,22 @@ def test_calibration_refuses_up_front_when_the_machine_lacks_the_memory(run_cli,
 
     big = tmp_path / "big"
     shutil.copytree(reference, big)
-    shutil.copy(Path(bundled.__file__).parent / "meta-llama--Llama-3.1-70B-Instruct.json",
-                big / "config.json")                       # a 70B shape over the small weights
-    r = export(run_cli, big, tmp_path / "out", "--quant", "Q4_K_M", "--calibrate", ok=False)
-    assert r.returncode == 1 and "needs about" in r.stderr and "of RAM" in r.stderr
+    cfg = json.loads((Path(bundled.__file__).parent / "meta-llama--Llama-3.1-70B-Instruct.json").read_text())
+    cfg.update(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128)
+    (big / "config.json").write_text(json.dumps(cfg))    # a 405B shape over the small weights: a layer
+    r = export(run_cli, big, tmp_path / "out", "--quant", "Q4_K_M", "--calibrate", ok=False)  # at a time is 40 GB
+    assert r.returncode == 1 and "needs about" in r.stderr and "of RAM" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2, r.stderr          # (the stage line, the error)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_calibrated_export_says_what_it_needs_and_records_it(run_cli, reference, tmp_path):
+    out = export(run_cli, reference, tmp_path / "b", "--quant", "Q4_K_M", "--calibrate", "--calib-windows", "2",
+                 "--no-verify", ok=False)
+    assert out.returncode == 0, out.stderr
+    assert "calibration on cpu needs about" in out.stderr and "of temporary disk" in out.stderr
+    need = json.loads(out.stdout)["prediction"]["calibration"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    cal = manifest["calibration"]
+    assert cal["device"] == "cpu" and cal["predicted_need"] == need
+    assert 0 < cal["peak_rss_bytes_so_far"] <= need["ram_bytes"]        # the prediction holds here

@@ -81,6 +81,9 @@ def add_parser(sub) -> None:
                    help="UTF-8 calibration text (implies --calibrate; default: built-in text)")
     p.add_argument("--calib-windows", type=positive_int, default=16, metavar="N",
                    help="windows of 512 tokens to calibrate on (default 16)")
+    p.add_argument("--calib-device", default="auto", metavar="{auto,cpu,cuda}",
+                   help="where calibration runs: auto (default: a GPU when torch sees one), cpu or cuda; "
+                        "the export itself streams on the CPU")
     p.add_argument("--max-kld", type=positive_float, metavar="X",
                    help="quality gate: export the smallest build whose measured mean KLD is <= X")
     p.add_argument("--max-ppl-increase", type=fraction_arg, metavar="P",
@@ -90,7 +93,8 @@ def add_parser(sub) -> None:
                         "distill`), then quantize, export and verify it")
     p.add_argument("--distill-steps", type=positive_int, default=500, metavar="N",
                    help="training steps for --allow-distill (default 500)")
-    p.add_argument("--distill-device", default="cpu", help="cpu (default) or cuda, for --allow-distill")
+    p.add_argument("--distill-device", default="auto", metavar="{auto,cpu,cuda}",
+                   help="where --allow-distill trains: auto (default: a GPU when torch sees one), cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -108,7 +112,8 @@ def run(args) -> int:
         threads=args.threads, verify=not args.no_verify, force=args.force, allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code, calibrate=bool(args.calibrate or args.calib_data),
         calib_text=calib_text, calib_source=str(args.calib_data or ""), calib_windows=args.calib_windows,
-        max_kld=args.max_kld, max_ppl_increase=args.max_ppl_increase, allow_distill=args.allow_distill,
+        calib_device=args.calib_device, max_kld=args.max_kld, max_ppl_increase=args.max_ppl_increase,
+        allow_distill=args.allow_distill,
         distill_steps=args.distill_steps, distill_device=args.distill_device)
     line = StageLine()
     try:

@@ -52,11 +52,25 @@ def run(args) -> int:
     budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
     formats = ("gguf", "onnx") if args.format == "any" else (args.format,)
     result = planner.plan(model, device, budgets, formats, calibrated=args.calibrate)
+    host = calibration_need(model) if args.calibrate else None
     if args.json:
-        print_json(report.to_json(result))
+        print_json({**report.to_json(result), **({"calibration": host.to_dict()} if host else {})})
     else:
         print(report.to_text(result))
+        if host:
+            print(f"calibrating here (CPU, {DEFAULT_WINDOWS} windows of {DEFAULT_CONTEXT} tokens) needs "
+                  f"{host.describe()}")
     if result.winner is None:
         hint = f"; would fit: {result.suggestions[0]}" if result.suggestions else ""
         raise NothingFits(f"no build of {model.name} fits {device.name} within these budgets{hint}")
     return 0
+
+
+DEFAULT_WINDOWS, DEFAULT_CONTEXT = 16, 512
+
+
+def calibration_need(model):
+    """What ``edgellm export --calibrate`` of ``model`` will need on this machine's CPU."""
+    from edgellm.exporters.calibrate_memory import need
+
+    return need(model, min(DEFAULT_CONTEXT, model.max_context), DEFAULT_WINDOWS)

@@ -22,6 +22,14 @@ class StageLine:
             self.stream.flush()
         self.last_stage = stage
 
+    def note(self, msg: str) -> None:
+        """A line that stays (on a terminal too): what the run will need, a warning."""
+        if self.tty:
+            self.stream.write("\r\033[2K")
+        self.stream.write(msg + "\n")
+        self.stream.flush()
+        self.last_stage = None
+
     def done(self) -> None:
         if self.tty and self.last_stage is not None:
             self.stream.write("\n")

@@ -91,7 +91,7 @@ def _calibrated_types(req: ExportRequest, ckpt, arch, stage) -> tuple:
 
     def sink(cal):                  # each tensor's Fisher into its costs as it comes: never all at once
         cal.costs = Costs(req.model, ckpt, arch, cal.imatrix, req.threads)
-        return cal.costs.add
+        return cal.costs
 
     data = req.calibration or CalibrationData()
     cal = data.stats(req.model_dir, hessian=True, fisher=True, ckpt=ckpt, sink=sink,
@@ -99,7 +99,12 @@ def _calibrated_types(req: ExportRequest, ckpt, arch, stage) -> tuple:
                      threads=req.threads, progress=lambda i, n: stage(f"[0/3] calibrating a layer at a time: {i}/{n}"))
     c = calibrated_gguf(req.model, ckpt, arch, req.choice.quant, cal, req.threads,
                         progress=lambda i, n: stage(f"[0/3] measuring each tensor's sensitivity: {i}/{n}"))
-    info = {**data.describe(cal), "method": "Fisher-sensitivity mixed types at the recipe's bytes; ggml's "
+    from edgellm.exporters.compute import peak_gpu_bytes
+    from edgellm.runtime.profiling import peak_rss_bytes
+
+    need = req.prediction.get("calibration")
+    info = {**data.describe(cal), **({"predicted_need": need} if need else {}),
+            "peak_rss_bytes_so_far": peak_rss_bytes(), "peak_gpu_bytes": peak_gpu_bytes(cal.device), "method": "Fisher-sensitivity mixed types at the recipe's bytes; ggml's "
             "quantizers with importance weights and GPTQ error compensation between column blocks",
             "mix": c.mix.to_dict()}
     return c.mix.types, c.imatrix, c.compensators, info

@@ -1,0 +1,102 @@
+"""What a calibrated export will need, predicted from the model's shape before any work: host RAM
+and GPU memory at the peak, and temporary disk (the hidden states at every layer boundary).
+
+The peak is the largest of the phases of ``calibrate_layers`` and of the GGUF writer after it:
+
+- one decoder layer at a time: its float32 weights, gradients and Fisher sums, and the autograd
+  graph of one window through it;
+- the head pass: the head (or the embedding table, when tied) in float32 and a slice of logits
+  with its softmax and gradients (``calibrate_layers.LOGITS_BYTES``);
+- the writer: one layer's XᵀX matrices, and GPTQ's factor for the widest input while it is made
+  and kept (``gguf.gptq``);
+
+plus, throughout, the process itself (Python, torch, transformers, the tokenizer) and the gradient
+at a layer boundary for every window.  ``benchmarks/calibration_memory.py`` checks the prediction
+against the measured peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgellm.errors import EdgeLLMError
+
+PROCESS = 700 << 20          # Python, torch, transformers, the tokenizer, before any tensor of the model
+MARGIN = 1.15                # allocator slack over the sum of the tensors alive at the peak
+
+
+@dataclass(frozen=True)
+class CalibrationNeed:
+    ram: int                 # host bytes at the peak
+    gpu: int                 # GPU bytes at the peak (0 when calibrating on the CPU)
+    disk: int                # temporary file of the layer-boundary hidden states
+    device: str = "cpu"
+
+    def describe(self) -> str:
+        from edgellm.units import fmt_bytes
+
+        gpu = f", {fmt_bytes(self.gpu)} of GPU memory ({self.device})" if self.gpu else ""
+        return f"about {fmt_bytes(self.ram)} of RAM{gpu} and {fmt_bytes(self.disk)} of temporary disk"
+
+    def to_dict(self) -> dict:
+        return {"ram_bytes": self.ram, "gpu_bytes": self.gpu, "temp_disk_bytes": self.disk, "device": self.device}
+
+
+def need(model, context: int, windows: int, hessian: bool = True, fisher: bool = True, keep_fisher: bool = False,
+         device: str = "cpu") -> CalibrationNeed:
+    from edgellm.exporters.calibrate_layers import LOGITS_BYTES
+
+    h, f, v, n = model.hidden, model.ffn, model.vocab, model.n_layers
+    q = model.n_heads * model.head_dim
+    table = 4 * v * h
+    layer = 4 * max(model.n_params - model.n_embedding_params - (0 if model.tied_embeddings else v * h), 0) // n
+    graph = 4 * context * (16 * h + 6 * f + 3 * model.n_heads * context)      # one window through one layer
+    layer_phase = layer * (3 if fisher else 1) + layer // 2 + graph    # (+ its bfloat16 copy under autocast)
+    head_phase = table + (5 * LOGITS_BYTES if fisher else 2 * LOGITS_BYTES)
+    boundary = 4 * windows * context * h if fisher else 0
+    kept = 4 * model.n_params if fisher and keep_fisher else 0
+    grams = 4 * (2 * h * h + q * q + f * f) if hessian else 0               # one layer's distinct inputs
+    widest = max(h, f, q)
+    # GPTQ's factor of the widest input while it is made (two float32 n x n), or kept (one, with its
+    # cached block solves: half of one more) while a tensor of the layer is rounded (float32, a copy)
+    gptq = grams + max(8 * widest * widest, 6 * widest * widest + 8 * h * f) if hessian else 0
+    stats = max(layer_phase, head_phase) + boundary
+    on_gpu = device.startswith("cuda")
+    if on_gpu:                  # the tensors on the GPU; the host keeps the process, statistics and writer
+        gpu = int(MARGIN * (stats + grams))
+        ram = int(MARGIN * (kept + gptq)) + PROCESS
+    else:
+        gpu = 0
+        ram = int(MARGIN * (max(stats, gptq) + kept)) + PROCESS
+    disk = 4 * (n + 1) * windows * context * h
+    return CalibrationNeed(ram, gpu, disk, device)
+
+
+def preflight(model, context: int, windows: int, hessian: bool, fisher: bool, keep_fisher: bool, device: str,
+              work_dir: Path, label: str) -> CalibrationNeed:
+    """``need``, refused before any work when the machine has not got it (RAM, GPU memory, disk)."""
+    import shutil
+
+    from edgellm.exporters.compute import gpu_memory
+    from edgellm.runtime.hostinfo import probe
+    from edgellm.units import fmt_bytes
+
+    got = need(model, context, windows, hessian, fisher, keep_fisher, device)
+    hint = "(calibrate on a bigger host, with fewer --calib-windows, or export without --calibrate)"
+    have = probe().ram_bytes
+    if got.ram > 0.9 * have:
+        raise EdgeLLMError(f"calibrating {label} needs {got.describe()}; this machine has {fmt_bytes(have)} "
+                           f"of RAM {hint}")
+    if got.gpu:
+        free, total = gpu_memory(device)
+        if got.gpu > 0.9 * free:
+            raise EdgeLLMError(f"calibrating {label} needs about {fmt_bytes(got.gpu)} of GPU memory; {device} "
+                               f"has {fmt_bytes(free)} free of {fmt_bytes(total)} (--calib-device cpu, or fewer "
+                               f"--calib-windows)")
+    free_disk = shutil.disk_usage(work_dir).free
+    if got.disk > free_disk:
+        raise EdgeLLMError(f"calibrating {label} needs {fmt_bytes(got.disk)} of temporary disk in {work_dir}; "
+                           f"it has {fmt_bytes(free_disk)} free (free some space, set TMPDIR, or use fewer "
+                           f"--calib-windows)")
+    return got
