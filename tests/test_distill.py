@@ -51,11 +51,43 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_does(teach
     req = StudentRequest(teacher, tmp_path / "split", cfg, layers=2)
     with pytest.raises(EdgeLLMError, match="--resume continues"):
         distill_student(req, stop_after=6)
-    assert (work_dir(req.out) / "checkpoint.pt").is_file() and not req.out.exists()
+    assert (work_dir(req.out) / "checkpoint" / "meta.json").is_file() and not req.out.exists()
     resumed = distill_student(StudentRequest(teacher, tmp_path / "split", cfg, layers=2, resume=True))
     assert resumed.record["metrics"]["final_loss"] == whole.record["metrics"]["final_loss"]
     assert (tmp_path / "split" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
     assert not work_dir(req.out).exists()
+
+
+def test_running_out_of_memory_mid_run_is_one_line_and_the_checkpoint_resumes(teacher, tmp_path, monkeypatch):
+    """A GPU (or host) out-of-memory at step 7 stops the run with one line; the checkpoint of step 4
+    stays, and --resume from it finishes (that a resumed run ends where an uninterrupted one does
+    is the test above)."""
+    import torch
+
+    from edgellm.errors import EdgeLLMError
+    from edgellm.exporters.distill.train import DistillConfig
+    from edgellm.exporters.distill.student import StudentRequest, distill_student, work_dir
+
+    cfg = DistillConfig(steps=8, batch=2, seq=64, checkpoint_every=4)
+    clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 7:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+        return clip(*a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", failing)
+    req = StudentRequest(teacher, tmp_path / "split", cfg, layers=2)
+    with pytest.raises(EdgeLLMError, match=r"^distilling: the GPU cpu ran out of memory.*last checkpoint stays "
+                                           r"usable with --resume$"):
+        distill_student(req)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    assert json.loads((work_dir(req.out) / "checkpoint" / "meta.json").read_text())["step"] == 4
+    assert not req.out.exists()
+    resumed = distill_student(StudentRequest(teacher, tmp_path / "split", cfg, layers=2, resume=True))
+    assert resumed.record["steps"] == 8 and (tmp_path / "split" / "model.safetensors").is_file()
+    assert resumed.record["throughput"]["device"] == "cpu" and resumed.record["throughput"]["tokens_per_s"] > 0
 
 
 def test_bad_input_fails_before_any_training(run_cli, teacher, tiny, tmp_path):

@@ -21,13 +21,16 @@ teacher's tokenizer and a card (edgellm-distill.json, README.md) that `edgellm e
 Size: --size 0.25 (a share of the teacher's non-embedding parameters), --params 50M (total), or
 --layers N --hidden H.  Length: --steps N or --tokens N (batches of --batch x --seq tokens).
 Checkpoints go to a work folder beside the output every --checkpoint-every steps; after an
-interruption, the same command with --resume continues and ends where an uninterrupted run would.
+interruption, the same command with --resume continues and ends where an uninterrupted run would,
+on the same number of GPUs or another (torch's distributed checkpoint format).
 Families: llama, mistral, qwen2, qwen3.
 
 examples:
   edgellm distill ./my-model --size 0.25 -o my-model-student
   edgellm distill ./my-model --params 50M --data corpus.txt --tokens 20M --device cuda -o small
   edgellm distill ./my-model --layers 4 --hidden 512 --steps 200 -o tiny --resume
+  edgellm distill ./big-model --params 1B --gpus 2 -o student      FSDP2 over 2 GPUs (torchrun)
+  torchrun --nproc-per-node 8 -m edgellm distill ./big-model --params 1B --device cuda -o student
 """
 
 
@@ -64,7 +67,14 @@ def add_parser(sub) -> None:
     p.add_argument("--hidden-loss", type=float, default=0.0, metavar="W",
                    help="weight of the final-hidden-state MSE loss (default 0: logits only)")
     p.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N", help="steps between checkpoints")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}",
+                   help="where to train: auto (default: a GPU when torch sees one), cpu, cuda or cuda:N")
+    ranks = p.add_mutually_exclusive_group()
+    ranks.add_argument("--gpus", type=positive_int, metavar="N",
+                       help="train on N GPUs of this machine: N processes under torchrun, teacher and student "
+                            "sharded with FSDP2 over NCCL (implies --device cuda)")
+    ranks.add_argument("--processes", type=positive_int, metavar="N",
+                       help="the same on the CPU: N processes over gloo (--device cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -95,6 +105,8 @@ def request_from(args, teacher: Path, out: Path):
 def run(args) -> int:
     from edgellm.pipeline import need_export_extra
     need_export_extra()
+    if args.gpus or args.processes:
+        return _launch(args)
     from edgellm.exporters.distill.student import distill_student
     from edgellm.exporters.io.weights_source import weights_folder
 
@@ -108,6 +120,8 @@ def run(args) -> int:
         result = distill_student(req, say=line, progress=show)
     finally:
         line.done()
+    if not result.record:                       # a rank other than the first: rank 0 reports
+        return 0
     if args.json:
         print_json({"student": str(result.folder), **result.record})
         return 0
@@ -119,3 +133,30 @@ def run(args) -> int:
           f"KLD from the teacher {m['kld_vs_teacher']:.4f}; loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}")
     print(f"export it: edgellm export {result.folder} --device DEVICE")
     return 0
+
+
+def _launch(args) -> int:
+    """This command again as N ranks under torchrun (``launch``)."""
+    from edgellm.cli.launch import run_ranks, without
+    from edgellm.exporters.compute import resolve
+    from edgellm.exporters.distill.ranks import launched_world
+    from edgellm.exporters.distill.student import work_dir
+
+    if launched_world() > 1:
+        raise BadInput("--gpus/--processes start torchrun themselves; under torchrun, leave them out")
+    argv = without(without(args.argv, "--gpus"), "--processes")
+    if args.gpus:
+        import torch
+
+        resolve("cuda", "--gpus")
+        if args.gpus > torch.cuda.device_count():
+            raise BadInput(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
+        argv = [*without(argv, "--device"), "--device", "cuda"]
+    elif resolve(args.device) != "cpu":
+        raise BadInput("--processes runs on the CPU (gloo); for GPUs use --gpus N")
+    else:
+        argv = [*without(argv, "--device"), "--device", "cpu"]
+    if args.batch % (args.gpus or args.processes):
+        raise BadInput(f"--batch {args.batch} does not split over {args.gpus or args.processes} processes; "
+                       f"give a multiple")
+    return run_ranks(args.gpus or args.processes, argv, args.output, work_dir(args.output))

@@ -9,7 +9,7 @@ place only when complete.  Every check runs before any training.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,15 +43,6 @@ def work_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.distill-work")
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput("--device cuda: no CUDA device is available here (use --device cpu)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise BadInput(f"--device {device}: use cpu or cuda")
-
-
 def _tokens(tok, text: str, cfg: DistillConfig):
     import numpy as np
 
@@ -67,13 +58,21 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
                     stop_after: int | None = None) -> StudentResult:
     """Distil ``req.teacher`` into a student folder at ``req.out`` (claimed for the run: locked,
     replaced with --force only when it is a student edgellm wrote)."""
+    from edgellm.exporters.compute import resolve
+    from edgellm.exporters.distill.ranks import join, leave
     from edgellm.exporters.output import claimed, is_student
 
-    with claimed(req.out, req.force, is_student, "distilled student"):
-        return _distill(req, say, progress, stop_after)
+    ranks = join(resolve(req.config.device), req.config.batch)     # under torchrun: this process's place
+    try:
+        if not ranks.main:                                          # rank 0 owns the output and speaks
+            return _distill(req, lambda s: None, lambda p: None, stop_after, ranks)
+        with claimed(req.out, req.force, is_student, "distilled student"):
+            return _distill(req, say, progress, stop_after, ranks)
+    finally:
+        leave(ranks)
 
 
-def _distill(req: StudentRequest, say, progress, stop_after) -> StudentResult:
+def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentResult:
     import torch
     from transformers import AutoConfig
 
@@ -85,8 +84,9 @@ def _distill(req: StudentRequest, say, progress, stop_after) -> StudentResult:
     from edgellm.models.families import family_for, from_config_dict
     from edgellm.textdata import held_out_text, training_text
 
-    cfg = req.config
-    _check_device(cfg.device)
+    from edgellm.exporters.distill.ranks import barrier
+
+    cfg = replace(req.config, device=ranks.device)
     t_cfg = models.load_config(str(req.teacher))
     family_for(t_cfg, "distill")
     if not any((req.teacher / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
@@ -104,9 +104,11 @@ def _distill(req: StudentRequest, say, progress, stop_after) -> StudentResult:
     default = None if req.data is not None else training_text(max(1 << 20, 8 * cfg.tokens))
     ids = _tokens(tok, req.data if req.data is not None else default, cfg)
     work = work_dir(req.out)
-    if not req.resume:
-        shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        if not req.resume:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+    barrier(ranks)
 
     student_cfg = AutoConfig.for_model(**shape)
     if cfg.baseline:
@@ -120,10 +122,29 @@ def _distill(req: StudentRequest, say, progress, stop_after) -> StudentResult:
     s_model = from_config_dict(shape, str(req.out))
     say(f"student: {s_model.n_layers} layers, hidden {s_model.hidden}, {s_model.n_params:,} parameters "
         f"(teacher {t_cfg.n_params:,})")
-    losses = train(student, None if cfg.baseline else teacher, ids, cfg, work, keep_h, req.resume,
-                   stop_after, progress)
+    from edgellm.exporters.compute import gpu_memory_guard, peak_gpu_bytes
+
+    say(f"training on {cfg.device}" + (f" and {ranks.world - 1} more processes (FSDP2)" if ranks.distributed else ""))
+    seen: list[Progress] = []
+
+    def progressed(p: Progress) -> None:
+        seen[:] = [p]
+        progress(p)
+
+    with gpu_memory_guard(cfg.device, "distilling", "; the last checkpoint stays usable with --resume"):
+        losses = train(student, None if cfg.baseline else teacher, ids, cfg, work, keep_h, req.resume,
+                       stop_after, progressed, ranks)
+    rate = seen[0].tokens_per_s if seen else None
+    throughput = {"device": cfg.device, "processes": ranks.world, "tokens_per_s": rate,
+                  "tokens_per_s_per_device": rate / ranks.world if rate else None,
+                  "peak_gpu_bytes": peak_gpu_bytes(cfg.device)}
     if stop_after is not None and len(losses) < cfg.steps:
         raise EdgeLLMError(f"stopped after step {len(losses)} of {cfg.steps}; --resume continues")
+    if ranks.distributed:                       # the whole student on rank 0; the others are done
+        student = _gathered(student, student_cfg, ranks)
+        if not ranks.main:
+            return StudentResult(req.out, {})
+        tok, teacher = _hf(req.teacher, req.trust_remote_code)
     student.to("cpu")
     teacher.to("cpu")
     say("measuring the student against the teacher on held-out text")
@@ -134,7 +155,7 @@ def _distill(req: StudentRequest, say, progress, stop_after) -> StudentResult:
         "teacher": str(req.teacher), "data": req.data_name, "steps": cfg.steps, "tokens": cfg.tokens,
         "method": "random init, next-token loss" if cfg.baseline else
         "pruned from the teacher by importance, then logit distillation" + (" + hidden-state loss" if cfg.hidden_loss else ""),
-        "config": {k: v for k, v in cfg.__dict__.items()},
+        "config": {k: v for k, v in cfg.__dict__.items()}, "throughput": throughput,
         "student": {"layers": s_model.n_layers, "hidden": s_model.hidden, "parameters": s_model.n_params,
                     "share_of_teacher_non_embedding": (s_model.n_params - embed(s_model)) / (t_cfg.n_params - embed(t_cfg))},
         "metrics": {"student_perplexity": r.perplexity, "teacher_perplexity": r.reference_perplexity,
@@ -159,3 +180,17 @@ def _distill(req: StudentRequest, say, progress, stop_after) -> StudentResult:
         raise
     shutil.rmtree(work, ignore_errors=True)
     return StudentResult(req.out, record)
+
+
+def _gathered(student, student_cfg, ranks):
+    """The FSDP-sharded ``student`` as one plain model on rank 0 (None elsewhere)."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not ranks.main:
+        return None
+    plain = AutoModelForCausalLM.from_config(student_cfg, dtype=torch.float32)
+    plain.load_state_dict(full)
+    return plain.eval()

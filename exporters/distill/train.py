@@ -5,8 +5,9 @@ loss = KL(teacher ‖ student) at temperature T (× T²), plus, when asked, the 
 between the two final hidden states on the channels the student kept (its channels are a subset
 of the teacher's, so no projection is needed).  AdamW with warm-up and cosine decay; gradient
 clipping.  Every ``checkpoint_every`` steps the student, optimizer, schedule and the data
-generator's state go to the work folder; ``resume`` continues from there and reproduces the
-uninterrupted run (same seed, same batches; bit for bit on a CPU).
+generator's state go to the work folder (``checkpoint``); ``resume`` continues from there and
+reproduces the uninterrupted run (same seed, same batches; bit for bit on a CPU in one process),
+on the same number of processes or another (``ranks``).
 
 ``baseline=True`` trains the same student shape from random initialisation with plain next-token
 loss instead (no teacher): the comparison the benchmark makes.
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-CHECKPOINT = "checkpoint.pt"
+from edgellm.exporters.distill.ranks import Ranks
+
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class DistillConfig:
     hidden_loss: float = 0.0
     checkpoint_every: int = 100
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"              # a torch device (compute.resolve): a resumed run may move
     baseline: bool = False          # random init + next-token loss (the benchmark's comparison)
 
     @property
@@ -61,37 +63,38 @@ def _lr(cfg: DistillConfig, step: int) -> float:
 
 
 def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, resume: bool = False,
-          stop_after: int | None = None, progress: Callable[[Progress], None] = lambda p: None) -> list[float]:
-    """Train ``student`` in place; returns the loss of every step run.  ``stop_after`` ends the run
+          stop_after: int | None = None, progress: Callable[[Progress], None] = lambda p: None,
+          ranks: Ranks | None = None) -> list[float]:
+    """Train ``student`` in place (sharded over ``ranks`` when there are several: see ``ranks``);
+    returns the loss of every step run (averaged over the ranks).  ``stop_after`` ends the run
     early after that step (as an interruption would), leaving the last checkpoint behind."""
     import torch
     import torch.nn.functional as F
 
-    dev = cfg.device
+    from edgellm.exporters.distill import checkpoint
+    from edgellm.exporters.distill.ranks import mean, shard
+
+    ranks = ranks or Ranks(device=cfg.device)
+    dev = ranks.device
     data = torch.as_tensor(ids.astype("int64"))
-    student.to(dev).train()
+    shard(student.to(dev), ranks).train()
     if teacher is not None:
-        teacher.to(dev).eval()
+        shard(teacher.to(dev), ranks).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
     start, losses = 0, []
-    ckpt = work / CHECKPOINT
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)   # our own file; data only
-        if state["config"] != asdict(cfg):
-            from edgellm.errors import BadInput
-            raise BadInput(f"{ckpt}: the checkpoint was made with other settings; rerun without --resume")
-        student.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        start, losses = state["step"], list(state["losses"])
+    if resume and (got := checkpoint.load(work, student, opt, _settings(asdict(cfg)), ranks)) is not None:
+        meta, state = got
+        gen.set_state(state)
+        start, losses = meta["step"], list(meta["losses"])
     keep = None if keep_h is None else keep_h.to(dev)
+    mine = ranks.share(cfg.batch)
     t0, done_tokens = time.perf_counter(), 0
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
-        starts = torch.randint(0, len(data) - cfg.seq - 1, (cfg.batch,), generator=gen)
-        x = torch.stack([data[s:s + cfg.seq] for s in starts]).to(dev)
+        starts = torch.randint(0, len(data) - cfg.seq - 1, (cfg.batch,), generator=gen)   # the whole batch
+        x = torch.stack([data[s:s + cfg.seq] for s in starts[mine]]).to(dev)               # this rank's share
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda")):
             if cfg.baseline:
                 loss = student(input_ids=x, labels=x).loss
@@ -106,29 +109,26 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
                     loss = loss + cfg.hidden_loss * F.mse_loss(out.hidden_states[-1].float(),
                                                                ref.hidden_states[-1].float().index_select(-1, keep))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()                                    # (sharded: gradients averaged over the ranks)
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(mean(loss.item(), ranks))
         done_tokens += cfg.batch * cfg.seq
         rate = done_tokens / max(1e-9, time.perf_counter() - t0)
         progress(Progress(step + 1, cfg.steps, losses[-1], rate, (cfg.steps - step - 1) * cfg.batch * cfg.seq / rate))
         last = step + 1 == cfg.steps or (stop_after is not None and step + 1 >= stop_after)
         if (step + 1) % cfg.checkpoint_every == 0 or last:
-            _save(ckpt, {"config": asdict(cfg), "model": student.state_dict(), "optimizer": opt.state_dict(),
-                         "generator": gen.get_state(), "step": step + 1, "losses": losses})
+            checkpoint.save(work, student, opt, {"settings": _settings(asdict(cfg)), "step": step + 1,
+                                                 "losses": losses}, gen.get_state(), ranks)
         if stop_after is not None and step + 1 >= stop_after:
             break
     student.eval()
     return losses
 
 
-def _save(path: Path, state: dict) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def _settings(config: dict) -> dict:
+    """What a resumed run must share with its checkpoint: all but where it runs."""
+    return {k: v for k, v in config.items() if k != "device"}
 
 
 def write_card(folder: Path, record: dict) -> None:
