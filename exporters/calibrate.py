@@ -41,6 +41,7 @@ class Calibration:
     costs: object = None             # what the Fisher was turned into as it came (gguf.mix.Costs)
     device: str = "cpu"              # where it was computed
     precision: str = "float32"       # the matrix products' type (calibrate_layers.compute_dtype)
+    fisher_tokens: int = 0           # the tokens the Fisher diagonal was estimated on
 
 
 @dataclass
@@ -52,6 +53,8 @@ class CalibrationData:
     windows: int = 16
     context: int = 512
     device: str = "auto"             # where the statistics are computed (compute.resolve)
+    precision: str = "auto"          # the products' type (calibrate_layers.compute_dtype)
+    fisher_windows: int | None = 4   # windows the Fisher is estimated on (calibrate_layers.FISHER_WINDOWS)
     _done: list = field(default_factory=list)
 
     def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, ckpt=None, sink=None,
@@ -66,7 +69,8 @@ class CalibrationData:
                 return cal
         cal = collect_layerwise(Path(model_dir), ckpt or open_checkpoint(Path(model_dir)), self.text, self.context,
                                 self.windows, hessian=hessian, fisher=fisher, fisher_sink=sink,
-                                device=self.device, **kw)
+                                device=self.device, precision=self.precision,
+                                fisher_windows=self.fisher_windows, **kw)
         self._done.append(((str(model_dir), hessian, fisher), cal))
         return cal
 
@@ -79,7 +83,7 @@ class CalibrationData:
 
     def describe(self, cal: Calibration) -> dict:
         return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context,
-                "device": cal.device, "precision": cal.precision}
+                "device": cal.device, "precision": cal.precision, "fisher_tokens": cal.fisher_tokens}
 
 
 def default_text(limit_bytes: int = 1 << 20) -> str:

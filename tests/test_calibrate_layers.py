@@ -114,3 +114,19 @@ def test_bfloat16_products_give_close_statistics(tiny):
     for name in ref.fisher:
         ratio = low.fisher[name].sum() / ref.fisher[name].sum()
         assert 0.7 < ratio < 1.4, (name, ratio)
+
+
+def test_the_fisher_on_a_subset_of_windows_leaves_the_rest_unchanged(tiny):
+    """fisher_windows=2 of 6: the importance and XᵀX still come from all six windows (the same as
+    with the Fisher on all of them), the Fisher from two, averaged over their tokens."""
+    folder = tiny("qwen2")
+    kw = dict(context=64, max_windows=6, hessian=True, fisher=True, seed=1, precision="float32")
+    every = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_windows=None, **kw)
+    two = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_windows=2, **kw)
+    assert (every.fisher_tokens, two.fisher_tokens) == (6 * 64, 2 * 64) and two.tokens == 6 * 64
+    for name in every.imatrix:
+        assert _close(two.imatrix[name], every.imatrix[name], 1e-5), name
+        assert _close(two.hessian[name], every.hessian[name], 1e-5), name
+    for name in every.fisher:
+        ratio = two.fisher[name].sum() / every.fisher[name].sum()
+        assert 0.3 < ratio < 3, (name, ratio)
