@@ -52,7 +52,7 @@ def test_two_processes_give_what_one_gives(run_cli, teacher, one_process, tmp_pa
     assert r.returncode == 0, r.stderr
     card = json.loads(r.stdout)
     assert card["throughput"]["processes"] == 2 and card["throughput"]["tokens_per_s"] > 0
-    assert "training on cpu and 1 more processes (FSDP2)" in r.stderr
+    assert "training on cpu and 1 more processes (FSDP2)" in r.stderr and "per process)" in r.stderr
     assert not list(tmp_path.glob(".s.*"))                         # no work folder, no log left
     _close(_weights(tmp_path / "s"), _weights(one_process))
 

@@ -114,7 +114,8 @@ def run(args) -> int:
     line = StageLine()
 
     def show(p) -> None:
-        line(f"distilling: step {p.step}/{p.steps}, loss {p.loss:.4f}, {p.tokens_per_s:,.0f} tok/s, "
+        per = f" ({p.tokens_per_s / p.devices:,.0f} per process)" if p.devices > 1 else ""
+        line(f"distilling: step {p.step}/{p.steps}, loss {p.loss:.4f}, {p.tokens_per_s:,.0f} tok/s{per}, "
              f"ETA {p.eta_s / 60:.1f} min")
     try:
         result = distill_student(req, say=line, progress=show)

@@ -50,8 +50,9 @@ class Progress:
     step: int
     steps: int
     loss: float
-    tokens_per_s: float
+    tokens_per_s: float             # in all (every rank's share of the batch)
     eta_s: float
+    devices: int = 1
 
 
 def _lr(cfg: DistillConfig, step: int) -> float:
@@ -115,7 +116,8 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
         losses.append(mean(loss.item(), ranks))
         done_tokens += cfg.batch * cfg.seq
         rate = done_tokens / max(1e-9, time.perf_counter() - t0)
-        progress(Progress(step + 1, cfg.steps, losses[-1], rate, (cfg.steps - step - 1) * cfg.batch * cfg.seq / rate))
+        progress(Progress(step + 1, cfg.steps, losses[-1], rate, (cfg.steps - step - 1) * cfg.batch * cfg.seq / rate,
+                          ranks.world))
         last = step + 1 == cfg.steps or (stop_after is not None and step + 1 >= stop_after)
         if (step + 1) % cfg.checkpoint_every == 0 or last:
             checkpoint.save(work, student, opt, {"settings": _settings(asdict(cfg)), "step": step + 1,
