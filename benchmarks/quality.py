@@ -8,7 +8,7 @@ recipe as plain, rounded by ggml's quantizers with an importance matrix (mean xÂ
 what ``llama-imatrix`` collects) gathered on the calibration text.  "calibrated" is
 ``edgellm export --calibrate``.  The calibration text is the default (training split).
 
-Usage: python benchmarks/quality.py [--model DIR] [--windows 32] [--json OUT]
+Usage: python benchmarks/quality.py [--model DIR] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only] [--json OUT]
        python benchmarks/quality.py --time-calibration DIR     # wall time of calibrating a big model
 (DIR defaults to the ``bench`` reference model: python benchmarks/reference_gpu.py makes it.)
 """
@@ -55,7 +55,7 @@ def _scorer(ref_path: Path, context: int, windows: int):
     return score, sum(map(len, wins))
 
 
-def run(model_dir: Path, windows: int, context: int = 512) -> dict:
+def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: bool = True, **cal_kw) -> dict:
     from edgellm import models
     from edgellm.exporters.calibrate import CalibrationData
     from edgellm.exporters.io.checkpoint import open_checkpoint
@@ -72,8 +72,9 @@ def run(model_dir: Path, windows: int, context: int = 512) -> dict:
     out: dict = {"model": str(model_dir), "parameters": model.n_params, "context": context, "gguf": {}, "onnx": {}}
     try:
         t0 = time.perf_counter()
-        cal = CalibrationData().stats(model_dir, hessian=True, fisher=True, threads=2)
-        out["calibration"] = {"tokens": cal.tokens, "seconds": round(time.perf_counter() - t0, 1)}
+        cal = CalibrationData(**cal_kw).stats(model_dir, hessian=True, fisher=True, threads=2)
+        out["calibration"] = {"tokens": cal.tokens, "seconds": round(time.perf_counter() - t0, 1),
+                              "precision": getattr(cal, "precision", "float32")}
         imatrix = by_gguf_name(arch, cal.imatrix)
 
         def gguf(name: str, quant: str, **kw) -> Path:
@@ -91,7 +92,7 @@ def run(model_dir: Path, windows: int, context: int = 512) -> dict:
             path.unlink()
             return {**r, "bytes": size, "size_vs_f16": size / f16_bytes}
 
-        for q in GGUF:
+        for q in types:
             t = time.perf_counter()
             c = calibrated_gguf(model, ckpt, arch, q, cal, threads=2)
             alloc_s = time.perf_counter() - t
@@ -102,7 +103,7 @@ def run(model_dir: Path, windows: int, context: int = 512) -> dict:
                               "calibrated": {**measure(cal_path), "allocation_seconds": round(alloc_s, 1),
                                              "write_seconds": round(write_s, 1), "mix": c.mix.to_dict()}}
             _print_gguf(q, out["gguf"][q])
-        for quant, block in ONNX:
+        for quant, block in ONNX if onnx else ():
             kinds = ("plain", "calibrated") if quant == "int4" else ("plain",)
             row = {}
             for kind in kinds:
@@ -222,6 +223,10 @@ if __name__ == "__main__":
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--time-calibration", type=Path, metavar="DIR")
+    ap.add_argument("--types", default=",".join(GGUF), help="GGUF types to compare (comma-separated)")
+    ap.add_argument("--gguf-only", action="store_true", help="skip the ONNX builds")
+    ap.add_argument("--precision", help="calibration products: auto, float32, bfloat16 (default: auto)")
+    ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (default: all)")
     a = ap.parse_args()
     if a.time_calibration:
         res = time_calibration(a.time_calibration)
@@ -230,6 +235,8 @@ if __name__ == "__main__":
         model_dir = a.model or cache_root() / "reference" / SPECS["bench"].cache_name
         if not model_dir.is_dir():
             raise SystemExit(f"{model_dir}: no reference model; make it with benchmarks/reference_gpu.py")
-        res = run(model_dir, a.windows)
+        res = run(model_dir, a.windows, types=tuple(a.types.split(",")), onnx=not a.gguf_only,
+                  **({"precision": a.precision} if a.precision else {}),
+                  **({"fisher_windows": a.fisher_windows} if a.fisher_windows else {}))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

@@ -2,7 +2,12 @@
 the values).  Shapes from the bundled configs; bf16 safetensors as published checkpoints are; a
 byte-level BPE tokenizer trained locally, the embedding padded to the real vocabulary size.
 
-Usage: python benchmarks/realsize_models.py qwen2.5-0.5b|llama-3.2-1b OUT_DIR
+The weights are written a tensor at a time into shards of about 2 GB (the model is built on
+PyTorch's meta device for its names and shapes), so an 8B shape (16 GB of bf16) is made on a
+machine with less memory than that: matrices N(0, initializer_range²), norm scales one, biases
+zero.  ``edgellm-benchmark.json`` is written last: a folder without it is incomplete.
+
+Usage: python benchmarks/realsize_models.py qwen2.5-0.5b|llama-3.2-1b|llama-3.1-8b OUT_DIR
 """
 
 from __future__ import annotations
@@ -11,28 +16,61 @@ import json
 import sys
 from pathlib import Path
 
-SHAPES = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct"}
+SHAPES = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
+          "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct"}
+SHARD_BYTES = 2 << 30
+MARKER = "edgellm-benchmark.json"
 
 
 def build(kind: str, out: Path) -> Path:
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from edgellm.exporters.demo_models import train_tokenizer
     from edgellm.models import load_config
 
-    if (out / "model.safetensors").is_file():
+    if (out / MARKER).is_file() or (out / "model.safetensors").is_file():     # (older builds had no marker)
         return out
+    out.mkdir(parents=True, exist_ok=True)
     raw = dict(load_config(SHAPES[kind]).raw)
     tok = train_tokenizer(vocab_size=4096, limit_bytes=2 << 20)
     raw.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, torch_dtype="bfloat16")
     cfg = AutoConfig.for_model(**raw)
-    torch.manual_seed(0)
-    with torch.device("cpu"):
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    params = list(model.named_parameters())             # a tied head is listed once, as the embedding
+    std = float(getattr(cfg, "initializer_range", 0.02) or 0.02)
+    gen = torch.Generator().manual_seed(0)
+    shards: list[list[tuple[str, tuple]]] = [[]]
+    size = 0
+    for name, p in params:
+        nbytes = p.numel() * 2
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, tuple(p.shape)))
+        size += nbytes
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name, shape in shard:
+            if len(shape) >= 2:
+                t = torch.empty(shape, dtype=torch.float32).normal_(0.0, std, generator=gen).to(torch.bfloat16)
+            else:
+                t = (torch.zeros if name.endswith("bias") else torch.ones)(shape, dtype=torch.bfloat16)
+            tensors[name] = t
+            weight_map[name] = fname
+            total += t.numel() * 2
+        save_file(tensors, str(out / fname), metadata={"format": "pt"})
+        print(f"{fname}: {len(tensors)} tensors", flush=True)
+        del tensors
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    cfg.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "edgellm-benchmark.json").write_text(json.dumps({"shape_of": SHAPES[kind], "weights": "random"}))
+    (out / MARKER).write_text(json.dumps({"shape_of": SHAPES[kind], "weights": "random"}))
     return out
 
 

@@ -54,7 +54,7 @@ class CalibrationData:
     context: int = 512
     device: str = "auto"             # where the statistics are computed (compute.resolve)
     precision: str = "auto"          # the products' type (calibrate_layers.compute_dtype)
-    fisher_windows: int | None = 4   # windows the Fisher is estimated on (calibrate_layers.FISHER_WINDOWS)
+    fisher_windows: int | None = None    # windows the Fisher is estimated on (None: all; see calibrate_layers)
     _done: list = field(default_factory=list)
 
     def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, ckpt=None, sink=None,

@@ -1,0 +1,89 @@
+"""Calibration wall time against llama.cpp's `llama-imatrix`, same model, text, windows and threads,
+measured in one run (issue 16: edgellm's calibration at most 2x llama-imatrix's).
+
+llama-imatrix runs the model's F16 GGUF forward over the text in chunks and sums x² per input
+column.  edgellm's calibration (``calibrate_layers.collect_layerwise``) gathers the same importance
+vectors and, for choosing per-tensor types, the Fisher diagonal (a backward pass per window):
+that is what `edgellm export --calibrate` runs before quantizing.  The XᵀX matrices GPTQ uses are
+recomputed a layer at a time while writing; that time is shown apart.
+
+llama.cpp's tools built from the llama-cpp-python sdist, as the GGUF benchmarks do:
+  cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B build -DLLAMA_CURL=OFF
+  cmake --build build --target llama-imatrix -j2
+
+Usage: python benchmarks/calibration_speed.py MODEL_DIR LLAMA_CPP_DIR [--windows 16] [--threads 2] [--precision auto] [--fisher-windows N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", type=Path)
+    ap.add_argument("llama_cpp", type=Path)
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", help="auto (bfloat16 where native), float32 or bfloat16")
+    ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (default: all)")
+    a = ap.parse_args()
+
+    from edgellm import models
+    from edgellm.exporters.calibrate import default_text
+    from edgellm.exporters.io.checkpoint import open_checkpoint
+
+    model = models.load_config(str(a.model))
+    ckpt = open_checkpoint(a.model)
+    text = default_text()
+    work = Path(tempfile.mkdtemp(prefix="edgellm-calspeed-"))
+    try:
+        return _run(a, model, ckpt, text, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(a, model, ckpt, text: str, work: Path) -> int:
+    from edgellm.exporters.calibrate_layers import collect_layerwise
+    from edgellm.exporters.gguf.vocab import read_vocab
+    from edgellm.exporters.gguf.write import write_gguf
+    from edgellm.models.families import family_for
+
+    (work / "calib.txt").write_text(text)
+    f16 = work / "f16.gguf"
+    write_gguf(model, ckpt, family_for(model, "gguf"), read_vocab(a.model, model.vocab), a.model, f16, "F16",
+               a.threads)
+    exe = a.llama_cpp / "build" / "bin" / "llama-imatrix"
+    cmd = [str(exe), "-m", str(f16), "-f", str(work / "calib.txt"), "-c", "512", "--chunks", str(a.windows),
+           "-t", str(a.threads), "-o", str(work / "imatrix.gguf"), "--no-ppl"]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    peer = time.perf_counter() - t
+    if r.returncode != 0:
+        print(r.stderr[-2000:], file=sys.stderr)
+        return 1
+
+    t = time.perf_counter()
+    cal = collect_layerwise(a.model, ckpt, text, 512, a.windows, hessian=True, fisher=True, threads=a.threads,
+                            precision=a.precision, fisher_windows=a.fisher_windows)
+    ours = time.perf_counter() - t
+    t = time.perf_counter()
+    for name in list(cal.hessian):
+        cal.hessian[name]                       # the XᵀX, recomputed a layer at a time (the writer's share)
+    grams = time.perf_counter() - t
+    print(f"model {a.model.name} ({model.n_params / 1e6:.0f} M parameters), {cal.windows} windows of "
+          f"{cal.context} tokens, {a.threads} threads, products in {cal.precision}")
+    print(f"llama-imatrix (importance only)              {peer:7.1f} s")
+    print(f"edgellm calibration (importance + Fisher)    {ours:7.1f} s   ratio {ours / peer:.2f} (target <= 2.00)")
+    print(f"edgellm XᵀX, recomputed while writing        {grams:7.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
