@@ -89,3 +89,24 @@ def test_a_lost_rank_stops_the_run_with_one_line_and_the_checkpoint_stays(teache
     cfg = DistillConfig(steps=4, batch=4, seq=64, checkpoint_every=2, device="cpu")
     done = distill_student(StudentRequest(teacher, out, cfg, layers=2, resume=True))
     assert done.record["steps"] == 4 and (out / "model.safetensors").is_file()
+
+
+def test_the_root_cause_is_the_killed_rank_not_the_ones_torchrun_stopped_after_it():
+    """torchrun lists the ranks it terminated first and the first failure under "Root Cause"; the
+    survivors may also print their own collective errors (gloo: connection reset) before they are
+    stopped: the killed rank is the story."""
+    from edgellm.cli.launch import _root_cause
+
+    report = """Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 18139)  (SIGTERM)
+------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 18140)  (SIGKILL)
+"""
+    assert _root_cause(report) == ("1", -9)
+    assert _root_cause("  rank      : 3 (local_rank: 3)\n  exitcode  : 2 (pid: 1)") == ("3", 2)
+    assert _root_cause("nothing") == ("?", None)

@@ -75,13 +75,20 @@ def run_ranks(n: int, argv: list[str], out: Path, work: Path, entry: tuple[str, 
         kept = f"the last checkpoint (step {step}) stays usable with --resume"
     else:
         kept = "no checkpoint was written yet"
+    rank, code = _root_cause(text)
+    if code is not None and code < 0:       # a rank killed: the others' errors are its echo
+        raise EdgeLLMError(f"distilling over {n} processes stopped: rank {rank} was killed (signal {-code}); "
+                           f"{kept} (all ranks' output: {log})")
     if errors:
         raise EdgeLLMError(f"{errors[0].removeprefix('edgellm: error: ')} ({kept}; all ranks' output: {log})")
-    rank = re.search(r"rank\s*:\s*(\d+)", text)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", text)
-    how = "was lost"
-    if code:
-        c = int(code.group(1))
-        how = f"was killed (signal {-c})" if c < 0 else f"exited with code {c}"
-    raise EdgeLLMError(f"distilling over {n} processes stopped: rank {rank.group(1) if rank else '?'} {how}; "
-                       f"{kept} (all ranks' output: {log})")
+    how = "was lost" if code is None else f"exited with code {code}"
+    raise EdgeLLMError(f"distilling over {n} processes stopped: rank {rank} {how}; {kept} (all ranks' output: {log})")
+
+
+def _root_cause(text: str) -> tuple[str, int | None]:
+    """(rank, exit code) of the first failure torchrun reports ("Root Cause"; else the first listed)."""
+    at = text.find("Root Cause")
+    part = text[at:] if at >= 0 else text
+    rank = re.search(r"rank\s*:\s*(\d+)", part)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", part)
+    return (rank.group(1) if rank else "?"), (int(code.group(1)) if code else None)
