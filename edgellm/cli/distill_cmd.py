@@ -149,7 +149,9 @@ def _launch(args) -> int:
     if args.gpus:
         import torch
 
-        resolve("cuda", "--gpus")
+        if not torch.cuda.is_available():
+            raise BadInput(f"--gpus {args.gpus}: torch {torch.__version__} sees no CUDA device here; "
+                           f"--processes {args.gpus} runs the same on the CPU (gloo)")
         if args.gpus > torch.cuda.device_count():
             raise BadInput(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
         argv = [*without(argv, "--device"), "--device", "cuda"]
