@@ -12,9 +12,6 @@ from contextlib import contextmanager
 
 from edgellm.errors import BadInput, EdgeLLMError
 
-CHOICES = ("auto", "cpu", "cuda")
-
-
 def resolve(choice: str, flag: str = "--device") -> str:
     """The torch device for ``choice``; ``cuda`` where torch sees no GPU is an error naming why."""
     import torch
@@ -46,18 +43,6 @@ def gpu_memory(device: str) -> tuple[int, int]:
     import torch
 
     return torch.cuda.mem_get_info(torch.device(device))
-
-
-def preflight_gpu(device: str, need: int, what: str) -> None:
-    """Refuse before any work when ``need`` bytes will not fit the GPU's free memory."""
-    from edgellm.units import fmt_bytes
-
-    if not is_gpu(device):
-        return
-    free, total = gpu_memory(device)
-    if need > 0.9 * free:
-        raise EdgeLLMError(f"{what} needs about {fmt_bytes(need)} of GPU memory; {device} has {fmt_bytes(free)} "
-                           f"free of {fmt_bytes(total)} (use the CPU, or a smaller batch)")
 
 
 def peak_gpu_bytes(device: str) -> int | None:

@@ -16,6 +16,13 @@ def _close(a: np.ndarray, b: np.ndarray, rel: float) -> bool:
     return float(np.abs(a - b).max()) <= rel * float(np.abs(b).max()) + 1e-12
 
 
+def _same_inputs(got, want, rel: float) -> None:
+    """Importance vectors and XᵀX of ``got`` within ``rel`` of ``want``'s, tensor by tensor."""
+    for name in want.imatrix:
+        assert _close(got.imatrix[name], want.imatrix[name], rel), name
+        assert _close(got.hessian[name], want.hessian[name], rel), name
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "phi3"])
 def test_layer_at_a_time_matches_the_whole_model(tiny, arch):
     folder = tiny(arch)
@@ -24,9 +31,7 @@ def test_layer_at_a_time_matches_the_whole_model(tiny, arch):
                                 fisher=True, seed=1, precision="float32")
     assert (layered.tokens, layered.windows, layered.context) == (whole.tokens, whole.windows, whole.context)
     assert set(layered.imatrix) == set(whole.imatrix) and set(layered.hessian) == set(whole.hessian)
-    for name in whole.imatrix:
-        assert _close(layered.imatrix[name], whole.imatrix[name], 1e-4), name
-        assert _close(layered.hessian[name], whole.hessian[name], 1e-4), name
+    _same_inputs(layered, whole, 1e-4)
     assert set(layered.fisher) == set(whole.fisher)
     tied = {n for n in whole.fisher if "embed" in n or "wte" in n}
     for name in whole.fisher:
@@ -50,9 +55,7 @@ def test_the_heads_logits_in_slices_give_the_same_statistics(tiny, monkeypatch):
     monkeypatch.setattr(cl, "LOGITS_BYTES", 4 * 768 * 16)           # 16 tokens a slice
     sliced = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=2, hessian=True,
                                fisher=True, seed=1, precision="float32")
-    for name in whole.imatrix:
-        assert _close(sliced.imatrix[name], whole.imatrix[name], 1e-5), name
-        assert _close(sliced.hessian[name], whole.hessian[name], 1e-5), name
+    _same_inputs(sliced, whole, 1e-5)
     for name in whole.fisher:
         ratio = sliced.fisher[name].sum() / whole.fisher[name].sum()
         assert 0.5 < ratio < 2, (name, ratio)
@@ -108,9 +111,7 @@ def test_bfloat16_products_give_close_statistics(tiny):
     low = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=3, hessian=True,
                             fisher=True, seed=1, precision="bfloat16")
     assert (ref.precision, low.precision) == ("float32", "bfloat16")
-    for name in ref.imatrix:
-        assert _close(low.imatrix[name], ref.imatrix[name], 0.05), name
-        assert _close(low.hessian[name], ref.hessian[name], 0.05), name
+    _same_inputs(low, ref, 0.05)
     for name in ref.fisher:
         ratio = low.fisher[name].sum() / ref.fisher[name].sum()
         assert 0.7 < ratio < 1.4, (name, ratio)
@@ -124,9 +125,7 @@ def test_the_fisher_on_a_subset_of_windows_leaves_the_rest_unchanged(tiny):
     every = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_windows=None, **kw)
     two = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_windows=2, **kw)
     assert (every.fisher_tokens, two.fisher_tokens) == (6 * 64, 2 * 64) and two.tokens == 6 * 64
-    for name in every.imatrix:
-        assert _close(two.imatrix[name], every.imatrix[name], 1e-5), name
-        assert _close(two.hessian[name], every.hessian[name], 1e-5), name
+    _same_inputs(two, every, 1e-5)
     for name in every.fisher:
         ratio = two.fisher[name].sum() / every.fisher[name].sum()
         assert 0.3 < ratio < 3, (name, ratio)
