@@ -1,5 +1,6 @@
 """The fast packing of long metadata arrays writes exactly what gguf's generic path writes."""
 
+import numpy as np
 import gguf
 import pytest
 from gguf.constants import GGUFValueType
@@ -58,3 +59,25 @@ def test_bfloat16_outside_float16_range_is_refused(bad):
     raw = (values.view(np.uint32) >> 16).astype(np.uint16)
     with pytest.raises(BadInput, match="float16"):
         _encode_span(raw, "F16", np.empty(128, np.uint8), "BF16")
+
+
+@pytest.mark.parametrize("ggml_type", ["Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1",
+                                       "IQ4_NL", "Q5_0", "Q5_1"])
+def test_ggml_dequantizer_gives_the_gguf_packages_values(ggml_type, monkeypatch):
+    """Calibration dequantizes with ggml's own to_float (fast, threaded): the same floats as the
+    gguf package's reference dequantizer, and that one is used where the traits do not match."""
+    from edgellm.exporters.gguf import ggml_quant
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((37, 512)).astype(np.float32)
+    buf = np.empty(37 * ggml_quant.row_bytes(ggml_type, 512), np.uint8)
+    ggml_quant.quantize_into(ggml_type, w, buf, imatrix=rng.random(512).astype(np.float32) + 0.1)
+    want = np.asarray(gguf.quants.dequantize(buf.reshape(37, -1), gguf.GGMLQuantizationType[ggml_type]),
+                      np.float32).reshape(37, 512)
+    assert ggml_quant._to_float(ggml_type) is not None
+    for threads in (1, 3):
+        assert np.array_equal(ggml_quant.dequantize(ggml_type, buf, 512, threads), want)
+    monkeypatch.setattr(ggml_quant, "_to_float", lambda name: None)
+    assert np.array_equal(ggml_quant.dequantize(ggml_type, buf, 512), want)
+    with pytest.raises(ValueError, match="whole"):
+        ggml_quant.dequantize(ggml_type, buf[:-1], 512)

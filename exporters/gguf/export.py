@@ -62,9 +62,12 @@ def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: Non
     with staging(req.out, req.force, needed=req.prediction.get("file_bytes")) as tmp:
         name = f"{Path(req.model.name).name}-{req.choice.quant}{'-cal' if calibrated else ''}.gguf"
         artifact = tmp / name
-        write_gguf(req.model, ckpt, arch, vocab, req.model_dir, artifact, req.choice.quant, req.threads,
-                   lambda i, n: stage(f"[1/3] converting to GGUF {req.choice.quant}: tensor {i}/{n}"),
-                   types=types, imatrix=imatrix, compensators=compensators)
+        from edgellm.exporters.compute import gpu_memory_guard
+
+        with gpu_memory_guard(getattr(compensators, "device", "cpu"), "GPTQ while writing the GGUF"):
+            write_gguf(req.model, ckpt, arch, vocab, req.model_dir, artifact, req.choice.quant, req.threads,
+                       lambda i, n: stage(f"[1/3] converting to GGUF {req.choice.quant}: tensor {i}/{n}"),
+                       types=types, imatrix=imatrix, compensators=compensators)
         header = read_header(artifact)
         counts: dict[str, int] = {}
         for t in header.tensors:

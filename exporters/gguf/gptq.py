@@ -14,6 +14,9 @@ reversed), so one Cholesky factorization and a triangular solve per block serve:
 inverting H and factoring the inverse, and one n × n matrix in memory instead of three (a
 14,336-wide down-projection input is 822 MB in float32).  Float32, as GPTQ's reference code;
 float64 where float32 finds H not positive definite.
+The factor and the block updates run on the calibration's device (a GPU when the statistics were
+made on one: the products are the n · cols² part of the writer); ggml's quantizers run on the CPU
+and see one block of columns at a time.
 Rows are independent, so the rows of a tensor may come in chunks.
 The bytes are ggml's own for every block: a row's bytes are its blocks' bytes in order.
 """
@@ -37,7 +40,7 @@ def block_width(cols: int, ggml_type: str) -> int | None:
 class Compensator:
     """GPTQ's factors for one Hessian (shared by every tensor reading the same input)."""
 
-    def __init__(self, hessian: np.ndarray):
+    def __init__(self, hessian: np.ndarray, device: str = "cpu"):
         import torch
 
         H = np.asarray(hessian, dtype=np.float32)
@@ -46,12 +49,13 @@ class Compensator:
         self.diag = diag
         flipped = np.ascontiguousarray(H[::-1, ::-1])        # the one copy of H made here
         flipped[np.diag_indices_from(flipped)] = (diag + DAMP * float(np.mean(diag, dtype=np.float64)))[::-1]
-        flipped = torch.from_numpy(flipped)
+        flipped = torch.from_numpy(flipped).to(device)
         L, info = torch.linalg.cholesky_ex(flipped)
         if int(info):                                       # float32 too coarse for this H: float64
             L = torch.linalg.cholesky(flipped.double()).float()
         del flipped
         self.R = L.flip(0, 1)                               # upper triangular, H = R Rᵀ
+        self.device = self.R.device
         del L
         self._inv: dict[tuple[int, int], object] = {}
 
@@ -67,26 +71,24 @@ class Compensator:
 
 def quantize_rows(rows: np.ndarray, ggml_type: str, out: np.ndarray, comp: Compensator, threads: int = 1) -> None:
     """float32 ``rows`` [n, cols] -> ggml ``ggml_type`` bytes in ``out`` [n * row_bytes]."""
-    import gguf
     import torch
 
-    from edgellm.exporters.gguf.ggml_quant import quantize_into, row_bytes
+    from edgellm.exporters.gguf.ggml_quant import dequantize, quantize_into, row_bytes
 
     n, cols = rows.shape
     width = block_width(cols, ggml_type)
-    w = torch.from_numpy(np.array(rows, dtype=np.float32))
+    w = torch.from_numpy(np.array(rows, dtype=np.float32)).to(comp.device)
     rb = row_bytes(ggml_type, width)
     dst = out.reshape(n, -1)
     buf = np.empty(n * rb, np.uint8)
-    qtype = gguf.GGMLQuantizationType[ggml_type]
     for a in range(0, cols, width):
         b = a + width
-        block = np.ascontiguousarray(w[:, a:b].numpy())
+        block = np.ascontiguousarray(w[:, a:b].cpu().numpy())
         quantize_into(ggml_type, block, buf, threads=threads, imatrix=np.ascontiguousarray(comp.diag[a:b]))
         dst[:, a // width * rb:(a // width + 1) * rb] = buf.reshape(n, rb)
         if b < cols:
-            q = np.asarray(gguf.quants.dequantize(buf.reshape(n, rb), qtype), dtype=np.float32).reshape(n, width)
-            w[:, b:] -= (w[:, a:b] - torch.from_numpy(q)) @ comp.carry(a, b)
+            q = dequantize(ggml_type, buf, width, threads)
+            w[:, b:] -= (w[:, a:b] - torch.from_numpy(q).to(comp.device)) @ comp.carry(a, b)
 
 
 class Compensators:
@@ -95,9 +97,10 @@ class Compensators:
     factors, not one per layer.  The token embedding is never compensated: its rows are looked
     up, not multiplied."""
 
-    def __init__(self, hessians, keep: int = 2):
+    def __init__(self, hessians, keep: int = 2, device: str = "cpu"):
         self.hessians = hessians            # a mapping; read only when a tensor asks (it may be lazy)
         self.keep = keep
+        self.device = device
         self._made: dict[int, tuple[np.ndarray, Compensator]] = {}   # the array kept: its id stays its own
         self._group = None
 
@@ -114,5 +117,5 @@ class Compensators:
         if id(h) not in self._made:
             while len(self._made) >= self.keep:
                 self._made.pop(next(iter(self._made)))
-            self._made[id(h)] = (h, Compensator(h))
+            self._made[id(h)] = (h, Compensator(h, self.device))
         return self._made[id(h)][1]

@@ -7,7 +7,7 @@ candidate ggml type, how much KL divergence rounding it to that type would cost:
     cost(t, type) = ½ Σ F ⊙ (W − deq(quant(W, imatrix)))²
 
 (the Fisher diagonal F predicts the loss of a small weight change; ``quant`` is ggml's own
-quantizer with the calibration's importance matrix, ``deq`` the gguf package's dequantizer), then
+quantizer with the calibration's importance matrix, ``deq`` its dequantizer), then
 picks one type per tensor so the total is smallest for a byte budget — by default the bytes
 llama.cpp's own recipe would spend for the requested file type, so the file is the same size.  The
 choice is a knapsack solved greedily on each tensor's convex hull of (bytes, cost): always take the
@@ -58,16 +58,13 @@ def candidates(cols: int) -> tuple[str, ...]:
 
 def roundtrip(w: np.ndarray, ggml_type: str, imatrix: np.ndarray | None, threads: int = 1) -> np.ndarray:
     """``w`` [rows, cols] float32 through ggml's quantizer and back."""
-    import gguf
-
-    from edgellm.exporters.gguf.ggml_quant import quantize_into, row_bytes
+    from edgellm.exporters.gguf.ggml_quant import dequantize, quantize_into, row_bytes
 
     if ggml_type in ("F32", "F16"):
         return w.astype(np.float16).astype(np.float32) if ggml_type == "F16" else w
     buf = np.empty(w.shape[0] * row_bytes(ggml_type, w.shape[1]), dtype=np.uint8)
     quantize_into(ggml_type, w, buf, threads=threads, imatrix=imatrix)
-    out = gguf.quants.dequantize(buf.reshape(w.shape[0], -1), gguf.GGMLQuantizationType[ggml_type])
-    return np.asarray(out, dtype=np.float32).reshape(w.shape)
+    return dequantize(ggml_type, buf, w.shape[1], threads)
 
 
 def sampled_rows(rows: int, seed: int) -> np.ndarray | None:
@@ -294,4 +291,5 @@ def calibrated_gguf(model, ckpt, arch, quant: str, cal, threads: int = 1,
     from edgellm.exporters.gguf.gptq import Compensators
 
     mix = mixed_types(model, ckpt, arch, quant, cal, threads, progress=progress)
-    return CalibratedGguf(mix, by_gguf_name(arch, cal.imatrix), Compensators(ByGgufName(arch, cal.hessian)))
+    return CalibratedGguf(mix, by_gguf_name(arch, cal.imatrix), Compensators(ByGgufName(arch, cal.hessian),
+                                                                             device=getattr(cal, "device", "cpu")))
