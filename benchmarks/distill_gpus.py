@@ -8,6 +8,8 @@ target: >= 1.8x on 2) and the peak GPU memory each run reports.  Then an N-GPU r
 its first checkpoint is resumed on one GPU (``--resume``; the checkpoint is torch's distributed
 format, resharded on load) to the end.
 
+With ``--gpus 1`` only the one-GPU run (issue 16's throughput and memory).
+
 Usage: python benchmarks/distill_gpus.py [--teacher DIR | --shape llama-3.1-8b] [--params 1.5B] [--gpus 2]
                                         [--steps 20] [--batch 8] [--seq 512]
 """
@@ -35,6 +37,13 @@ def _distill(args: list[str], env: dict | None = None) -> dict:
     return json.loads(r.stdout)
 
 
+def _report(label: str, card: dict, gb: float) -> None:
+    t = card["throughput"]
+    print(f"{label:8s} {t['tokens_per_s']:10.0f} tok/s in all, {t['tokens_per_s_per_device']:8.0f} per GPU, "
+          f"peak GPU memory (rank 0) {t['peak_gpu_bytes'] / gb:.1f} GB; student "
+          f"{card['student']['parameters'] / 1e9:.2f} B parameters")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", type=Path)
@@ -55,13 +64,13 @@ def main() -> int:
     common = [str(teacher), "--params", a.params, "--steps", str(a.steps), "--batch", str(a.batch), "--seq",
               str(a.seq), "--checkpoint-every", str(max(1, a.steps // 2)), "--force"]
     one = _distill([*common, "--device", "cuda", "-o", str(work / "one")])
-    many = _distill([*common, "--gpus", str(a.gpus), "-o", str(work / "many")])
     gb = 1e9
+    if a.gpus < 2:                          # one GPU (issue 16): its throughput and memory only
+        _report("1 GPU", one, gb)
+        return 0
+    many = _distill([*common, "--gpus", str(a.gpus), "-o", str(work / "many")])
     for label, card in (("1 GPU", one), (f"{a.gpus} GPUs", many)):
-        t = card["throughput"]
-        print(f"{label:8s} {t['tokens_per_s']:10.0f} tok/s in all, {t['tokens_per_s_per_device']:8.0f} per GPU, "
-              f"peak GPU memory (rank 0) {t['peak_gpu_bytes'] / gb:.1f} GB; student "
-              f"{card['student']['parameters'] / 1e9:.2f} B parameters")
+        _report(label, card, gb)
     ratio = many["throughput"]["tokens_per_s"] / one["throughput"]["tokens_per_s"]
     print(f"scaling {a.gpus} GPUs / 1: {ratio:.2f}x (target >= 1.8x on 2)")
 

@@ -57,8 +57,9 @@ def _hf(model_dir: Path, trust_remote_code: bool):
 def _hf_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 
+    device = next(model.parameters()).device            # the host, or the GPU a student trained on
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
+        return model(torch.tensor([ids], device=device)).logits[0].float().cpu().numpy()
 
 
 def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
