@@ -11,7 +11,7 @@ llama.cpp's tools built from the llama-cpp-python sdist, as the GGUF benchmarks 
   cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B build -DLLAMA_CURL=OFF
   cmake --build build --target llama-imatrix -j2
 
-Usage: python benchmarks/calibration_speed.py MODEL_DIR LLAMA_CPP_DIR [--windows 16] [--threads 2] [--precision auto] [--fisher-windows N]
+Usage: python benchmarks/calibration_speed.py MODEL_DIR LLAMA_CPP_DIR [--windows 16] [--threads 2] [--precision auto] [--fisher-windows N] [--fisher-per token]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="auto", help="auto (bfloat16 where native), float32 or bfloat16")
     ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (default: all)")
+    ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
     a = ap.parse_args()
 
     from edgellm import models
@@ -71,7 +72,8 @@ def _run(a, model, ckpt, text: str, work: Path) -> int:
 
     t = time.perf_counter()
     cal = collect_layerwise(a.model, ckpt, text, 512, a.windows, hessian=True, fisher=True, threads=a.threads,
-                            precision=a.precision, fisher_windows=a.fisher_windows)
+                            precision=a.precision, fisher_windows=a.fisher_windows,
+                            **({"fisher_per": a.fisher_per} if a.fisher_per else {}))
     ours = time.perf_counter() - t
     t = time.perf_counter()
     for name in list(cal.hessian):

@@ -8,7 +8,7 @@ recipe as plain, rounded by ggml's quantizers with an importance matrix (mean xÂ
 what ``llama-imatrix`` collects) gathered on the calibration text.  "calibrated" is
 ``edgellm export --calibrate``.  The calibration text is the default (training split).
 
-Usage: python benchmarks/quality.py [--model DIR] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only] [--json OUT]
+Usage: python benchmarks/quality.py [--model DIR] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only | --onnx-only] [--json OUT]
        python benchmarks/quality.py --time-calibration DIR     # wall time of calibrating a big model
 (DIR defaults to the ``bench`` reference model: python benchmarks/reference_gpu.py makes it.)
 """
@@ -225,8 +225,10 @@ if __name__ == "__main__":
     ap.add_argument("--time-calibration", type=Path, metavar="DIR")
     ap.add_argument("--types", default=",".join(GGUF), help="GGUF types to compare (comma-separated)")
     ap.add_argument("--gguf-only", action="store_true", help="skip the ONNX builds")
+    ap.add_argument("--onnx-only", action="store_true", help="skip the GGUF builds (the F16 reference stays)")
     ap.add_argument("--precision", help="calibration products: auto, float32, bfloat16 (default: auto)")
     ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (default: all)")
+    ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
     a = ap.parse_args()
     if a.time_calibration:
         res = time_calibration(a.time_calibration)
@@ -235,8 +237,9 @@ if __name__ == "__main__":
         model_dir = a.model or cache_root() / "reference" / SPECS["bench"].cache_name
         if not model_dir.is_dir():
             raise SystemExit(f"{model_dir}: no reference model; make it with benchmarks/reference_gpu.py")
-        res = run(model_dir, a.windows, types=tuple(a.types.split(",")), onnx=not a.gguf_only,
+        res = run(model_dir, a.windows, types=() if a.onnx_only else tuple(a.types.split(",")), onnx=not a.gguf_only,
                   **({"precision": a.precision} if a.precision else {}),
-                  **({"fisher_windows": a.fisher_windows} if a.fisher_windows else {}))
+                  **({"fisher_windows": a.fisher_windows} if a.fisher_windows else {}),
+                  **({"fisher_per": a.fisher_per} if a.fisher_per else {}))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

@@ -55,6 +55,7 @@ class CalibrationData:
     device: str = "auto"             # where the statistics are computed (compute.resolve)
     precision: str = "auto"          # the products' type (calibrate_layers.compute_dtype)
     fisher_windows: int | None = None    # windows the Fisher is estimated on (None: all; see calibrate_layers)
+    fisher_per: str | None = None    # "window" or "token" (None: calibrate_layers.FISHER_PER)
     _done: list = field(default_factory=list)
 
     def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, ckpt=None, sink=None,
@@ -70,7 +71,8 @@ class CalibrationData:
         cal = collect_layerwise(Path(model_dir), ckpt or open_checkpoint(Path(model_dir)), self.text, self.context,
                                 self.windows, hessian=hessian, fisher=fisher, fisher_sink=sink,
                                 device=self.device, precision=self.precision,
-                                fisher_windows=self.fisher_windows, **kw)
+                                fisher_windows=self.fisher_windows,
+                                **({"fisher_per": self.fisher_per} if self.fisher_per else {}), **kw)
         self._done.append(((str(model_dir), hessian, fisher), cal))
         return cal
 

@@ -128,3 +128,93 @@ def square_into(fish: dict, params, rows: dict) -> None:
         if p.grad is not None:
             add_squares(fish, name, p.grad.detach(), rows.get(name))
             p.grad = None
+
+
+def _is_conv1d(m) -> bool:              # GPT-2's Conv1D: y = x W with W [in, out]
+    return type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None
+
+
+class TokenFisher:
+    """The per-token Fisher diagonal of the weights of ``modules`` (name -> module: linear layers,
+    GPT-2's Conv1D, embedding lookups), from the same backward pass that hands the gradient down:
+
+        F[o, i] += Σ_t g[t, o]² · x[t, i]²        (a linear's input x, the gradient g at its output)
+        F[v, :] += Σ_{t: id_t = v} g[t, :]²        (a lookup: the gradient at the row's output)
+
+    one product of the weight gradient's size, but a sample per token where the squared window
+    gradient has one per window: the cross terms between a window's tokens (zero in expectation,
+    with labels drawn from the model) are left out, so far fewer windows give a steady estimate.
+    The weights need no gradient of their own.  ``rows``: name -> the rows wanted (sorted);
+    ``table_rows``: a lookup's row count."""
+
+    def __init__(self, modules: dict, fish: dict, rows: dict | None = None, dtype: str = "float32",
+                 table_rows: dict | None = None):
+        import torch
+
+        self.fish, self.rows, self.table_rows, self.handles = fish, rows or {}, table_rows or {}, []
+        self.dtype = getattr(torch, dtype)
+        for name, m in modules.items():
+            self.handles.append(m.register_forward_hook(
+                lambda mod, args, out, name=name: self._seen(name, mod, args, out)))
+
+    def _seen(self, name, mod, args, out) -> None:
+        import torch
+
+        if not out.requires_grad:
+            return
+        x = args[0].detach()
+        lookup = isinstance(mod, torch.nn.Embedding)
+        conv1d = _is_conv1d(mod)
+        out.register_hook(lambda g: self._add(name, x, g.detach(), lookup, conv1d))
+
+    def _add(self, name, x, g, lookup: bool, conv1d: bool) -> None:
+        import torch
+
+        rows = self.rows.get(name)
+        with torch.autocast(g.device.type, enabled=False):
+            g2 = g.reshape(-1, g.shape[-1]).float().square()     # not in place: g and x are autograd's
+            if lookup:
+                self._add_lookup(name, x.reshape(-1), g2, rows)
+                return
+            x2 = x.reshape(-1, x.shape[-1]).float().square().to(self.dtype)
+            if conv1d:                          # W [in, out]: the rows are inputs
+                part = x2.T @ g2.to(self.dtype)
+            else:
+                part = (g2 if rows is None else g2[:, rows]).to(self.dtype).T @ x2
+            part = part.float()
+        if name in self.fish:
+            self.fish[name].add_(part)
+        else:
+            self.fish[name] = part
+
+    def _add_lookup(self, name, ids, g2, rows) -> None:
+        import torch
+
+        n = self.table_rows[name]
+        if rows is not None:
+            pos = torch.searchsorted(rows, ids).clamp_(max=len(rows) - 1)
+            keep = rows[pos] == ids
+            ids, g2, n = pos[keep], g2[keep], len(rows)
+        if name not in self.fish:
+            self.fish[name] = torch.zeros(n, g2.shape[1], device=g2.device)
+        self.fish[name].index_add_(0, ids, g2)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def token_modules(module, params, lookups: bool = False) -> dict:
+    """Name -> module for the ``params`` ((name, parameter) pairs) that ``TokenFisher`` can take
+    from ``module``'s modules: linear layers and Conv1D, or with ``lookups`` the embeddings."""
+    import torch
+
+    by_id = {id(p): name for name, p in params}
+    kinds = (torch.nn.Embedding,) if lookups else (torch.nn.Linear,)
+    out = {}
+    for m in module.modules():
+        w = getattr(m, "weight", None)
+        if w is not None and id(w) in by_id and (isinstance(m, kinds) or (not lookups and _is_conv1d(m))):
+            out.setdefault(by_id[id(w)], m)
+    return out

@@ -29,8 +29,8 @@ import numpy as np
 from edgellm.exporters.calibrate import (Calibration, _linear_inputs, _preflight_layers, calibration_windows,
                                          input_hooks)
 from edgellm.exporters import host_memory
-from edgellm.exporters.calibrate_fisher import (HeadRows, Keep, rows_array, rows_tensor, sparse_embeddings,
-                                                square_into)
+from edgellm.exporters.calibrate_fisher import (HeadRows, Keep, TokenFisher, rows_array, rows_tensor,
+                                                sparse_embeddings, square_into, token_modules)
 from edgellm.exporters.compute import gpu_memory_guard, resolve
 
 
@@ -39,6 +39,8 @@ FISHER_WINDOWS = None        # windows the Fisher diagonal is estimated on (None
                              # backward passes, 3/4 of the work (4 of 16: 1.84x llama-imatrix's time
                              # instead of 4.70x) but not for free: on the small reference model the
                              # calibrated Q4_K_M's KLD rose 23% (benchmarks/RESULTS.md)
+FISHER_PER = "window"        # "window": each window's squared gradient (what ``collect`` does);
+                             # "token": Σ_t g_t² x_t², a sample per token (calibrate_fisher.TokenFisher)
 
 
 class LayerHessians(Mapping):
@@ -129,7 +131,8 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                       hessian: bool = False, fisher: bool = False, trust_remote_code: bool = False,
                       threads: int | None = None, seed: int = 0, progress=lambda i, n: None,
                       work_dir: Path | None = None, fisher_sink=None, device: str = "cpu",
-                      precision: str = "auto", fisher_windows: int | None = FISHER_WINDOWS) -> Calibration:
+                      precision: str = "auto", fisher_windows: int | None = FISHER_WINDOWS,
+                      fisher_per: str = FISHER_PER) -> Calibration:
     """``fisher_sink(cal)``, called once the layers' importance is gathered (``cal.imatrix`` fills
     before any Fisher comes), returns what takes each tensor's Fisher diagonal when it is done:
     ``add(checkpoint name, array, rows=None)``, and ``wanted_rows(name)``: the rows it needs of a
@@ -137,6 +140,8 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
     is kept whole in ``cal.fisher``."""
     import torch
 
+    if fisher_per not in ("window", "token"):
+        raise ValueError(f"fisher_per: 'window' or 'token', not {fisher_per!r}")
     dev = resolve(device, "--calib-device")
     host_memory.keep_big_blocks_apart()
     if threads:
@@ -145,7 +150,8 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                       device=dev, work_dir=work_dir)
     with gpu_memory_guard(dev, "calibrating", " (--calib-device cpu)"):
         return _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed,
-                        progress, work_dir, fisher_sink, dev, compute_dtype(precision, dev), fisher_windows)
+                        progress, work_dir, fisher_sink, dev, compute_dtype(precision, dev), fisher_windows,
+                        fisher_per == "token")
 
 
 def compute_dtype(precision: str, device: str) -> str:
@@ -166,7 +172,7 @@ def compute_dtype(precision: str, device: str) -> str:
 
 
 def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed, progress,
-             work_dir, fisher_sink, dev, dtype, fisher_windows) -> Calibration:
+             work_dir, fisher_sink, dev, dtype, fisher_windows, per_token: bool) -> Calibration:
     import torch
     from transformers import AutoTokenizer
 
@@ -216,9 +222,10 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         fish: dict[str, torch.Tensor] = {}
         gen = torch.Generator(device=dev).manual_seed(seed)
         grads = {}
-        head = HeadRows(stream.model, outer, rows) if fisher else None
+        head = HeadRows(stream.model, outer, rows) if fisher and not per_token else None
+        tokens = TokenFisher(token_modules(stream.model, outer), fish, rows, dtype) if fisher and per_token else None
         for p in stream.model.parameters():
-            p.requires_grad_(fisher and p.dim() == 2 and (head is None or p is not head.weight))
+            p.requires_grad_(fisher and not per_token and p.dim() == 2 and (head is None or p is not head.weight))
         step = max(1, LOGITS_BYTES // (4 * cfg.vocab_size))     # tokens whose logits are held at once
         for w in range(W):                                  # the head: its statistics, its loss
             if w not in fw:
@@ -232,12 +239,15 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
                     sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
                 torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
                 del logits
-                head.slice_done()
+                if head is not None:
+                    head.slice_done()
             grads[w] = h.grad.detach()                      # the window's gradient, squared once
-            head.window_done(fish)
+            if head is not None:
+                head.window_done(fish)
             square_into(fish, outer, rows)
-        if head is not None:
-            head.close()
+        for done_with in (head, tokens):
+            if done_with is not None:
+                done_with.close()
         stream.hold(table=False, head=False)
         for hd in head_handles:
             hd.remove()
@@ -251,13 +261,18 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
             for i in reversed(range(n)):                    # backward, a layer at a time
                 layer = stream.load_layer(i)
                 params = [(stream.prefixes[i] + name, p) for name, p in layer.named_parameters() if p.dim() == 2]
-                for _, p in params:
+                mods = token_modules(layer, params) if per_token else {}
+                tokens = TokenFisher(mods, fish, dtype=dtype) if mods else None
+                squared = [(name, p) for name, p in params if name not in mods]   # any the hooks cannot take
+                for _, p in squared:
                     p.requires_grad_(True)
                 for w in fw:
                     h = states.get(i, w, dev).requires_grad_(True)
                     stream.run(layer, h, calls[w][i]).backward(grads[w])
                     grads[w] = h.grad.detach()
-                    square_into(fish, params, {})
+                    square_into(fish, squared, {})
+                if tokens is not None:
+                    tokens.close()
                 for name, _ in params:
                     sink.add(name, fish.pop(name).div_(cal.fisher_tokens).cpu().numpy())
                 stream.drop_layer(i)
@@ -267,10 +282,20 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
             stream.hold(table=True, head=False)
             for p in stream.model.parameters():
                 p.requires_grad_(p.dim() == 2)
+            tokens = None
+            if per_token:
+                tokens = TokenFisher(token_modules(stream.model, outer, lookups=True), fish, rows, dtype,
+                                     {name: p.shape[0] for name, p in outer})
             with sparse_embeddings(stream.model):          # gradients of the rows looked up, not the table
                 for w in fw:                                # the embeddings (GPT-2's positions too)
                     stream.embed_backward(ids[w], grads[w])
-                    square_into(fish, outer, rows)
+                    if tokens is None:
+                        square_into(fish, outer, rows)
+                    else:
+                        for _, p in outer:
+                            p.grad = None
+            if tokens is not None:
+                tokens.close()
             for name in list(fish):
                 sink.add(name, fish.pop(name).div_(cal.fisher_tokens).cpu().numpy(),
                          rows=rows_array(rows.get(name)))
