@@ -83,13 +83,16 @@ def tensor_costs(w: np.ndarray, fisher: np.ndarray | None, imatrix: np.ndarray |
         if (pick := sampled_rows(rows, seed)) is not None:
             w = w[pick]
             fisher = None if fisher is None else fisher[pick]
+    import torch
+
     scale = rows / w.shape[0]
-    weight = fisher if fisher is not None else np.broadcast_to(
-        imatrix if imatrix is not None else np.ones(w.shape[1], np.float32), w.shape)
+    weight = torch.from_numpy(np.ascontiguousarray(fisher, dtype=np.float32)) if fisher is not None else \
+        torch.from_numpy(np.ascontiguousarray(imatrix if imatrix is not None else np.ones(w.shape[1]), np.float32))
+    tw = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
     out = {}
-    for t in types:
-        d = w - roundtrip(w, t, imatrix, threads)
-        out[t] = float(0.5 * scale * (weight * d * d).sum(dtype=np.float64))
+    for t in types:                     # torch's elementwise work is threaded, numpy's is not
+        d = tw - torch.from_numpy(roundtrip(w, t, imatrix, threads))
+        out[t] = float(0.5 * scale * (weight * d.square_()).sum(dtype=torch.float64))
     return out
 
 
