@@ -8,7 +8,7 @@ The peak is the largest of the phases of ``calibrate_layers`` and of the GGUF wr
 - the head pass: the head (or the embedding table, when tied) in float32 and a slice of logits
   with its softmax and gradients (``calibrate_layers.LOGITS_BYTES``);
 - the writer: one layer's XᵀX matrices, and GPTQ's factor for the widest input while it is made
-  and kept (``gguf.gptq``);
+  and kept (``gguf.gptq``; on the GPU when calibrating on one, the XᵀX coming back to the host);
 
 plus, throughout, the process itself (Python, torch, transformers, the tokenizer) and the gradient
 at a layer boundary for every window.  ``benchmarks/calibration_memory.py`` checks the prediction
@@ -63,9 +63,11 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     gptq = grams + max(8 * widest * widest, 6 * widest * widest + 8 * h * f) if hessian else 0
     stats = max(layer_phase, head_phase) + boundary
     on_gpu = device.startswith("cuda")
-    if on_gpu:                  # the tensors on the GPU; the host keeps the process, statistics and writer
-        gpu = int(MARGIN * (stats + grams))
-        ram = int(MARGIN * (kept + gptq)) + PROCESS
+    if on_gpu:                  # the layers, the statistics and GPTQ's factor on the GPU; the host keeps
+        # the process, the XᵀX as they come back, one flipped copy of H while its factor is made and
+        # a tensor's rows
+        gpu = int(MARGIN * max(stats + grams, gptq))
+        ram = int(MARGIN * (kept + grams + 4 * widest * widest + 8 * h * f)) + PROCESS
     else:
         gpu = 0
         ram = int(MARGIN * (max(stats, gptq) + kept)) + PROCESS
