@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="auto", help="auto (bfloat16 where native), float32 or bfloat16")
-    ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (default: all)")
+    ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
     ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
     a = ap.parse_args()
 
@@ -72,7 +72,8 @@ def _run(a, model, ckpt, text: str, work: Path) -> int:
 
     t = time.perf_counter()
     cal = collect_layerwise(a.model, ckpt, text, 512, a.windows, hessian=True, fisher=True, threads=a.threads,
-                            precision=a.precision, fisher_windows=a.fisher_windows,
+                            precision=a.precision,
+                            **({"fisher_windows": a.fisher_windows} if a.fisher_windows is not None else {}),
                             **({"fisher_per": a.fisher_per} if a.fisher_per else {}))
     ours = time.perf_counter() - t
     t = time.perf_counter()

@@ -227,7 +227,7 @@ if __name__ == "__main__":
     ap.add_argument("--gguf-only", action="store_true", help="skip the ONNX builds")
     ap.add_argument("--onnx-only", action="store_true", help="skip the GGUF builds (the F16 reference stays)")
     ap.add_argument("--precision", help="calibration products: auto, float32, bfloat16 (default: auto)")
-    ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (default: all)")
+    ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
     ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
     a = ap.parse_args()
     if a.time_calibration:
@@ -239,7 +239,7 @@ if __name__ == "__main__":
             raise SystemExit(f"{model_dir}: no reference model; make it with benchmarks/reference_gpu.py")
         res = run(model_dir, a.windows, types=() if a.onnx_only else tuple(a.types.split(",")), onnx=not a.gguf_only,
                   **({"precision": a.precision} if a.precision else {}),
-                  **({"fisher_windows": a.fisher_windows} if a.fisher_windows else {}),
+                  **({"fisher_windows": a.fisher_windows} if a.fisher_windows is not None else {}),
                   **({"fisher_per": a.fisher_per} if a.fisher_per else {}))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

@@ -42,6 +42,7 @@ class Calibration:
     device: str = "cpu"              # where it was computed
     precision: str = "float32"       # the matrix products' type (calibrate_layers.compute_dtype)
     fisher_tokens: int = 0           # the tokens the Fisher diagonal was estimated on
+    fisher_per: str = "window"       # its samples: a window's squared gradient, or each token's
 
 
 @dataclass
@@ -54,8 +55,8 @@ class CalibrationData:
     context: int = 512
     device: str = "auto"             # where the statistics are computed (compute.resolve)
     precision: str = "auto"          # the products' type (calibrate_layers.compute_dtype)
-    fisher_windows: int | None = None    # windows the Fisher is estimated on (None: all; see calibrate_layers)
-    fisher_per: str | None = None    # "window" or "token" (None: calibrate_layers.FISHER_PER)
+    fisher_windows: int | None = None    # windows the Fisher is estimated on (None: calibrate_layers.FISHER_WINDOWS; 0: all)
+    fisher_per: str | None = None    # "token" or "window" (None: calibrate_layers.FISHER_PER)
     _done: list = field(default_factory=list)
 
     def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, ckpt=None, sink=None,
@@ -71,7 +72,7 @@ class CalibrationData:
         cal = collect_layerwise(Path(model_dir), ckpt or open_checkpoint(Path(model_dir)), self.text, self.context,
                                 self.windows, hessian=hessian, fisher=fisher, fisher_sink=sink,
                                 device=self.device, precision=self.precision,
-                                fisher_windows=self.fisher_windows,
+                                **({"fisher_windows": self.fisher_windows} if self.fisher_windows is not None else {}),
                                 **({"fisher_per": self.fisher_per} if self.fisher_per else {}), **kw)
         self._done.append(((str(model_dir), hessian, fisher), cal))
         return cal
@@ -85,7 +86,8 @@ class CalibrationData:
 
     def describe(self, cal: Calibration) -> dict:
         return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context,
-                "device": cal.device, "precision": cal.precision, "fisher_tokens": cal.fisher_tokens}
+                "device": cal.device, "precision": cal.precision, "fisher_tokens": cal.fisher_tokens,
+                "fisher_per": cal.fisher_per}
 
 
 def default_text(limit_bytes: int = 1 << 20) -> str:

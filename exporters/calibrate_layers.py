@@ -7,14 +7,15 @@ XᵀX hooks on its linear layers, and dropped; its outputs (the next layer's inp
 temporary file, one block per layer boundary.  Backward (for the Fisher diagonal, layer by layer
 in reverse): the head's loss on tokens sampled from the model's own predictions gives the
 gradient at the last layer's output; each layer is read again, re-run from its stored inputs and
-back-propagated, its weights' squared gradients summed per window (the same per-window Fisher as
-``collect``), and the gradient at its input handed down.  So the statistics are the whole-model
-ones, up to float rounding, with one layer's weights, gradients and Fisher in memory at a time.
+back-propagated, and the gradient at its input handed down; the Fisher is summed per token from
+the linear layers' inputs and output gradients (``calibrate_fisher.TokenFisher``; or, with
+``fisher_per="window"``, each window's squared weight gradient: the whole-model ``collect``'s,
+up to float rounding).  One layer's weights, gradients and Fisher are in memory at a time.
 
 Differences: with tied embeddings the head's and the embedding lookup's gradients are squared
 apart (``collect`` squares their per-window sum); the cross term is dropped.  The Fisher is
-estimated on ``fisher_windows`` of the windows when asked (spread over the text; by default all
-of them, see ``FISHER_WINDOWS``); the importance and XᵀX always use every window.
+estimated on ``fisher_windows`` of the windows (spread over the text; see ``FISHER_WINDOWS``);
+the importance and XᵀX always use every window.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from edgellm.exporters.compute import gpu_memory_guard, resolve
 
 
 LOGITS_BYTES = 16 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
-FISHER_WINDOWS = None        # windows the Fisher diagonal is estimated on (None: all).  Fewer cut the
-                             # backward passes, 3/4 of the work (4 of 16: 1.84x llama-imatrix's time
-                             # instead of 4.70x) but not for free: on the small reference model the
-                             # calibrated Q4_K_M's KLD rose 23% (benchmarks/RESULTS.md)
-FISHER_PER = "window"        # "window": each window's squared gradient (what ``collect`` does);
-                             # "token": Σ_t g_t² x_t², a sample per token (calibrate_fisher.TokenFisher)
+FISHER_WINDOWS = 4           # windows the Fisher diagonal is estimated on (None or 0: all).  The
+                             # backward passes are 3/4 of the work: 4 of 16 windows take calibration
+                             # from 5.4x llama-imatrix's time to under 2x (benchmarks/RESULTS.md)
+FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (calibrate_fisher.TokenFisher),
+                             # which keeps the bench model's calibrated KLD on 4 windows (within 1%
+                             # of all 16 squared per window); "window": each window's squared gradient
+                             # (what ``collect`` does; on 4 windows +23% KLD on the small model)
 
 
 class LayerHessians(Mapping):
@@ -190,6 +192,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     F = W if not fisher_windows else min(W, fisher_windows)
     fw = sorted({k * W // F for k in range(F)}) if fisher else []     # the Fisher's windows, spread out
     cal.fisher_tokens = sum(len(wins[w]) for w in fw)
+    cal.fisher_per = "token" if per_token else "window"
     steps, done = n * (2 if fisher else 1) + 1, 0
     sums, counts, grams, shared = {}, {}, {}, {}
     states = _States(Path(work_dir or tempfile.gettempdir()), n + 1, W, (context, cfg.hidden_size))

@@ -1,5 +1,6 @@
 """Calibration a decoder layer at a time gives the whole-model statistics (importance, XᵀX,
-Fisher diagonal) for every architecture, with one layer in memory at a time."""
+Fisher diagonal: the per-window one of ``collect`` when asked) for every architecture, with one
+layer in memory at a time."""
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def test_layer_at_a_time_matches_the_whole_model(tiny, arch):
     folder = tiny(arch)
     whole = collect(folder, TEXT, context=64, max_windows=3, hessian=True, fisher=True, seed=1)
     layered = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=3, hessian=True,
-                                fisher=True, seed=1, precision="float32")
+                                fisher=True, seed=1, precision="float32", fisher_per="window", fisher_windows=None)
     assert (layered.tokens, layered.windows, layered.context) == (whole.tokens, whole.windows, whole.context)
     assert set(layered.imatrix) == set(whole.imatrix) and set(layered.hessian) == set(whole.hessian)
     _same_inputs(layered, whole, 1e-4)
@@ -138,7 +139,7 @@ def test_the_per_token_fisher_is_the_windows_squared_gradient_for_one_token_wind
     same diagonal for every tensor, the head and table included; with longer windows it leaves
     the window's cross terms out but keeps the size."""
     folder = tiny(arch, tied=tie)
-    kw = dict(hessian=False, fisher=True, seed=3, precision="float32")
+    kw = dict(hessian=False, fisher=True, seed=3, precision="float32", fisher_windows=0)
     one = dict(context=1, max_windows=12, **kw)
     window = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="window", **one)
     token = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="token", **one)
