@@ -38,7 +38,7 @@ from edgellm.exporters.compute import gpu_memory_guard, resolve
 LOGITS_BYTES = 16 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
 FISHER_WINDOWS = 4           # windows the Fisher diagonal is estimated on (None or 0: all).  The
                              # backward passes are 3/4 of the work: 4 of 16 windows take calibration
-                             # from 5.4x llama-imatrix's time to under 2x (benchmarks/RESULTS.md)
+                             # from 5.4x llama-imatrix's time to 2.2x (benchmarks/RESULTS.md)
 FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (calibrate_fisher.TokenFisher),
                              # which keeps the bench model's calibrated KLD on 4 windows (within 1%
                              # of all 16 squared per window); "window": each window's squared gradient

@@ -132,12 +132,12 @@ def test_the_fisher_on_a_subset_of_windows_leaves_the_rest_unchanged(tiny):
         assert 0.3 < ratio < 3, (name, ratio)
 
 
-@pytest.mark.parametrize("arch,tie", [("llama", False), ("qwen2", True), ("gpt2", True)])
+@pytest.mark.parametrize("arch,tie", [("llama", False), ("gpt2", True)])
 def test_the_per_token_fisher_is_the_windows_squared_gradient_for_one_token_windows(tiny, arch, tie):
     """With one token a window, a window's gradient g xᵀ squared is g² (x²)ᵀ: the per-token
-    Fisher (hooks on the linear layers, Conv1D and lookups, no weight gradients) must give the
-    same diagonal for every tensor, the head and table included; with longer windows it leaves
-    the window's cross terms out but keeps the size."""
+    Fisher (hooks on the linear layers, GPT-2's Conv1D and the lookups, no weight gradients) must
+    give the same diagonal for every tensor, the head and the (tied) table included; with longer
+    windows it leaves the window's cross terms out but keeps the size."""
     folder = tiny(arch, tied=tie)
     kw = dict(hessian=False, fisher=True, seed=3, precision="float32", fisher_windows=0)
     one = dict(context=1, max_windows=12, **kw)
@@ -147,11 +147,12 @@ def test_the_per_token_fisher_is_the_windows_squared_gradient_for_one_token_wind
     for name in window.fisher:
         assert token.fisher[name].shape == window.fisher[name].shape, name
         assert _close(token.fisher[name], window.fisher[name], 1e-4), name
-    longer = dict(context=64, max_windows=3, **kw)
-    window = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="window", **longer)
-    token = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="token", **longer)
-    for name in window.fisher:
-        ratio = token.fisher[name].sum() / window.fisher[name].sum()
-        assert 0.2 < ratio < 5, (name, ratio)
+    if arch == "llama":                       # windows of many tokens: the same size
+        longer = dict(context=64, max_windows=2, **kw)
+        window = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="window", **longer)
+        token = collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="token", **longer)
+        for name in window.fisher:
+            ratio = token.fisher[name].sum() / window.fisher[name].sum()
+            assert 0.2 < ratio < 5, (name, ratio)
     with pytest.raises(ValueError, match="fisher_per"):
         collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="layer", **one)
