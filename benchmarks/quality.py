@@ -28,14 +28,13 @@ GGUF = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
 ONNX = (("fp16", None), ("int8", 32), ("int4", 32), ("int4", 128))
 
 
-def _scorer(ref_path: Path, context: int, windows: int):
+def _scorer(ref_path: Path, context: int, windows: int, held_out: str):
     from edgellm.evaluate import windows_of
     from edgellm.metrics import log_softmax
     from edgellm.runtime.llamacpp import LlamaCppModel
-    from edgellm.textdata import held_out_text
 
     ref = LlamaCppModel(ref_path, n_ctx=context, threads=2, logits_all=True)
-    wins = windows_of(ref.tokenize(held_out_text(), add_bos=False), context, windows)
+    wins = windows_of(ref.tokenize(held_out, add_bos=False), context, windows)
     ref_lp = [log_softmax(ref.logits(w)) for w in wins]
     del ref
 
@@ -65,11 +64,18 @@ def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: boo
     from edgellm.exporters.gguf.write import write_gguf
     from edgellm.runtime.llamacpp import LlamaCppModel
 
+    from edgellm.exporters.reference_model import corpus_of
+    from edgellm.textdata import corpus_text
+
     model = models.load_config(str(model_dir))
     ckpt, arch = open_checkpoint(model_dir), family_for(model, "gguf")
     vocab = read_vocab(model_dir, model.vocab)
+    corpus = corpus_of(model_dir)           # a reference model's own text: calibrated on, scored on its held-out
+    if corpus != "source":
+        cal_kw = {"text": corpus_text(corpus, "training", 1 << 20), "source": f"{corpus} training split", **cal_kw}
     work = Path(tempfile.mkdtemp(prefix="edgellm-quality-"))
-    out: dict = {"model": str(model_dir), "parameters": model.n_params, "context": context, "gguf": {}, "onnx": {}}
+    out: dict = {"model": str(model_dir), "parameters": model.n_params, "context": context, "corpus": corpus,
+                 "gguf": {}, "onnx": {}}
     try:
         t0 = time.perf_counter()
         cal = CalibrationData(**cal_kw).stats(model_dir, hessian=True, fisher=True, threads=2)
@@ -82,7 +88,7 @@ def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: boo
             write_gguf(model, ckpt, arch, vocab, model_dir, p, quant, 2, **kw)
             return p
 
-        score, tokens = _scorer(gguf("F16", "F16"), context, windows)
+        score, tokens = _scorer(gguf("F16", "F16"), context, windows, corpus_text(corpus, "held_out"))
         out["tokens_scored"] = tokens
         f16_bytes = (work / "F16.gguf").stat().st_size
 

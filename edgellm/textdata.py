@@ -60,3 +60,40 @@ def training_files(limit_bytes: int | None = None) -> list[Path]:
 
 def training_text(limit_bytes: int | None = None) -> str:
     return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in training_files(limit_bytes))
+
+
+# A second text of another kind, for a second reference model: the Python documentation's prose
+# (the language reference and library topics ``pydoc`` shows, shipped with CPython as
+# ``pydoc_data.topics``), English with code samples where the above is code with comments.
+DOCS_HELD_OUT_CHARS = 48 << 10
+
+
+@lru_cache(maxsize=1)
+def _docs_topics() -> tuple[tuple[str, str], ...]:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:        # some distributions package the docs apart
+        raise RuntimeError("this Python has no pydoc_data (the documentation's topics) to learn from") from e
+    return tuple(sorted((str(k), str(v)) for k, v in topics.items()))
+
+
+def docs_split() -> tuple[str, str]:
+    """(training, held-out) documentation prose: the last topics in name order, until
+    ``DOCS_HELD_OUT_CHARS``, are held out."""
+    topics = _docs_topics()
+    held, total = len(topics), 0
+    while held > 1 and total < DOCS_HELD_OUT_CHARS:
+        held -= 1
+        total += len(topics[held][1])
+    return "\n".join(v for _, v in topics[:held]), "\n".join(v for _, v in topics[held:])
+
+
+def corpus_text(corpus: str, split: str, limit_bytes: int | None = None) -> str:
+    """``corpus``: "source" (the standard library, above) or "docs"; ``split``: "training" or
+    "held_out"."""
+    if corpus == "source":
+        return training_text(limit_bytes) if split == "training" else held_out_text(limit_bytes or HELD_OUT_BYTES)
+    if corpus == "docs":
+        text = docs_split()[0 if split == "training" else 1]
+        return text if limit_bytes is None else text[:limit_bytes]
+    raise ValueError(f"corpus: 'source' or 'docs', not {corpus!r}")

@@ -15,8 +15,9 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20):
-    """A GPT-2-style byte-level BPE tokenizer, as a transformers fast tokenizer."""
+def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20, text: str | None = None):
+    """A GPT-2-style byte-level BPE tokenizer, as a transformers fast tokenizer, trained on
+    ``text`` (default: the first ``limit_bytes`` of the standard library's training files)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -25,7 +26,10 @@ def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train([str(p) for p in corpus_files(limit_bytes)], trainer)
+    if text is None:
+        tok.train([str(p) for p in corpus_files(limit_bytes)], trainer)
+    else:
+        tok.train_from_iterator(text.splitlines(keepends=True), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[2],
                                    pad_token=SPECIALS[0], unk_token=None)
     fast.chat_template = CHAT_TEMPLATE

@@ -3,12 +3,16 @@
 Quantization loss measured on random weights says little (their next-token distributions are near
 flat); a model that has learned real text does.  No hub is reachable, so edgellm trains its own on
 text every machine with Python has: the standard library's source (``edgellm.textdata``: the
-held-out files are never trained on).  Two sizes:
+held-out files are never trained on).  Three:
 
 - ``small``: ~3 M parameters, a few minutes on a 2-core CPU; the demo model and the tests' model.
 - ``bench``: ~24 M parameters (hidden 512, every matrix row a multiple of 256, so K-quants apply
   everywhere, as on real models), trained on a GPU for the quality benchmarks
   (``benchmarks/reference_gpu.py`` runs this module's loop there).
+- ``docs``: another shape (hidden 384, 6 layers, 3 query heads per KV head, an untied head) on
+  another text, the Python documentation's prose (``textdata.docs_split``), with its own
+  tokenizer and held-out text: a check that what was tuned on the other two carries over.
+  About 10 M parameters, trained on a 2-core CPU in about 15 minutes.
 
 Deterministic from the seed on a CPU (CUDA kernels may differ in the last bits).  Weights are cached
 outside the repository (``cache_root()/reference/NAME-vN``); the code that makes them is here.
@@ -38,6 +42,8 @@ class RefSpec:
     lr: float
     version: int = 1         # bump when the recipe changes: the cache follows it
     seed: int = 0
+    corpus: str = "source"   # textdata.corpus_text: "source" (the standard library) or "docs"
+    tied: bool = True        # the head shares the embedding table
 
     @property
     def cache_name(self) -> str:
@@ -49,6 +55,8 @@ SPECS = {
                      seq=256, batch=8, steps=240, lr=3e-3),
     "bench": RefSpec("bench", vocab=4096, hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1280,
                      seq=512, batch=32, steps=2400, lr=1.5e-3),
+    "docs": RefSpec("docs", vocab=2048, hidden=384, layers=6, heads=6, kv_heads=2, intermediate=1024,
+                    seq=256, batch=8, steps=400, lr=2e-3, corpus="docs", tied=False),
 }
 
 
@@ -86,18 +94,31 @@ def train_loop(model, ids, spec: RefSpec, device: str = "cpu", progress=lambda s
 
 def tokenizer_for(spec: RefSpec):
     from edgellm.exporters.demo_models import train_tokenizer
-    return train_tokenizer(vocab_size=spec.vocab, limit_bytes=2 << 20)
+    from edgellm.textdata import corpus_text
+
+    return train_tokenizer(vocab_size=spec.vocab, limit_bytes=2 << 20,
+                           text=None if spec.corpus == "source" else corpus_text(spec.corpus, "training"))
 
 
 def corpus_ids(tok, spec: RefSpec):
-    """The training text as token ids (uint16): the small model reads the first 2 MB, the bench
-    model all of it."""
+    """The training text as token ids (uint16): the small model reads the first 2 MB of the
+    standard library, the bench model all of it, the docs model its whole training split."""
     import numpy as np
 
-    from edgellm.textdata import training_text
+    from edgellm.textdata import corpus_text
 
-    text = training_text(2 << 20 if spec.name == "small" else None)
+    text = corpus_text(spec.corpus, "training", 2 << 20 if spec.name == "small" else None)
     return np.asarray(tok.encode(text, add_special_tokens=False), dtype=np.uint16)
+
+
+def corpus_of(model_dir: Path) -> str:
+    """The corpus a reference model was trained on ("source" for any other model folder)."""
+    import json
+
+    try:
+        return json.loads((Path(model_dir) / "edgellm-reference.json").read_text()).get("corpus", "source")
+    except (OSError, ValueError, AttributeError):
+        return "source"
 
 
 def untrained(spec: RefSpec, folder: Path, tok=None) -> Path:
@@ -110,7 +131,7 @@ def untrained(spec: RefSpec, folder: Path, tok=None) -> Path:
     tok = tok or tokenizer_for(spec)
     build_model("llama", folder, tok, seed=spec.seed, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
                 num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-                intermediate_size=spec.intermediate, max_position_embeddings=max(1024, spec.seq), tied=True)
+                intermediate_size=spec.intermediate, max_position_embeddings=max(1024, spec.seq), tied=spec.tied)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     for p in model.parameters():

@@ -38,6 +38,25 @@ def test_the_reference_model_has_learned_the_held_out_text(reference, tmp_path):
     assert trained.perplexity < 0.25 * random.perplexity and trained.perplexity < 200
 
 
+def test_the_second_reference_text_is_split_once_and_the_docs_model_learns_it(tmp_path):
+    # the docs model itself is a benchmark's (minutes to train); its text, tokenizer and shape here
+    from edgellm.exporters.reference_model import SPECS, corpus_ids, corpus_of, tokenizer_for, untrained
+    from edgellm.textdata import corpus_text, docs_split
+
+    train, held = docs_split()
+    assert len(held) >= 48 << 10 and len(train) > 5 * len(held)
+    assert held[:2000] not in train and corpus_text("docs", "held_out") == held
+    with pytest.raises(ValueError, match="corpus"):
+        corpus_text("poetry", "training")
+    spec = SPECS["docs"]
+    tok = tokenizer_for(spec)
+    assert len(tok) == spec.vocab and len(train) / len(corpus_ids(tok, spec)) > 3     # prose: long tokens
+    folder = untrained(spec, tmp_path / "docs", tok)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["hidden_size"] == 384 and config["tie_word_embeddings"] is False
+    assert corpus_of(folder) == "source"            # untrained: no reference record yet
+
+
 def test_calibrated_gguf_keeps_the_size_and_loses_less(run_cli, reference, tmp_path):
     plain = export(run_cli, reference, tmp_path / "plain", "--quant", "Q3_K_M")
     cal = export(run_cli, reference, tmp_path / "cal", "--quant", "Q3_K_M", "--calibrate")
