@@ -2,16 +2,19 @@
 measured in one run (issue 16: edgellm's calibration at most 2x llama-imatrix's).
 
 llama-imatrix runs the model's F16 GGUF forward over the text in chunks and sums x² per input
-column.  edgellm's calibration (``calibrate_layers.collect_layerwise``) gathers the same importance
-vectors and, for choosing per-tensor types, the Fisher diagonal (a backward pass per window):
-that is what `edgellm export --calibrate` runs before quantizing.  The XᵀX matrices GPTQ uses are
-recomputed a layer at a time while writing; that time is shown apart.
+column.  edgellm's calibration is timed as `edgellm export --calibrate` runs it before quantizing:
+the same importance vectors (``calibrate_layers.collect_layerwise``), the Fisher diagonal (a
+backward pass on a few windows) turned into each tensor's predicted loss per candidate type as it
+comes (``gguf.mix.Costs``, the export's sink: only the rows the estimate samples), and the types
+chosen for Q4_K_M.  The XᵀX matrices GPTQ uses are recomputed a layer at a time while writing;
+that time is shown apart.
 
 llama.cpp's tools built from the llama-cpp-python sdist, as the GGUF benchmarks do:
   cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B build -DLLAMA_CURL=OFF
   cmake --build build --target llama-imatrix -j2
 
 Usage: python benchmarks/calibration_speed.py MODEL_DIR LLAMA_CPP_DIR [--windows 16] [--threads 2] [--precision auto] [--fisher-windows N] [--fisher-per token]
+                                                    [--no-xtx]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", help="auto (bfloat16 where native), float32 or bfloat16")
     ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
     ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
+    ap.add_argument("--no-xtx", action="store_true", help="skip timing the writer's XᵀX recomputation")
     a = ap.parse_args()
 
     from edgellm import models
@@ -52,6 +56,7 @@ def main() -> int:
 
 def _run(a, model, ckpt, text: str, work: Path) -> int:
     from edgellm.exporters.calibrate_layers import collect_layerwise
+    from edgellm.exporters.gguf.mix import Costs, mixed_types
     from edgellm.exporters.gguf.vocab import read_vocab
     from edgellm.exporters.gguf.write import write_gguf
     from edgellm.models.families import family_for
@@ -70,22 +75,51 @@ def _run(a, model, ckpt, text: str, work: Path) -> int:
         print(r.stderr[-2000:], file=sys.stderr)
         return 1
 
+    arch = family_for(model, "gguf")
+
+    table_s = [0.0]
+
+    class TimedCosts(Costs):                    # the cost table's share, timed apart
+        def add(self, *args, **kw):
+            t = time.perf_counter()
+            super().add(*args, **kw)
+            table_s[0] += time.perf_counter() - t
+
+    def sink(cal):                              # as the export does: each Fisher into its costs as it comes
+        cal.costs = TimedCosts(model, ckpt, arch, cal.imatrix, a.threads)
+        return cal.costs
+
     t = time.perf_counter()
     cal = collect_layerwise(a.model, ckpt, text, 512, a.windows, hessian=True, fisher=True, threads=a.threads,
-                            precision=a.precision,
+                            precision=a.precision, fisher_sink=sink,
                             **({"fisher_windows": a.fisher_windows} if a.fisher_windows is not None else {}),
                             **({"fisher_per": a.fisher_per} if a.fisher_per else {}))
+    stats = time.perf_counter() - t
+    mix = mixed_types(model, ckpt, arch, "Q4_K_M", cal, a.threads)
     ours = time.perf_counter() - t
     t = time.perf_counter()
-    for name in list(cal.hessian):
+    for name in [] if a.no_xtx else list(cal.hessian):
         cal.hessian[name]                       # the XᵀX, recomputed a layer at a time (the writer's share)
     grams = time.perf_counter() - t
     print(f"model {a.model.name} ({model.n_params / 1e6:.0f} M parameters), {cal.windows} windows of "
           f"{cal.context} tokens, {a.threads} threads, products in {cal.precision}")
     print(f"llama-imatrix (importance only)              {peer:7.1f} s")
-    print(f"edgellm calibration (importance + Fisher)    {ours:7.1f} s   ratio {ours / peer:.2f} (target <= 2.00)")
-    print(f"edgellm XᵀX, recomputed while writing        {grams:7.1f} s")
+    print(f"edgellm calibration (importance, Fisher, each tensor's type for Q4_K_M)"
+          f"  {ours:7.1f} s   ratio {ours / peer:.2f} (target <= 2.00)")
+    print(f"  statistics (importance, Fisher)            {stats - table_s[0]:7.1f} s   ratio {(stats - table_s[0]) / peer:.2f}")
+    print(f"  cost table (ggml round trips per type)     {table_s[0]:7.1f} s")
+    print(f"  types chosen                               {ours - stats:7.1f} s   "
+          f"({_changed(mix.types, model, ckpt, arch)} of {len(mix.types)} tensors differ from the recipe)")
+    if not a.no_xtx:
+        print(f"edgellm XᵀX, recomputed while writing        {grams:7.1f} s")
     return 0
+
+
+def _changed(types: dict, model, ckpt, arch) -> int:
+    from edgellm.exporters.gguf.write import plan_tensors
+
+    recipe = {e.gguf_name: e.ggml_type for e in plan_tensors(model, ckpt, arch, "Q4_K_M")}
+    return sum(t != recipe.get(name) for name, t in types.items())
 
 
 if __name__ == "__main__":
