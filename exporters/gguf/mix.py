@@ -12,7 +12,14 @@ picks one type per tensor so the total is smallest for a byte budget — by defa
 llama.cpp's own recipe would spend for the requested file type, so the file is the same size.  The
 choice is a knapsack solved greedily on each tensor's convex hull of (bytes, cost): always take the
 upgrade that buys the most predicted KL divergence per byte.  Costs are estimated on a fixed sample
-of rows for large tensors (rows quantize independently, so the estimate is unbiased).
+for large tensors: up to ``SAMPLE_ROWS`` rows (the rows whose Fisher the calibration computes),
+and within them about ``SAMPLE_ELEMENTS`` weights as runs of a row that every candidate
+quantizes on their own (a K-quant super-block of 256 columns; ``sample_unit``), the same number
+of rows drawn for every run of columns and laid side by side, so the sample keeps the matrix's
+columns and importance vector and is quantized in one call per type.  ggml quantizes a K-quant
+super-block from its 256 values and their importance alone, so the estimate is unbiased; the
+legacy types (Q4_0 … Q5_1) weight their rounding by the mean square of the row, which the
+sample's row approximates.
 
 Any type llama.cpp's CPU backend runs is a candidate; a file with per-tensor types is an ordinary
 GGUF (llama-quantize writes such files itself with --tensor-type).
@@ -33,6 +40,7 @@ from edgellm.plan.ggml_types import TYPES
 CANDIDATES_256 = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 CANDIDATES_32 = ("Q4_0", "Q4_1", "IQ4_NL", "Q5_0", "Q5_1", "Q8_0")
 SAMPLE_ROWS = 2048
+SAMPLE_ELEMENTS = 1 << 19        # weights a tensor's costs are estimated on: 2,048 super-blocks of 256
 ROWS_PER_READ = 8192             # rows read at once when only a sample of a big tensor is wanted
 
 
@@ -74,6 +82,27 @@ def sampled_rows(rows: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(rows, SAMPLE_ROWS, replace=False))
 
 
+def sample_unit(cols: int) -> int:
+    """Columns of a row that every candidate type quantizes apart from the rest: a K-quant
+    super-block where the row has them, else the widest run of 32-blocks (<= 256) dividing it."""
+    return 256 if cols % 256 == 0 else max(u for u in range(32, 257, 32) if cols % u == 0)
+
+
+def sampled_runs(rows: int, cols: int, seed: int) -> np.ndarray | None:
+    """For a [rows, cols] matrix of more than ``SAMPLE_ELEMENTS`` weights, the rows drawn in each
+    run of ``sample_unit(cols)`` columns: an index array [k, cols] (k rows drawn per run, the same
+    row for a run's columns), so ``w[index, arange(cols)]`` is a [k, cols] sample whose columns,
+    and importance, are the matrix's own.  None: all of the matrix."""
+    unit = sample_unit(cols)
+    runs = cols // unit
+    per_run = max(1, SAMPLE_ELEMENTS // cols)
+    if per_run >= rows:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    drawn = np.stack([np.sort(rng.choice(rows, per_run, replace=False)) for _ in range(runs)], 1)
+    return np.repeat(drawn, unit, axis=1)
+
+
 def tensor_costs(w: np.ndarray, fisher: np.ndarray | None, imatrix: np.ndarray | None, types, threads: int = 1,
                  seed: int = 0, rows: int | None = None) -> dict[str, float]:
     """Predicted KL divergence of each type for one matrix (GGUF layout, float16-rounded values).
@@ -83,16 +112,22 @@ def tensor_costs(w: np.ndarray, fisher: np.ndarray | None, imatrix: np.ndarray |
         if (pick := sampled_rows(rows, seed)) is not None:
             w = w[pick]
             fisher = None if fisher is None else fisher[pick]
+    if (runs := sampled_runs(w.shape[0], w.shape[1], seed)) is not None:
+        cols = np.arange(w.shape[1])[None, :]
+        w = w[runs, cols]
+        fisher = None if fisher is None else fisher[runs, cols]
     import torch
 
     scale = rows / w.shape[0]
     weight = torch.from_numpy(np.ascontiguousarray(fisher, dtype=np.float32)) if fisher is not None else \
         torch.from_numpy(np.ascontiguousarray(imatrix if imatrix is not None else np.ones(w.shape[1]), np.float32))
-    tw = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    tw = torch.from_numpy(w)
     out = {}
-    for t in types:                     # torch's elementwise work is threaded, numpy's is not
-        d = tw - torch.from_numpy(roundtrip(w, t, imatrix, threads))
-        out[t] = float(0.5 * scale * (weight * d.square_()).sum(dtype=torch.float64))
+    for t in types:                     # torch's products are threaded, numpy's elementwise work is not
+        d2 = (tw - torch.from_numpy(roundtrip(w, t, imatrix, threads))).square_()
+        total = torch.dot(weight.reshape(-1), d2.reshape(-1)) if weight.dim() == 2 else torch.dot(weight, d2.sum(0))
+        out[t] = 0.5 * scale * float(total)
     return out
 
 
