@@ -8,7 +8,7 @@ recipe as plain, rounded by ggml's quantizers with an importance matrix (mean xÂ
 what ``llama-imatrix`` collects) gathered on the calibration text.  "calibrated" is
 ``edgellm export --calibrate``.  The calibration text is the default (training split).
 
-Usage: python benchmarks/quality.py [--model DIR] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only | --onnx-only] [--json OUT]
+Usage: python benchmarks/quality.py [--model DIR | --reference bench|docs|small] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only | --onnx-only] [--json OUT]
        python benchmarks/quality.py --time-calibration DIR     # wall time of calibrating a big model
 (DIR defaults to the ``bench`` reference model: python benchmarks/reference_gpu.py makes it.)
 """
@@ -225,7 +225,9 @@ def time_calibration(model_dir: Path) -> dict:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path)
+    ap.add_argument("--model", type=Path, help="a model folder (default: the --reference model)")
+    ap.add_argument("--reference", default="bench", choices=("bench", "docs", "small"),
+                    help="edgellm's reference model to measure (bench: trained on a GPU; the others here when missing)")
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--time-calibration", type=Path, metavar="DIR")
@@ -240,7 +242,11 @@ if __name__ == "__main__":
         res = time_calibration(a.time_calibration)
     else:
         from edgellm.exporters.reference_model import SPECS, cache_root
-        model_dir = a.model or cache_root() / "reference" / SPECS["bench"].cache_name
+        model_dir = a.model or cache_root() / "reference" / SPECS[a.reference].cache_name
+        if not model_dir.is_dir() and a.model is None and a.reference != "bench":
+            from edgellm.exporters.reference_model import reference_model
+            print(f"training the {a.reference} reference model (minutes on a CPU)")
+            model_dir = reference_model(a.reference)
         if not model_dir.is_dir():
             raise SystemExit(f"{model_dir}: no reference model; make it with benchmarks/reference_gpu.py")
         res = run(model_dir, a.windows, types=() if a.onnx_only else tuple(a.types.split(",")), onnx=not a.gguf_only,
