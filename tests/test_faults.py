@@ -22,17 +22,48 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def export_until(tiny, tmp_path, stage: str, sig: int):
-    """Start a verified export, send ``sig`` when its progress reaches ``stage``."""
+# The export runs under this wrapper: it holds the process at the first progress line that names
+# the stage (sleeping inside the stage's own callback), so the signal lands mid-stage however fast
+# the machine is.  A fixed delay after the line raced a quick verification on a fast CI machine.
+STALL = """
+import sys, time
+stage, after = sys.argv.pop(1), sys.argv.pop(1) == "after"
+
+class Stall:
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        n = self.stream.write(text)
+        if stage in text:
+            self.stream.flush()
+            time.sleep(120)
+        return n
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+if not after:
+    sys.stderr = Stall(sys.stderr)          # before edgellm binds its progress stream
+from edgellm.cli import main
+code = main()
+if after:
+    print(stage, file=sys.stderr, flush=True)
+    time.sleep(3)                           # the interpreter's teardown, stretched
+raise SystemExit(code)
+"""
+
+
+def export_until(tiny, tmp_path, stage: str, sig: int, after: bool = False):
+    """Start a verified export, send ``sig`` while it is in ``stage`` (or, with ``after``, once the
+    command has finished and the interpreter is tearing down)."""
     out = tmp_path / "out"
-    p = subprocess.Popen([EXE, "export", str(tiny("llama")), "--device", "rpi5", "--quant", "Q4_K_M",
+    p = subprocess.Popen([sys.executable, "-c", STALL, stage, "after" if after else "in",
+                          "export", str(tiny("llama")), "--device", "rpi5", "--quant", "Q4_K_M",
                           "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          cwd=tmp_path)
     seen = []
     for line in p.stderr:
         seen.append(line)
         if stage in line:
-            time.sleep(0.2)
             p.send_signal(sig)
             break
     rest = p.stderr.read()
@@ -48,6 +79,13 @@ def test_a_signal_mid_export_leaves_nothing(tiny, tmp_path, stage, sig, code, sa
     assert rc == code, err
     assert err.strip().splitlines()[-1] == f"edgellm: {says}"
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_signal_after_the_export_finished_keeps_its_result(tiny, tmp_path):
+    rc, err, out = export_until(tiny, tmp_path, "<teardown>", signal.SIGTERM, after=True)
+    assert rc == 0, err
+    assert "Traceback" not in err and "stopped" not in err
+    assert (out / "manifest.json").exists() and leftovers(tmp_path) == []
 
 
 def test_after_sigkill_the_next_run_removes_what_the_killed_one_left(tiny, tmp_path):

@@ -103,5 +103,18 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, _on_terminate)
     if getattr(args, "supervised", False):
         from edgellm.cli.supervise import supervised
-        return supervised(lambda: _dispatch(args), args.bundle, show_all=args.debug)
-    return _dispatch(args)
+        code = supervised(lambda: _dispatch(args), args.bundle, show_all=args.debug)
+    else:
+        code = _dispatch(args)
+    if argv is None:
+        _ignore_late_signals()
+    return code
+
+
+def _ignore_late_signals() -> None:
+    """The work is done and its result in place; what is left is the interpreter's teardown (torch's
+    atexit hooks take a moment).  A signal arriving now must not turn a finished export into a
+    traceback or a false 'interrupted': the command exits with the code its work earned."""
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
