@@ -104,3 +104,41 @@ def small_fs(tmp_path):
         return subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
                               capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
     return run
+
+
+# `stalled` runs the command under this wrapper: it holds the process at the first progress line that names
+# the stage (sleeping inside the stage's own callback), so the signal lands mid-stage however fast
+# the machine is (a fixed delay after the line raced a quick verification on a fast CI machine).
+STALL = """
+import sys, time
+stage, after = sys.argv.pop(1), sys.argv.pop(1) == "after"
+
+class Stall:
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        n = self.stream.write(text)
+        if stage in text:
+            self.stream.flush()
+            time.sleep(120)
+        return n
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+if not after:
+    sys.stderr = Stall(sys.stderr)          # before edgellm binds its progress stream
+from edgellm.cli import main
+code = main()
+if after:
+    print(stage, file=sys.stderr, flush=True)
+    time.sleep(3)                           # the interpreter's teardown, stretched
+raise SystemExit(code)
+"""
+
+
+def stalled(stage: str, args: list[str], after: bool = False, **popen_kw):
+    """``edgellm *args`` held at its first stderr line naming ``stage`` (with ``after``: once the
+    command has returned, for 3 s of teardown); stderr is a text pipe, read it to the line."""
+    import subprocess
+    return subprocess.Popen([sys.executable, "-c", STALL, stage, "after" if after else "in", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, write_bundle
+from conftest import CORPUS, stalled, write_bundle
 from edgellm.errors import EXIT_CRASHED, EdgeLLMError
 
 EXE = str(Path(sys.executable).with_name("edgellm"))
@@ -22,44 +22,12 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-# The export runs under this wrapper: it holds the process at the first progress line that names
-# the stage (sleeping inside the stage's own callback), so the signal lands mid-stage however fast
-# the machine is.  A fixed delay after the line raced a quick verification on a fast CI machine.
-STALL = """
-import sys, time
-stage, after = sys.argv.pop(1), sys.argv.pop(1) == "after"
-
-class Stall:
-    def __init__(self, stream):
-        self.stream = stream
-    def write(self, text):
-        n = self.stream.write(text)
-        if stage in text:
-            self.stream.flush()
-            time.sleep(120)
-        return n
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-if not after:
-    sys.stderr = Stall(sys.stderr)          # before edgellm binds its progress stream
-from edgellm.cli import main
-code = main()
-if after:
-    print(stage, file=sys.stderr, flush=True)
-    time.sleep(3)                           # the interpreter's teardown, stretched
-raise SystemExit(code)
-"""
-
-
 def export_until(tiny, tmp_path, stage: str, sig: int, after: bool = False):
     """Start a verified export, send ``sig`` while it is in ``stage`` (or, with ``after``, once the
     command has finished and the interpreter is tearing down)."""
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-c", STALL, stage, "after" if after else "in",
-                          "export", str(tiny("llama")), "--device", "rpi5", "--quant", "Q4_K_M",
-                          "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=tmp_path)
+    p = stalled(stage, ["export", str(tiny("llama")), "--device", "rpi5", "--quant", "Q4_K_M", "-o", str(out)],
+                after=after, cwd=tmp_path)
     seen = []
     for line in p.stderr:
         seen.append(line)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import CORPUS, write_bundle
+from conftest import CORPUS, stalled, write_bundle
 
 
 def copy_model(tiny, tmp_path, name="model"):
@@ -251,23 +251,23 @@ def test_a_second_export_to_the_same_output_fails_naming_the_first(tmp_path):
 
 
 def test_two_export_commands_at_once(run_cli, tiny, tmp_path):
-    import subprocess
-    import sys
+    import signal
 
-    exe = os.path.join(os.path.dirname(sys.executable), "edgellm")
     out = tmp_path / "out"
-    first = subprocess.Popen([exe, "export", str(tiny("llama")), "--device", "rpi5", "--quant", "Q4_K_M",
-                              "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = tmp_path / ".out.lock"
-    for _ in range(600):
-        if lock.exists() and lock.read_text().strip():
+    # the first is held inside its verification (holding the output's lock) however fast it runs
+    first = stalled("[2/3] verifying", ["export", str(tiny("llama")), "--device", "rpi5", "--quant", "Q4_K_M",
+                                        "-o", str(out)], cwd=tmp_path)
+    for line in first.stderr:
+        if "[2/3] verifying" in line:
             break
-        time.sleep(0.05)
+    assert (tmp_path / ".out.lock").read_text().strip()
     second = run_cli("export", str(tiny("llama")), *EXPORT, "-o", str(out))
-    first.communicate(timeout=300)
-    assert first.returncode == 0
     err = one_line_error(second, 1)
     assert f"another edgellm process (PID {first.pid}) is writing it" in err
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=300)
+    assert first.returncode == 143
+    assert not out.exists() and not (tmp_path / ".out.lock").exists()
 
 
 # -- 8. unsupported config features are refused at export --------------------------------------
