@@ -35,7 +35,7 @@ def main() -> int:
     ap.add_argument("llama_cpp", type=Path)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", default="auto", help="auto (bfloat16 where native), float32 or bfloat16")
+    ap.add_argument("--precision", default="auto", help="auto (bfloat16 on AMX or a GPU, else float32), float32 or bfloat16")
     ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
     ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
     ap.add_argument("--f16-only", action="store_true", help="time llama-imatrix on the F16 GGUF only")

@@ -157,20 +157,32 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
 
 
 def compute_dtype(precision: str, device: str) -> str:
-    """The matrix products' type: ``auto`` is bfloat16 where the hardware multiplies it natively
-    (a GPU; a CPU with AVX512-BF16 or AMX, through oneDNN), float32 elsewhere.  The statistics
-    are summed in float32 either way."""
+    """The matrix products' type: ``auto`` is bfloat16 on a GPU that has it and on a CPU with AMX
+    tiles (oneDNN multiplies bfloat16 there), float32 elsewhere.  AVX512-BF16 alone is not enough:
+    on a Xeon with oneDNN held to it (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16) the statistics of a
+    Qwen2.5-0.5B shape took 113 s in bfloat16 against 86 s in float32, and 52 s in bfloat16 on the
+    AMX tiles (benchmarks/RESULTS.md).  The statistics are summed in float32 either way."""
     import torch
 
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_amx() else "float32"
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles that this process may use (the kernel grants them on request) and that oneDNN is
+    not told to leave alone."""
+    import torch
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap != "ALL" and "AMX" not in cap:
+        return False
     try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bfloat16" if native else "float32"
+        return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._init_amx())
+    except (AttributeError, RuntimeError):          # private API: a torch without it has no AMX path
+        return False
 
 
 def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed, progress,

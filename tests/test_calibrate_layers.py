@@ -104,7 +104,7 @@ def test_only_the_sampled_rows_fisher_is_computed_and_the_costs_are_the_same(tin
 
 
 def test_bfloat16_products_give_close_statistics(tiny):
-    """Where bfloat16 is native (``auto``), the matrix products run in it: the importance and XᵀX
+    """Where bfloat16 is native (``auto`` on AMX or a GPU), the matrix products run in it: the importance and XᵀX
     stay within a few percent of float32's, the Fisher within its sampling noise."""
     folder = tiny("llama")
     ref = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=3, hessian=True,
@@ -156,3 +156,24 @@ def test_the_per_token_fisher_is_the_windows_squared_gradient_for_one_token_wind
             assert 0.2 < ratio < 5, (name, ratio)
     with pytest.raises(ValueError, match="fisher_per"):
         collect_layerwise(folder, open_checkpoint(folder), TEXT, fisher_per="layer", **one)
+
+
+def test_auto_precision_is_bfloat16_on_the_cpu_only_with_amx(monkeypatch):
+    import torch
+
+    from edgellm.exporters import calibrate_layers as cl
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: True)
+    assert cl.compute_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")     # oneDNN told to leave AMX alone
+    assert cl.compute_dtype("auto", "cpu") == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert cl.compute_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: False)       # the kernel refuses the tiles
+    assert cl.compute_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: True)
+    assert cl.compute_dtype("auto", "cpu") == "float32"               # AVX512-BF16 alone: float32 is faster
+    assert cl.compute_dtype("bfloat16", "cpu") == "bfloat16"          # asked for: as asked
