@@ -15,7 +15,7 @@ llama.cpp's tools built from the llama-cpp-python sdist, as the GGUF benchmarks 
   cmake --build build --target llama-imatrix llama-quantize -j2
 
 Usage: python benchmarks/calibration_speed.py MODEL_DIR LLAMA_CPP_DIR [--windows 16] [--threads 2] [--precision auto] [--fisher-windows N] [--fisher-per token]
-                                                    [--no-xtx] [--f16-only]
+                                                    [--no-xtx] [--f16-only] [--sample-elements N]
 """
 
 from __future__ import annotations
@@ -38,9 +38,14 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", help="auto (bfloat16 on AMX or a GPU, else float32), float32 or bfloat16")
     ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
     ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
+    ap.add_argument("--sample-elements", type=int, help="weights a tensor's costs are estimated on "
+                    "(default: gguf.mix.SAMPLE_ELEMENTS)")
     ap.add_argument("--f16-only", action="store_true", help="time llama-imatrix on the F16 GGUF only")
     ap.add_argument("--no-xtx", action="store_true", help="skip timing the writer's XᵀX recomputation")
     a = ap.parse_args()
+    if a.sample_elements:
+        from edgellm.exporters.gguf import mix
+        mix.SAMPLE_ELEMENTS = a.sample_elements
 
     from edgellm import models
     from edgellm.exporters.calibrate import default_text
