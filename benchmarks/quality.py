@@ -237,7 +237,12 @@ if __name__ == "__main__":
     ap.add_argument("--precision", help="calibration products: auto, float32, bfloat16 (default: auto)")
     ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
     ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
+    ap.add_argument("--sample-elements", type=int, help="weights a tensor's costs are estimated on "
+                    "(default: gguf.mix.SAMPLE_ELEMENTS)")
     a = ap.parse_args()
+    if a.sample_elements:
+        from edgellm.exporters.gguf import mix
+        mix.SAMPLE_ELEMENTS = a.sample_elements
     if a.time_calibration:
         res = time_calibration(a.time_calibration)
     else:

@@ -40,7 +40,7 @@ from edgellm.plan.ggml_types import TYPES
 CANDIDATES_256 = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 CANDIDATES_32 = ("Q4_0", "Q4_1", "IQ4_NL", "Q5_0", "Q5_1", "Q8_0")
 SAMPLE_ROWS = 2048
-SAMPLE_ELEMENTS = 1 << 19        # weights a tensor's costs are estimated on: 2,048 super-blocks of 256
+SAMPLE_ELEMENTS = 1 << 18        # weights a tensor's costs are estimated on: 1,024 super-blocks of 256
 ROWS_PER_READ = 8192             # rows read at once when only a sample of a big tensor is wanted
 
 
