@@ -3,7 +3,8 @@ measured in one run (issue 16: edgellm's calibration at most 2x llama-imatrix's)
 
 llama-imatrix runs the model's F16 GGUF (and its BF16 one, where llama-quantize is built: ggml's
 bfloat16 products are native on AVX512-BF16 CPUs) forward over the text in chunks and sums x² per
-input column; the ratio is against the faster of the two.  edgellm's calibration is timed as `edgellm export --calibrate` runs it before quantizing:
+input column; the ratio is against the faster of the two.  edgellm's calibration is timed as
+`edgellm export --calibrate` runs it before quantizing:
 the same importance vectors (``calibrate_layers.collect_layerwise``), the Fisher diagonal (a
 backward pass on a few windows) turned into each tensor's predicted loss per candidate type as it
 comes (``gguf.mix.Costs``, the export's sink: only the rows the estimate samples), and the types
@@ -66,13 +67,12 @@ def _run(a, model, ckpt, text: str, work: Path) -> int:
     from edgellm.exporters.gguf.mix import Costs, mixed_types
     from edgellm.models.families import family_for
 
+    arch = family_for(model, "gguf")
     (work / "calib.txt").write_text(text)
-    peers = _peer_times(a, model, ckpt, work)
+    peers = _peer_times(a, model, ckpt, arch, work)
     if peers is None:
         return 1
     peer_type, peer = min(peers.items(), key=lambda kv: kv[1])
-
-    arch = family_for(model, "gguf")
 
     table_s = [0.0]
 
@@ -118,17 +118,16 @@ def _run(a, model, ckpt, text: str, work: Path) -> int:
     return 0
 
 
-def _peer_times(a, model, ckpt, work: Path) -> dict[str, float] | None:
+def _peer_times(a, model, ckpt, arch, work: Path) -> dict[str, float] | None:
     """llama-imatrix's wall time on the model's F16 GGUF and, where llama-quantize is built
     beside it, on a BF16 one: ggml multiplies bfloat16 natively on CPUs with AVX512-BF16 (on one
     such machine 1.5x faster than F16), and edgellm's products are bfloat16 there too, so the
     ratio is taken against the faster."""
     from edgellm.exporters.gguf.vocab import read_vocab
     from edgellm.exporters.gguf.write import write_gguf
-    from edgellm.models.families import family_for
 
     f16 = work / "F16.gguf"
-    write_gguf(model, ckpt, family_for(model, "gguf"), read_vocab(a.model, model.vocab), a.model, f16, "F16",
+    write_gguf(model, ckpt, arch, read_vocab(a.model, model.vocab), a.model, f16, "F16",
                a.threads)
     files = {"F16": f16}
     bins = a.llama_cpp / "build" / "bin"

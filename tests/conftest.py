@@ -106,9 +106,10 @@ def small_fs(tmp_path):
     return run
 
 
-# `stalled` runs the command under this wrapper: it holds the process at the first progress line that names
-# the stage (sleeping inside the stage's own callback), so the signal lands mid-stage however fast
-# the machine is (a fixed delay after the line raced a quick verification on a fast CI machine).
+# `stalled` runs the command under this wrapper: it holds the process at the first progress line
+# that names the stage (sleeping inside the stage's own callback), so a signal lands mid-stage
+# however fast the machine is (a fixed delay after the line raced a quick verification on a fast
+# CI machine).
 STALL = """
 import sys, time
 stage, after = sys.argv.pop(1), sys.argv.pop(1) == "after"
@@ -139,6 +140,5 @@ raise SystemExit(code)
 def stalled(stage: str, args: list[str], after: bool = False, **popen_kw):
     """``edgellm *args`` held at its first stderr line naming ``stage`` (with ``after``: once the
     command has returned, for 3 s of teardown); stderr is a text pipe, read it to the line."""
-    import subprocess
     return subprocess.Popen([sys.executable, "-c", STALL, stage, "after" if after else "in", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)
