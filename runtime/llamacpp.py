@@ -22,6 +22,48 @@ from edgellm.runtime.quiet import captured_stderr
 from edgellm.runtime.tokenizer import render_chat
 
 
+class _SandboxedChatFormatter:
+    """Stands in for llama-cpp-python's ``Jinja2ChatFormatter`` while a ``Llama`` is built.
+
+    Security boundary: ``Llama()`` compiles every ``tokenizer.chat_template*`` of the GGUF's
+    metadata with its own Jinja environment, and its ``create_chat_completion`` renders them there,
+    unbounded (CVE-2024-34359 is this path).  With this class in its place nothing is compiled at
+    load, and a chat completion an app asks of our ``Llama`` renders through ``render_chat``: the
+    sandbox with its time and memory bounds, in a child process."""
+
+    def __init__(self, template: str, eos_token: str, bos_token: str, add_generation_prompt: bool = True,
+                 stop_token_ids=None, **_):
+        self.template, self.eos_token, self.bos_token = template, eos_token, bos_token
+        self.add_generation_prompt = add_generation_prompt
+
+    def __call__(self, *, messages, functions=None, function_call=None, tools=None, tool_choice=None, **kwargs):
+        from llama_cpp import llama_chat_format
+
+        extra = {k: v for k, v in (("tools", tools), ("functions", functions)) if v is not None}
+        prompt = render_chat(self.template, list(messages), self.add_generation_prompt,
+                             where="the GGUF's chat template", eos_token=self.eos_token,
+                             bos_token=self.bos_token, **extra)
+        return llama_chat_format.ChatFormatterResponse(prompt=prompt, stop=[self.eos_token], added_special=True)
+
+    def to_chat_handler(self):
+        from llama_cpp import llama_chat_format
+
+        return llama_chat_format.chat_formatter_to_chat_completion_handler(self)
+
+
+@contextmanager
+def _templates_sandboxed():
+    """llama-cpp-python's template formatter swapped for ours while ``Llama()`` runs."""
+    from llama_cpp import llama_chat_format
+
+    theirs = llama_chat_format.Jinja2ChatFormatter
+    llama_chat_format.Jinja2ChatFormatter = _SandboxedChatFormatter
+    try:
+        yield
+    finally:
+        llama_chat_format.Jinja2ChatFormatter = theirs
+
+
 def _trained_context(path: Path) -> int | None:
     """The context the model was trained for (GGUF ``<arch>.context_length``), if readable."""
     from edgellm.runtime.gguf_check import read_header
@@ -85,7 +127,7 @@ class LlamaCppModel:
         supervised = os.environ.get("EDGELLM_SUPERVISED") == "1"
         try:
             guard = _without_extra_buffers() if _cpu_has_amx() else nullcontext()
-            with nullcontext() if supervised else captured_stderr(), guard:
+            with nullcontext() if supervised else captured_stderr(), guard, _templates_sandboxed():
                 # flash attention on, as llama.cpp's own "auto" default picks on CPU
                 self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
                                  n_threads=self.threads, n_threads_batch=self.threads,

@@ -10,6 +10,8 @@ Reading a tokenizer file is bounded the same way (``read_small_text``).
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +22,7 @@ TEMPLATE_FILE = "chat_template.jinja"          # where transformers 5 saves the 
 MAX_TEMPLATE_CHARS = 1 << 20                   # real templates are a few KB
 MAX_PROMPT_CHARS = 4 << 20                     # the rendered prompt
 MAX_RENDER_SECONDS = 5.0
+MAX_RENDER_BYTES = 256 << 20                  # memory a render may add to the process it runs in
 MAX_CONFIG_BYTES = 16 << 20                    # tokenizer_config.json / generation_config.json
 
 
@@ -88,7 +91,7 @@ class _Budget:
     without writing anything (nested ``range`` loops) still stops at the deadline."""
 
     def __init__(self):
-        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS - 0.3    # inside the child's kill deadline
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
@@ -99,8 +102,54 @@ class _Overrun(Exception):
     pass
 
 
+LAST_RENDER: dict = {}                          # the last child's wall time and peak RSS (benchmarks)
+MAX_INT_BITS = 1 << 16                          # a number of about 20,000 digits
+_WIDE_FORMAT = re.compile(r"%[-+ #0]*\*|%[-+ #0]*\d{7,}|%[-+ #0]*\d*\.\d{7,}|\{[^{}]*(?:\d{7,}|\{)")
+
+
+def _big(value) -> str | None:
+    """Why ``value`` is too big to keep, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        return f"built a number of more than {MAX_INT_BITS:,} bits"
+    if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)) and len(value) > MAX_PROMPT_CHARS:
+        return f"built a value of more than {MAX_PROMPT_CHARS:,} items"
+    return None
+
+
+def _check(value):
+    if (why := _big(value)) is not None:
+        raise _Overrun(why)
+    return value
+
+
+def _check_sizes(args, kwargs) -> None:
+    """Arguments that ask for a huge width or count (``center(10**9)``, ``ljust``, ``zfill``,
+    ``indent``, ``wordwrap``, ``batch``...) are refused before the operation allocates."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_PROMPT_CHARS:
+            raise _Overrun(f"asked for a size of {a:,}")
+        if isinstance(a, float) and abs(a) > MAX_PROMPT_CHARS and a == a:
+            raise _Overrun(f"asked for a size of {a:g}")
+        _check(a)
+
+
+def _check_format(text) -> None:
+    """A format string whose width or precision alone builds a huge value (``%999999999d``,
+    ``{:>999999999}``, a ``*`` or nested ``{}`` width) is refused before it is applied."""
+    if isinstance(text, str) and _WIDE_FORMAT.search(text):
+        raise _Overrun("asked for a huge format width")
+
+
 def _environment(budget: _Budget):
+    """Jinja's immutable sandbox with every operation that can build a value bounded: calls,
+    filters, the arithmetic and concatenation operators, ``range``.  What these checks miss (an
+    operation no one listed) is still stopped by the child process's memory and time limits."""
+    import functools
+
     from jinja2 import ext
+    from jinja2.compiler import CodeGenerator
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -112,7 +161,8 @@ def _environment(budget: _Budget):
                           sort_keys=sort_keys)
 
     def strftime_now(fmt):
-        return time.strftime(fmt)
+        _check_format(fmt)
+        return time.strftime(str(fmt)[:256])
 
     def bounded_range(*args):
         r = range(*args)
@@ -122,40 +172,83 @@ def _environment(budget: _Budget):
             budget.tick()
             yield i
 
+    class Generator(CodeGenerator):
+        def visit_Concat(self, node, frame):    # `a ~ b`: through the environment, to be bounded
+            self.write("environment.concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
     class Env(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**"])
+        intercepted_binops = frozenset(["*", "**", "+", "%"])
+        code_generator_class = Generator
+
+        def concat(self, parts):
+            budget.tick()
+            if sum(len(p) if isinstance(p, str) else 64 for p in parts) > MAX_PROMPT_CHARS:
+                raise _Overrun(f"built a value of more than {MAX_PROMPT_CHARS:,} items")
+            return _check("".join(str(p) for p in parts))
 
         def call_binop(self, context, operator, left, right):
             budget.tick()
-            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1000:
-                raise _Overrun("raised a number to a huge power")
+            ints = all(isinstance(v, int) for v in (left, right))
+            if operator == "**":
+                if ints and right > 0 and left not in (0, 1, -1) and left.bit_length() * right > MAX_INT_BITS:
+                    raise _Overrun("raised a number to a huge power")
+                if isinstance(right, (int, float)) and abs(right) > 1000 and not ints:
+                    raise _Overrun("raised a number to a huge power")
             if operator == "*":
+                if ints and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                    raise _Overrun(f"built a number of more than {MAX_INT_BITS:,} bits")
                 for seq, n in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_PROMPT_CHARS:
                         raise _Overrun(f"built a value of more than {MAX_PROMPT_CHARS:,} items")
-            return super().call_binop(context, operator, left, right)
+            if operator == "+" and all(isinstance(v, (str, list, tuple)) for v in (left, right)) \
+                    and len(left) + len(right) > MAX_PROMPT_CHARS:
+                raise _Overrun(f"built a value of more than {MAX_PROMPT_CHARS:,} items")
+            if operator == "%":
+                _check_format(left)
+                _check_sizes(right if isinstance(right, tuple) else (right,), {})
+            return _check(super().call_binop(context, operator, left, right))
 
         def call(__self, __context, __obj, *args, **kwargs):     # noqa: N805 - jinja's signature
             budget.tick()
-            return super().call(__context, __obj, *args, **kwargs)
+            _check_sizes(args, kwargs)
+            return _check(super().call(__context, __obj, *args, **kwargs))
+
+        def wrap_str_format(self, value):     # `'...'.format` is looked up: its widths checked then
+            if getattr(value, "__name__", "") in ("format", "format_map"):
+                _check_format(getattr(value, "__self__", None))
+            return super().wrap_str_format(value)
+
+    def bounded(name, f):
+        @functools.wraps(f)                     # keeps jinja's pass_context/pass_environment marks
+        def filt(*args, **kwargs):
+            budget.tick()
+            _check_sizes([a for a in args if not hasattr(a, "environment") and not hasattr(a, "autoescape")],
+                         kwargs)
+            if name == "format" and args:
+                _check_format(next((a for a in args if isinstance(a, str)), None))
+            return _check(f(*args, **kwargs))
+        return filt
 
     # the options transformers' apply_chat_template uses, so prompts match the original's
     env = Env(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
     env.filters["tojson"] = tojson
+    env.filters = {name: bounded(name, f) for name, f in env.filters.items()}
+    env.tests = {name: bounded(name, f) for name, f in env.tests.items()}
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["range"] = bounded_range
     return env
 
 
-def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
-                where: str = "the model", **variables) -> str:
-    """``template`` applied to ``messages`` in the sandbox.  ``variables`` are the special tokens
-    (bos_token, eos_token, ...), as transformers passes them."""
+def _render_here(template: str, messages: list[dict], add_generation_prompt: bool, where: str,
+                 variables: dict) -> str:
+    """The render itself, in this process (the child ``render_chat`` starts)."""
     from jinja2.exceptions import SecurityError, TemplateError
 
-    if len(template) > MAX_TEMPLATE_CHARS:
-        raise BadInput(f"{where}: chat template of {len(template):,} characters is too long")
     budget = _Budget()
     out: list[str] = []
     size = 0
@@ -173,14 +266,129 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
     except SecurityError as e:
         raise BadInput(f"{where}: chat template refused: it tried to reach outside the sandbox ({e})") from None
     except TemplateError as e:
-        raise BadInput(f"{where}: chat template failed: {e}") from None
+        raise BadInput(f"{where}: chat template failed: {str(e)[:300]}") from None
     except RecursionError:
         raise BadInput(f"{where}: chat template recursed too deeply; refused") from None
+    except MemoryError:
+        raise BadInput(f"{where}: chat template needed more than {MAX_RENDER_BYTES >> 20} MiB; refused") from None
     except BadInput:
         raise
-    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError, MemoryError) as e:
+    except Exception as e:  # noqa: BLE001 - any error a stranger's template provokes is one line
         raise BadInput(f"{where}: chat template failed ({type(e).__name__}: {str(e)[:160]})") from None
     return "".join(out)
+
+
+def _limit_this_process() -> None:
+    """Memory and CPU limits for the render's child: its address space may grow by
+    ``MAX_RENDER_BYTES`` past what it inherited, its CPU time is bounded too."""
+    import resource
+
+    def lower(which, soft):
+        cur_soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        if cur_soft == resource.RLIM_INFINITY or soft < cur_soft:
+            resource.setrlimit(which, (soft, hard))
+
+    try:
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        lower(resource.RLIMIT_AS, size + MAX_RENDER_BYTES)
+    except (OSError, ValueError):
+        pass                                    # no /proc (macOS): the time limit still holds
+    try:
+        lower(resource.RLIMIT_CPU, int(MAX_RENDER_SECONDS) + 2)
+    except (OSError, ValueError):
+        pass
+
+
+def _in_child(template: str, messages: list[dict], add_generation_prompt: bool, where: str,
+              variables: dict) -> str:
+    """``_render_here`` in a forked child under memory and CPU limits, killed at the deadline: a
+    single operation no check foresaw (one huge allocation, a slow builtin) cannot hang or exhaust
+    this process.  The answer comes back through a pipe, bounded."""
+    import select
+    import signal
+
+    r, w = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:                                # the child: render, answer, exit without cleanup
+        code = 0
+        try:
+            os.close(r)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)   # the parent's handlers clean up the parent's files
+            _limit_this_process()
+            try:
+                answer = {"ok": _render_here(template, messages, add_generation_prompt, where, variables)}
+            except BadInput as e:
+                answer = {"error": str(e)}
+            except BaseException as e:  # noqa: BLE001 - reported by the parent as one line
+                answer = {"error": f"{where}: chat template failed ({type(e).__name__}); refused"}
+            data = json.dumps(answer).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+        except BaseException:  # noqa: BLE001 - nothing may escape the child
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    limit = MAX_PROMPT_CHARS * 6 + 4096         # JSON of the largest prompt allowed
+    chunks, got, why = [], 0, None
+    deadline = started + MAX_RENDER_SECONDS
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = f"ran longer than {MAX_RENDER_SECONDS:g} s"
+                break
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            block = os.read(r, 1 << 20)
+            if not block:
+                break
+            chunks.append(block)
+            got += len(block)
+            if got > limit:
+                why = f"output passed {MAX_PROMPT_CHARS:,} characters"
+                break
+    finally:
+        os.close(r)
+        if why is not None:
+            os.kill(pid, signal.SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+        LAST_RENDER.update(seconds=time.monotonic() - started, peak_rss_bytes=usage.ru_maxrss * 1024)
+    if why is not None:
+        raise BadInput(f"{where}: chat template {why}; refused")
+    try:
+        answer = json.loads(b"".join(chunks))
+    except ValueError:
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status)
+        raise BadInput(f"{where}: chat template exhausted the render's memory or time limits"
+                       + (f" (signal {killed})" if killed else "") + "; refused") from None
+    if "error" in answer:
+        raise BadInput(str(answer["error"]))
+    return answer["ok"]
+
+
+def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
+                where: str = "the model", **variables) -> str:
+    """``template`` applied to ``messages`` in the sandbox, in a child process bounded in memory
+    (``MAX_RENDER_BYTES`` beyond this process) and time (``MAX_RENDER_SECONDS``).  ``variables``
+    are the special tokens (bos_token, eos_token, ...), as transformers passes them."""
+    if not isinstance(template, str):
+        raise BadInput(f"{where}: the chat template is not text")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise BadInput(f"{where}: chat template of {len(template):,} characters is too long")
+    import jinja2.sandbox  # noqa: F401 - imported here, not in the child
+    import jinja2.compiler  # noqa: F401
+
+    if not hasattr(os, "fork"):                 # Windows: the in-process checks alone
+        return _render_here(template, messages, add_generation_prompt, where, variables)
+    return _in_child(template, messages, add_generation_prompt, where, variables)
 
 
 def special_variables(config: dict) -> dict[str, str]:
