@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm import __version__
-from edgellm.runtime.bundle import sha256_file
+from edgellm.runtime.bundle import MANIFEST, sha256_file
 from edgellm.errors import BadInput
-from edgellm.packaging.targets import TARGETS, PackFile
+from edgellm.packaging.targets import TARGETS, PackFile, safe_name
 
 MARKER = "edgellm-package.json"
 INDEX = "index.json"
@@ -70,6 +70,20 @@ def _split(bundle, work: Path, max_bytes: int) -> list[PackFile]:
     return out + [_file("manifest.json", work / "manifest.json")]
 
 
+def _names(bundle) -> str:
+    """The model's name for the package, once every bundle name the generated code and scripts
+    embed has passed safe_name: a hostile bundle is refused before anything is written."""
+    m, where = bundle.manifest, bundle.folder / MANIFEST
+    for name in m["files"]:
+        safe_name(name, f"{where}: files entry")
+    if m.get("device") is not None:
+        safe_name(m["device"], f"{where}: device")
+    name = (m.get("model") or {}).get("name")
+    if name:
+        return safe_name(Path(str(name)).name, f"{where}: model.name", shown=name)
+    return safe_name(bundle.folder.name, "the bundle folder's name (the manifest has no model.name)")
+
+
 def _device_ram(name: str | None) -> int | None:
     from edgellm import devices
     from edgellm.errors import EdgeLLMError
@@ -82,7 +96,7 @@ def _device_ram(name: str | None) -> int | None:
 
 def package(req: PackageRequest, say: Callable[[str], None] = lambda s: None) -> PackageResult:
     from edgellm.exporters.package import staging
-    from edgellm.runtime.bundle import MANIFEST, open_bundle
+    from edgellm.runtime.bundle import open_bundle
 
     target = TARGETS.get(req.target)
     if target is None:
@@ -92,7 +106,10 @@ def package(req: PackageRequest, say: Callable[[str], None] = lambda s: None) ->
     bundle = open_bundle(Path(req.bundle))            # every file checked, read through the checked files
     try:
         m = bundle.manifest
-        model = Path(str((m.get("model") or {}).get("name") or bundle.folder.name)).name
+        model = _names(bundle)
+        peak = (m.get("prediction") or {}).get("peak_memory_bytes")     # a number the iOS note writes
+        if peak is not None and (type(peak) is not int or peak < 0):
+            raise BadInput(f"{bundle.folder / MANIFEST}: prediction.peak_memory_bytes {ascii(peak)[:80]} is not a byte count")
         out = req.out or Path(f"{bundle.folder.name}-{target.name}")
         if out.resolve() == bundle.folder.resolve():
             raise BadInput(f"{out}: the package cannot be written over its bundle")
@@ -107,9 +124,8 @@ def package(req: PackageRequest, say: Callable[[str], None] = lambda s: None) ->
                 src = bundle.load_dir or bundle.folder
                 files = [PackFile(n, src / n, meta["bytes"], meta["sha256"]) for n, meta in m["files"].items()]
                 files.append(_file(MANIFEST, bundle.folder / MANIFEST))
-            pred = m.get("prediction") or {}
             lay = target.layout(files, model, m["artifact"], m["choice"]["format"], req.delivery,
-                                pred.get("peak_memory_bytes"), _device_ram(m.get("device")), str(m.get("device")))
+                                peak, _device_ram(m.get("device")), str(m.get("device")))
             say(f"laying out {len(files)} files for {target.name} ({lay.delivery})")
             for rel, f in lay.placed:
                 dest = tmp / rel

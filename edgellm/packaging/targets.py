@@ -3,6 +3,10 @@
 Each target takes the package's files (the bundle's, with a GGUF split when asked) and says
 where each goes, what the store's size rules allow (an error names the limit and the size), and
 what the integration note tells the developer, with the exact file names of this package.
+
+Those names come from the bundle, which may come from a stranger, and land in Kotlin, Swift,
+Gradle, shell and Markdown: every one passes ``safe_name`` (a strict character set) first, so no
+quote, ``$``/``${…}`` template, backslash, backtick, newline or look-alike letter reaches them.
 """
 
 from __future__ import annotations
@@ -16,12 +20,33 @@ from edgellm.packaging import limits
 from edgellm.units import fmt_bytes
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 128
+
+
+def safe_name(value, field: str, limit: int = MAX_NAME, shown=None) -> str:
+    """``value`` if it may be written as is into generated code, scripts, paths and URLs (ASCII
+    letters, digits, '.', '_', '-'; a letter or digit first, so never '..', '-x' or hidden; at most
+    ``limit`` characters); else BadInput naming ``field`` with the value escaped (ascii(), so a
+    look-alike letter or a newline shows) and trimmed, on one line.  Refusing rather than escaping
+    per language: one rule that holds in every language the package writes."""
+    if isinstance(value, str) and len(value) <= limit and SAFE_NAME.fullmatch(value):
+        return value
+    text = ascii(value if shown is None else shown)
+    text = text if len(text) <= 80 else text[:76] + "..."
+    raise BadInput(f"{field} {text} is not a name edgellm writes into app code: letters, digits, '.', '_', '-', "
+                   f"starting with a letter or digit, at most {limit} characters; rename it (export again)")
+
+
 @dataclass(frozen=True)
 class PackFile:
     name: str            # file name in the bundle (or a split part)
     source: Path
     bytes: int
     sha256: str
+
+    def __post_init__(self):
+        safe_name(self.name, "file name", 255)   # every packaged name, whatever made it (a split part too)
 
 
 @dataclass
@@ -35,7 +60,7 @@ class Layout:
 
 def _ident(text: str) -> str:
     s = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "model"
-    return s if s[0].isalpha() else f"m_{s}"
+    return safe_name(s if s[0].isalpha() else f"m_{s}", "model.name", MAX_NAME + 2, shown=text)
 
 
 def store_bytes(n: int) -> str:
