@@ -65,13 +65,11 @@ def run_ranks(n: int, argv: list[str], out: Path, work: Path, entry: tuple[str, 
     if rc == 0:
         log.unlink(missing_ok=True)
         return 0
-    from edgellm.exporters.distill.checkpoint import where
+    from edgellm.exporters.distill.checkpoint import last_step
 
     text = log.read_text(errors="replace")
-    at = where(work)
-    if at is not None:
-        import json
-        step = json.loads((at / "meta.json").read_text()).get("step")
+    step = last_step(work)
+    if step is not None:
         kept = f"the last checkpoint (step {step}) stays usable with --resume"
     else:
         kept = "no checkpoint was written yet"

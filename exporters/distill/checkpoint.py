@@ -1,18 +1,28 @@
-"""Distillation checkpoints in torch's distributed checkpoint format (``torch.distributed.checkpoint``).
+"""Distillation checkpoints as data only: one safetensors file and one JSON file.
 
-The student's and the optimizer's state are saved as they lie, sharded over however many ranks
-wrote them, and load on any other number (one process included): DCP reshards on load.  Beside
-them ``meta.json`` (rank 0's): the step, the losses so far, the data generator's state and the
-settings, so a resumed run draws the same batches from the same position.  A checkpoint is
-written into ``checkpoint.partial`` and renamed into place when whole: an interruption leaves the
-previous one usable.
+Security boundary: a work folder sits beside the output, where anyone who can write there can
+plant files, and ``--resume`` reads what it finds.  So nothing in it is unpickled (torch's
+distributed checkpoint keeps its ``.metadata`` as a pickle: that format is not used), the folder
+is one we made (fresh, mode 0700, holding ``MARKER``) or it is refused, and the state file is
+checked against the sha256 that ``meta.json`` recorded when it was written.
+
+The student's and the optimizer's state are gathered whole (``full_state_dict``) on rank 0 and
+written as plain tensors named ``model/FQN`` and ``optim/FQN/KEY``; the optimizer's param groups,
+the step, the losses so far, the data generator's state and the settings go to ``meta.json``.  A
+checkpoint loads on any number of processes (one included): rank 0 reads it and the state is
+broadcast into the shards.  It is written into ``checkpoint.partial`` and renamed into place when
+whole, so an interruption leaves the previous one usable.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import math
+import os
 import shutil
+import stat
 import warnings
 from pathlib import Path
 
@@ -20,31 +30,139 @@ from edgellm.errors import BadInput
 from edgellm.exporters.distill.ranks import Ranks, barrier
 
 NAME = "checkpoint"
+STATE = "state.safetensors"
+META = "meta.json"
+MARKER = ".edgellm-distill-work"
+MARKER_TEXT = '{"edgellm": "distill work folder", "version": 1}\n'
+MAX_META_BYTES = 64 << 20          # the losses of a long run; the tensors are in STATE
+
+
+def _marked(work: Path) -> bool:
+    """``work`` is a real folder of ours: not a link, owned by this user, holding our marker."""
+    try:
+        st = os.lstat(work)
+        m = os.lstat(work / MARKER)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or not stat.S_ISREG(m.st_mode) \
+            or m.st_size != len(MARKER_TEXT):
+        return False
+    return (work / MARKER).read_text(errors="replace") == MARKER_TEXT
+
+
+def prepare(work: Path, resume: bool) -> None:
+    """Make ``work`` ready (rank 0 only): kept as it is when resuming from a folder of ours,
+    replaced by a fresh one otherwise.  A path there that is not ours is refused, never deleted."""
+    if os.path.lexists(work):
+        if not _marked(work):
+            raise BadInput(f"{work}: exists and is not an edgellm distillation work folder; "
+                           "edgellm neither uses nor deletes it (move it away)")
+        if resume:
+            return
+        shutil.rmtree(work)
+    work.mkdir(mode=0o700)
+    os.chmod(work, 0o700)                      # whatever the umask
+    fd = os.open(work / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(MARKER_TEXT)
+
+
+def discard(work: Path) -> None:
+    """Remove ``work`` when the run is done, if it is ours; anything else there is left alone."""
+    if _marked(work):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def where(work: Path) -> Path | None:
     """The usable checkpoint in ``work``, if any (the previous one when a swap was interrupted)."""
     for p in (work / NAME, work / f"{NAME}.old"):
-        if (p / "meta.json").is_file():
+        if os.path.lexists(p / META):          # whatever it is: reading it checks it
             return p
     return None
 
 
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 22), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _flatten(model_sd: dict, optim_sd: dict) -> tuple[dict, dict]:
+    """(tensors for safetensors, the optimizer's non-tensor part for JSON).  Tensors that share
+    storage (a tied head) are copied apart: safetensors refuses aliases."""
+    import torch
+
+    tensors, seen = {}, set()
+
+    def put(key, t):
+        t = t.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[key] = t
+
+    for k, v in model_sd.items():
+        put(f"model/{k}", v)
+    scalars = {}
+    for fqn, entry in optim_sd.get("state", {}).items():
+        for key, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                put(f"optim/{fqn}/{key}", v)
+            else:
+                scalars.setdefault(fqn, {})[key] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+              for g in optim_sd.get("param_groups", [])]
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def _unflatten(tensors: dict, optim_json: dict) -> tuple[dict, dict]:
+    model_sd, state = {}, {}
+    for key, t in tensors.items():
+        kind, _, rest = key.partition("/")
+        if kind == "model":
+            model_sd[rest] = t
+        elif kind == "optim":
+            fqn, _, name = rest.rpartition("/")
+            state.setdefault(fqn, {})[name] = t
+        else:
+            raise BadInput(f"{STATE}: unexpected tensor {key[:80]!r}")
+    for fqn, entry in optim_json["scalars"].items():
+        state.setdefault(fqn, {}).update(entry)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in optim_json["param_groups"]]
+    return model_sd, {"state": state, "param_groups": groups}
+
+
+def _options(ranks: Ranks, loading: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    if not ranks.distributed:
+        return StateDictOptions()
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=loading)
+
+
 def save(work: Path, student, opt, meta: dict, gen_state, ranks: Ranks) -> None:
-    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     partial, final, old = work / f"{NAME}.partial", work / NAME, work / f"{NAME}.old"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model_sd, optim_sd = get_state_dict(student, opt, options=_options(ranks, False))   # collective
     if ranks.main:
         shutil.rmtree(partial, ignore_errors=True)
-    barrier(ranks)
-    model_sd, optim_sd = get_state_dict(student, opt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)          # "assuming ... a single process": it is
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
-    if ranks.main:
-        body = {**meta, "generator": base64.b64encode(bytes(gen_state.tolist())).decode(), "world": ranks.world}
-        (partial / "meta.json").write_text(json.dumps(body))
+        partial.mkdir(mode=0o700)
+        tensors, optim_json = _flatten(model_sd, optim_sd)
+        save_file(tensors, str(partial / STATE))
+        with open(partial / STATE, "rb") as f:
+            os.fsync(f.fileno())
+            digest = _sha256(f)
+        body = {**meta, "optim": optim_json, "state_sha256": digest,
+                "generator": base64.b64encode(bytes(gen_state.tolist())).decode(), "world": ranks.world}
+        with open(partial / META, "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
@@ -53,24 +171,82 @@ def save(work: Path, student, opt, meta: dict, gen_state, ranks: Ranks) -> None:
     barrier(ranks)
 
 
+def _read_meta(at: Path) -> dict:
+    from edgellm.runtime.tokenizer import read_json_object
+
+    meta = read_json_object(at / META, MAX_META_BYTES)
+    for key, kind in (("step", int), ("losses", list), ("generator", str), ("state_sha256", str),
+                      ("optim", dict), ("settings", dict)):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise BadInput(f"{at / META}: field {key!r} is missing or not a {kind.__name__}")
+    if not 0 <= meta["step"] <= 10**9 or len(meta["losses"]) != meta["step"] \
+            or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in meta["losses"]):
+        raise BadInput(f"{at / META}: fields 'step' and 'losses' do not agree")
+    optim = meta["optim"]
+    if not isinstance(optim.get("scalars"), dict) or not isinstance(optim.get("param_groups"), list) \
+            or not all(isinstance(g, dict) for g in optim["param_groups"]):
+        raise BadInput(f"{at / META}: field 'optim' is malformed")
+    return meta
+
+
+def last_step(work: Path) -> int | None:
+    """The step of the usable checkpoint in ``work`` (None: none, or none that reads)."""
+    at = where(work) if _marked(work) else None
+    try:
+        return None if at is None else _read_meta(at)["step"]
+    except BadInput:
+        return None
+
+
+def _read_state(at: Path, digest: str) -> dict:
+    """The state file's tensors, read through the descriptor that was hashed: the bytes checked are
+    the bytes loaded."""
+    from safetensors.torch import load
+
+    from edgellm.fsutil import open_regular
+
+    f, st = open_regular(at / STATE)
+    with f:
+        if _sha256(f) != digest:
+            raise BadInput(f"{at / STATE}: its sha256 is not the one recorded when it was written; "
+                           "the checkpoint was changed or damaged (rerun without --resume)")
+        f.seek(0)
+        data = f.read(st.st_size + 1)
+    if len(data) != st.st_size:
+        raise BadInput(f"{at / STATE}: changed while being read")
+    try:
+        return load(data)
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type
+        raise BadInput(f"{at / STATE}: not a readable safetensors file ({str(e)[:160]})") from None
+
+
 def load(work: Path, student, opt, settings: dict, ranks: Ranks):
     """(meta, generator state) of the checkpoint in ``work`` after loading it into ``student`` and
     ``opt``; None when there is none.  A checkpoint made with other settings is refused."""
     import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
+    if not _marked(work):
+        raise BadInput(f"{work}: not an edgellm distillation work folder; nothing in it is loaded")
     at = where(work)
     if at is None:
         return None
-    meta = json.loads((at / "meta.json").read_text())
-    if meta.get("settings") != settings:
+    meta = _read_meta(at)
+    if meta["settings"] != settings:
         raise BadInput(f"{at}: the checkpoint was made with other settings; rerun without --resume")
-    model_sd, optim_sd = get_state_dict(student, opt)
-    state = {"model": model_sd, "optim": optim_sd}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=str(at))
-    set_state_dict(student, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    gen = torch.tensor(list(base64.b64decode(meta.pop("generator"))), dtype=torch.uint8)
+    model_sd, optim_sd = {}, {}
+    if ranks.main or not ranks.distributed:
+        model_sd, optim_sd = _unflatten(_read_state(at, meta["state_sha256"]), meta["optim"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            set_state_dict(student, opt, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                           options=_options(ranks, True))
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise BadInput(f"{at}: the checkpoint does not fit this student ({type(e).__name__}: {str(e)[:160]})") from None
+    try:
+        gen = torch.tensor(list(base64.b64decode(meta.pop("generator"), validate=True)), dtype=torch.uint8)
+        torch.Generator().set_state(gen)
+    except (ValueError, RuntimeError) as e:
+        raise BadInput(f"{at / META}: field 'generator' is not a generator state ({str(e)[:80]})") from None
     return meta, gen

@@ -105,9 +105,9 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
     ids = _tokens(tok, req.data if req.data is not None else default, cfg)
     work = work_dir(req.out)
     if ranks.main:
-        if not req.resume:
-            shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
+        from edgellm.exporters.distill.checkpoint import prepare
+
+        prepare(work, req.resume)
     barrier(ranks)
 
     student_cfg = AutoConfig.for_model(**shape)
@@ -181,7 +181,9 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    from edgellm.exporters.distill.checkpoint import discard
+
+    discard(work)
     return StudentResult(req.out, record)
 
 

@@ -107,6 +107,22 @@ def _pickled(folder: Path, files: list[Path]) -> Checkpoint:
     return Checkpoint(folder, arrays=arrays)
 
 
+PICKLE_CONSENT: set[Path] = set()      # folders --allow-pickle was given for, in this process
+
+
+def transformers_weights(folder: Path) -> dict:
+    """``from_pretrained`` options that keep transformers off pickle files it was not allowed:
+    safetensors where the folder has them (transformers would otherwise read a ``.bin`` beside
+    them); a pickle-only folder only after ``open_checkpoint`` accepted it with ``--allow-pickle``."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return {"use_safetensors": True}
+    if folder.resolve() in PICKLE_CONSENT:
+        return {"use_safetensors": False}            # transformers loads with weights_only=True
+    raise BadInput(f"{folder}: only pickle weights (or none); pickle files can run code when loaded, so "
+                   "edgellm refuses them here. Convert them to safetensors (export takes --allow-pickle)")
+
+
 def open_checkpoint(folder: Path, allow_pickle: bool = False) -> Checkpoint:
     """Find and validate the weights in ``folder`` before anything is converted."""
     folder = Path(folder)
@@ -131,5 +147,6 @@ def open_checkpoint(folder: Path, allow_pickle: bool = False) -> Checkpoint:
             raise BadInput(f"{folder}: only pickle weights ({pickles[0].name}); pickle files can run code "
                            "when loaded, so edgellm refuses them. Pass --allow-pickle to load them with "
                            "torch.load(weights_only=True), or convert them to safetensors")
+        PICKLE_CONSENT.add(folder.resolve())
         return _pickled(folder, [inside(folder, p, "weights file") for p in pickles])
     raise BadInput(f"{folder}: no weights found (expected model.safetensors or a sharded index)")

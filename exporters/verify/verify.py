@@ -43,10 +43,13 @@ def _hf(model_dir: Path, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from edgellm.exporters.io.checkpoint import transformers_weights
+
+    weights = transformers_weights(Path(model_dir))
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **weights)
     except Exception as e:  # noqa: BLE001 - whatever transformers raises, the user needs one line
         raise EdgeLLMError(f"{model_dir}: transformers cannot load the original model to verify against "
                            f"({type(e).__name__}: {e}); --no-verify skips verification") from None
