@@ -45,3 +45,12 @@ class Terminated(KeyboardInterrupt):
 
 EXIT_CRASHED = 6             # the runtime died in native code (the message names the file)
 EXIT_INTERRUPTED = 130
+
+
+def one_line(message, limit: int = 2000) -> str:
+    """``message`` as one printable line: text from a stranger's file (a name, a template's error)
+    may hold newlines or terminal escape sequences; they are shown escaped, and the line is bounded."""
+    text = str(message)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -15,7 +15,7 @@ import traceback
 from edgellm import __version__
 from edgellm.cli import (demo_cmd, devices_cmd, distill_cmd, eval_cmd, export_cmd, package_cmd, plan_cmd,
                          profile_cmd, report_cmd, run_cmd, verify_cmd)
-from edgellm.errors import EXIT_INTERRUPTED, EdgeLLMError, Terminated
+from edgellm.errors import EXIT_INTERRUPTED, BadInput, EdgeLLMError, Terminated, one_line
 
 COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, profile_cmd, verify_cmd, package_cmd, report_cmd, eval_cmd, devices_cmd, demo_cmd)
 
@@ -71,7 +71,7 @@ def _dispatch(args) -> int:
     except EdgeLLMError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"edgellm: error: {e.message}", file=sys.stderr)
+        print(f"edgellm: error: {one_line(e.message)}", file=sys.stderr)
         return e.exit_code
     except Terminated as e:
         print(f"edgellm: stopped by {signal.Signals(e.exit_code - 128).name}", file=sys.stderr)
@@ -81,11 +81,29 @@ def _dispatch(args) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except (RecursionError, ArithmeticError) as e:
+        # hostile values (a nesting too deep to parse, a number too large to convert, a zero size)
+        if args.debug:
+            traceback.print_exc()
+        print(f"edgellm: error: a value in the input is out of range ({type(e).__name__}: {one_line(e)})",
+              file=sys.stderr)
+        return BadInput.exit_code
+    except MemoryError:
+        print("edgellm: error: ran out of memory", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, not a traceback
         if args.debug:
             traceback.print_exc()
-        print(f"edgellm: error: unexpected {type(e).__name__}: {e} (--debug shows where)", file=sys.stderr)
+        print(f"edgellm: error: unexpected {type(e).__name__}: {one_line(e)} (--debug shows where)", file=sys.stderr)
         return 1
+    except BaseException as e:  # noqa: BLE001 - not Exception: pyo3's PanicException, torch's CheckpointException
+        if isinstance(e, (SystemExit, GeneratorExit)):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        # a native library that panics or gives up on a file it was handed: the input is at fault
+        print(f"edgellm: error: a library failed on the input ({type(e).__name__}: {one_line(e)})", file=sys.stderr)
+        return BadInput.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
