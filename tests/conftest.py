@@ -9,6 +9,18 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def signals_as_in_a_terminal():
+    """Started as a background job (``nohup pytest &``), this process inherits SIGINT and SIGHUP
+    ignored, and every command a test starts would too (an ignored signal stays ignored across
+    exec), so the signal tests would test nothing.  Handled here, they reach children as default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, lambda *a: None)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """No test sees the developer's own profiles or HF cache, and none touches the network."""
