@@ -105,8 +105,30 @@ class _Cursor:
                 if count > SMALL_ARRAY:              # token scores, types: kept as a count only
                     return Skipped(count)
                 return list(struct.unpack(f"<{count}{SCALARS[etype][1]}", data))
+            if etype == STRING:
+                return self.strings(count)
             return [self.value(etype, depth + 1) for _ in range(count)]
         raise self.fail(f"unknown value type {vtype}")
+
+    def strings(self, count: int) -> list[str]:
+        """``count`` strings (a vocabulary: 150k of them), with the checks of ``string`` in one
+        tight loop: a third of the time of reading them one ``value`` at a time."""
+        read, out = self.f.read, []
+        left = self.size - self.f.tell()
+        for _ in range(count):
+            head = read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n > left - 8:
+                raise self.fail(f"needs {n} bytes at offset {self.f.tell()}, only {max(0, left - 8)} remain "
+                                "(truncated?)")
+            if n > MAX_STRING:
+                raise self.fail(f"string of {n} bytes at offset {self.f.tell() - 8}")
+            try:
+                out.append(read(n).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise self.fail(f"string at offset {self.f.tell() - n} is not UTF-8") from None
+            left -= 8 + n
+        return out
 
 
 def read_header(path: Path, check_meaning: bool = True) -> GgufHeader:
