@@ -3,7 +3,7 @@
 Runs `edgellm export MODEL --quant Q4_K_M --calibrate --no-verify` in a child process (models from
 ``benchmarks/realsize_models.py``: random weights at real shapes), reads the child's peak resident
 set size from the kernel (getrusage of children) and prints it beside what
-``exporters.calibrate_memory.need`` predicted for the same run, and the target.
+``exporters.calibrate.need`` predicted for the same run, and the target.
 
 Usage: python benchmarks/calibration_memory.py MODEL_DIR --device PROFILE [--windows 16] [--target-gb 1.5]
                                                [--calib-device cpu|cuda]
@@ -35,7 +35,7 @@ def main() -> int:
     a = ap.parse_args()
 
     from edgellm import models
-    from edgellm.exporters.calibrate_memory import need
+    from edgellm.exporters.calibrate import need
 
     model = models.load_config(str(a.model))
     from edgellm.exporters.compute import resolve

@@ -5,7 +5,7 @@ llama-imatrix runs the model's F16 GGUF (and its BF16 one, where llama-quantize 
 bfloat16 products are native on AVX512-BF16 CPUs) forward over the text in chunks and sums x² per
 input column; the ratio is against the faster of the two.  edgellm's calibration is timed as
 `edgellm export --calibrate` runs it before quantizing:
-the same importance vectors (``calibrate_layers.collect_layerwise``), the Fisher diagonal (a
+the same importance vectors (``calibrate.collect_layerwise``), the Fisher diagonal (a
 backward pass on a few windows) turned into each tensor's predicted loss per candidate type as it
 comes (``gguf.mix.Costs``, the export's sink: only the rows the estimate samples), and the types
 chosen for Q4_K_M.  The XᵀX matrices GPTQ uses are recomputed a layer at a time while writing;
@@ -63,7 +63,7 @@ def main() -> int:
 
 
 def _run(a, model, ckpt, text: str, work: Path) -> int:
-    from edgellm.exporters.calibrate_layers import collect_layerwise
+    from edgellm.exporters.calibrate import collect_layerwise
     from edgellm.exporters.gguf.mix import Costs, mixed_types
     from edgellm.models.families import family_for
 

@@ -27,10 +27,10 @@ class HFScorer:
 
     @classmethod
     def load(cls, target: str) -> "HFScorer":
-        from edgellm.exporters.verify.verify import _hf
+        from edgellm.exporters.io.reference import load_reference
         from edgellm.exporters.io.weights_source import weights_folder
 
-        return cls(*_hf(weights_folder(target), trust_remote_code=False), target)
+        return cls(*load_reference(weights_folder(target)), target)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)

@@ -154,7 +154,7 @@ def _distil_first(req: BuildRequest, folder: Path, model, device, say: Say):
 def _calibration_preflight(model, calibration):
     import tempfile
 
-    from edgellm.exporters.calibrate_memory import preflight
+    from edgellm.exporters.calibrate import preflight
 
     return preflight(model, min(calibration.context, model.max_context), calibration.windows, True, True, False,
                      calibration.device, Path(tempfile.gettempdir()), model.name)

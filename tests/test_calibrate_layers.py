@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgellm.exporters.calibrate import collect
-from edgellm.exporters.calibrate_layers import collect_layerwise
+from edgellm.exporters.calibrate import collect_layerwise
 from edgellm.exporters.io.checkpoint import open_checkpoint
 from edgellm.textdata import training_text
 
@@ -48,7 +48,7 @@ def test_the_heads_logits_in_slices_give_the_same_statistics(tiny, monkeypatch):
     """A big vocabulary's logits are computed a slice of tokens at a time (the loss is a sum over
     tokens): the importance and XᵀX are the same; the Fisher the same in size (the tokens sampled
     from the model's predictions are drawn slice by slice)."""
-    import edgellm.exporters.calibrate_layers as cl
+    import edgellm.exporters.calibrate.layers as cl
 
     folder = tiny("qwen2")
     whole = collect_layerwise(folder, open_checkpoint(folder), TEXT, context=64, max_windows=2, hessian=True,
@@ -161,7 +161,7 @@ def test_the_per_token_fisher_is_the_windows_squared_gradient_for_one_token_wind
 def test_auto_precision_is_bfloat16_on_the_cpu_only_with_amx(monkeypatch):
     import torch
 
-    from edgellm.exporters import calibrate_layers as cl
+    from edgellm.exporters.calibrate import layers as cl
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)

@@ -5,7 +5,8 @@ would not fit RAM, GPU memory or disk are one clear line each, before work where
 import pytest
 
 from edgellm.errors import BadInput, EdgeLLMError
-from edgellm.exporters import calibrate_memory, compute
+from edgellm.exporters import compute
+from edgellm.exporters.calibrate import memory as calibrate_memory
 
 
 def test_auto_is_the_cpu_here_and_cuda_without_a_gpu_is_refused():

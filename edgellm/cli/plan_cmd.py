@@ -71,6 +71,6 @@ DEFAULT_WINDOWS, DEFAULT_CONTEXT = 16, 512
 
 def calibration_need(model):
     """What ``edgellm export --calibrate`` of ``model`` will need on this machine's CPU."""
-    from edgellm.exporters.calibrate_memory import need
+    from edgellm.exporters.calibrate import need
 
     return need(model, min(DEFAULT_CONTEXT, model.max_context), DEFAULT_WINDOWS)

@@ -80,7 +80,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
     from edgellm.evaluate import HFScorer, evaluate
     from edgellm.exporters.distill import prune
     from edgellm.exporters.distill.train import train, write_card
-    from edgellm.exporters.verify.verify import _hf
+    from edgellm.exporters.io.reference import load_reference
     from edgellm.models.families import family_for, from_config_dict
     from edgellm.textdata import held_out_text, training_text
 
@@ -94,7 +94,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
                        "shares its teacher's, so the teacher must have one")
     shape = prune.student_shape(dict(t_cfg.raw), t_cfg.model_type, str(req.teacher), req.size, req.params,
                                 req.layers, req.hidden)
-    tok, teacher = _hf(req.teacher, req.trust_remote_code)
+    tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg)
     if len(tok) > teacher.config.vocab_size:
         raise BadInput(f"{req.teacher}: the tokenizer has {len(tok)} tokens but the model {teacher.config.vocab_size}: "
                        "mismatched tokenizer")
@@ -144,7 +144,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
         student = _gathered(student, student_cfg, ranks)
         if not ranks.main:
             return StudentResult(req.out, {})
-        tok, teacher = _hf(req.teacher, req.trust_remote_code)
+        tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg)
     # measured where it trained: an 8B teacher's held-out pass takes minutes on a CPU, a second on a GPU
     student.to(cfg.device)
     teacher.to(cfg.device)

@@ -209,7 +209,7 @@ def by_gguf_name(arch, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 class ByGgufName(Mapping):
     """``stats`` (checkpoint names) seen under GGUF names, read only when asked: a lazy source
-    (calibrate_layers.LayerHessians) stays lazy."""
+    (calibrate.layers.LayerHessians) stays lazy."""
 
     def __init__(self, arch, stats):
         self.stats = stats

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
+from edgellm.exporters.io.reference import load_reference
 from edgellm.metrics import compare
 from edgellm.textdata import held_out_text
 
@@ -37,24 +38,6 @@ CHAT_PROBE = "Write a haiku about small computers."
 
 class VerificationFailed(EdgeLLMError):
     exit_code = 5
-
-
-def _hf(model_dir: Path, trust_remote_code: bool):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from edgellm.exporters.io.checkpoint import transformers_weights
-
-    weights = transformers_weights(Path(model_dir))
-    try:
-        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code, **weights)
-    except Exception as e:  # noqa: BLE001 - whatever transformers raises, the user needs one line
-        raise EdgeLLMError(f"{model_dir}: transformers cannot load the original model to verify against "
-                           f"({type(e).__name__}: {e}); --no-verify skips verification") from None
-    model.eval()
-    return tok, model
 
 
 def _hf_logits(model, ids: list[int]) -> np.ndarray:
@@ -126,7 +109,7 @@ def verify_candidate(model_dir: Path, cand, name: str, runtime: str, tolerance: 
                      trust_remote_code: bool = False, context: int = 512, progress=lambda msg: None) -> dict:
     """``cand`` offers ``tokenize(text, add_bos)`` and ``logits(ids)``; ``tolerance`` (max |logit
     difference| / spread) is given for unquantized files, which must also keep greedy continuations."""
-    tok, hf = _hf(model_dir, trust_remote_code)
+    tok, hf = load_reference(model_dir, trust_remote_code)
     bos = [tok.bos_token_id] if cand.tokenize("", add_bos=True) and tok.bos_token_id is not None else []
     report: dict = {"reference": "transformers float32", "runtime": runtime, "context": context}
 

@@ -1,4 +1,4 @@
-"""The Fisher diagonal's bookkeeping for ``calibrate_layers``: per window, each weight's squared
+"""The Fisher diagonal's bookkeeping for ``layers``: per window, each weight's squared
 gradient summed into its Fisher, for only the rows the consumer wants of the big outer matrices.
 
 The head's weight gradient for chosen rows comes from the head's input and the gradient at its

@@ -1,12 +1,12 @@
 """What a calibrated export will need, predicted from the model's shape before any work: host RAM
 and GPU memory at the peak, and temporary disk (the hidden states at every layer boundary).
 
-The peak is the largest of the phases of ``calibrate_layers`` and of the GGUF writer after it:
+The peak is the largest of the phases of ``layers`` and of the GGUF writer after it:
 
 - one decoder layer at a time: its float32 weights, gradients and Fisher sums, and the autograd
   graph of one window through it;
 - the head pass: the head (or the embedding table, when tied) in float32 and a slice of logits
-  with its softmax and gradients (``calibrate_layers.LOGITS_BYTES``);
+  with its softmax and gradients (``common.LOGITS_BYTES``);
 - the writer: one layer's XᵀX matrices, and GPTQ's factor for the widest input while it is made
   and kept (``gguf.gptq``; on the GPU when calibrating on one, the XᵀX coming back to the host);
 
@@ -45,7 +45,7 @@ class CalibrationNeed:
 
 def need(model, context: int, windows: int, hessian: bool = True, fisher: bool = True, keep_fisher: bool = False,
          device: str = "cpu") -> CalibrationNeed:
-    from edgellm.exporters.calibrate_layers import LOGITS_BYTES
+    from edgellm.exporters.calibrate.common import LOGITS_BYTES
 
     h, f, v, n = model.hidden, model.ffn, model.vocab, model.n_layers
     q = model.n_heads * model.head_dim
@@ -102,3 +102,15 @@ def preflight(model, context: int, windows: int, hessian: bool, fisher: bool, ke
                            f"it has {fmt_bytes(free_disk)} free (free some space, set TMPDIR, or use fewer "
                            f"--calib-windows)")
     return got
+
+
+def preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool, fisher: bool,
+                      keep_fisher: bool, device: str = "cpu", work_dir: Path | None = None):
+    """``preflight`` for the model in ``model_dir``: refused before any work."""
+    import tempfile
+
+    from edgellm import models
+    
+    model = models.load_config(str(model_dir))
+    return preflight(model, min(context, model.max_context), windows, hessian, fisher, keep_fisher, device,
+                     Path(work_dir or tempfile.gettempdir()), str(model_dir))

@@ -1,4 +1,4 @@
-"""Calibration a decoder layer at a time: the statistics of ``calibrate.collect``, in memory
+"""Calibration a decoder layer at a time: the statistics of ``whole.collect``, in memory
 that does not grow with the model.
 
 Forward (layer by layer, every window): the first layer's inputs come from the model's own
@@ -8,7 +8,7 @@ temporary file, one block per layer boundary.  Backward (for the Fisher diagonal
 in reverse): the head's loss on tokens sampled from the model's own predictions gives the
 gradient at the last layer's output; each layer is read again, re-run from its stored inputs and
 back-propagated, and the gradient at its input handed down; the Fisher is summed per token from
-the linear layers' inputs and output gradients (``calibrate_fisher.TokenFisher``; or, with
+the linear layers' inputs and output gradients (``fisher.TokenFisher``; or, with
 ``fisher_per="window"``, each window's squared weight gradient: the whole-model ``collect``'s,
 up to float rounding).  One layer's weights, gradients and Fisher are in memory at a time.
 
@@ -27,19 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm.exporters.calibrate import (Calibration, _linear_inputs, _preflight_layers, calibration_windows,
-                                         input_hooks)
+from edgellm.exporters.calibrate.common import LOGITS_BYTES, Calibration, calibration_windows, input_hooks, linear_inputs
 from edgellm.exporters import host_memory
-from edgellm.exporters.calibrate_fisher import (HeadRows, Keep, TokenFisher, rows_array, rows_tensor,
+from edgellm.exporters.calibrate.fisher import (HeadRows, Keep, TokenFisher, rows_array, rows_tensor,
                                                 sparse_embeddings, square_into, token_modules)
+from edgellm.exporters.calibrate.memory import preflight_layers
 from edgellm.exporters.compute import gpu_memory_guard, resolve
 
 
-LOGITS_BYTES = 16 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
 FISHER_WINDOWS = 4           # windows the Fisher diagonal is estimated on (None or 0: all).  The
                              # backward passes are 3/4 of the work: 4 of 16 windows take calibration
                              # from 5.4x llama-imatrix's time to 2.2x (benchmarks/RESULTS.md)
-FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (calibrate_fisher.TokenFisher),
+FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (fisher.TokenFisher),
                              # which keeps the bench model's calibrated KLD on 4 windows (within 1%
                              # of all 16 squared per window); "window": each window's squared gradient
                              # (what ``collect`` does; on 4 windows +23% KLD on the small model)
@@ -148,7 +147,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
     host_memory.keep_big_blocks_apart()
     if threads:
         torch.set_num_threads(threads)
-    _preflight_layers(Path(model_dir), context, max_windows, hessian, fisher, keep_fisher=fisher_sink is None,
+    preflight_layers(Path(model_dir), context, max_windows, hessian, fisher, keep_fisher=fisher_sink is None,
                       device=dev, work_dir=work_dir)
     with gpu_memory_guard(dev, "calibrating", " (--calib-device cpu)"):
         return _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed,
@@ -190,8 +189,8 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     import torch
     from transformers import AutoTokenizer
 
-    from edgellm.exporters.calibrate import default_text
-    from edgellm.exporters.layer_stream import LayerStream
+    from edgellm.exporters.calibrate.common import default_text
+    from edgellm.exporters.calibrate.stream import LayerStream
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     stream = LayerStream(Path(model_dir), ckpt, trust_remote_code, dev, dtype)
@@ -218,7 +217,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         names: list[list[str]] = []
         for i in range(n):                                  # forward, a layer at a time
             layer = stream.load_layer(i)
-            names.append([stream.prefixes[i] + name for name, _, _ in _linear_inputs(layer)])
+            names.append([stream.prefixes[i] + name for name, _, _ in linear_inputs(layer)])
             handles = input_hooks(layer, stream.prefixes[i], sums, counts, grams, shared, False)[0]
             with torch.no_grad():
                 for w in range(W):
