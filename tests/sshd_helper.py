@@ -1,6 +1,8 @@
 """A real OpenSSH server on 127.0.0.1 with keys made on the spot, for the remote-profiling tests
 and benchmarks/remote_overhead.py."""
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -8,6 +10,12 @@ import time
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def far_home() -> Path:
+    """The home the test sshd logs this user into: the password database's, which is not
+    ``$HOME`` when the suite runs with another HOME."""
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
 
 
 def free_port() -> int:

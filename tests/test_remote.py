@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CORPUS, write_bundle
-from sshd_helper import free_port as _free_port, start_sshd as _start_sshd
+from sshd_helper import far_home, free_port as _free_port, start_sshd as _start_sshd
 
 PY = sys.executable
 
@@ -50,7 +50,7 @@ def test_profile_on_a_remote_machine_beside_the_plan(run_cli, sshd, bundle):
     r = run_cli("profile", str(bundle), *ARGS, *remote, "--json", "--clean")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["edgellm"]["remote"]["bytes_copied"] == 0
-    left = list((Path.home() / ".cache/edgellm/remote").glob("b-*")) if (Path.home() / ".cache/edgellm/remote").exists() else []
+    left = list((far_home() / ".cache/edgellm/remote").glob("b-*")) if (far_home() / ".cache/edgellm/remote").exists() else []
     assert left == []
     text = run_cli("profile", str(bundle), *ARGS, *remote, "--clean")
     assert text.returncode == 0 and "on edge-test" in text.stdout and "predicted" in text.stdout
@@ -99,7 +99,7 @@ def test_a_remote_disk_too_small_is_refused_before_copying(run_cli, tmp_path_fac
         proc.wait(timeout=10)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "the disk there is too small for the bundle: needs" in r.stderr and "has 12 KiB" in r.stderr
-    cache = Path.home() / ".cache/edgellm/remote"
+    cache = far_home() / ".cache/edgellm/remote"
     assert not any(p.is_file() for p in cache.glob("b-*/*")), "nothing copied to a disk too small"
 
 
@@ -122,7 +122,7 @@ exec {PY} "$@"
                 "--remote-python", str(script))
     assert r.returncode == 4 and r.stderr.count("\n") == 1, r.stderr
     assert "the connection dropped while profiling" in r.stderr, r.stderr
-    cache = Path.home() / ".cache/edgellm/remote"
+    cache = far_home() / ".cache/edgellm/remote"
     left = [p for p in cache.glob("b-*/*")]
     assert left and all(not p.name.endswith(".partial") for p in left)    # the cached bundle, whole
     run_cli("profile", str(bundle), *ARGS, "--remote", "edge-test", "--ssh-config", str(config()),
@@ -141,7 +141,7 @@ def test_install_pushes_this_edgellm_where_there_is_none(run_cli, sshd, bundle, 
     site = next(bare.glob("lib/python3*/site-packages"))
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")   # numpy, llama_cpp, pip; no edgellm
     remote = ("--remote", "edge-test", "--ssh-config", str(sshd[0]()), "--remote-python", str(bare / "bin/python"))
-    installed = Path.home() / ".cache/edgellm/remote/site"
+    installed = far_home() / ".cache/edgellm/remote/site"
     try:
         r = run_cli("profile", str(bundle), *ARGS, *remote)
         assert r.returncode == 1 and "or --install to push this one" in r.stderr, r.stderr
