@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgellm.errors import BadInput
+from edgellm.runtime.gguf_header import GgufHeader, Skipped, TensorRecord  # noqa: F401 - re-exported
 from edgellm.fsutil import open_regular
 from edgellm.textfmt import quoted
 
@@ -37,31 +37,6 @@ GGML_TYPES = {
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
 SMALL_ARRAY = 4096           # numeric arrays up to this are read (per-layer values); longer ones counted
-
-
-class Skipped(int):
-    """A long numeric array, read past: its value is the element count."""
-
-    def __repr__(self) -> str:
-        return f"<{int(self)} values>"
-
-
-@dataclass(frozen=True)
-class TensorRecord:
-    name: str
-    shape: tuple[int, ...]       # ne0 first
-    type_name: str
-    offset: int
-    nbytes: int
-
-
-@dataclass
-class GgufHeader:
-    version: int
-    metadata: dict = field(default_factory=dict)
-    tensors: list[TensorRecord] = field(default_factory=list)
-    data_start: int = 0
-    file_size: int = 0
 
 
 class _Cursor:

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Callable
 
-from edgellm.runtime.gguf_check import GgufHeader, Skipped
+from edgellm.runtime.gguf_header import GgufHeader, Skipped
 
 MAX_LAYERS = 512            # LLAMA_MAX_LAYERS
 MAX_EXPERTS = 1024          # LLAMA_MAX_EXPERTS

@@ -11,7 +11,7 @@ from edgellm.devices.schema import DeviceProfile
 from edgellm.models.families import family_of, student_config
 from edgellm.models.config import ModelConfig
 from edgellm.plan.estimate import estimate
-from edgellm.plan.planner import Budgets, buildable_formats, evaluate, failures
+from edgellm.plan.candidates import Budgets, buildable_formats, evaluate, failures
 from edgellm.units import fmt_bytes, fmt_count
 
 MIN_CONTEXT = 256

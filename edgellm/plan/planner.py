@@ -3,46 +3,16 @@ budgets, and the best-quality one that fits chosen, with a reason for every othe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
-from edgellm.plan import quality as quality_table
 from edgellm.models.families import family_of
-from edgellm.plan.build import BuildChoice, GgufQuant
-from edgellm.plan.estimate import Estimate, estimate
-from edgellm.plan.formats import BuildFormat, formats_of
-from edgellm.plan.gguf_recipes import RECIPES
-from edgellm.units import fmt_bytes
-
-# Below this mean KLD a build is treated as lossless: among such builds the fastest wins, since
-# no user can tell them apart (llama.cpp's Q8_0 measures 0.0003 on a small model).
-LOSSLESS_KLD = 0.001
-assert {str(q) for q in GgufQuant} <= set(RECIPES)
-
-
-@dataclass(frozen=True)
-class Budgets:
-    max_memory: int
-    min_decode_tps: float
-    context: int
-
-
-@dataclass(frozen=True)
-class Candidate:
-    estimate: Estimate
-    quality: quality_table.Quality
-    failures: tuple[str, ...]           # budgets it misses; empty when it fits
-    verdict: str = ""
-
-    @property
-    def choice(self) -> BuildChoice:
-        return self.estimate.choice
-
-    @property
-    def fits(self) -> bool:
-        return not self.failures
+from edgellm.plan.candidates import (  # noqa: F401 - the planner's public names, as before
+    LOSSLESS_KLD, Budgets, Candidate, budgets_for, buildable_formats, candidate_choices, evaluate, evaluate_choice,
+    failures, quality_rank)
+from edgellm.plan.formats import formats_of
 
 
 @dataclass(frozen=True)
@@ -53,75 +23,6 @@ class Plan:
     candidates: tuple[Candidate, ...]   # best quality first
     winner: Candidate | None
     suggestions: tuple[str, ...] = field(default=())
-
-
-def buildable_formats(model: ModelConfig, formats: tuple[str, ...]) -> list[BuildFormat]:
-    """The formats among ``formats`` that edgellm can build for this model's family (and this
-    config of it): the planner never offers a build the exporter would refuse."""
-    family = family_of(model)
-    return [f for f in formats_of(formats) if family.build_problem(f.key) is None]
-
-
-def candidate_choices(model: ModelConfig, device: DeviceProfile, formats: tuple[str, ...],
-                      calibrated: bool = False) -> list[BuildChoice]:
-    """Every build of ``formats`` that can be made for ``model`` and run on ``device``; with
-    ``calibrated`` the quantized ones are the calibrated kind."""
-    out = []
-    for f in buildable_formats(model, formats):
-        for c in f.candidates(device):
-            out.append(replace(c, calibrated=True) if calibrated and f.calibratable(c.quant) else c)
-    return out
-
-
-def budgets_for(device: DeviceProfile, max_memory: int | None, min_decode_tps: float | None,
-                context: int | None, model: ModelConfig | None = None) -> Budgets:
-    """The device's default budgets, overridden by the user's flags.  A default context longer
-    than the model supports is cut to the model's; an explicit one is checked by ``plan``."""
-    if context is None:
-        context = device.budgets.context
-        if model is not None and model.max_context:
-            context = min(context, model.max_context)
-    mem = device.memory_budget if max_memory is None else max_memory
-    if mem > device.memory.ram:
-        raise BadInput(f"--max-memory {fmt_bytes(mem)} is more than {device.name}'s "
-                       f"{fmt_bytes(device.memory.ram)} of RAM")
-    return Budgets(max_memory=mem,
-                   min_decode_tps=device.budgets.min_decode_tps if min_decode_tps is None else min_decode_tps,
-                   context=context)
-
-
-def failures(e: Estimate, b: Budgets) -> tuple[str, ...]:
-    out = []
-    if e.memory.total > b.max_memory:
-        out.append(f"needs {fmt_bytes(e.memory.total)} > {fmt_bytes(b.max_memory)} budget")
-    if e.decode_tps < b.min_decode_tps:
-        out.append(f"decode {e.decode_tps:.1f} < {b.min_decode_tps:g} tok/s")
-    return tuple(out)
-
-
-def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
-             formats: tuple[str, ...] = ("gguf", "onnx"), calibrated: bool = False) -> list[Candidate]:
-    """Every candidate the device can run, predicted and checked, best quality first."""
-    prefs = {f: i for i, f in enumerate(device.preferred_formats)}
-    out = []
-    for choice in candidate_choices(model, device, formats, calibrated):
-        e = estimate(model, device, choice, budgets.context)
-        if e is not None:
-            out.append(Candidate(e, quality_table.expected(choice), failures(e, budgets)))
-    # equal speed: the accelerator's build first, as it frees the CPU
-    out.sort(key=lambda c: (quality_rank(c), prefs.get(c.choice.format, 9), -c.estimate.decode_tps,
-                            c.estimate.unit == "cpu", c.estimate.file_bytes))
-    return out
-
-
-def evaluate_choice(model: ModelConfig, device: DeviceProfile, budgets: Budgets, choice: BuildChoice) -> Candidate | None:
-    """One given build (e.g. an ONNX block size the table does not list); None when no runtime."""
-    e = estimate(model, device, choice, budgets.context)
-    return None if e is None else Candidate(e, quality_table.expected(choice), failures(e, budgets))
-
-
-def quality_rank(c: Candidate) -> float:
-    return 0.0 if c.quality.kld < LOSSLESS_KLD else c.quality.kld
 
 
 def _with_verdicts(cands: list[Candidate], winner: Candidate | None) -> tuple[Candidate, ...]:

@@ -1,0 +1,100 @@
+"""Structure figures for the README's layout section: import circles between edgellm's modules,
+and folder-level ties that run both ways.
+
+    python benchmarks/structure.py
+
+Every ``import``/``from ... import`` of an ``edgellm`` module counts, at module level or inside a
+function (a lazy import still ties the two modules: it only hides the circle from the
+interpreter).  A circle is a strongly connected component of more than one module.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"edgellm": "edgellm", "runtime": "edgellm.runtime", "exporters": "edgellm.exporters"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for folder, prefix in FOLDERS.items():
+        for p in (ROOT / folder).rglob("*.py"):
+            rel = p.relative_to(ROOT / folder).with_suffix("")
+            parts = [x for x in rel.parts if x != "__init__"]
+            out[".".join([prefix, *parts])] = p
+    return out
+
+
+def imports(path: Path, name: str, known: set[str]) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of more than one module."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+    sys.setrecursionlimit(10000)
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main() -> int:
+    mods = modules()
+    known = set(mods)
+    # a package's __init__ is imported by every submodule import: not an edge of its own
+    graph = {m: {t for t in imports(p, m, known) if not m.startswith(t + ".")} for m, p in mods.items()}
+    found = circles(graph)
+    print(f"modules {len(mods)}, import circles {len(found)}")
+    for c in found:
+        print("  " + " <-> ".join(c))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
