@@ -3,10 +3,18 @@
 Data goes to a temporary name in the destination folder, is flushed and fsynced, and only then
 renamed over the final path (atomic on POSIX and Windows).  On any failure the temporary file is
 removed and the final path is left as it was.
+
+Reading, too: every file a user or a stranger names goes through ``open_regular`` (regular files
+only, opened without blocking), with its size bounded before reading (``read_text``, and
+``runtime/tokenizer.py``'s ``read_small_bytes``), and JSON from others through ``loads_json``.
 """
 
 from __future__ import annotations
 
+import codecs
+import io
+import json
+import math
 import os
 import stat
 import tempfile
@@ -30,6 +38,8 @@ def open_regular(path: Path):
 
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
     except OSError as e:
         raise BadInput(f"{path}: cannot read it ({e.strerror})") from None
     st = os.fstat(fd)
@@ -37,6 +47,66 @@ def open_regular(path: Path):
         os.close(fd)
         raise BadInput(f"{path}: not a regular file")
     return os.fdopen(fd, "rb"), st
+
+
+MAX_TEXT_BYTES = 256 << 20          # --data, --calib-data: a text corpus, not a disk image
+_CHUNK = 1 << 20
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES, upto: int | None = None) -> str:
+    """A regular file's UTF-8 text (newlines translated, as ``Path.read_text`` does), streamed in
+    chunks and checked as it is read.  A file larger
+    than ``limit`` bytes is refused before anything is read.  ``upto``: read only the first that
+    many bytes (cut at a character boundary), for a caller that uses only the start of the text
+    (eval and calibration take their windows from the start).  BadInput naming the path."""
+    from edgellm.errors import BadInput
+
+    f, st = open_regular(path)
+    want = limit if upto is None else min(upto, limit)
+    with f:
+        if st.st_size > limit:
+            raise BadInput(f"{path}: {st.st_size:,} bytes is more than the {limit:,} a text file may have "
+                           "(give an excerpt)")
+        dec, parts, n, at = codecs.getincrementaldecoder("utf-8")(), [], 0, 0
+        lines = io.IncrementalNewlineDecoder(dec, translate=True)      # as open() in text mode
+        try:
+            while n <= want and (block := f.read(min(_CHUNK, want + 1 - n))):
+                over = n + len(block) > want                # one byte past what is wanted
+                if over and want == limit:
+                    raise BadInput(f"{path}: grew past the {limit:,} bytes a text file may have while being read")
+                at = n - len(dec.getstate()[0])             # the file offset of the decoder's input
+                parts.append(lines.decode(block[:want - n]))
+                n += len(block)
+                if over:
+                    return "".join(parts)                   # a character cut at the end is dropped
+            at = n - len(dec.getstate()[0])
+            parts.append(lines.decode(b"", final=True))     # a character cut off at the end of the file
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {at + e.start:,})") from None
+        except OSError as e:
+            raise BadInput(f"{path}: unreadable ({e.strerror})") from None
+    return "".join(parts)
+
+
+def loads_json(data: bytes | str, where):
+    """Strict JSON from someone else: NaN, Infinity and numbers out of a double's range (``1e999``)
+    are refused, as are nesting too deep and integers too long to convert; BadInput naming
+    ``where`` (plain ``json.loads`` returns NaN and inf, which then pass every ``<`` check)."""
+    from edgellm.errors import BadInput
+
+    def constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    def number(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"number {text[:40]} is out of range")
+        return value
+
+    try:
+        return json.loads(data, parse_constant=constant, parse_float=number)
+    except (ValueError, RecursionError) as e:
+        raise BadInput(f"{where}: not valid JSON ({str(e)[:200] or type(e).__name__})") from None
 
 
 def _umask() -> int:

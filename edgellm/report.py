@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgellm.errors import BadInput
-from edgellm.units import fmt_bytes
+from edgellm.units import fmt_bytes, show_value
 
 W, H, PAD = 560, 260, 48
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -38,9 +38,42 @@ def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
+MAX_POINTS = 10_000                 # records in a profile JSON, points of a sustained run
+MAX_RUNS = 256                      # bundles on one page
+MEASURED = ("decode_tps", "prefill_tps", "peak_rss_bytes")
+PREDICTED = ("decode_tokens_per_s", "prefill_tokens_per_s", "peak_memory_bytes")
+
+
+def _obj(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInput(f"{where}: expected an object, got {show_value(value)}")
+    return value
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadInput(f"{where}: expected a string, got {show_value(value)}")
+    return value[:500]
+
+
+def _numbers(value, where: str, keys: tuple[str, ...], required: bool = False) -> dict:
+    """``value`` (an object) with each of ``keys`` it has a finite number from 0 to 1e18: a profile
+    JSON is a stranger's file, and NaN, 1e999 or "fast" must be named, not drawn."""
+    value = _obj(value, where)
+    for key in keys:
+        v = value.get(key)
+        if v is None and not required:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1e18:
+            raise BadInput(f"{where}.{key}: expected a finite number from 0 to 1e18, got {show_value(v)}")
+    return value
+
+
 def load_inputs(paths: list[Path]) -> list[Run]:
     from edgellm.runtime.bundle import read_manifest
-    from edgellm.runtime.tokenizer import read_small_bytes
+    from edgellm.runtime.tokenizer import read_small_text
 
     runs: dict[str, Run] = {}
     for p in paths:
@@ -54,21 +87,35 @@ def load_inputs(paths: list[Path]) -> list[Run]:
             r.predicted = r.predicted or (m.get("prediction") or {})
             continue
         try:
-            data = json.loads(read_small_bytes(p, 64 << 20))
+            data = json.loads(read_small_text(p, 64 << 20))      # a regular file, bounded, UTF-8
         except (ValueError, RecursionError):
             raise BadInput(f"{p}: not a profile JSON (edgellm profile --json)") from None
         if not (isinstance(data, list) and data and all(isinstance(x, dict) and "edgellm" in x for x in data)):
             raise BadInput(f"{p}: not a profile JSON (edgellm profile --json)")
-        for rec in data:
-            e = rec["edgellm"]
-            name = Path(str(e.get("bundle", p.stem))).name
-            r = runs.setdefault(name, Run(name, str((e.get("remote") or {}).get("device_compared") or "?")))
-            r.measured[int(rec.get("n_depth", 0))] = e.get("measured") or {}
-            r.predicted = e.get("predicted") or r.predicted
-            r.host = (e.get("remote") or {}).get("host") or rec.get("cpu_info", "")
-            r.sustained = e.get("sustained") or r.sustained
+        if len(data) > MAX_POINTS:
+            raise BadInput(f"{p}: {len(data):,} records; a profile JSON has at most {MAX_POINTS:,}")
+        for i, rec in enumerate(data):
+            at = f"{p}: [{i}]"
+            e = _obj(rec["edgellm"], f"{at}.edgellm")
+            remote = _obj(e.get("remote"), f"{at}.edgellm.remote")
+            name = Path(_text(e.get("bundle", p.stem), f"{at}.edgellm.bundle")).name
+            r = runs.setdefault(name, Run(name, _text(remote.get("device_compared") or "?", f"{at}.edgellm.remote.device_compared")))
+            depth = rec.get("n_depth", 0)
+            if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 1 << 31:
+                raise BadInput(f"{at}.n_depth: expected a whole number >= 0, got {show_value(depth)}")
+            r.measured[depth] = _numbers(e.get("measured"), f"{at}.edgellm.measured", MEASURED)
+            r.predicted = _numbers(e.get("predicted"), f"{at}.edgellm.predicted", PREDICTED) or r.predicted
+            r.host = (_text(remote["host"], f"{at}.edgellm.remote.host") if remote.get("host")
+                      else _text(rec.get("cpu_info") or "", f"{at}.cpu_info"))
+            sustained = e.get("sustained") or []
+            if not isinstance(sustained, list) or len(sustained) > MAX_POINTS:
+                raise BadInput(f"{at}.edgellm.sustained: expected a list of at most {MAX_POINTS:,} points")
+            r.sustained = [_numbers(s, f"{at}.edgellm.sustained[{k}]", ("t_s", "decode_tps"), required=True)
+                           for k, s in enumerate(sustained)] or r.sustained
     if not runs:
         raise BadInput("report: give bundle folders and/or profile JSON files")
+    if len(runs) > MAX_RUNS:
+        raise BadInput(f"report: {len(runs):,} bundles; one report shows at most {MAX_RUNS}")
     return list(runs.values())
 
 

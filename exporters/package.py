@@ -67,12 +67,15 @@ def staging(out: Path, force: bool, needed: int | None = None, claim: bool = Tru
 
 
 def copy_tokenizer(model_dir: Path, tmp: Path) -> None:
+    """The tokenizer files into the bundle, each read guarded (inside the folder, a regular file,
+    bounded: a 10 GB sparse special_tokens_map.json is refused, not copied)."""
     from edgellm.exporters.io.model_files import member
+    from edgellm.runtime.tokenizer import MAX_CONFIG_BYTES, read_small_bytes
 
     for fname in TOKENIZER_FILES:
         src = member(model_dir, fname, "tokenizer file")
         if src.is_file():
-            shutil.copyfile(src, tmp / fname)
+            (tmp / fname).write_bytes(read_small_bytes(src, 256 << 20 if fname == "tokenizer.json" else MAX_CONFIG_BYTES))
 
 
 def write_manifest(tmp: Path, artifact: str, body: dict, tools: dict) -> dict:

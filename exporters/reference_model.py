@@ -112,13 +112,17 @@ def corpus_ids(tok, spec: RefSpec):
 
 
 def corpus_of(model_dir: Path) -> str:
-    """The corpus a reference model was trained on ("source" for any other model folder)."""
-    import json
+    """The corpus a reference model was trained on ("source" for any other model folder); read
+    guarded (a FIFO or a link out of the folder there is refused, not waited on)."""
+    from edgellm.errors import EdgeLLMError
+    from edgellm.exporters.io.model_files import member
+    from edgellm.runtime.tokenizer import read_json_object
 
     try:
-        return json.loads((Path(model_dir) / "edgellm-reference.json").read_text()).get("corpus", "source")
-    except (OSError, ValueError, AttributeError):
+        corpus = read_json_object(member(model_dir, "edgellm-reference.json"), 1 << 20).get("corpus", "source")
+    except EdgeLLMError:
         return "source"
+    return corpus if corpus in ("source", "docs") else "source"
 
 
 def untrained(spec: RefSpec, folder: Path, tok=None) -> Path:

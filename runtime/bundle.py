@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -97,10 +96,9 @@ def read_manifest(folder: Path) -> dict:
         raise _fail(mpath, "is a link; a bundle holds plain files only")
     if not mpath.exists():
         raise BadInput(f"{folder}: no {MANIFEST}; not an edgellm bundle (or an unfinished export)")
-    try:
-        manifest = json.loads(read_small_bytes(mpath, MAX_MANIFEST))
-    except (ValueError, RecursionError) as e:
-        raise _fail(mpath, f"unreadable manifest ({str(e)[:200]})") from None
+    from edgellm.fsutil import loads_json
+
+    manifest = loads_json(read_small_bytes(mpath, MAX_MANIFEST), mpath)     # NaN, 1e999: refused
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise _fail(mpath, "not an edgellm bundle manifest")
     version = manifest.get("version")

@@ -1,5 +1,6 @@
 """Property-based fuzzing (Hypothesis) of every reader of untrusted bytes: the GGUF checker, the
-safetensors reader and index, the manifest and bundle opener, config parsing, device profiles.
+safetensors reader and index, the manifest and bundle opener, config parsing, device profiles,
+model cards' front matter, data files.
 
 Properties: no exception but edgellm's own error; bounded time; nothing read outside the folder.
 The suite runs a small fixed-seed budget; ``benchmarks/fuzz.py`` runs the same properties with a
@@ -271,9 +272,76 @@ def test_device_profiles_never_fail_but_cleanly(section, key, value):
     bounded(load_file, p)
 
 
+# -- model cards (YAML front matter) -----------------------------------------------------------
+yaml_piece = st.sampled_from(["a: &x [1, 2, 3]\n", "b: [*x, *x, *x, *x]\n", "c: &y [*b, *b, *b, *b]\n",
+                              "d: [*y, *y, *y, *y, *y]\n", "e: {<<: *x}\n", "f: &z {k: *z}\n", "- item\n",
+                              "license: mit\n", "tags: [a, b]\n", "g: " + "[" * 40 + "]" * 40 + "\n",
+                              "h: !!python/object/apply:os.system [x]\n", "i: 0x" + "f" * 30 + "\n", "j: |\n  text\n",
+                              "? [k]\n: v\n", "k: !!binary AAAA\n", "\t", ":", "*", "&", "---\n", "'", "\n"])
+
+
+@FUZZ
+@given(pieces=st.lists(yaml_piece, max_size=12), junk=st.text(max_size=40))
+def test_card_front_matter_never_fails_but_cleanly(pieces, junk):
+    from edgellm.exporters.gguf.card import CardRefused, parse_front_matter
+
+    t0 = time.monotonic()
+    try:
+        data = parse_front_matter("---\n" + "".join(pieces) + junk + "\n---\n# card\n")
+        assert data is None or isinstance(data, dict)
+    except CardRefused:
+        pass
+    assert time.monotonic() - t0 < SECONDS
+
+
+# -- data files (--data, --calib-data) ---------------------------------------------------------
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=64), st.text(max_size=32).map(lambda t: t.encode())),
+       upto=st.one_of(st.none(), st.integers(0, 80)))
+def test_the_data_file_reader_never_fails_but_cleanly(data, upto):
+    import edgellm.fsutil as fsutil
+
+    p = scratch() / "data.txt"
+    p.write_bytes(data)
+    text = bounded(fsutil.read_text, p, fsutil.MAX_TEXT_BYTES, upto)
+    if text is not None:
+        whole = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        assert whole.startswith(text) and (upto is not None or text == whole)
+    elif upto is None:
+        with pytest.raises(UnicodeDecodeError):
+            data.decode("utf-8")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _clean_scratch():
     yield
     import shutil
     for p in Path(tempfile.gettempdir()).glob("edgellm-fuzz-*"):
         shutil.rmtree(p, ignore_errors=True)
+
+
+# -- chat templates ----------------------------------------------------------------------------
+template_atom = st.one_of(
+    st.integers(-10**12, 10**12).map(str), st.text(max_size=6).map(repr),
+    st.sampled_from(["messages[0]['content']", "bos_token", "range(99999)", "[1, 2]", "'%9999999d'",
+                     "'{:>9999999}'", "dict(a=1)", "lipsum", "namespace(x=1)", "(9 ** 9)"]))
+TEMPLATE_OPS = ["({a} * {b})", "({a} ** {b})", "({a} + {b})", "({a} ~ {b})", "({a} % {b})",
+                "({a} | center({b}))", "({a} | join({b}))", "({a} | format({b}))", "({a} | list)",
+                "({a} | string)", "({a} | wordwrap({b}))", "({a} | indent({b}))", "({a} | batch({b}))",
+                "({a} | replace({a}, {b}))", "({a}.ljust({b}))", "('{{:>{{}}}}'.format({a}, {b}))",
+                "({a} | sum)", "({a} | tojson)", "({a} | map('string') | join)"]
+template_expr = st.recursive(template_atom, lambda inner: st.tuples(st.sampled_from(TEMPLATE_OPS), inner, inner).map(
+    lambda t: t[0].format(a=t[1], b=t[2])), max_leaves=6)
+
+
+@FUZZ
+@given(expr=template_expr)
+def test_chat_templates_never_fail_but_cleanly(expr):
+    """Any composition of the operations that build values renders, or is refused in one line, within
+    the render's time bound; the answer is bounded."""
+    from edgellm.runtime.tokenizer import MAX_PROMPT_CHARS, MAX_RENDER_SECONDS, render_chat
+
+    t0 = time.monotonic()
+    out = bounded(render_chat, "{{ " + expr + " }}", [{"role": "user", "content": "hi"}], True, "t")
+    assert time.monotonic() - t0 < MAX_RENDER_SECONDS + 1
+    assert out is None or len(out) <= MAX_PROMPT_CHARS

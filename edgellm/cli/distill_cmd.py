@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
     size.add_argument("--params", type=count_arg, help="total parameters of the student (e.g. 50M)")
     p.add_argument("--layers", type=positive_int, help="student depth (with or without --hidden)")
     p.add_argument("--hidden", type=positive_int, help="student hidden size")
-    p.add_argument("--data", type=Path, metavar="FILE", help="UTF-8 training text (default: built-in text)")
+    p.add_argument("--data", type=Path, metavar="FILE", help="UTF-8 training text, at most 256 MiB (default: built-in text)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="training steps (default 500)")
     length.add_argument("--tokens", type=count_arg, help="training tokens (sets the steps)")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from edgellm.cli.common import positive_int, print_json
 from edgellm.cli.progress import StageLine
-from edgellm.errors import BadInput
 
 HELP = """Score TARGET on text: perplexity over non-overlapping windows of --context tokens and, with
 --reference, mean and 99th-percentile KL divergence (reference || target) and top-1 agreement,
@@ -28,7 +27,7 @@ def add_parser(sub) -> None:
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", metavar="TARGET", help="HF folder or hub id, bundle folder, .gguf or .onnx")
     p.add_argument("--reference", metavar="MODEL", help="compare against this model (same vocabulary)")
-    p.add_argument("--data", type=Path, metavar="FILE", help="UTF-8 text to score (default: held-out text)")
+    p.add_argument("--data", type=Path, metavar="FILE", help="UTF-8 text to score, at most 256 MiB (default: held-out text)")
     p.add_argument("--context", type=positive_int, default=512, help="tokens per window (default 512)")
     p.add_argument("--windows", type=positive_int, default=8, help="at most this many windows (default 8)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads for the runtimes")
@@ -36,26 +35,30 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _text(path: Path | None) -> str:
+def _text(path: Path | None, tokens: int) -> str:
     if path is None:
         from edgellm.textdata import held_out_text
         return held_out_text()
-    return read_text(path)
+    return read_text(path, tokens)
 
 
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot read it as UTF-8 text ({e})") from None
+def read_text(path: Path, tokens: int | None = None) -> str:
+    """--data / --calib-data: UTF-8 text through the guarded reader (a regular file of at most
+    ``fsutil.MAX_TEXT_BYTES``; a FIFO, a device or a folder is refused without reading).  ``tokens``:
+    the most the caller uses, from the start: only the bytes those could take are read."""
+    from edgellm.fsutil import read_text as guarded
+
+    upto = None if tokens is None else max(16 << 20, BYTES_PER_TOKEN * tokens)
+    return guarded(path, upto=upto)
+
+
+BYTES_PER_TOKEN = 64                # far more than any tokenizer takes on average (2-5)
 
 
 def run(args) -> int:
     from edgellm.evaluate import evaluate, open_target
 
-    text = _text(args.data)
+    text = _text(args.data, args.context * args.windows)
     target = open_target(args.target, args.context, args.threads)
     reference = open_target(args.reference, args.context, args.threads) if args.reference else None
     line = StageLine()

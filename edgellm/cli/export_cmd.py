@@ -78,7 +78,7 @@ def add_parser(sub) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="data-aware quantization on calibration text (GGUF types below F16, ONNX int4)")
     p.add_argument("--calib-data", type=Path, metavar="FILE",
-                   help="UTF-8 calibration text (implies --calibrate; default: built-in text)")
+                   help="UTF-8 calibration text, at most 256 MiB (implies --calibrate; default: built-in text)")
     p.add_argument("--calib-windows", type=positive_int, default=16, metavar="N",
                    help="windows of 512 tokens to calibrate on (default 16)")
     p.add_argument("--calib-device", default="auto", metavar="{auto,cpu,cuda}",
@@ -105,7 +105,7 @@ def run(args) -> int:
     calib_text = None
     if args.calib_data is not None:
         from edgellm.cli.eval_cmd import read_text
-        calib_text = read_text(args.calib_data)
+        calib_text = read_text(args.calib_data, 512 * args.calib_windows)
     req = BuildRequest(
         model=args.model, device=args.device, format=args.format, quant=args.quant, block_size=args.block_size,
         output=args.output, max_memory=args.max_memory, min_decode_tps=args.min_decode_tps, context=args.context,

@@ -43,14 +43,28 @@ def load_file(path: Path) -> DeviceProfile:
     """Read and validate one profile file."""
     from edgellm.runtime.tokenizer import read_small_bytes
 
-    if not Path(path).exists():
+    if not Path(path).exists() and not Path(path).is_symlink():
         raise BadInput(f"{path}: no such device profile file")
     raw = read_small_bytes(Path(path), MAX_PROFILE_BYTES)       # a regular file, bounded
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: not valid TOML ({e})") from None
-    return profile_from_dict(data, str(path))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return profile_from_text(text, str(path))
+
+
+def parse_toml(text: str, source: str) -> dict:
+    """TOML from a file or another machine, as a dict; BadInput naming ``source`` (tomllib raises
+    ValueError for an integer too long to convert and RecursionError for deep nesting, besides
+    its own TOMLDecodeError)."""
+    try:
+        return tomllib.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise BadInput(f"{source}: not valid TOML ({str(e)[:200] or type(e).__name__})") from None
+
+
+def profile_from_text(text: str, source: str) -> DeviceProfile:
+    return profile_from_dict(parse_toml(text, source), source)
 
 
 def all_profiles() -> list[DeviceProfile]:
@@ -67,7 +81,7 @@ def all_profiles() -> list[DeviceProfile]:
 def find(name_or_path: str) -> DeviceProfile:
     """Resolve ``--device``: a path, a profile name, or an alias; suggest close names otherwise."""
     path = Path(name_or_path)
-    if name_or_path.endswith(".toml") or path.is_file():
+    if name_or_path.endswith(".toml") or path.is_file() or ("/" in name_or_path and os.path.lexists(path)):
         return load_file(path)
     profiles = all_profiles()
     for prof in profiles:

@@ -122,14 +122,17 @@ class DeviceProfile:
 # --- validation --------------------------------------------------------------------------------
 
 def _string(v: Any) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise units.UnitError(f"expected a non-empty string, got {v!r}")
+    if not isinstance(v, str) or not v.strip() or len(v) > 1000:
+        raise units.UnitError(f"expected a non-empty string of at most 1000 characters, got {units.show_value(v)}")
     return v
 
 
+MAX_COUNT = 1 << 31            # cores, a context length: anything larger is a typo or hostile
+
+
 def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise units.UnitError(f"expected a whole number >= 0, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT:
+        raise units.UnitError(f"expected a whole number from 0 to {MAX_COUNT:,}, got {units.show_value(v)}")
     return v
 
 
@@ -142,20 +145,20 @@ def _positive_count(v: Any) -> int:
 
 def _fraction(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-        raise units.UnitError(f"expected a fraction in (0, 1], got {v!r}")
+        raise units.UnitError(f"expected a fraction in (0, 1], got {units.show_value(v)}")
     return float(v)
 
 
 def _positive(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-        raise units.UnitError(f"expected a number > 0, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1e9:
+        raise units.UnitError(f"expected a number > 0 and at most 1e9, got {units.show_value(v)}")
     return float(v)
 
 
 def _choice(allowed: frozenset[str]) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
-        if v not in allowed:
-            raise units.UnitError(f"expected one of {', '.join(sorted(allowed))}; got {v!r}")
+        if not isinstance(v, str) or v not in allowed:        # a list is not hashable: no TypeError
+            raise units.UnitError(f"expected one of {', '.join(sorted(allowed))}; got {units.show_value(v)}")
         return v
     return parse
 
@@ -163,7 +166,7 @@ def _choice(allowed: frozenset[str]) -> Callable[[Any], str]:
 def _list_of(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
     def parse(v: Any) -> tuple[str, ...]:
         if not isinstance(v, list):
-            raise units.UnitError(f"expected a list, got {v!r}")
+            raise units.UnitError(f"expected a list, got {units.show_value(v)}")
         return tuple(item(x) for x in v)
     return parse
 
@@ -171,7 +174,7 @@ def _list_of(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
 def _positive_bytes(v: Any) -> int:
     n = units.parse_bytes(v)
     if n <= 0:
-        raise units.UnitError(f"expected a size > 0, got {v!r}")
+        raise units.UnitError(f"expected a size > 0, got {units.show_value(v)}")
     return n
 
 
@@ -208,7 +211,7 @@ _KERNELS_HINT = ('kernels: expected "runtime" = { token_us, attention_gflops } a
 
 def _nonneg(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or v > 1e9:
-        raise units.UnitError(f"expected a finite number from 0 to 1e9, got {v!r}")
+        raise units.UnitError(f"expected a finite number from 0 to 1e9, got {units.show_value(v)}")
     return float(v)
 
 

@@ -12,10 +12,10 @@ takes precedence.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
-from edgellm.devices.schema import DeviceProfile, profile_from_dict
+from edgellm.devices.catalog import MAX_PROFILE_BYTES, parse_toml, profile_from_text
+from edgellm.devices.schema import DeviceProfile
 
 MEASURED = {"memory": ("bandwidth_measured", "copy_measured"), "cpu": ("fp32_measured",)}
 HEADER = re.compile(r"^\s*\[(?P<name>[^\[\]]+)\]\s*(#.*)?$")
@@ -29,7 +29,7 @@ def _sections(lines: list[str]) -> list[tuple[str, int, int]]:
 
 def merge(profile_text: str, measured_text: str, source: str) -> str:
     """``profile_text`` with the measured values of ``measured_text`` (a measured profile's TOML)."""
-    measured = tomllib.loads(measured_text)
+    measured = parse_toml(measured_text, "the measured profile")
     lines = profile_text.splitlines()
     for table, keys in MEASURED.items():
         for key in keys:
@@ -64,9 +64,11 @@ def update_profile(target: DeviceProfile, measured_text: str, source: str, user_
     """Write ``target``'s profile with the measurements folded in; (the file written, the profile)."""
     from edgellm.fsutil import atomic_write
 
+    from edgellm.runtime.tokenizer import read_small_text
+
     src = Path(target.source)
-    text = merge(src.read_text(encoding="utf-8"), measured_text, source)
+    text = merge(read_small_text(src, MAX_PROFILE_BYTES), measured_text, source)
     out = src if src.resolve().parent == user_dir.resolve() else user_dir / src.name
-    prof = profile_from_dict(tomllib.loads(text), str(out))
+    prof = profile_from_text(text, str(out))
     atomic_write(out, text.encode("utf-8"))
     return out, prof

@@ -41,11 +41,14 @@ def _parse(text: str, where: str) -> dict:
 
 
 def _read_local(path: Path) -> ConfigSource:
-    cfg = path / "config.json" if path.is_dir() else path
-    if not cfg.exists():
-        raise BadInput(f"{path}: no config.json in this folder; is it a Hugging Face model folder?")
+    """A folder's config.json (a link out of the folder is refused, as a weights file's is), or
+    the config.json file the user named; a regular file, bounded, read without blocking."""
+    from edgellm.exporters.io.model_files import inside
     from edgellm.runtime.tokenizer import read_small_text
 
+    cfg = inside(path, path / "config.json", "config.json") if path.is_dir() else path
+    if not cfg.exists():
+        raise BadInput(f"{path}: no config.json in this folder; is it a Hugging Face model folder?")
     text = read_small_text(cfg, MAX_CONFIG_JSON)
     return ConfigSource(_parse(text, str(cfg)), "local folder", str(cfg))
 
@@ -62,7 +65,12 @@ def _from_hf_cache(hub_id: str) -> ConfigSource | None:
     ref = repo / "refs" / "main"
     snapshots = []
     if ref.is_file():
-        snapshots.append(repo / "snapshots" / ref.read_text().strip())
+        from edgellm.fsutil import plain_name
+        from edgellm.runtime.tokenizer import read_small_text
+
+        rev = read_small_text(ref, 4096).strip()
+        if plain_name(rev):
+            snapshots.append(repo / "snapshots" / rev)
     if (repo / "snapshots").is_dir():
         snapshots += sorted((repo / "snapshots").iterdir())
     for snap in snapshots:

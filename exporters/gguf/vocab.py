@@ -64,14 +64,30 @@ def _spm_space_prefix(tj: dict) -> bool:
                for p in pres)
 
 
+MAX_SPM_BYTES = 64 << 20            # real tokenizer.model files are 0.5-5 MB
+
+
 def read_spm_vocab(folder: Path, n_vocab: int) -> Vocab:
-    """A SentencePiece tokenizer (tokenizer.model) through the gguf package's reader."""
+    """A SentencePiece tokenizer (tokenizer.model) through the gguf package's reader.  That reader
+    opens tokenizer.model and added_tokens.json itself, unguarded (a FIFO there would hang it, a
+    link would be followed out of the folder), so it is handed private copies of the two, read
+    through the guarded reader: inside the folder, regular files, bounded."""
+    import tempfile
+
     import gguf
 
-    try:
-        spm = gguf.vocab.SentencePieceVocab(folder)
-    except Exception as e:  # noqa: BLE001 - protobuf or sentencepiece errors: one line
-        raise BadInput(f"{folder / 'tokenizer.model'}: cannot read it as a SentencePiece model ({e})") from None
+    from edgellm.runtime.tokenizer import read_small_bytes
+
+    with tempfile.TemporaryDirectory(prefix="edgellm-spm-") as tmp:
+        for name, limit in (("tokenizer.model", MAX_SPM_BYTES), ("added_tokens.json", 1 << 20)):
+            src = member(folder, name, "tokenizer file")
+            if name == "tokenizer.model" or src.exists() or src.is_symlink():
+                (Path(tmp) / name).write_bytes(read_small_bytes(src, limit))
+        try:
+            spm = gguf.vocab.SentencePieceVocab(Path(tmp))
+        except Exception as e:  # noqa: BLE001 - protobuf or sentencepiece errors: one line
+            raise BadInput(f"{folder / 'tokenizer.model'}: cannot read it as a SentencePiece model "
+                           f"({str(e).replace(tmp, str(folder))[:200]})") from None
     tokens, scores, types = [], [], []
     for text, score, kind in spm.all_tokens():
         tokens.append(text.decode("utf-8"))
