@@ -118,28 +118,96 @@ def run_show(args) -> int:
     return 0
 
 
-def _measure_remote(args, name: str) -> str:
+MAX_MEASURED = 1 << 20                  # a measured profile's TOML, [kernels] included, is a few KB
+
+
+def _measure_remote(args, name: str) -> tuple[devices.DeviceProfile, str]:
+    """(the profile, its TOML) measured on --remote.  The far side's answer is a stranger's input:
+    bounded, strict UTF-8 TOML, every string printable, checked by the profile schema as a local
+    profile is (BadInput naming the key), named ``name`` (ours, never the far side's; its aliases
+    dropped, so it cannot take another profile's name), then written out afresh from the checked
+    values, so nothing of the far side's text reaches a file here but those values."""
+    import math
     import shlex
+    import tomllib
+
+    from edgellm.errors import BadInput
+    from edgellm.remote import MAX_WORK_S
 
     remote = remote_of(args, stderr_progress)
     stderr_progress(f"measuring {remote.name}" + (" with kernels (about two minutes)" if args.kernels else ""))
     path = ".cache/edgellm/remote/measured.toml"
     r = remote.ssh(f"mkdir -p .cache/edgellm/remote && {remote.edgellm()} device measure --name {shlex.quote(name)}"
-                   f"{' --kernels ' + ','.join(_kernel_types(args.kernels)) if args.kernels else ''} -o {path} > /dev/null && cat {path} && rm -f {path}")
+                   f"{' --kernels ' + ','.join(_kernel_types(args.kernels)) if args.kernels else ''} -o {path} > /dev/null && cat {path} && rm -f {path}",
+                   text=False, limit=MAX_MEASURED, timeout=MAX_WORK_S)
     if r.returncode != 0:
         raise remote.fail(r, "measuring")
-    return r.stdout
+    where = f"the profile measured on {remote.name}"
+    try:
+        data = tomllib.loads(r.stdout.decode("utf-8"))
+    except (ValueError, RecursionError) as e:          # UnicodeDecodeError and TOMLDecodeError included
+        raise BadInput(f"{where}: not UTF-8 TOML ({str(e)[:120]!r})") from None
+
+    def printable(v, key):
+        if isinstance(v, str) and (not v.isprintable() or len(v) > 300):
+            raise BadInput(f"{where}: {key}: expected printable text of at most 300 characters")
+        for k, x in (v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()):
+            printable(k, f"{key} key")
+            printable(x, f"{key}.{k}" if key else str(k))
+    printable(data, "")
+    data["name"] = name
+    data.pop("aliases", None)
+    try:
+        prof = devices.schema.profile_from_dict(data, where)
+    except (OverflowError, ValueError) as e:           # a number too large for what is computed from it
+        raise BadInput(f"{where}: a value out of range ({str(e)[:120]})") from None
+    for table, part in [("memory", prof.memory), ("cpu", prof.cpu), ("budgets", prof.budgets),
+                        *((f"accelerators[{i}]", a) for i, a in enumerate(prof.accelerators))]:
+        for key, v in dataclasses.asdict(part).items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise BadInput(f"{where}: {table}.{key}: not a finite number")
+    return prof, _profile_toml(prof, remote.name)
+
+
+def _profile_toml(p: devices.DeviceProfile, host: str) -> str:
+    """A checked profile as TOML; brackets in strings escaped, so no value reads as a [table]
+    header to ``devices.update.merge`` (which finds [kernels] in the text)."""
+    import datetime
+    import json
+
+    def q(v):
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(q(x) for x in v) + "]"
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False).replace("[", "\\u005B").replace("]", "\\u005D")
+        return repr(v)
+
+    def keys(table, units):
+        return [f"{k} = {q(f'{v!r} {units[k]}' if k in units else v)}"
+                for k, v in dataclasses.asdict(table).items() if v is not None]
+
+    lines = [f"# measured on {host} by `edgellm device measure --remote` ({datetime.date.today().isoformat()})",
+             "schema = 1", f"name = {q(p.name)}", f"description = {q(p.description)}",
+             f"runtimes = {q(p.runtimes)}", f"preferred_formats = {q(p.preferred_formats)}", "", "[memory]"]
+    lines += keys(p.memory, {"ram": "B", "bandwidth": "B/s", "bandwidth_measured": "B/s", "copy_measured": "B/s"})
+    lines += ["", "[cpu]"] + keys(p.cpu, {"freq": "Hz", "fp32_peak": "FLOPS", "fp32_measured": "FLOPS"})
+    lines += ["", "[budgets]"] + keys(p.budgets, {"max_memory": "B"})
+    for a in p.accelerators:
+        lines += ["", "[[accelerators]]"] + keys(a, {"compute": "OPS"})
+    if p.kernels:
+        lines += ["", "[kernels]"] + [
+            f"{q(k)} = {{ " + ", ".join(f"{f} = {q(v)}" for f, v in dataclasses.asdict(rate).items()
+                                        if v is not None and v != "") + " }" for k, rate in p.kernels]
+    return "\n".join(lines) + "\n"
 
 
 def run_measure(args) -> int:
     import datetime
     import socket
-    import tomllib
 
     name = args.name or default_name()
     if args.remote:
-        text = _measure_remote(args, name)
-        prof = devices.schema.profile_from_dict(tomllib.loads(text), f"<measured on {args.remote}>")
+        prof, text = _measure_remote(args, name)
         where = args.remote
     else:
         prof, text = measure(name, stderr_progress, kernels=bool(args.kernels),

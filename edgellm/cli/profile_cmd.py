@@ -80,9 +80,9 @@ def _remote(args) -> int:
     from edgellm.remote import profile_remote
     from edgellm.runtime.bundle import open_bundle
 
-    # the manifest only: the far side's edgellm checks every file's sha256 when it opens the copy,
-    # so hashing them here too would only add to the run
-    bundle = open_bundle(Path(args.bundle), check=False)
+    # every file checked here too: what is copied is read through the descriptors that were
+    # hashed (regular files only), so nothing swapped in after the check is sent
+    bundle = open_bundle(Path(args.bundle))
     try:
         passed = ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens), "--repeats",
                   str(args.repeats), "--depths", ",".join(map(str, args.depths))]
@@ -91,7 +91,7 @@ def _remote(args) -> int:
         if args.sustained:
             passed += ["--sustained", str(args.sustained)]
         remote = remote_of(args, stderr_progress)
-        records, sent = profile_remote(remote, bundle, passed, args.clean)
+        records, sent = profile_remote(remote, bundle, passed, args.clean, depths=args.depths)
         device = args.device or bundle.manifest.get("device")
         pred = _prediction_for(bundle, device) if args.device else (bundle.manifest.get("prediction") or {})
     finally:
