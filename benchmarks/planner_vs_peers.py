@@ -11,7 +11,8 @@ Usage: python benchmarks/planner_vs_peers.py
 from __future__ import annotations
 
 from edgellm import models
-from edgellm.devices.measure import measure, stderr_progress
+from edgellm.cli.progress import stderr_progress
+from edgellm.devices.measure import measure
 from edgellm.plan.build import BuildChoice
 from edgellm.plan.estimate import estimate
 

@@ -43,6 +43,12 @@ class Terminated(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+class EdgeLLMWarning(UserWarning):
+    """Something the user should know that does not stop the work (a card ignored, a build that
+    misses a budget).  The library warns (``warnings.warn``); the CLI prints it as one line,
+    ``edgellm: warning: …``; a library caller decides for itself."""
+
+
 EXIT_CRASHED = 6             # the runtime died in native code (the message names the file)
 EXIT_INTERRUPTED = 130
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from edgellm import devices, models
-from edgellm.errors import BadInput, EdgeLLMError, NothingFits
+from edgellm.errors import BadInput, EdgeLLMError, EdgeLLMWarning, NothingFits
 from edgellm.models.source import HUB_ID
 from edgellm.plan import planner, report
 from edgellm.plan.build import BuildChoice
@@ -62,6 +62,7 @@ class BuildResult:
     prediction: dict
     trials: list = field(default_factory=list)  # quality-gate trials, when a gate was given
     gate: object | None = None
+    plan: object | None = None                  # the plan the build was chosen from (planner.Plan)
 
 
 def need_export_extra() -> None:
@@ -84,7 +85,8 @@ def exporter_for(choice: BuildChoice):
     return getattr(importlib.import_module(module), func)
 
 
-def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tuple[BuildChoice, dict]]:
+def _candidates(req: BuildRequest, model, device, calibrated: bool, plans: list | None = None
+                ) -> list[tuple[BuildChoice, dict]]:
     """The builds to try, smallest predicted file first: the one ``quant`` names, or the plan's
     winner, or (with a gate) every build of the format that fits (one KV cache type each)."""
     fmt = req.format
@@ -96,6 +98,8 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tupl
         raise BadInput("--block-size applies to ONNX int4 only")
     budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model)
     plan = planner.plan(model, device, budgets, formats=(fmt,), calibrated=calibrated)
+    if plans is not None:
+        plans.append(plan)
 
     def wanted(c: BuildChoice) -> bool:
         return req.block_size is None or c.block_size in (None, req.block_size)
@@ -111,8 +115,8 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool) -> list[tupl
         if c is None:
             raise BadInput(f"{device.name} has no runtime for {fmt} {req.quant}; see `edgellm devices show {device.name}`")
         if not c.fits:
-            print(f"edgellm: warning: {req.quant} misses {device.name}'s budgets: {'; '.join(c.failures)}",
-                  file=sys.stderr)
+            warnings.warn(f"{req.quant} misses {device.name}'s budgets: {'; '.join(c.failures)}", EdgeLLMWarning,
+                          stacklevel=2)
         return [(c.choice, report.prediction(c, budgets.context))]
     fitting = [c for c in plan.candidates if c.fits and wanted(c.choice)]
     if not fitting:
@@ -193,13 +197,14 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
         calibration = dataclasses.replace(calibration, device=resolve(req.calib_device, "--calib-device"))
     if req.allow_distill:
         resolve(req.distill_device, "--distill-device")
+    plans: list = []
     try:
-        choices = _candidates(req, model, device, calibration is not None)
+        choices = _candidates(req, model, device, calibration is not None, plans)
     except NothingFits:
         if not req.allow_distill:
             raise
         folder, model = _distil_first(req, folder, model, device, say)
-        choices = _candidates(req, model, device, calibration is not None)
+        choices = _candidates(req, model, device, calibration is not None, plans)
     choice = choices[0][0]
     label = "gated" if gate and len(choices) > 1 else choice.slug   # a gate's build is known once measured
     out = req.output or Path(f"{public_name(req.model)}-{label}-{device.name}")
@@ -227,4 +232,4 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
                                                   out, req.force, gate, say=say)
     else:
         result = export(choice, out, req.force)
-    return BuildResult(result, choice, predictions[choice], trials, gate if gate else None)
+    return BuildResult(result, choice, predictions[choice], trials, gate if gate else None, plans[-1])

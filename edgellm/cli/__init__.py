@@ -11,11 +11,12 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 
 from edgellm import __version__
 from edgellm.cli import (demo_cmd, devices_cmd, distill_cmd, eval_cmd, export_cmd, package_cmd, plan_cmd,
                          profile_cmd, report_cmd, run_cmd, verify_cmd)
-from edgellm.errors import EXIT_INTERRUPTED, BadInput, EdgeLLMError, Terminated, one_line
+from edgellm.errors import EXIT_INTERRUPTED, BadInput, EdgeLLMError, EdgeLLMWarning, Terminated, one_line
 
 COMMANDS = (plan_cmd, export_cmd, distill_cmd, run_cmd, profile_cmd, verify_cmd, package_cmd, report_cmd, eval_cmd, devices_cmd, demo_cmd)
 
@@ -106,10 +107,23 @@ def _dispatch(args) -> int:
         return BadInput.exit_code
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's warnings (``EdgeLLMWarning``) as one line each; others as Python shows them."""
+    if issubclass(category, EdgeLLMWarning):
+        print(f"edgellm: warning: {one_line(message)}", file=sys.stderr, flush=True)
+    else:
+        _python_warning(message, category, filename, lineno, file, line)
+
+
+_python_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     # transformers 5 and huggingface_hub draw their own progress bars (loading and saving weights)
     # on stderr; edgellm's stage lines say the same, and errors must stay one line
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", EdgeLLMWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)     # as given (a launcher repeats it)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from edgellm import devices
 from edgellm.cli.common import add_remote_args, print_json, remote_of
-from edgellm.devices.measure import default_name, measure, stderr_progress
+from edgellm.cli.progress import stderr_progress
+from edgellm.devices.measure import default_name, measure
 from edgellm.fsutil import atomic_write
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes, fmt_rate

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from edgellm.cli.common import add_remote_args, positive_float, positive_int, print_json, remote_of
-from edgellm.devices.measure import stderr_progress
+from edgellm.cli.progress import stderr_progress
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes
 
@@ -93,7 +93,7 @@ def _remote(args) -> int:
         remote = remote_of(args, stderr_progress)
         records, sent = profile_remote(remote, bundle, passed, args.clean, depths=args.depths)
         device = args.device or bundle.manifest.get("device")
-        pred = _prediction_for(bundle, device) if args.device else (bundle.manifest.get("prediction") or {})
+        pred = _prediction_of(bundle, device) if args.device else (bundle.manifest.get("prediction") or {})
     finally:
         bundle.close()
     for r in records:
@@ -116,18 +116,11 @@ def _remote(args) -> int:
     return 0
 
 
-def _prediction_for(bundle, device_name: str) -> dict:
-    """What the planner predicts for this bundle's build on ``device_name``."""
-    from edgellm import devices, models
-    from edgellm.plan import planner, report
+def _prediction_of(bundle, device_name: str) -> dict:
+    from edgellm.plan.report import prediction_for
     from edgellm.runtime.backend import recorded_choice
 
-    folder = bundle.load_dir or bundle.folder
-    model = models.load_config(str(folder))
-    device = devices.find(device_name)
-    budgets = planner.budgets_for(device, None, None, None, model)
-    c = planner.evaluate_choice(model, device, budgets, recorded_choice(bundle))
-    return report.prediction(c, budgets.context) if c else {}
+    return prediction_for(bundle.load_dir or bundle.folder, recorded_choice(bundle), device_name)
 
 
 def profile(args) -> int:

@@ -34,3 +34,8 @@ class StageLine:
         if self.tty and self.last_stage is not None:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def stderr_progress(msg: str) -> None:
+    """A progress line of a command that measures (``device measure``, remote runs)."""
+    print(f"edgellm: {msg}", file=sys.stderr, flush=True)

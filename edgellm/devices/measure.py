@@ -11,7 +11,6 @@ import datetime as _dt
 import json
 import re
 import socket
-import sys
 import tomllib
 from typing import Callable
 
@@ -87,6 +86,3 @@ fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threa
              f"matmul {fmt_rate(flops, 'FLOPS')}")
     return prof, text
 
-
-def stderr_progress(msg: str) -> None:
-    print(f"edgellm: {msg}", file=sys.stderr, flush=True)

@@ -83,3 +83,16 @@ def to_text(p: Plan) -> str:
         foot.insert(0, "\nnothing fits these budgets." + ("" if p.suggestions else " No shorter context, smaller student or known device fits either."))
         foot[1:1] = [f"  would fit: {s}" for s in p.suggestions]
     return "\n".join(head) + body + "\n" + "\n".join(foot)
+
+
+def prediction_for(model_folder, choice, device_name: str) -> dict:
+    """What the planner predicts for ``choice`` (a bundle's recorded build) of the model whose
+    config.json is in ``model_folder``, on ``device_name``, at the device's default budgets."""
+    from edgellm import devices, models
+    from edgellm.plan import planner
+
+    model = models.load_config(str(model_folder))
+    device = devices.find(device_name)
+    budgets = planner.budgets_for(device, None, None, None, model)
+    c = planner.evaluate_choice(model, device, budgets, choice)
+    return prediction(c, budgets.context) if c else {}

@@ -13,10 +13,11 @@ mapping): the card is ignored with one warning line, and the export goes on with
 
 from __future__ import annotations
 
-import sys
+import warnings
 from pathlib import Path
 
 from edgellm import __version__
+from edgellm.errors import EdgeLLMWarning
 from edgellm.exporters.io.model_files import member
 
 MAX_CARD = 1 << 20
@@ -140,7 +141,7 @@ def read_card(folder: Path) -> dict:
         why = e.message if isinstance(e, BadInput) else f"{path}: {e}"
         if str(path) not in _warned:
             _warned.add(str(path))
-            print(f"edgellm: warning: model card ignored: {why}", file=sys.stderr)
+            warnings.warn(f"model card ignored: {why}", EdgeLLMWarning, stacklevel=2)
         return {}
     return data or {}
 
