@@ -12,7 +12,7 @@ from edgellm.devices import kernels
 from edgellm.models.families import from_config_dict
 from edgellm.plan.build import BuildChoice
 from edgellm.plan.estimate import estimate
-from edgellm.plan.kernel_model import RuntimeCost, TypeRate, decode_seconds, loads, prefill_seconds
+from edgellm.devices.kernel_model import RuntimeCost, TypeRate, decode_seconds, loads, prefill_seconds
 from edgellm.runtime.synthetic_gguf import Shape
 
 SMALL = ((Shape(hidden=256, ffn=768, layers=4, heads=4, kv_heads=2, vocab=512, context=2048),

@@ -1,6 +1,6 @@
 """Kernel rates per ggml tensor type, measured with the runtime itself (``device measure --kernels``).
 
-The rates are those of :mod:`edgellm.plan.kernel_model`: per type, seconds per row and per
+The rates are those of :mod:`edgellm.devices.kernel_model`: per type, seconds per row and per
 weight for decode and prefill; per runtime, seconds per token.  To separate them,
 each type is measured on two random-weight llama-shaped probes (runtime/synthetic_gguf.py,
 about 100 M parameters each) with rows of 1024 and 2048 weights, each
@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgellm.plan.kernel_model import Load, RuntimeCost, TypeRate, loads
+from edgellm.devices.kernel_model import Load, RuntimeCost, TypeRate, loads
 
 # ggml tensor type -> the llama.cpp file type whose *pure* quantization stores every matrix in it
 PURE_FTYPE = {"F16": None, "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_1": "Q5_1", "Q5_0": "Q5_0",

@@ -69,12 +69,12 @@ fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threa
 """
     if kernels:
         from edgellm.devices.kernels import GGML_TYPES, measure_kernels
-        from edgellm.plan.kernel_model import RuntimeCost
+        from edgellm.devices.kernel_model import RuntimeCost
 
         costs = measure_kernels(threads, progress, kernel_types or GGML_TYPES, source=by)
         text += ("\n# llama.cpp's kernels: per ggml tensor type, seconds per matrix row and per weight, measured\n"
                  "# with llama-cpp-python itself on random-weight probe models (edgellm/devices/kernels.py,\n"
-                 "# edgellm/plan/kernel_model.py); the planner sums a build's tensors at their own type's rates\n"
+                 "# edgellm/devices/kernel_model.py); the planner sums a build's tensors at their own type's rates\n"
                  "[kernels]\n")
         for key, r in costs.items():
             fields = ("token_us", "attention_gflops") if isinstance(r, RuntimeCost) else \

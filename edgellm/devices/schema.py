@@ -105,7 +105,7 @@ class DeviceProfile:
     accelerators: tuple[Accelerator, ...] = ()
     aliases: tuple[str, ...] = ()             # short names, e.g. "rpi5" for "rpi5-8gb"
     source: str = ""                          # file it came from
-    # measured kernel costs: "runtime" and "runtime:GGML_TYPE" ([kernels], edgellm/plan/kernel_model.py)
+    # measured kernel costs: "runtime" and "runtime:GGML_TYPE" ([kernels], edgellm/devices/kernel_model.py)
     kernels: tuple = ()
 
     def kernel(self, key: str):
@@ -199,7 +199,7 @@ _ACCEL = {"name": (_string, True), "kind": (_choice(ACCEL_KINDS), True),
 _BUDGETS = {"context": (_positive_count, False), "min_decode_tps": (_positive, False),
             "max_memory": (_positive_bytes, False)}
 _SECTIONS = {"memory", "cpu", "accelerators", "budgets", "kernels"}
-# [kernels] (edgellm/plan/kernel_model.py): "runtime" = its own costs, "runtime:GGML_TYPE" = a type's
+# [kernels] (edgellm/devices/kernel_model.py): "runtime" = its own costs, "runtime:GGML_TYPE" = a type's
 _KERNEL_COST = {"token_us": (lambda v: _nonneg(v), True), "attention_gflops": (lambda v: _positive(v), False),
                 "source": (lambda v: _string(v), False)}
 _KERNEL_TYPE = {"decode_row_ns": (lambda v: _nonneg(v), True), "decode_weight_ps": (lambda v: _nonneg(v), True),
@@ -216,7 +216,7 @@ def _nonneg(v: Any) -> float:
 
 
 def _kernels(data: Any, fail: Callable[[str], BadInput]) -> tuple:
-    from edgellm.plan.kernel_model import RuntimeCost, TypeRate
+    from edgellm.devices.kernel_model import RuntimeCost, TypeRate
 
     if not isinstance(data, dict):
         raise fail(_KERNELS_HINT)

@@ -2,7 +2,7 @@
 
 Speed, where the device profile has measured kernels for the build's runtime ([kernels], written
 by ``edgellm device measure --kernels``): each tensor at its own ggml type's measured cost per
-row and per weight (edgellm/plan/kernel_model.py), plus the KV cache read at the bandwidth.
+row and per weight (edgellm/devices/kernel_model.py), plus the KV cache read at the bandwidth.
 Otherwise a roofline: decode reads every weight byte once per token (plus the KV cache so far)
 and does two FLOPs per weight; its time is the larger of bytes / bandwidth and FLOPs / the
 kernels' rate.  Prefill is compute-bound: it is timed on FLOPs alone.  Both are predicted where
@@ -18,7 +18,7 @@ from edgellm.models.config import ModelConfig
 from edgellm.plan.build import BuildChoice
 from edgellm.plan.formats import BuildFormat, format_for
 from edgellm.plan.ggml_types import TYPES
-from edgellm.plan.kernel_model import decode_seconds, loads, prefill_seconds
+from edgellm.devices.kernel_model import decode_seconds, loads, prefill_seconds
 from edgellm.plan.runtimes import RUNTIMES, KernelRates
 
 PROMPT_TOKENS = 512
