@@ -74,7 +74,7 @@ def _private_config(path: str) -> str:
     """``--ssh-config FILE`` read once (a regular file, bounded, never blocking on a FIFO or a
     device) into a file only we can change, which ssh then reads: a swap after the check or a
     FIFO ssh would wait on forever cannot happen."""
-    from edgellm.runtime.tokenizer import read_small_bytes
+    from edgellm.core.files import read_small_bytes
 
     try:
         data = read_small_bytes(Path(path), MAX_SSH_CONFIG)

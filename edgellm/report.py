@@ -73,7 +73,7 @@ def _numbers(value, where: str, keys: tuple[str, ...], required: bool = False) -
 
 def load_inputs(paths: list[Path]) -> list[Run]:
     from edgellm.runtime.bundle import read_manifest
-    from edgellm.runtime.tokenizer import read_small_text
+    from edgellm.core.files import read_small_text
 
     runs: dict[str, Run] = {}
     for p in paths:
@@ -243,7 +243,7 @@ def render(runs: list[Run]) -> str:
 
 
 def write_report(inputs: list[Path], out: Path) -> int:
-    from edgellm.fsutil import atomic_write
+    from edgellm.core.files import atomic_write
 
     runs = load_inputs(inputs)
     atomic_write(out, render(runs).encode("utf-8"))

@@ -11,11 +11,25 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from edgellm import __version__
-from edgellm.exporters.output import check_space, claimed, is_bundle, temp_name, write_error
-from edgellm.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, sha256_file
+from edgellm.core.files import sha256_file
+from edgellm.core.output import check_space, claimed, temp_name, write_error
+from edgellm.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "config.json")
+
+
+def is_bundle(path: Path) -> bool:
+    """A folder an export wrote (its manifest reads), so ``--force`` may replace it."""
+    from edgellm.errors import EdgeLLMError
+    from edgellm.runtime.bundle import read_manifest
+
+    try:
+        read_manifest(path)
+    except EdgeLLMError:
+        return False
+    return True
+
 
 
 def tool_versions(packages: tuple[str, ...]) -> dict:
@@ -47,7 +61,7 @@ def staging(out: Path, force: bool, needed: int | None = None, claim: bool = Tru
             recognise: Callable[[Path], bool] = is_bundle, kind: str = "bundle") -> Iterator[Path]:
     """A fresh ``.<name>.partial-<pid>`` folder for the caller to fill; on success it becomes
     ``out``, on any error (a full disk, Ctrl-C, SIGTERM) it is removed.  The output is claimed
-    first (exporters/output.py: locked, replaceable only if it is a bundle, free space for
+    first (edgellm/core/output.py: locked, replaceable only if it is a bundle, free space for
     ``needed`` bytes); ``claim=False`` when the caller already holds it."""
     out = Path(out)
     with claimed(out, force, recognise, kind) if claim else nullcontext():
@@ -70,7 +84,7 @@ def copy_tokenizer(model_dir: Path, tmp: Path) -> None:
     """The tokenizer files into the bundle, each read guarded (inside the folder, a regular file,
     bounded: a 10 GB sparse special_tokens_map.json is refused, not copied)."""
     from edgellm.exporters.io.model_files import member
-    from edgellm.runtime.tokenizer import MAX_CONFIG_BYTES, read_small_bytes
+    from edgellm.core.files import MAX_CONFIG_BYTES, read_small_bytes
 
     for fname in TOKENIZER_FILES:
         src = member(model_dir, fname, "tokenizer file")

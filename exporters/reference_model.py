@@ -116,7 +116,7 @@ def corpus_of(model_dir: Path) -> str:
     guarded (a FIFO or a link out of the folder there is refused, not waited on)."""
     from edgellm.errors import EdgeLLMError
     from edgellm.exporters.io.model_files import member
-    from edgellm.runtime.tokenizer import read_json_object
+    from edgellm.core.files import read_json_object
 
     try:
         corpus = read_json_object(member(model_dir, "edgellm-reference.json"), 1 << 20).get("corpus", "source")

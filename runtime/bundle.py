@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgellm.errors import BadInput, EdgeLLMError
-from edgellm.fsutil import plain_name
+from edgellm.core.files import plain_name
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "edgellm-bundle"
@@ -40,14 +40,6 @@ MAX_FILES = 256
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RUN_PREFIX = "edgellm-run-"
 _FD_DIR = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -86,7 +78,7 @@ def _fail(mpath: Path, what: str) -> BadInput:
 
 def read_manifest(folder: Path) -> dict:
     """``folder``'s manifest, bounded and checked field by field; BadInput naming the flaw."""
-    from edgellm.runtime.tokenizer import read_small_bytes
+    from edgellm.core.files import read_small_bytes
 
     folder = Path(folder)
     mpath = folder / MANIFEST
@@ -96,7 +88,7 @@ def read_manifest(folder: Path) -> dict:
         raise _fail(mpath, "is a link; a bundle holds plain files only")
     if not mpath.exists():
         raise BadInput(f"{folder}: no {MANIFEST}; not an edgellm bundle (or an unfinished export)")
-    from edgellm.fsutil import loads_json
+    from edgellm.core.files import loads_json
 
     manifest = loads_json(read_small_bytes(mpath, MAX_MANIFEST), mpath)     # NaN, 1e999: refused
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:

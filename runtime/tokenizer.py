@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from edgellm.core.files import read_json_object, read_small_text
 from edgellm.errors import BadInput, EdgeLLMError
 
 TEMPLATE_FILE = "chat_template.jinja"          # where transformers 5 saves the template
@@ -23,47 +24,6 @@ MAX_TEMPLATE_CHARS = 1 << 20                   # real templates are a few KB
 MAX_PROMPT_CHARS = 4 << 20                     # the rendered prompt
 MAX_RENDER_SECONDS = 5.0
 MAX_RENDER_BYTES = 256 << 20                  # memory a render may add to the process it runs in
-MAX_CONFIG_BYTES = 16 << 20                    # tokenizer_config.json / generation_config.json
-
-
-def read_small_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
-    """A regular file's bytes, refused before reading when it is larger than ``limit`` or not a
-    plain file.  Opened without blocking and checked on the open file, so a FIFO, a device such
-    as /dev/zero, or a file swapped in after a check can neither hang the read nor run it on."""
-    from edgellm.fsutil import open_regular
-
-    f, st = open_regular(path)
-    with f:
-        if st.st_size > limit:
-            raise BadInput(f"{path}: {st.st_size:,} bytes is more than the {limit:,} a file of this kind may have")
-        try:
-            data = f.read(limit + 1)
-        except OSError as e:
-            raise BadInput(f"{path}: unreadable ({e.strerror})") from None
-    if len(data) > limit:
-        raise BadInput(f"{path}: grew past the {limit:,} bytes a file of this kind may have while being read")
-    return data
-
-
-def read_small_text(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
-    """A small regular file's UTF-8 text (see ``read_small_bytes``)."""
-    try:
-        return read_small_bytes(path, limit).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def read_json_object(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
-    """A small JSON object file, or {} when the file is absent."""
-    if not path.exists() and not path.is_symlink():
-        return {}
-    try:
-        value = json.loads(read_small_text(path, limit))
-    except (ValueError, RecursionError) as e:
-        raise BadInput(f"{path}: not valid JSON ({str(e)[:200]})") from None
-    if not isinstance(value, dict):
-        raise BadInput(f"{path}: expected a JSON object")
-    return value
 
 
 def template_from_config(config: dict) -> str | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgellm.errors import BadInput
-from edgellm.runtime.bundle import sha256_file
+from edgellm.core.files import sha256_file
 from edgellm.runtime.tokenizer import find_chat_template, render_chat
 
 ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"

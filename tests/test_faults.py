@@ -68,7 +68,7 @@ def test_after_sigkill_the_next_run_removes_what_the_killed_one_left(tiny, tmp_p
 
 
 def test_a_temporary_folder_of_a_live_process_is_left_alone(tiny, tmp_path):
-    from edgellm.exporters.output import remove_stale
+    from edgellm.core.output import remove_stale
 
     out = tmp_path / "out"
     mine = tmp_path / f".out.partial-{os.getpid()}"

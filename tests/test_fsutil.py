@@ -4,7 +4,7 @@ import os
 import pytest
 
 from edgellm.errors import EdgeLLMError
-from edgellm.fsutil import atomic_write
+from edgellm.core.files import atomic_write
 
 
 def test_writes_and_replaces(tmp_path):

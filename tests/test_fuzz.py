@@ -299,7 +299,7 @@ def test_card_front_matter_never_fails_but_cleanly(pieces, junk):
 @given(data=st.one_of(st.binary(max_size=64), st.text(max_size=32).map(lambda t: t.encode())),
        upto=st.one_of(st.none(), st.integers(0, 80)))
 def test_the_data_file_reader_never_fails_but_cleanly(data, upto):
-    import edgellm.fsutil as fsutil
+    import edgellm.core.files as fsutil
 
     p = scratch() / "data.txt"
     p.write_bytes(data)

@@ -237,14 +237,15 @@ def test_a_malformed_file_entry_is_one_line(run_cli, tmp_path):
 # -- 7. one writer per output ------------------------------------------------------------------
 def test_a_second_export_to_the_same_output_fails_naming_the_first(tmp_path):
     from edgellm.errors import EdgeLLMError
-    from edgellm.exporters.output import OutputBusy, claimed
+    from edgellm.core.output import OutputBusy, claimed
+    from edgellm.exporters.package import is_bundle
 
     out = tmp_path / "out"
-    with claimed(out, force=False):
+    with claimed(out, False, is_bundle):
         with pytest.raises(OutputBusy, match=f"another edgellm process \\(PID {os.getpid()}\\) is writing it"):
-            with claimed(out, force=False):
+            with claimed(out, False, is_bundle):
                 pass
-    with claimed(out, force=False):                      # released: free again, lock file gone
+    with claimed(out, False, is_bundle):                      # released: free again, lock file gone
         pass
     assert not (tmp_path / ".out.lock").exists()
     assert issubclass(OutputBusy, EdgeLLMError)

@@ -10,7 +10,7 @@ from edgellm import devices
 from edgellm.cli.common import add_remote_args, print_json, remote_of
 from edgellm.cli.progress import stderr_progress
 from edgellm.devices.measure import default_name, measure
-from edgellm.fsutil import atomic_write
+from edgellm.core.files import atomic_write
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes, fmt_rate
 

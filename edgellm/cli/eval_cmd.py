@@ -46,7 +46,7 @@ def read_text(path: Path, tokens: int | None = None) -> str:
     """--data / --calib-data: UTF-8 text through the guarded reader (a regular file of at most
     ``fsutil.MAX_TEXT_BYTES``; a FIFO, a device or a folder is refused without reading).  ``tokens``:
     the most the caller uses, from the start: only the bytes those could take are read."""
-    from edgellm.fsutil import read_text as guarded
+    from edgellm.core.files import read_text as guarded
 
     upto = None if tokens is None else max(16 << 20, BYTES_PER_TOKEN * tokens)
     return guarded(path, upto=upto)

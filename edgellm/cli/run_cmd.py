@@ -39,7 +39,7 @@ MAX_PROMPT_BYTES = 16 << 20
 def read_prompt(args) -> str:
     """The prompt from -p, -p - (standard input) or --prompt-file, as checked UTF-8 text."""
     if args.prompt_file is not None:
-        from edgellm.runtime.tokenizer import read_small_bytes
+        from edgellm.core.files import read_small_bytes
         data, where = read_small_bytes(args.prompt_file, MAX_PROMPT_BYTES), str(args.prompt_file)
     elif args.prompt == "-":
         data, where = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), "standard input"

@@ -41,7 +41,7 @@ MAX_PROFILE_BYTES = 1 << 20
 
 def load_file(path: Path) -> DeviceProfile:
     """Read and validate one profile file."""
-    from edgellm.runtime.tokenizer import read_small_bytes
+    from edgellm.core.files import read_small_bytes
 
     if not Path(path).exists() and not Path(path).is_symlink():
         raise BadInput(f"{path}: no such device profile file")

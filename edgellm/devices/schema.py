@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from edgellm import units
 from edgellm.errors import BadInput
-from edgellm.runtime.gguf_check import GGML_TYPES
+from edgellm.core.ggml import GGML_TYPES
 
 SCHEMA_VERSION = 1
 

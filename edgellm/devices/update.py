@@ -62,9 +62,9 @@ def merge(profile_text: str, measured_text: str, source: str) -> str:
 
 def update_profile(target: DeviceProfile, measured_text: str, source: str, user_dir: Path) -> tuple[Path, DeviceProfile]:
     """Write ``target``'s profile with the measurements folded in; (the file written, the profile)."""
-    from edgellm.fsutil import atomic_write
+    from edgellm.core.files import atomic_write
 
-    from edgellm.runtime.tokenizer import read_small_text
+    from edgellm.core.files import read_small_text
 
     src = Path(target.source)
     text = merge(read_small_text(src, MAX_PROFILE_BYTES), measured_text, source)

@@ -44,7 +44,7 @@ def _read_local(path: Path) -> ConfigSource:
     """A folder's config.json (a link out of the folder is refused, as a weights file's is), or
     the config.json file the user named; a regular file, bounded, read without blocking."""
     from edgellm.exporters.io.model_files import inside
-    from edgellm.runtime.tokenizer import read_small_text
+    from edgellm.core.files import read_small_text
 
     cfg = inside(path, path / "config.json", "config.json") if path.is_dir() else path
     if not cfg.exists():
@@ -65,8 +65,8 @@ def _from_hf_cache(hub_id: str) -> ConfigSource | None:
     ref = repo / "refs" / "main"
     snapshots = []
     if ref.is_file():
-        from edgellm.fsutil import plain_name
-        from edgellm.runtime.tokenizer import read_small_text
+        from edgellm.core.files import plain_name
+        from edgellm.core.files import read_small_text
 
         rev = read_small_text(ref, 4096).strip()
         if plain_name(rev):

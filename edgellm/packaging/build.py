@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm import __version__
-from edgellm.runtime.bundle import MANIFEST, sha256_file
+from edgellm.core.files import sha256_file
+from edgellm.runtime.bundle import MANIFEST
 from edgellm.errors import BadInput
 from edgellm.packaging.targets import TARGETS, PackFile, safe_name
 

@@ -172,7 +172,7 @@ def save(work: Path, student, opt, meta: dict, gen_state, ranks: Ranks) -> None:
 
 
 def _read_meta(at: Path) -> dict:
-    from edgellm.runtime.tokenizer import read_json_object
+    from edgellm.core.files import read_json_object
 
     meta = read_json_object(at / META, MAX_META_BYTES)
     for key, kind in (("step", int), ("losses", list), ("generator", str), ("state_sha256", str),
@@ -203,7 +203,7 @@ def _read_state(at: Path, digest: str) -> dict:
     the bytes loaded."""
     from safetensors.torch import load
 
-    from edgellm.fsutil import open_regular
+    from edgellm.core.files import open_regular
 
     f, st = open_regular(at / STATE)
     with f:

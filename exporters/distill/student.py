@@ -39,6 +39,11 @@ class StudentResult:
     record: dict
 
 
+def is_student(path: Path) -> bool:
+    """A folder ``distill`` wrote (so ``--force`` may replace it)."""
+    return (path / "edgellm-distill.json").is_file() and (path / "config.json").is_file()
+
+
 def work_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.distill-work")
 
@@ -60,7 +65,7 @@ def distill_student(req: StudentRequest, say: Callable[[str], None] = lambda s: 
     replaced with --force only when it is a student edgellm wrote)."""
     from edgellm.exporters.compute import resolve
     from edgellm.exporters.distill.ranks import join, leave
-    from edgellm.exporters.output import claimed, is_student
+    from edgellm.core.output import claimed
 
     ranks = join(resolve(req.config.device), req.config.batch)     # under torchrun: this process's place
     try:
@@ -165,7 +170,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
                     "kld_vs_teacher": r.mean_kld, "top1_agreement": r.top1_agreement, "context": ctx,
                     "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])},
     }
-    from edgellm.exporters.output import temp_name
+    from edgellm.core.output import temp_name
 
     tmp = temp_name(req.out, "partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -130,7 +130,7 @@ def read_card(folder: Path) -> dict:
     """The model card's front matter as a dict: {} when there is none, or (with one warning on
     stderr) when it is refused."""
     from edgellm.errors import BadInput
-    from edgellm.runtime.tokenizer import read_small_text
+    from edgellm.core.files import read_small_text
 
     path = Path(folder) / "README.md"
     if not path.exists() and not path.is_symlink():

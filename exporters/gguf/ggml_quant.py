@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm.plan.ggml_types import TYPES
-from edgellm.runtime.gguf_check import GGML_TYPES
+from edgellm.core.ggml import TYPES
+from edgellm.core.ggml import GGML_TYPES
 
 TYPE_IDS = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
 

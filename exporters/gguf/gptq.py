@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgellm.plan.ggml_types import TYPES
+from edgellm.core.ggml import TYPES
 
 DAMP = 0.01
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgellm.exporters import host_memory
-from edgellm.plan.ggml_types import TYPES
+from edgellm.core.ggml import TYPES
 
 # K-quant rows (multiples of 256) and the rest (multiples of 32)
 CANDIDATES_256 = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")

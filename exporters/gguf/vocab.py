@@ -76,7 +76,7 @@ def read_spm_vocab(folder: Path, n_vocab: int) -> Vocab:
 
     import gguf
 
-    from edgellm.runtime.tokenizer import read_small_bytes
+    from edgellm.core.files import read_small_bytes
 
     with tempfile.TemporaryDirectory(prefix="edgellm-spm-") as tmp:
         for name, limit in (("tokenizer.model", MAX_SPM_BYTES), ("added_tokens.json", 1 << 20)):
@@ -160,7 +160,7 @@ def identify_pre_tokenizer(tj: dict, where: str) -> str:
 
 
 def _tokenizer_json(folder: Path) -> dict:
-    from edgellm.runtime.tokenizer import read_json_object
+    from edgellm.core.files import read_json_object
 
     return read_json_object(member(folder, "tokenizer.json", "tokenizer file"), MAX_TOKENIZER_JSON)
 

@@ -66,7 +66,7 @@ class Checkpoint:
 
 
 def _sharded(folder: Path, index_path: Path) -> Checkpoint:
-    from edgellm.runtime.tokenizer import read_json_object
+    from edgellm.core.files import read_json_object
 
     index = read_json_object(inside(folder, index_path, "index"), MAX_INDEX)
     weight_map = index.get("weight_map")

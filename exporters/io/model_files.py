@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgellm.errors import BadInput
-from edgellm.fsutil import plain_name
+from edgellm.core.files import plain_name
 from edgellm.textfmt import quoted
 
 shown = quoted          # a stranger's name, quoted and cut short for an error line

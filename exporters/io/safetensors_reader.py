@@ -21,7 +21,7 @@ import numpy as np
 
 from edgellm.errors import BadInput
 from edgellm.exporters.io.model_files import shown
-from edgellm.fsutil import open_regular
+from edgellm.core.files import open_regular
 
 MAX_HEADER = 100 << 20
 DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),

@@ -27,7 +27,7 @@ TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwe
 
 
 def _ids(folder: Path) -> tuple[int | None, list[int], int | None]:
-    from edgellm.runtime.tokenizer import read_json_object
+    from edgellm.core.files import read_json_object
 
     gen = read_json_object(folder / "generation_config.json")
     cfg = read_json_object(folder / "config.json")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm.errors import NothingFits
-from edgellm.exporters.output import claimed, temp_name
+from edgellm.core.output import claimed, temp_name
+from edgellm.exporters.package import is_bundle
 from edgellm.exporters.package import swap_in
 
 
@@ -62,7 +63,7 @@ def smallest_passing(choices: list, export: Callable, out: Path, force: bool, ga
                      say: Callable[[str], None] = lambda s: None):
     """``choices``: builds ordered smallest first; ``export(choice, folder)`` writes and verifies a
     bundle there and returns its ExportResult.  Returns (result moved to ``out``, its choice, trials)."""
-    with claimed(out, force):
+    with claimed(out, force, is_bundle):
         return _search(choices, export, out, gate, say)
 
 

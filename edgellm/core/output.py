@@ -42,20 +42,6 @@ def temp_name(out: Path, kind: str, suffix: str = "") -> Path:
     return out.with_name(f".{out.name}.{kind}-{os.getpid()}{suffix}")
 
 
-def is_bundle(path: Path) -> bool:
-    from edgellm.runtime.bundle import read_manifest
-
-    try:
-        read_manifest(path)
-    except EdgeLLMError:
-        return False
-    return True
-
-
-def is_student(path: Path) -> bool:
-    return (path / "edgellm-distill.json").is_file() and (path / "config.json").is_file()
-
-
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -168,9 +154,9 @@ class _Lock:
 
 
 @contextmanager
-def claimed(out: Path, force: bool, recognise: Callable[[Path], bool] = is_bundle,
-            kind: str = "bundle") -> Iterator[None]:
-    """Hold ``out`` for this run: locked, checked replaceable, stale temporaries of it removed."""
+def claimed(out: Path, force: bool, recognise: Callable[[Path], bool], kind: str = "bundle") -> Iterator[None]:
+    """Hold ``out`` for this run: locked, checked replaceable (``recognise``: whether an existing
+    folder there is one of ours), stale temporaries of it removed."""
     out = Path(out)
     if out.is_symlink():
         raise BadInput(f"{out}: is a link; edgellm writes a real folder there, so give another -o")

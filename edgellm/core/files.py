@@ -12,6 +12,7 @@ only, opened without blocking), with its size bounded before reading (``read_tex
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import json
 import math
@@ -20,7 +21,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from edgellm.errors import EdgeLLMError
+from edgellm.errors import BadInput, EdgeLLMError
 
 
 def plain_name(name) -> bool:
@@ -34,7 +35,6 @@ def open_regular(path: Path):
     """``(binary file, its stat)`` for a regular file; a FIFO, a device or a folder is refused
     without blocking on it (opened non-blocking, checked on the open file, so a file swapped in
     after a check is the one refused).  BadInput naming the path."""
-    from edgellm.errors import BadInput
 
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -59,7 +59,6 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES, upto: int | None = None) 
     than ``limit`` bytes is refused before anything is read.  ``upto``: read only the first that
     many bytes (cut at a character boundary), for a caller that uses only the start of the text
     (eval and calibration take their windows from the start).  BadInput naming the path."""
-    from edgellm.errors import BadInput
 
     f, st = open_regular(path)
     want = limit if upto is None else min(upto, limit)
@@ -92,7 +91,6 @@ def loads_json(data: bytes | str, where):
     """Strict JSON from someone else: NaN, Infinity and numbers out of a double's range (``1e999``)
     are refused, as are nesting too deep and integers too long to convert; BadInput naming
     ``where`` (plain ``json.loads`` returns NaN and inf, which then pass every ``<`` check)."""
-    from edgellm.errors import BadInput
 
     def constant(name):
         raise ValueError(f"{name} is not a JSON number")
@@ -135,3 +133,52 @@ def atomic_write(path: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+MAX_CONFIG_BYTES = 16 << 20                    # tokenizer_config.json / generation_config.json
+
+
+def read_small_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """A regular file's bytes, refused before reading when it is larger than ``limit`` or not a
+    plain file.  Opened without blocking and checked on the open file, so a FIFO, a device such
+    as /dev/zero, or a file swapped in after a check can neither hang the read nor run it on."""
+    f, st = open_regular(path)
+    with f:
+        if st.st_size > limit:
+            raise BadInput(f"{path}: {st.st_size:,} bytes is more than the {limit:,} a file of this kind may have")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise BadInput(f"{path}: unreadable ({e.strerror})") from None
+    if len(data) > limit:
+        raise BadInput(f"{path}: grew past the {limit:,} bytes a file of this kind may have while being read")
+    return data
+
+
+def read_small_text(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
+    """A small regular file's UTF-8 text (see ``read_small_bytes``)."""
+    try:
+        return read_small_bytes(path, limit).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_json_object(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
+    """A small JSON object file, or {} when the file is absent."""
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        value = json.loads(read_small_text(path, limit))
+    except (ValueError, RecursionError) as e:
+        raise BadInput(f"{path}: not valid JSON ({str(e)[:200]})") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"{path}: expected a JSON object")
+    return value
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
