@@ -84,6 +84,34 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+# A format's own modules: where its names may be compared (the registry entry, its layout, recipes,
+# exporter, runtime backend).  Anywhere else a comparison with a format or quant name is a spread fact.
+FORMAT_OWNED = ("edgellm/plan/formats.py", "edgellm/plan/build.py", "edgellm/plan/onnx_layout.py",
+                "edgellm/plan/gguf_recipes.py", "edgellm/plan/quality.py", "exporters/gguf/", "exporters/onnx/",
+                "exporters/npu/", "runtime/llamacpp.py", "runtime/onnxrt.py", "runtime/onnx_static.py",
+                "runtime/gguf_", "runtime/synthetic_gguf.py")
+NAMES = ("gguf", "onnx", "onnx-npu", "npu-static", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS",
+         "Q3_K_M", "Q2_K", "fp32", "fp16", "int8", "int4")
+
+
+def name_comparisons() -> list[str]:
+    """``x == "gguf"``, ``x != "int4"``, ``x in ("gguf", ...)`` outside the formats' own modules."""
+    import re
+
+    quoted = "|".join(re.escape(n) for n in NAMES)
+    pat = re.compile(rf"""(==|!=)\s*["']({quoted})["']|["']({quoted})["']\s*(==|!=)|\bin\s*[(\[{{]\s*["']({quoted})["']""")
+    hits = []
+    for folder in FOLDERS:
+        for p in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(p.relative_to(ROOT))
+            if rel.startswith(FORMAT_OWNED):
+                continue
+            for i, line in enumerate(p.read_text().splitlines(), 1):
+                if pat.search(line) and not line.lstrip().startswith("#"):
+                    hits.append(f"{rel}:{i}: {line.strip()[:100]}")
+    return hits
+
+
 def main() -> int:
     mods = modules()
     known = set(mods)
@@ -93,6 +121,10 @@ def main() -> int:
     print(f"modules {len(mods)}, import circles {len(found)}")
     for c in found:
         print("  " + " <-> ".join(c))
+    hits = name_comparisons()
+    print(f"format/quant name comparisons outside the formats' own modules {len(hits)}")
+    for h in hits:
+        print("  " + h)
     return 0
 
 

@@ -21,7 +21,7 @@ from edgellm.errors import BadInput, EdgeLLMError, EdgeLLMWarning, NothingFits
 from edgellm.models.source import HUB_ID
 from edgellm.plan import planner, report
 from edgellm.plan.build import BuildChoice
-from edgellm.plan.formats import FORMATS, format_for
+from edgellm.plan.formats import FORMATS, format_for, resolved
 
 Say = Callable[[str], None]
 
@@ -81,8 +81,7 @@ def public_name(model: str) -> str:
 
 
 def exporter_for(choice: BuildChoice):
-    module, func = format_for(choice).exporter.split(":")
-    return getattr(importlib.import_module(module), func)
+    return resolved(format_for(choice).exporter)
 
 
 def _candidates(req: BuildRequest, model, device, calibrated: bool, plans: list | None = None

@@ -75,10 +75,12 @@ class TokenizedBackend:
         return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
 
 
-def load_backend(spec: str, path: Path, n_ctx: int, threads: int | None, scoring: bool) -> Backend:
-    module, name = spec.split(":")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.open(path, n_ctx=n_ctx, threads=threads, scoring=scoring)
+def load_backend(spec, path: Path, n_ctx: int, threads: int | None, scoring: bool) -> Backend:
+    """The backend class ``spec`` names ("module:class", imported now, or the class) opened on ``path``."""
+    if isinstance(spec, str):
+        module, name = spec.split(":")
+        spec = getattr(importlib.import_module(module), name)
+    return spec.open(path, n_ctx=n_ctx, threads=threads, scoring=scoring)
 
 
 def recorded_choice(bundle: Bundle):
@@ -118,10 +120,11 @@ def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = No
 
 def open_file(path: str | Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False) -> Backend:
     """A bare .gguf or .onnx file (no bundle, no checksums): for eval of files made elsewhere."""
-    from edgellm.plan.formats import FORMATS
+    from edgellm.plan.formats import FORMATS, by_suffix
 
     p = Path(path)
-    spec = {".gguf": FORMATS["gguf"].backend, ".onnx": FORMATS["onnx"].backend}.get(p.suffix)
-    if spec is None or not p.is_file():
-        raise BadInput(f"{path}: not a .gguf or .onnx file")
-    return load_backend(spec, p, n_ctx, threads, scoring)
+    fmt = by_suffix(p.suffix)
+    if fmt is None or not p.is_file():
+        known = sorted({f.suffix for f in FORMATS.values() if f.suffix})
+        raise BadInput(f"{path}: not a {' or '.join(known)} file")
+    return load_backend(fmt.backend, p, n_ctx, threads, scoring)

@@ -174,7 +174,7 @@ def test_build_choice_round_trips_and_validates():
 
 
 def test_onnx_quality_follows_the_weight_type_and_block():
-    from edgellm.plan.quality import expected
+    from edgellm.plan.formats import expected_quality as expected
 
     kld = {(q, b): expected(BuildChoice("onnx", q, "f32", b)).kld
            for q, b in (("fp32", None), ("fp16", None), ("int8", None), ("int4", 32), ("int4", 64), ("int4", 128))}

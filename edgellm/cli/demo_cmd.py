@@ -15,7 +15,7 @@ from edgellm import devices
 from edgellm.cli.common import print_json
 from edgellm.cli.progress import StageLine
 from edgellm.demo import bundled_plans, end_to_end
-from edgellm.plan import report
+from edgellm.plan import formats, report
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes, fmt_count
 
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="build, plan, export, verify, run and profile a demo model (offline)",
                        description=__doc__.split("\n\n")[0].replace("``", "'"))
     p.add_argument("--device", "-d", default="rpi5-8gb", help="device profile (default: rpi5-8gb)")
-    p.add_argument("--format", choices=("gguf", "onnx"), default="gguf",
+    p.add_argument("--format", choices=formats.names(), default="gguf",
                    help="bundle format to export, run and profile (default gguf)")
     p.add_argument("--plan-only", action="store_true", help="only plan the bundled model configs")
     p.add_argument("--rebuild", action="store_true", help="retrain the cached demo model")

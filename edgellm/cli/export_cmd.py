@@ -7,11 +7,9 @@ from pathlib import Path
 
 from edgellm.cli.common import fraction_arg, positive_float, positive_int, print_json, size_arg
 from edgellm.cli.progress import StageLine
-from edgellm.plan.build import GgufQuant, OnnxQuant
+from edgellm.plan import formats
 from edgellm.units import fmt_bytes
 
-GGUF_QUANTS = tuple(str(q) for q in GgufQuant)
-ONNX_QUANTS = tuple(str(q) for q in OnnxQuant)
 
 HELP = """Convert MODEL for a device, quantize it, check it against the original model, and write
 one folder holding the model file(s), the tokenizer and a manifest (source, device, plan, sha256
@@ -58,10 +56,11 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="local model folder or hub id")
     p.add_argument("--device", "-d", required=True, help="device profile name or .toml file")
-    p.add_argument("--format", choices=("gguf", "onnx"), default="gguf", help="artifact format (default gguf)")
-    p.add_argument("--quant", default="auto", choices=("auto",) + GGUF_QUANTS + ONNX_QUANTS, metavar="QUANT",
-                   help=f"auto (the planner's choice, default); GGUF: {', '.join(GGUF_QUANTS)}; "
-                        f"ONNX: {', '.join(ONNX_QUANTS)}")
+    quants = formats.quant_names()
+    p.add_argument("--format", choices=formats.names(), default="gguf", help="artifact format (default gguf)")
+    p.add_argument("--quant", default="auto", choices=["auto", *dict.fromkeys(q for qs in quants.values() for q in qs)],
+                   metavar="QUANT", help="auto (the planner's choice, default); "
+                   + "; ".join(f"{name.upper()}: {', '.join(qs)}" for name, qs in quants.items()))
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128), default=None,
                    help="ONNX int4: weights per quantization block (default 32)")
     p.add_argument("-o", "--output", type=Path, help="bundle folder (default: ./NAME-FORMAT-QUANT-DEVICE)")

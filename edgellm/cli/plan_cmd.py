@@ -7,7 +7,7 @@ import argparse
 from edgellm import devices, models
 from edgellm.cli.common import positive_float, positive_int, print_json, size_arg
 from edgellm.errors import NothingFits
-from edgellm.plan import planner, report
+from edgellm.plan import formats, planner, report
 
 HELP = """Predict, for every candidate build of MODEL (GGUF F16 ... Q2_K with an f16 or q8_0 KV
 cache; ONNX fp16, int8, int4 with blocks of 32 or 128), its file size, peak RAM at the context,
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
                    help="slowest acceptable decode, tokens/s (default: the profile's)")
     p.add_argument("--context", type=positive_int, metavar="TOKENS",
                    help="context length to hold in memory (default: the profile's)")
-    p.add_argument("--format", choices=("gguf", "onnx", "any"), default="any",
+    p.add_argument("--format", choices=[*formats.names(), "any"], default="any",
                    help="restrict candidates to one format (default: any)")
     p.add_argument("--calibrate", action="store_true",
                    help="plan calibrated builds (what `edgellm export --calibrate` makes)")
@@ -50,8 +50,8 @@ def run(args) -> int:
     model = models.load_config(args.model)
     device = devices.find(args.device)
     budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
-    formats = ("gguf", "onnx") if args.format == "any" else (args.format,)
-    result = planner.plan(model, device, budgets, formats, calibrated=args.calibrate)
+    wanted = None if args.format == "any" else (args.format,)
+    result = planner.plan(model, device, budgets, wanted, calibrated=args.calibrate)
     host = calibration_need(model) if args.calibrate else None
     if args.json:
         print_json({**report.to_json(result), **({"calibration": host.to_dict()} if host else {})})

@@ -60,11 +60,14 @@ def add_parser(sub) -> None:
 def _model_info(bundle, model) -> dict:
     import importlib.metadata as md
 
+    from edgellm.plan.formats import format_for
+    from edgellm.runtime.backend import recorded_choice
+
     m, choice = bundle.manifest, bundle.manifest["choice"]
-    gguf = choice["format"] == "gguf"
-    pkg = "llama_cpp_python" if gguf else "onnxruntime"
+    fmt = format_for(recorded_choice(bundle))
+    pkg = fmt.runtime_package
     try:
-        build = f"{pkg.replace('_', '-')} {md.version(pkg.replace('_', '-'))}"
+        build = f"{pkg} {md.version(pkg)}" if pkg else "unavailable"
     except md.PackageNotFoundError:
         build = "unavailable"
     artifact = m["artifact"]
@@ -72,7 +75,7 @@ def _model_info(bundle, model) -> dict:
     kv = choice.get("kv_cache") or "f16"
     return {"file": artifact, "type": f"{(m.get('model') or {}).get('architecture', '?')} {choice['quant']}",
             "size": size, "n_params": (m.get("model") or {}).get("parameters"), "type_k": kv, "type_v": kv,
-            "backend": "CPU (llama.cpp)" if gguf else "CPU (ONNX Runtime)", "build_commit": build}
+            "backend": f"CPU ({fmt.runtime_label or fmt.runtime})", "build_commit": build}
 
 
 def _remote(args) -> int:

@@ -44,7 +44,8 @@ def run(args) -> int:
 
 
 def _verify(args) -> int:
-    from edgellm.runtime.backend import open_backend
+    from edgellm.plan.formats import format_for
+    from edgellm.runtime.backend import open_backend, recorded_choice
 
     t0 = time.perf_counter()
     bundle, model = open_backend(args.bundle, n_ctx=256)
@@ -53,7 +54,8 @@ def _verify(args) -> int:
     ids = model.prompt_ids(PROMPT, chat=False)
     pieces = list(model.stream(PROMPT, TOKENS, 0.0, chat=False))
     choice = bundle.manifest["choice"]
-    runtime = "llama.cpp" if choice["format"] == "gguf" else "ONNX Runtime"
+    fmt = format_for(recorded_choice(bundle))
+    runtime = fmt.runtime_label or fmt.runtime
     result = {"bundle": str(bundle.folder), "ok": True, "manifest_version": bundle.manifest["version"],
               "schema": f"bundle-manifest-v{bundle.manifest['version']}.schema.json", "files": len(files),
               "bytes": total, "format": choice["format"], "quant": choice["quant"], "runtime": runtime,

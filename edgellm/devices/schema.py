@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edgellm import units
-from edgellm.errors import BadInput
 from edgellm.core.ggml import GGML_TYPES
+from edgellm.core.names import FORMAT_NAMES, RUNTIME_NAMES
+from edgellm.errors import BadInput
 
 SCHEMA_VERSION = 1
 
@@ -23,8 +24,8 @@ ISA_FEATURES = frozenset({
     # arm
     "neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2", "sme",
 })
-RUNTIMES = frozenset({"llama.cpp", "onnxruntime"})
-FORMATS = frozenset({"gguf", "onnx"})
+RUNTIMES = RUNTIME_NAMES           # live sets: a format registered later adds its names
+FORMATS = FORMAT_NAMES
 ACCEL_KINDS = frozenset({"gpu", "npu"})
 
 
@@ -155,7 +156,7 @@ def _positive(v: Any) -> float:
     return float(v)
 
 
-def _choice(allowed: frozenset[str]) -> Callable[[Any], str]:
+def _choice(allowed: frozenset[str] | set[str]) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         if not isinstance(v, str) or v not in allowed:        # a list is not hashable: no TypeError
             raise units.UnitError(f"expected one of {', '.join(sorted(allowed))}; got {units.show_value(v)}")

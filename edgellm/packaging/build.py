@@ -57,7 +57,9 @@ def _split(bundle, work: Path, max_bytes: int) -> list[PackFile]:
     from edgellm.packaging.split import split_gguf
 
     m = bundle.manifest
-    if m["choice"]["format"] != "gguf":
+    from edgellm.plan.formats import entry
+
+    if not entry(m["choice"]["format"], m["choice"].get("target", "cpu")).splittable:
         raise BadInput("--split applies to GGUF bundles (llama.cpp's split format)")
     parts = split_gguf(bundle.artifact, work, max_bytes)
     files = {n: meta for n, meta in m["files"].items() if n != m["artifact"]}

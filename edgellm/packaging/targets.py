@@ -85,23 +85,13 @@ class Target:
 
 
 def _runtime_lines(fmt: str, folder: str, artifact: str, files: list[PackFile], lang: str) -> list[str]:
-    """How the app loads it, with this package's file names (``lang``: kotlin or swift)."""
-    first = next((f.name for f in files if f.name.endswith(".gguf")), artifact)
-    if fmt == "gguf":
-        split = " (the other parts beside it are found by llama.cpp itself)" if "-of-" in first else ""
-        return [f"Runtime: a llama.cpp binding (llama.android, llama.swiftui, llama.rn). Load `{folder}/{first}`{split}; "
-                "the chat template is inside the GGUF (`tokenizer.chat_template`), so the binding's chat API uses it.", "",
-                "```" + lang, (f'val model = LLamaAndroid.instance().load("{folder}/{first}")' if lang == "kotlin" else
-                               f'let context = try LlamaContext.create_context(path: "{folder}/{first}")'), "```"]
-    return [f"Runtime: onnxruntime-genai. It reads `genai_config.json`, `model.onnx`, `model.onnx.data` and the "
-            f"tokenizer files of `{folder}`.", "",
-            "```" + lang,
-            *((f'val model = ai.onnxruntime.genai.Model("{folder}")', "val tokenizer = ai.onnxruntime.genai.Tokenizer(model)",
-               "val params = ai.onnxruntime.genai.GeneratorParams(model)  // then Generator(model, params)")
-              if lang == "kotlin" else
-              (f'let model = try OGAModel(path: "{folder}")', "let tokenizer = try OGATokenizer(model: model)",
-               "let params = try OGAGeneratorParams(model: model)  // then OGAGenerator(model:params:)")),
-            "```"]
+    """How the app loads it, with this package's file names (``lang``: kotlin or swift): the
+    format's own lines (``BuildFormat.app_runtime_lines``)."""
+    from edgellm.plan.formats import entry
+
+    suffix = Path(artifact).suffix
+    first = next((f.name for f in files if suffix and f.name.endswith(suffix)), artifact)
+    return entry(fmt).app_runtime_lines(folder, first, lang)
 
 
 class Android(Target):

@@ -14,6 +14,7 @@ VERSION = 2
 
 
 class Format(StrEnum):
+    """The built-in formats' names; a registered format may bring another (plan/formats.py)."""
     GGUF = "gguf"
     ONNX = "onnx"
 
@@ -50,7 +51,6 @@ class OnnxQuant(StrEnum):
     INT4 = "int4"
 
 
-QUANT_ENUMS = {Format.GGUF: GgufQuant, Format.ONNX: OnnxQuant}
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class BuildChoice:
     ``block_size`` weights per block for ONNX int4; ``int8_levels`` the int8 weight range of ONNX
     int8 (127, or 63 for x86 CPUs without VNNI: see exporters/onnx/weights.py)."""
 
-    format: Format
-    quant: GgufQuant | OnnxQuant
+    format: str                  # a registered format's name (Format: the built-in ones)
+    quant: str                   # one of that format's weight types (its ``quant_enum``)
     kv_cache: KVCache
     block_size: int | None = None
     calibrated: bool = False     # data-aware quantization: see exporters/calibrate.py
@@ -69,19 +69,22 @@ class BuildChoice:
     version: int = VERSION
 
     def __post_init__(self) -> None:
-        from edgellm.plan.formats import format_for
+        from edgellm.plan.formats import entry
 
         try:
-            fmt = Format(self.format)
-            object.__setattr__(self, "format", fmt)
-            object.__setattr__(self, "quant", QUANT_ENUMS[fmt](self.quant))
-            object.__setattr__(self, "kv_cache", KVCache(self.kv_cache))
+            if not isinstance(self.format, str):
+                raise ValueError(f"{self.format!r} is not a format name")
             object.__setattr__(self, "target", Target(self.target))
+            fmt = entry(self.format, self.target)
+            object.__setattr__(self, "format", Format(self.format) if self.format in Format.__members__.values()
+                               else str(self.format))
+            object.__setattr__(self, "quant", fmt.quant_enum(self.quant))
+            object.__setattr__(self, "kv_cache", KVCache(self.kv_cache))
         except ValueError as e:
             raise ValueError(f"invalid build: {e}") from None
         if self.version != VERSION:
             raise ValueError(f"build choice version {self.version} is not {VERSION}")
-        format_for(self).validate(self)
+        fmt.validate(self)
 
     @property
     def key(self) -> tuple:

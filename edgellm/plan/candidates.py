@@ -9,10 +9,9 @@ from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
 from edgellm.plan import quality as quality_table
-from edgellm.models.families import family_of
 from edgellm.plan.build import BuildChoice, GgufQuant
 from edgellm.plan.estimate import Estimate, estimate
-from edgellm.plan.formats import BuildFormat, formats_of
+from edgellm.plan.formats import BuildFormat, expected_quality, formats_of
 from edgellm.plan.gguf_recipes import RECIPES
 from edgellm.units import fmt_bytes
 
@@ -48,8 +47,7 @@ class Candidate:
 def buildable_formats(model: ModelConfig, formats: tuple[str, ...]) -> list[BuildFormat]:
     """The formats among ``formats`` that edgellm can build for this model's family (and this
     config of it): the planner never offers a build the exporter would refuse."""
-    family = family_of(model)
-    return [f for f in formats_of(formats) if family.build_problem(f.key) is None]
+    return [f for f in formats_of(formats) if f.model_problem(model) is None]
 
 
 def candidate_choices(model: ModelConfig, device: DeviceProfile, formats: tuple[str, ...],
@@ -90,14 +88,14 @@ def failures(e: Estimate, b: Budgets) -> tuple[str, ...]:
 
 
 def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
-             formats: tuple[str, ...] = ("gguf", "onnx"), calibrated: bool = False) -> list[Candidate]:
+             formats: tuple[str, ...] | None = None, calibrated: bool = False) -> list[Candidate]:
     """Every candidate the device can run, predicted and checked, best quality first."""
     prefs = {f: i for i, f in enumerate(device.preferred_formats)}
     out = []
     for choice in candidate_choices(model, device, formats, calibrated):
         e = estimate(model, device, choice, budgets.context)
         if e is not None:
-            out.append(Candidate(e, quality_table.expected(choice), failures(e, budgets)))
+            out.append(Candidate(e, expected_quality(choice), failures(e, budgets)))
     # equal speed: the accelerator's build first, as it frees the CPU
     out.sort(key=lambda c: (quality_rank(c), prefs.get(c.choice.format, 9), -c.estimate.decode_tps,
                             c.estimate.unit == "cpu", c.estimate.file_bytes))
@@ -107,7 +105,7 @@ def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
 def evaluate_choice(model: ModelConfig, device: DeviceProfile, budgets: Budgets, choice: BuildChoice) -> Candidate | None:
     """One given build (e.g. an ONNX block size the table does not list); None when no runtime."""
     e = estimate(model, device, choice, budgets.context)
-    return None if e is None else Candidate(e, quality_table.expected(choice), failures(e, budgets))
+    return None if e is None else Candidate(e, expected_quality(choice), failures(e, budgets))
 
 
 def quality_rank(c: Candidate) -> float:

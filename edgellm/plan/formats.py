@@ -26,13 +26,62 @@ F16_TOLERANCE = 0.05
 FP32_TOLERANCE = 1e-3
 
 
+FORMATS: dict[str, "BuildFormat"] = {}
+
+
+def register(cls):
+    """Class decorator: ``cls`` (a ``BuildFormat``) joins the registry under its ``key``.  The
+    built-in formats below register this way, and so does a format defined anywhere else (a
+    plugin, a test): the CLI's choices, the build choice's validation, the manifest's format, the
+    device profiles' runtimes, the exporter, the runtime backend and the app packaging all read
+    the registry."""
+    entry = cls()
+    if entry.key in FORMATS and type(FORMATS[entry.key]) is not cls:
+        raise ValueError(f"a format {entry.key!r} is registered already")
+    FORMATS[entry.key] = entry
+    from edgellm.core.names import FORMAT_NAMES, RUNTIME_NAMES
+    from edgellm.plan.runtimes import RUNTIMES
+
+    if entry.runtime_model is not None:
+        RUNTIMES.setdefault(entry.runtime, entry.runtime_model)
+    if entry.runtime not in RUNTIMES:
+        del FORMATS[entry.key]
+        raise ValueError(f"format {entry.key!r}: its runtime {entry.runtime!r} has no rates (give runtime_model)")
+    RUNTIME_NAMES.add(entry.runtime)
+    FORMAT_NAMES.add(str(entry.format))
+    return cls
+
+
+def unregister(key: str) -> None:
+    """Take a format out of the registry again (a test's own format, when the test is done)."""
+    FORMATS.pop(key, None)
+
+
+def resolved(spec):
+    """An exporter or backend given as an object, or as "module:attr" imported only now (the
+    exporters need the host toolchain, which the device does not have)."""
+    if not isinstance(spec, str):
+        return spec
+    import importlib
+
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 class BuildFormat:
-    key: ClassVar[str]                   # what a model family's ``supports`` names
-    format: ClassVar[Format]
+    key: ClassVar[str]                   # the registry's key; what a model family's ``supports`` names
+    format: ClassVar[str]                # the manifest's and the CLI's name (several keys may share one)
     target: ClassVar[Target] = Target.CPU
     runtime: ClassVar[str]               # plan/runtimes.py name
-    exporter: ClassVar[str]              # "module:function", imported only when exporting
-    backend: ClassVar[str]               # "module:class" of the runtime backend
+    exporter: ClassVar[object]           # "module:function" (imported only when exporting) or the function
+    backend: ClassVar[object]            # "module:class" of the runtime backend, or the class
+    quant_enum: ClassVar[type]           # the format's weight types (a StrEnum)
+    suffix: ClassVar[str | None] = None  # a bare file of this format (``eval FILE``): its suffix
+    families: ClassVar[frozenset[str] | None] = None   # model types it builds; None: the families say
+    splittable: ClassVar[bool] = False   # ``package --split`` can cut its artifact in parts
+    runtime_model: ClassVar[object] = None   # a new runtime's rates (plan/runtimes.Runtime); None: a known one
+    runtime_label: ClassVar[str | None] = None   # how reports name the runtime (None: ``runtime``)
+    runtime_package: ClassVar[str | None] = None  # the Python package whose version reports record
     accelerator_only: ClassVar[bool] = False   # runs on an accelerator, never on the CPU
     windowed_cache: ClassVar[bool] = False     # the runtime keeps only a sliding window's tokens
     quants: ClassVar[tuple[str, ...]]
@@ -100,7 +149,25 @@ class BuildFormat:
         """Logit tolerance for verification; None for lossy builds (then KLD is measured)."""
         return None
 
+    def model_problem(self, model: ModelConfig) -> str | None:
+        """Why this format cannot build ``model``; None when it can.  A built-in format asks the
+        model's family (its ``supports``); a format that lists its ``families`` answers itself."""
+        if self.families is None:
+            from edgellm.models.families import family_of
+            return family_of(model).build_problem(self.key)
+        if model.model_type not in self.families:
+            return (f"{model.name}: {self.key} does not support '{model.model_type}' yet; "
+                    f"supported: {', '.join(sorted(self.families))}")
+        return None
 
+    # -- apps ---------------------------------------------------------------------------------
+    def app_runtime_lines(self, folder: str, first: str, lang: str) -> list[str]:
+        """INTEGRATION.md's lines on loading the package in an app (``lang``: kotlin or swift);
+        ``first``: the artifact's first file.  Names are safe for code (packaging checks them)."""
+        return [f"Runtime: {self.runtime}. Load `{folder}/{first}` with it."]
+
+
+@register
 class Gguf(BuildFormat):
     key = "gguf"
     format = Format.GGUF
@@ -108,6 +175,10 @@ class Gguf(BuildFormat):
     windowed_cache = True                # llama.cpp's SWA cache (GroupQueryAttention keeps all)
     exporter = "edgellm.exporters.gguf.export:export_gguf"
     backend = "edgellm.runtime.llamacpp:LlamaCppModel"
+    runtime_label, runtime_package = "llama.cpp", "llama-cpp-python"
+    quant_enum = GgufQuant
+    suffix = ".gguf"
+    splittable = True
     quants = tuple(GgufQuant)
     float_quants = (GgufQuant.F16,)
     calibration_note = "GGUF types below F16 have one"
@@ -162,7 +233,15 @@ class Gguf(BuildFormat):
     def tolerance(self, quant):
         return F16_TOLERANCE if quant in self.float_quants else None
 
+    def app_runtime_lines(self, folder, first, lang):
+        split = " (the other parts beside it are found by llama.cpp itself)" if "-of-" in first else ""
+        return [f"Runtime: a llama.cpp binding (llama.android, llama.swiftui, llama.rn). Load `{folder}/{first}`{split}; "
+                "the chat template is inside the GGUF (`tokenizer.chat_template`), so the binding's chat API uses it.", "",
+                "```" + lang, (f'val model = LLamaAndroid.instance().load("{folder}/{first}")' if lang == "kotlin" else
+                               f'let context = try LlamaContext.create_context(path: "{folder}/{first}")'), "```"]
 
+
+@register
 class Onnx(BuildFormat):
     """edgellm's graph of ONNX Runtime's fused contrib ops (exporters/onnx/graph.py): float32 KV
     cache; int4 in MatMulNBits blocks; int8 per output column (no blocks)."""
@@ -171,6 +250,9 @@ class Onnx(BuildFormat):
     runtime = "onnxruntime"
     exporter = "edgellm.exporters.onnx.export:export_onnx"
     backend = "edgellm.runtime.onnxrt:OnnxModel"
+    runtime_label, runtime_package = "ONNX Runtime", "onnxruntime"
+    quant_enum = OnnxQuant
+    suffix = ".onnx"
     quants = tuple(OnnxQuant)
     float_quants = (OnnxQuant.FP32, OnnxQuant.FP16)
     calibration_note = "ONNX int4 has one"
@@ -242,7 +324,19 @@ class Onnx(BuildFormat):
     def tolerance(self, quant):
         return {OnnxQuant.FP32: FP32_TOLERANCE, OnnxQuant.FP16: F16_TOLERANCE}.get(OnnxQuant(quant))
 
+    def app_runtime_lines(self, folder, first, lang):
+        return [f"Runtime: onnxruntime-genai. It reads `genai_config.json`, `model.onnx`, `model.onnx.data` and the "
+                f"tokenizer files of `{folder}`.", "",
+                "```" + lang,
+                *((f'val model = ai.onnxruntime.genai.Model("{folder}")', "val tokenizer = ai.onnxruntime.genai.Tokenizer(model)",
+                   "val params = ai.onnxruntime.genai.GeneratorParams(model)  // then Generator(model, params)")
+                  if lang == "kotlin" else
+                  (f'let model = try OGAModel(path: "{folder}")', "let tokenizer = try OGATokenizer(model: model)",
+                   "let params = try OGAGeneratorParams(model: model)  // then OGAGenerator(model:params:)")),
+                "```"]
 
+
+@register
 class OnnxNpu(Onnx):
     """The fixed-shape static QDQ graph a QNN NPU runs (exporters/npu/static_graph.py, onnx_qdq.py):
     16-bit activations, int8 or int4 weights per output channel.  Offered only on devices with such
@@ -297,19 +391,46 @@ class OnnxNpu(Onnx):
         return quality.onnx_npu(c.quant)
 
 
-FORMATS: dict[str, BuildFormat] = {f.key: f for f in (Gguf(), Onnx(), OnnxNpu())}
-
-
 def format_for(choice: BuildChoice) -> BuildFormat:
+    return entry(choice.format, choice.target)
+
+
+def entry(fmt: str, target=Target.CPU) -> BuildFormat:
+    """The registry's entry for format name ``fmt`` and ``target``; ValueError when none."""
     for f in FORMATS.values():
-        if f.format == choice.format and f.target == choice.target:
+        if f.format == fmt and f.target == target:
             return f
-    raise ValueError(f"no format {choice.format} for target {choice.target}")
+    raise ValueError(f"no format {fmt} for target {target} (formats: {', '.join(names())})")
 
 
-def formats_of(names: tuple[str, ...]) -> list[BuildFormat]:
-    """The registry entries of the user's ``--format`` names (gguf, onnx: onnx includes the NPU build)."""
-    return [f for f in FORMATS.values() if f.format in names]
+def names() -> list[str]:
+    """The format names a user can ask for (``--format``): the registry's, in its order."""
+    return list(dict.fromkeys(str(f.format) for f in FORMATS.values()))
+
+
+def expected_quality(choice: BuildChoice):
+    """The quality the build's format expects of it (``plan/quality.py``'s tables)."""
+    return format_for(choice).quality(choice)
+
+
+def by_suffix(suffix: str) -> BuildFormat | None:
+    """The CPU format whose bare files end in ``suffix`` (``eval model.gguf``)."""
+    return next((f for f in FORMATS.values() if f.suffix == suffix and f.target == Target.CPU), None)
+
+
+def formats_of(wanted: tuple[str, ...] | None) -> list[BuildFormat]:
+    """The registry entries of the user's ``--format`` names (gguf, onnx: onnx includes the NPU
+    build); None: every registered format."""
+    return [f for f in FORMATS.values() if wanted is None or f.format in wanted]
+
+
+def quant_names() -> dict[str, list[str]]:
+    """Each format name's weight types, for ``--quant`` (the CPU builds': the NPU's are among them)."""
+    out: dict[str, list[str]] = {}
+    for f in FORMATS.values():
+        out.setdefault(str(f.format), [])
+        out[str(f.format)] += [str(q) for q in f.quants if str(q) not in out[str(f.format)]]
+    return out
 
 
 def int8_levels(device) -> int:

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
-from edgellm.models.families import family_of
 from edgellm.plan.candidates import (  # noqa: F401 - the planner's public names, as before
     LOSSLESS_KLD, Budgets, Candidate, budgets_for, buildable_formats, candidate_choices, evaluate, evaluate_choice,
     failures, quality_rank)
-from edgellm.plan.formats import formats_of
+from edgellm.plan.formats import formats_of, names
 
 
 @dataclass(frozen=True)
@@ -42,18 +41,18 @@ def _with_verdicts(cands: list[Candidate], winner: Candidate | None) -> tuple[Ca
 
 
 def plan(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
-         formats: tuple[str, ...] = ("gguf", "onnx"), advise: bool = True, calibrated: bool = False) -> Plan:
+         formats: tuple[str, ...] | None = None, advise: bool = True, calibrated: bool = False) -> Plan:
     if budgets.context < 16:
         raise BadInput(f"--context {budgets.context} is too short to be useful (at least 16)")
     if model.max_context and budgets.context > model.max_context:
         raise BadInput(f"--context {budgets.context} is longer than {model.name} supports "
                        f"({model.max_context} tokens)")
-    refused = [family_of(model).build_problem(f.key) for f in formats_of(formats)]
+    refused = [f.model_problem(model) for f in formats_of(formats)]
     if all(refused):
         raise BadInput("; ".join(dict.fromkeys(r for r in refused if r)))
     cands = evaluate(model, device, budgets, formats, calibrated)
     if not cands:
-        raise BadInput(f"{device.name} has no runtime for {' or '.join(formats)} builds "
+        raise BadInput(f"{device.name} has no runtime for {' or '.join(formats or names())} builds "
                        f"(it lists {', '.join(device.runtimes)})")
     winner = next((c for c in cands if c.fits), None)
     suggestions: tuple[str, ...] = ()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgellm.plan.build import BuildChoice
 
 MEASURED = "measured on edgellm's 24M reference model (benchmarks/quality.py)"
 ESTIMATE = "estimate"
@@ -96,8 +95,3 @@ def onnx_npu(quant: str) -> Quality:
         return _ONNX["int8"]
     q = _ONNX["int4/128"]
     return Quality(q.kld, q.ppl_ratio, q.top1, f"{ESTIMATE} (per-channel int4; the CPU int4/128 figure as a floor)")
-
-
-def expected(choice: BuildChoice) -> Quality:
-    from edgellm.plan.formats import format_for
-    return format_for(choice).quality(choice)
