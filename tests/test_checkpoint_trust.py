@@ -2,7 +2,8 @@
 
 ``--resume`` reads a folder beside the output, where anyone who can write there can plant files.
 Nothing in it is unpickled; a folder without our marker is neither used nor deleted; a state file
-changed after it was written fails its recorded sha256.
+changed after it was written fails its recorded sha256.  The module is tested on a small model
+and optimizer directly; one case runs the command as a user would.
 """
 
 import json
@@ -13,10 +14,7 @@ import pytest
 
 from edgellm.errors import BadInput
 from edgellm.exporters.distill import checkpoint
-from edgellm.exporters.distill.student import StudentRequest, distill_student, work_dir
-from edgellm.exporters.distill.train import DistillConfig
-
-CFG = DistillConfig(steps=4, batch=2, seq=64, checkpoint_every=2)
+from edgellm.exporters.distill.ranks import Ranks
 
 
 @pytest.fixture(scope="module")
@@ -25,26 +23,59 @@ def teacher():
     return reference_model("small")
 
 
-class Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/edgellm-pwned-$PPID",))
+def _model_and_opt(seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    opt.step()
+    return model, opt
 
 
-def _plant_dcp(folder, witness):
-    """What torch's distributed checkpoint would leave: a pickled ``.metadata``, here a payload."""
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(witness), "w"))
-    for name in ("checkpoint", "checkpoint.old"):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        (folder / name / ".metadata").write_bytes(pickle.dumps(Payload()))
-        (folder / name / "meta.json").write_text(json.dumps({"step": 2, "losses": [1.0, 1.0], "settings": {}}))
+SETTINGS = {"steps": 4, "seed": 0}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A work folder with one checkpoint of a trained step, as ``distill`` leaves it."""
+    import torch
+
+    work = tmp_path / ".s.distill-work"
+    checkpoint.prepare(work, resume=False)
+    model, opt = _model_and_opt()
+    gen = torch.Generator().manual_seed(0)
+    checkpoint.save(work, model, opt, {"settings": SETTINGS, "step": 2, "losses": [1.0, 0.5]}, gen.get_state(),
+                    Ranks())
+    return work, model, opt
+
+
+def test_a_checkpoint_round_trips_as_data_only(saved):
+    import torch
+
+    work, model, opt = saved
+    at = work / "checkpoint"
+    assert sorted(p.name for p in at.iterdir()) == ["meta.json", "state.safetensors"]
+    fresh, fresh_opt = _model_and_opt(seed=1)
+    meta, gen = checkpoint.load(work, fresh, fresh_opt, SETTINGS, Ranks())
+    assert meta["step"] == 2 and meta["losses"] == [1.0, 0.5] and gen.dtype == torch.uint8
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], fresh_opt.state_dict()["state"][0]["exp_avg"])
 
 
 def test_a_planted_work_folder_is_refused_never_unpickled_never_deleted(run_cli, teacher, tmp_path):
     out, witness = tmp_path / "s", tmp_path / "ran-code"
-    work = work_dir(out)
-    _plant_dcp(work, witness)
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(witness), "w"))
+
+    work = out.with_name(f".{out.name}.distill-work")
+    (work / "checkpoint").mkdir(parents=True)
+    (work / "checkpoint" / ".metadata").write_bytes(pickle.dumps(Payload()))     # what DCP would read
+    (work / "checkpoint" / "meta.json").write_text(json.dumps({"step": 2, "losses": [1.0, 1.0], "settings": {}}))
     for resume in (["--resume"], []):
         r = run_cli("distill", str(teacher), "--layers", "2", "--steps", "4", "--batch", "2", "--seq", "64",
                     "-o", str(out), *resume)
@@ -53,7 +84,7 @@ def test_a_planted_work_folder_is_refused_never_unpickled_never_deleted(run_cli,
         assert not witness.exists() and (work / "checkpoint" / ".metadata").is_file() and not out.exists()
 
 
-def test_a_link_or_a_foreign_owner_is_not_ours(tmp_path):
+def test_a_link_or_an_unmarked_folder_is_not_ours(tmp_path):
     real = tmp_path / "real"
     checkpoint.prepare(real, resume=False)
     assert (real / checkpoint.MARKER).is_file() and (real.stat().st_mode & 0o777) == 0o700
@@ -61,51 +92,51 @@ def test_a_link_or_a_foreign_owner_is_not_ours(tmp_path):
     link.symlink_to(real)
     with pytest.raises(BadInput, match="not an edgellm distillation work folder"):
         checkpoint.prepare(link, resume=True)
-    assert real.is_dir()                                # refused, nothing deleted
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(BadInput, match="neither uses nor deletes it"):
+        checkpoint.prepare(other, resume=False)
+    assert real.is_dir() and (other / "notes.txt").is_file()             # refused, nothing deleted
 
 
-def _stopped_run(teacher, out):
-    req = StudentRequest(teacher, out, CFG, layers=2)
-    with pytest.raises(Exception, match="--resume continues"):
-        distill_student(req, stop_after=2)
-    return work_dir(out) / "checkpoint"
-
-
-def test_a_changed_state_file_fails_its_digest(teacher, tmp_path):
-    at = _stopped_run(teacher, tmp_path / "s")
-    assert sorted(p.name for p in at.iterdir()) == ["meta.json", "state.safetensors"]   # data only
-    data = bytearray((at / "state.safetensors").read_bytes())
+def test_a_changed_state_file_fails_its_digest(saved):
+    work, _, _ = saved
+    state = work / "checkpoint" / "state.safetensors"
+    data = bytearray(state.read_bytes())
     data[-1] ^= 1
-    (at / "state.safetensors").write_bytes(bytes(data))
+    state.write_bytes(bytes(data))
     with pytest.raises(BadInput, match="sha256"):
-        distill_student(StudentRequest(teacher, tmp_path / "s", CFG, layers=2, resume=True))
+        checkpoint.load(work, *_model_and_opt(), SETTINGS, Ranks())
 
 
 @pytest.mark.parametrize("change", [
     {"step": "2"}, {"step": -1}, {"losses": [float("nan")] * 2}, {"losses": [1.0]}, {"generator": "!!"},
-    {"optim": {"scalars": [], "param_groups": []}}, {"state_sha256": None},
+    {"optim": {"scalars": [], "param_groups": []}}, {"state_sha256": None}, {"settings": {"steps": 5}},
 ])
-def test_malformed_meta_fields_are_named(teacher, tmp_path, change):
-    at = _stopped_run(teacher, tmp_path / "s")
-    meta = json.loads((at / "meta.json").read_text())
+def test_malformed_meta_fields_are_named(saved, change):
+    work, _, _ = saved
+    meta_path = work / "checkpoint" / "meta.json"
+    meta = json.loads(meta_path.read_text())
     meta.update(change)
-    (at / "meta.json").write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(BadInput) as e:
-        distill_student(StudentRequest(teacher, tmp_path / "s", CFG, layers=2, resume=True))
-    assert "meta.json" in str(e.value) or "sha256" in str(e.value)
+        checkpoint.load(work, *_model_and_opt(), SETTINGS, Ranks())
+    assert "meta.json" in str(e.value) or "sha256" in str(e.value) or "other settings" in str(e.value)
 
 
-def test_meta_json_as_a_fifo_or_huge_is_refused_without_reading(teacher, tmp_path):
-    at = _stopped_run(teacher, tmp_path / "s")
-    (at / "meta.json").unlink()
-    os.mkfifo(at / "meta.json")
+def test_meta_json_as_a_fifo_or_huge_is_refused_without_reading(saved):
+    work, _, _ = saved
+    meta = work / "checkpoint" / "meta.json"
+    meta.unlink()
+    os.mkfifo(meta)
     with pytest.raises(BadInput, match="not a regular file"):
-        distill_student(StudentRequest(teacher, tmp_path / "s", CFG, layers=2, resume=True))
-    (at / "meta.json").unlink()
-    with open(at / "meta.json", "wb") as f:
+        checkpoint.load(work, *_model_and_opt(), SETTINGS, Ranks())
+    meta.unlink()
+    with open(meta, "wb") as f:
         f.truncate(1 << 30)
     with pytest.raises(BadInput, match="more than"):
-        distill_student(StudentRequest(teacher, tmp_path / "s", CFG, layers=2, resume=True))
+        checkpoint.load(work, *_model_and_opt(), SETTINGS, Ranks())
 
 
 def test_no_torch_load_or_pickle_in_the_product():

@@ -50,13 +50,18 @@ def _marked(work: Path) -> bool:
     return (work / MARKER).read_text(errors="replace") == MARKER_TEXT
 
 
+def refuse_foreign(work: Path) -> None:
+    """Before any work: a path at ``work`` that is not a folder of ours is refused, untouched."""
+    if os.path.lexists(work) and not _marked(work):
+        raise BadInput(f"{work}: exists and is not an edgellm distillation work folder; "
+                       "edgellm neither uses nor deletes it (move it away)")
+
+
 def prepare(work: Path, resume: bool) -> None:
     """Make ``work`` ready (rank 0 only): kept as it is when resuming from a folder of ours,
     replaced by a fresh one otherwise.  A path there that is not ours is refused, never deleted."""
+    refuse_foreign(work)
     if os.path.lexists(work):
-        if not _marked(work):
-            raise BadInput(f"{work}: exists and is not an edgellm distillation work folder; "
-                           "edgellm neither uses nor deletes it (move it away)")
         if resume:
             return
         shutil.rmtree(work)

@@ -94,6 +94,10 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
     cfg = replace(req.config, device=ranks.device)
     t_cfg = models.load_config(str(req.teacher))
     family_for(t_cfg, "distill")
+    if ranks.main:
+        from edgellm.exporters.distill.checkpoint import refuse_foreign
+
+        refuse_foreign(work_dir(req.out))
     if not any((req.teacher / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise BadInput(f"{req.teacher}: no tokenizer (tokenizer.json or tokenizer.model); the student "
                        "shares its teacher's, so the teacher must have one")
