@@ -345,3 +345,54 @@ def test_chat_templates_never_fail_but_cleanly(expr):
     out = bounded(render_chat, "{{ " + expr + " }}", [{"role": "user", "content": "hi"}], True, "t")
     assert time.monotonic() - t0 < MAX_RENDER_SECONDS + 1
     assert out is None or len(out) <= MAX_PROMPT_CHARS
+
+
+# -- what a remote machine answers -------------------------------------------------------------
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                      st.text(max_size=12), st.sampled_from(["pp", "tg", "\x1b[31m", "../../x", "1e999"]))
+json_value = st.recursive(json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(
+        ["test", "n_depth", "edgellm", "measured", "depth", "decode_tps", "prefill_tps", "bundle", "model_type",
+         "n_prompt", "n_gen", "avg_ts", "x"]), inner, max_size=6)), max_leaves=20)
+
+
+@FUZZ
+@given(data=st.one_of(json_value, st.lists(json_value, min_size=2, max_size=4)))
+def test_remote_profile_answers_never_fail_but_cleanly(data):
+    """Whatever JSON the far side of ``profile --remote`` sends, its checker returns records or
+    refuses in one line naming the field (edgellm's own error), quickly."""
+    from edgellm.remote import checked_records
+
+    out = bounded(checked_records, data, "host", "b")
+    assert out is None or all(r["edgellm"]["bundle"] == "b" for r in out)
+
+
+def _leaf_paths(obj, prefix=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaf_paths(v, prefix + (k,))
+    elif isinstance(obj, list) and obj:
+        for i, v in enumerate(obj):
+            yield from _leaf_paths(v, prefix + (i,))
+    else:
+        yield prefix
+
+
+@FUZZ
+@given(picks=st.lists(st.tuples(st.integers(0, 10**6), json_value), min_size=1, max_size=4))
+def test_remote_profile_answers_mutated_from_a_valid_one_never_fail_but_cleanly(picks):
+    """A valid answer with a few of its fields replaced by anything: accepted, or one line."""
+    import copy
+
+    from edgellm.remote import checked_records
+    from test_remote_hostile import _records
+
+    data = copy.deepcopy(_records())
+    for at, value in picks:
+        paths = list(_leaf_paths(data))
+        *head, last = paths[at % len(paths)]
+        obj = data
+        for k in head:
+            obj = obj[k]
+        obj[last] = value
+    bounded(checked_records, data, "host", "b")
