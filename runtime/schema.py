@@ -23,7 +23,13 @@ class SchemaError(ValueError):
 
 def schema(version: int) -> dict:
     name = f"bundle-manifest-v{version}.schema.json"
-    return json.loads(resources.files("edgellm.runtime.schemas").joinpath(name).read_text())
+    rules = json.loads(resources.files("edgellm.runtime.schemas").joinpath(name).read_text())
+    from edgellm.core.names import FORMAT_NAMES
+
+    fmt = rules.get("properties", {}).get("choice", {}).get("properties", {}).get("format")
+    if isinstance(fmt, dict) and "enum" in fmt:     # the registered formats', not only the built-in two
+        fmt["enum"] = sorted(set(fmt["enum"]) | FORMAT_NAMES)
+    return rules
 
 
 def _is(value, kind: str) -> bool:
