@@ -122,7 +122,7 @@ def test_ordinary_names_package_as_before(tmp_path, target, delivery):
     r = package(PackageRequest(b, target, tmp_path / "p", delivery=delivery))
     texts = _text_files(tmp_path / "p")
     note = texts["INTEGRATION.md"]
-    assert note.startswith(f"# Qwen2.5-0.5B-Instruct for ") and json.loads(texts["index.json"])["model"] == "Qwen2.5-0.5B-Instruct"
+    assert note.startswith("# Qwen2.5-0.5B-Instruct for ") and json.loads(texts["index.json"])["model"] == "Qwen2.5-0.5B-Instruct"
     if target == "android" and delivery != "download":
         assert 'LLamaAndroid.instance().load("<filesDir>/edgellm/qwen2_5_0_5b_instruct/Qwen2.5-0.5B-Instruct-Q4_K_M.gguf")' in note
     if target == "ios" and r.delivery == "bundled":

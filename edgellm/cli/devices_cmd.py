@@ -162,11 +162,11 @@ def _measure_remote(args, name: str) -> tuple[devices.DeviceProfile, str]:
         prof = devices.schema.profile_from_dict(data, where)
     except (OverflowError, ValueError) as e:           # a number too large for what is computed from it
         raise BadInput(f"{where}: a value out of range ({str(e)[:120]})") from None
-    for table, part in [("memory", prof.memory), ("cpu", prof.cpu), ("budgets", prof.budgets),
+    for section, part in [("memory", prof.memory), ("cpu", prof.cpu), ("budgets", prof.budgets),
                         *((f"accelerators[{i}]", a) for i, a in enumerate(prof.accelerators))]:
         for key, v in dataclasses.asdict(part).items():
             if isinstance(v, float) and not math.isfinite(v):
-                raise BadInput(f"{where}: {table}.{key}: not a finite number")
+                raise BadInput(f"{where}: {section}.{key}: not a finite number")
     return prof, _profile_toml(prof, remote.name)
 
 

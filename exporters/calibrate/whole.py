@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
-from edgellm.exporters.calibrate.common import Calibration, calibration_windows, default_text, input_hooks, linear_inputs
+from edgellm.exporters.calibrate.common import Calibration, calibration_windows, default_text, input_hooks
 
 
 def needed_bytes(model, context: int, hessian: bool, fisher: bool) -> int:
