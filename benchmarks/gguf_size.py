@@ -9,7 +9,7 @@ Usage: python benchmarks/gguf_size.py
 from __future__ import annotations
 
 from edgellm import devices, models
-from edgellm.plan.build import BuildChoice
+from edgellm.formats.choice import BuildChoice
 from edgellm.plan.estimate import estimate
 
 REAL = {("Qwen/Qwen2.5-0.5B-Instruct", "F16"): 991_812_736,

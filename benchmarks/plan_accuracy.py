@@ -51,7 +51,7 @@ def published() -> int:
     from edgellm import devices
     from edgellm.models.families import from_config_dict
     from edgellm.plan import planner
-    from edgellm.plan.build import BuildChoice
+    from edgellm.formats.choice import BuildChoice
 
     print(f"{'device':9s} {'model':13s} {'type':7s} {'published':>11s} {'planned':>8s} {'ratio':>11s}  source")
     within = 0
@@ -92,7 +92,7 @@ def main() -> int:
     if not args.reuse_kernels or not tuned.exists():
         edgellm("device", "measure", "--name", "here", "--kernels", "-o", str(tuned))
     model = models.load_config(str(model_dir))
-    from edgellm.plan.formats import FORMATS
+    from edgellm.formats import FORMATS
 
     builds = [("gguf", q) for q in args.types.split(",") if q] + [("onnx", q) for q in args.onnx.split(",") if q]
     name = {b: b[1] if b[0] == "gguf" else f"onnx-{b[1]}" for b in builds}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from edgellm import models
 from edgellm.cli.progress import stderr_progress
 from edgellm.devices.measure import measure
-from edgellm.plan.build import BuildChoice
+from edgellm.formats.choice import BuildChoice
 from edgellm.plan.estimate import estimate
 
 PEERS = {  # build -> (peer, decode tok/s, prefill tok/s), 2 threads, 2-core EPYC AVX2

@@ -29,7 +29,7 @@ ONNX = (("fp16", None), ("int8", 32), ("int4", 32), ("int4", 128))
 
 
 def _scorer(ref_path: Path, context: int, windows: int, held_out: str):
-    from edgellm.evaluate import windows_of
+    from edgellm.exporters.verify.evaluate import windows_of
     from edgellm.metrics import log_softmax
     from edgellm.runtime.llamacpp import LlamaCppModel
 

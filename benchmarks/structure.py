@@ -86,8 +86,8 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 # A format's own modules: where its names may be compared (the registry entry, its layout, recipes,
 # exporter, runtime backend).  Anywhere else a comparison with a format or quant name is a spread fact.
-FORMAT_OWNED = ("edgellm/plan/formats.py", "edgellm/plan/build.py", "edgellm/plan/onnx_layout.py",
-                "edgellm/plan/gguf_recipes.py", "edgellm/plan/quality.py", "exporters/gguf/", "exporters/onnx/",
+FORMAT_OWNED = ("edgellm/formats/", "edgellm/formats/choice.py", "edgellm/formats/onnx_layout.py",
+                "edgellm/formats/gguf_recipes.py", "edgellm/formats/quality.py", "exporters/gguf/", "exporters/onnx/",
                 "exporters/npu/", "runtime/llamacpp.py", "runtime/onnxrt.py", "runtime/onnx_static.py",
                 "runtime/gguf_", "runtime/synthetic_gguf.py")
 NAMES = ("gguf", "onnx", "onnx-npu", "npu-static", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS",
@@ -112,6 +112,18 @@ def name_comparisons() -> list[str]:
     return hits
 
 
+def folder(module: str) -> str:
+    """A module's room: ``edgellm.runtime.llamacpp`` -> ``edgellm.runtime``; a top-level module
+    (``edgellm.pipeline``) is a room of its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def two_way_ties(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Pairs of rooms that import each other (at module level or inside a function)."""
+    edges = {(folder(a), folder(b)) for a, targets in graph.items() for b in targets if folder(a) != folder(b)}
+    return sorted((a, b) for a, b in edges if a < b and (b, a) in edges)
+
+
 def main() -> int:
     mods = modules()
     known = set(mods)
@@ -121,6 +133,10 @@ def main() -> int:
     print(f"modules {len(mods)}, import circles {len(found)}")
     for c in found:
         print("  " + " <-> ".join(c))
+    ties = two_way_ties(graph)
+    print(f"folder ties that run both ways {len(ties)}")
+    for a, b in ties:
+        print(f"  {a} <-> {b}")
     hits = name_comparisons()
     print(f"format/quant name comparisons outside the formats' own modules {len(hits)}")
     for h in hits:

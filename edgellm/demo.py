@@ -59,7 +59,7 @@ def end_to_end(device, rebuild: bool = False, say=lambda s: None, fmt: str = "gg
     try:
         built = build_bundle(BuildRequest(model=str(model_dir), device=device_arg or device.name, format=fmt,
                                           output=out, force=True),
-                             say=lambda m: say("[3/5] export: " + m.split("] ", 1)[-1]))
+                             say=lambda m: say("[3/5] export: " + str(m).split("] ", 1)[-1]))
     except NothingFits:
         raise EdgeLLMError(f"demo: no {fmt} build of the demo model fits {device.name}") from None
     result, prediction, plan = built.export, built.prediction, built.plan

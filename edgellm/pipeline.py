@@ -1,9 +1,10 @@
 """The pipeline as a library: ``build_bundle(request) -> result``.
 
-load -> plan -> distil (when nothing fits and it is allowed) -> for each build tried: calibrate,
-export, verify, package (the format's exporter, edgellm.plan.formats) -> quality gate.  The
-``export`` and ``demo`` commands and the benchmarks call this; the CLI only parses and prints.
-Needs the ``[export]`` extra.
+load -> plan -> distil (when nothing fits and it is allowed) -> for each build tried, the export's
+stages (exporters/stages.py: open, calibrate, write, tokenizer, verify, manifest; the format's
+Writer does the format's own part) -> quality gate.  The ``export`` and ``demo`` commands and the
+benchmarks call this; the CLI only parses and prints.  Progress reaches ``say`` as lines (str) and
+as the stages' typed ``Progress`` events.  Needs the ``[export]`` extra.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from edgellm import devices, models
 from edgellm.errors import BadInput, EdgeLLMError, EdgeLLMWarning, NothingFits
 from edgellm.models.source import HUB_ID
 from edgellm.plan import planner, report
-from edgellm.plan.build import BuildChoice
-from edgellm.plan.formats import FORMATS, format_for, resolved
+from edgellm.formats.choice import BuildChoice
+from edgellm.formats import FORMATS, format_for, resolved
 
-Say = Callable[[str], None]
+Say = Callable[[object], None]           # a str, or an exporters.stages.Progress (str() is its line)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ def public_name(model: str) -> str:
     return p.resolve().name if p.exists() or not HUB_ID.match(model) else model
 
 
-def exporter_for(choice: BuildChoice):
-    return resolved(format_for(choice).exporter)
+def writer_for(choice: BuildChoice):
+    """The format's part of the export: a fresh instance of its registered Writer."""
+    return resolved(format_for(choice).exporter)()
 
 
 def _candidates(req: BuildRequest, model, device, calibrated: bool, plans: list | None = None
@@ -177,7 +179,7 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     """Plan, (distil), export, verify and package ``req.model`` for ``req.device``."""
     need_export_extra()
     from edgellm.exporters.compute import resolve
-    from edgellm.exporters.gguf.export import ExportRequest
+    from edgellm.exporters.stages import ExportRequest, run_export
     from edgellm.exporters.verify.quality_gate import Gate, smallest_passing
     from edgellm.exporters.io.weights_source import weights_folder
     from edgellm.runtime.profiling import default_threads
@@ -219,11 +221,11 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     source_kind = "local folder" if Path(req.model).expanduser().exists() else "hub"
 
     def export(c: BuildChoice, to: Path, force: bool):
-        return exporter_for(c)(ExportRequest(
+        return run_export(writer_for(c), ExportRequest(
             model_dir=folder, model=model, choice=c, out=to, device=device.name,
             prediction=predictions[c], verify=req.verify, threads=req.threads or default_threads(),
             allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code, force=force,
-            calibration=calibration, source_kind=source_kind), stage=say)
+            calibration=calibration, source_kind=source_kind), say)
 
     trials: list = []
     if gate:

@@ -83,7 +83,7 @@ def staging(out: Path, force: bool, needed: int | None = None, claim: bool = Tru
 def copy_tokenizer(model_dir: Path, tmp: Path) -> None:
     """The tokenizer files into the bundle, each read guarded (inside the folder, a regular file,
     bounded: a 10 GB sparse special_tokens_map.json is refused, not copied)."""
-    from edgellm.exporters.io.model_files import member
+    from edgellm.core.model_files import member
     from edgellm.core.files import MAX_CONFIG_BYTES, read_small_bytes
 
     for fname in TOKENIZER_FILES:

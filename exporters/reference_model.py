@@ -115,7 +115,7 @@ def corpus_of(model_dir: Path) -> str:
     """The corpus a reference model was trained on ("source" for any other model folder); read
     guarded (a FIFO or a link out of the folder there is refused, not waited on)."""
     from edgellm.errors import EdgeLLMError
-    from edgellm.exporters.io.model_files import member
+    from edgellm.core.model_files import member
     from edgellm.core.files import read_json_object
 
     try:

@@ -1,5 +1,5 @@
 """One interface for every runtime backend, and ``open_backend``: the bundle's recorded build
-choice picks the backend (edgellm.plan.formats names it), never a guess from file names.
+choice picks the backend (edgellm.formats names it), never a guess from file names.
 
 A backend offers: ``tokenize(text, add_bos)``, ``prompt_ids(prompt, chat)``, ``logits(ids)`` for
 every position, ``stream(prompt, max_tokens, temperature, chat, seed)``, ``profile(prompt_tokens,
@@ -86,7 +86,7 @@ def load_backend(spec, path: Path, n_ctx: int, threads: int | None, scoring: boo
 def recorded_choice(bundle: Bundle):
     """The build choice a bundle's manifest records (edgellm 0.1's version-1 records too, whose
     NPU builds were marked by an "npu" section instead of a target)."""
-    from edgellm.plan.build import BuildChoice
+    from edgellm.formats.choice import BuildChoice
 
     data = bundle.manifest.get("choice")
     if isinstance(data, dict) and data.get("version") == 1 and "npu" in bundle.manifest:
@@ -102,7 +102,7 @@ def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = No
                  scoring: bool = False) -> tuple[Bundle, Backend]:
     """Check a bundle (every file's sha256) and load it with the backend its build choice names.
     ``scoring``: keep logits for every position (``logits()``), as eval and verification need."""
-    from edgellm.plan.formats import format_for
+    from edgellm.formats import format_for
 
     bundle = open_bundle(Path(folder))
     try:
@@ -120,7 +120,7 @@ def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = No
 
 def open_file(path: str | Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False) -> Backend:
     """A bare .gguf or .onnx file (no bundle, no checksums): for eval of files made elsewhere."""
-    from edgellm.plan.formats import FORMATS, by_suffix
+    from edgellm.formats import FORMATS, by_suffix
 
     p = Path(path)
     fmt = by_suffix(p.suffix)

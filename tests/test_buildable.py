@@ -9,7 +9,7 @@ import pytest
 
 from edgellm import devices, models
 from edgellm.errors import BadInput
-from edgellm.pipeline import exporter_for
+from edgellm.pipeline import writer_for
 from edgellm.plan import planner
 
 DEVICES = ("rpi5-8gb", "android-sd8gen3-12gb")
@@ -40,7 +40,7 @@ OFFERED = offered()
 
 def test_nothing_is_offered_that_the_family_does_not_build():
     from edgellm.models.families import REGISTRY
-    from edgellm.plan.formats import format_for
+    from edgellm.formats import format_for
 
     assert OFFERED
     for (model_type, _), c in OFFERED.items():
@@ -68,12 +68,12 @@ def test_advice_proposes_students_only_for_families_distill_takes(run_cli):
 @pytest.mark.parametrize("model_type,key", sorted(OFFERED, key=str), ids=lambda v: str(v) if isinstance(v, str)
                          else "-".join(str(x) for x in v if x not in (None, False)))
 def test_every_offered_build_exports(tiny, tmp_path, model_type, key):
-    from edgellm.exporters.gguf.export import ExportRequest
+    from edgellm.exporters.stages import ExportRequest, run_export
 
     choice = OFFERED[(model_type, key)]
     folder = tiny(TINY.get(model_type, model_type))
     model = models.load_config(str(folder))
-    result = exporter_for(choice)(ExportRequest(model_dir=folder, model=model, choice=choice, out=tmp_path / "b",
-                                                device="test", prediction={"context": 256}, verify=False,
-                                                threads=2))
+    result = run_export(writer_for(choice), ExportRequest(model_dir=folder, model=model, choice=choice,
+                                                          out=tmp_path / "b", device="test",
+                                                          prediction={"context": 256}, verify=False, threads=2))
     assert result.file_bytes > 0 and (tmp_path / "b" / "manifest.json").is_file()

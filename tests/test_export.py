@@ -6,8 +6,8 @@ import json
 import pytest
 
 from edgellm import models
-from edgellm.plan.ggml_types import TYPES
-from edgellm.plan.gguf_recipes import tensor_types
+from edgellm.formats.ggml_types import TYPES
+from edgellm.formats.gguf_recipes import tensor_types
 from edgellm.runtime.gguf_check import read_header
 
 

@@ -151,7 +151,7 @@ def test_existing_output_needs_force_and_only_a_bundle_is_replaced(run_cli, tiny
 def _request(tiny, tmp_path, quant="Q4_K_M"):
     from edgellm import models
     from edgellm.exporters.gguf.export import ExportRequest
-    from edgellm.plan.build import BuildChoice
+    from edgellm.formats.choice import BuildChoice
 
     folder = tiny("llama")
     return ExportRequest(model_dir=folder, model=models.load_config(str(folder)),

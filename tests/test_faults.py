@@ -86,7 +86,7 @@ def test_a_temporary_folder_of_a_live_process_is_left_alone(tiny, tmp_path):
 def _gguf_request(tiny, tmp_path):
     from edgellm import models
     from edgellm.exporters.gguf.export import ExportRequest
-    from edgellm.plan.build import BuildChoice
+    from edgellm.formats.choice import BuildChoice
 
     folder = tiny("llama")
     return ExportRequest(model_dir=folder, model=models.load_config(str(folder)),
@@ -97,7 +97,7 @@ def _gguf_request(tiny, tmp_path):
 def _onnx_request(tiny, tmp_path):
     import dataclasses
 
-    from edgellm.plan.build import BuildChoice
+    from edgellm.formats.choice import BuildChoice
     return dataclasses.replace(_gguf_request(tiny, tmp_path), choice=BuildChoice("onnx", "fp32", "f32"))
 
 
@@ -146,7 +146,7 @@ def test_a_real_full_filesystem_mid_write(tiny, tmp_path):
         from edgellm import models
         from edgellm.errors import EdgeLLMError
         from edgellm.exporters.gguf.export import ExportRequest, export_gguf
-        from edgellm.plan.build import BuildChoice
+        from edgellm.formats.choice import BuildChoice
         folder = Path({str(tiny("llama"))!r})
         req = ExportRequest(model_dir=folder, model=models.load_config(str(folder)),
                             choice=BuildChoice("gguf", "F16", "f16"), out=Path({str(fs)!r}) / "out",

@@ -9,7 +9,6 @@ is under test is the registry's reach, not a runtime.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from enum import StrEnum
 from pathlib import Path
@@ -17,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgellm.plan.build import BuildChoice, KVCache
-from edgellm.plan.formats import BuildFormat, register, unregister
-from edgellm.plan.quality import Quality
-from edgellm.plan.runtimes import LlamaCpp
+from edgellm.formats.choice import BuildChoice, KVCache
+from edgellm.formats import BuildFormat, register, unregister
+from edgellm.formats.quality import Quality
+from edgellm.formats.runtimes import LlamaCpp
+from edgellm.exporters.stages import Opened, Writer, Written
 
 
 class ToyQuant(StrEnum):
@@ -53,18 +53,18 @@ class ToyBackend:
         yield from ("x" for _ in range(max_tokens))
 
 
-def export_toy(req, stage=lambda s: None):
-    """The toy exporter: the artifact only; staging, tokenizer and manifest are edgellm's helpers."""
-    from edgellm.exporters.gguf.export import ExportResult, manifest_body
-    from edgellm.exporters.package import copy_tokenizer, staging, write_manifest
+class ToyWriter(Writer):
+    """The toy format's part of the export: the artifact only; staging, tokenizer, verification
+    and manifest are the pipeline's stages."""
 
-    t0 = time.perf_counter()
-    with staging(req.out, req.force) as tmp:
+    def open(self, req):
+        return Opened(None, None)
+
+    def write(self, req, opened, calibrated, tmp, report):
         name = "model.toy"
         (tmp / name).write_text(json.dumps({"vocab": req.model.vocab, "layers": req.model.n_layers}))
-        copy_tokenizer(req.model_dir, tmp)
-        files = write_manifest(tmp, name, manifest_body(req, None), {})
-    return ExportResult(req.out, req.out / name, files[name]["bytes"], {}, None, time.perf_counter() - t0)
+        report.count(1, 1, "writing the toy file:")
+        return Written(name)
 
 
 class ToyRuntime(LlamaCpp):
@@ -77,7 +77,7 @@ class Toy(BuildFormat):
     format = "toy"
     runtime = "toyrt"
     runtime_model = ToyRuntime()
-    exporter = staticmethod(export_toy)
+    exporter = ToyWriter
     backend = ToyBackend
     quant_enum = ToyQuant
     suffix = ".toy"
@@ -118,7 +118,7 @@ def toy(tmp_path):
     """The toy format registered (its runtime with it), and a device profile that lists the
     runtime; all taken back afterwards."""
     from edgellm.core.names import FORMAT_NAMES, RUNTIME_NAMES
-    from edgellm.plan.runtimes import RUNTIMES
+    from edgellm.formats.runtimes import RUNTIMES
 
     register(Toy)
     base = (Path(__file__).resolve().parent.parent / "device_profiles" / "laptop-x86-16gb.toml").read_text()

@@ -62,7 +62,7 @@ def test_a_non_safetensors_file_is_refused_without_echoing_its_bytes(run_cli, ti
 
 
 def test_a_link_in_a_hugging_face_cache_snapshot_into_its_blobs_is_accepted(tmp_path):
-    from edgellm.exporters.io.model_files import inside
+    from edgellm.core.model_files import inside
 
     repo = tmp_path / "models--org--name"
     (repo / "blobs").mkdir(parents=True)
@@ -177,7 +177,7 @@ def test_a_listed_file_that_is_a_link_out_is_refused(run_cli, tmp_path):
 def test_a_file_swapped_after_the_check_is_not_the_one_loaded(tmp_path):
     from edgellm.runtime.backend import load_backend
     from edgellm.runtime.bundle import open_bundle
-    from edgellm.plan.formats import FORMATS
+    from edgellm.formats import FORMATS
 
     b = _gguf_bundle(tmp_path)
     bundle = open_bundle(b)
@@ -193,7 +193,7 @@ def test_a_file_swapped_after_the_check_is_not_the_one_loaded(tmp_path):
 def test_a_bundle_others_can_write_is_copied_verified_and_loaded_from_the_copy(tmp_path):
     from edgellm.runtime.backend import load_backend
     from edgellm.runtime.bundle import open_bundle
-    from edgellm.plan.formats import FORMATS
+    from edgellm.formats import FORMATS
 
     b = _gguf_bundle(tmp_path)
     os.chmod(b, 0o777)

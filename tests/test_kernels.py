@@ -10,7 +10,7 @@ import pytest
 from edgellm import devices
 from edgellm.devices import kernels
 from edgellm.models.families import from_config_dict
-from edgellm.plan.build import BuildChoice
+from edgellm.formats.choice import BuildChoice
 from edgellm.plan.estimate import estimate
 from edgellm.devices.kernel_model import RuntimeCost, TypeRate, decode_seconds, loads, prefill_seconds
 from edgellm.runtime.synthetic_gguf import Shape
@@ -78,7 +78,7 @@ def test_the_plan_is_the_sum_of_each_tensor_at_its_own_types_cost():
     choice = BuildChoice("gguf", "Q4_0", "f16")
     e = estimate(model, tuned, choice, 1024)
     from edgellm.plan.estimate import kv_bytes
-    from edgellm.plan.gguf_recipes import tensor_types
+    from edgellm.formats.gguf_recipes import tensor_types
 
     load = loads(model, tensor_types(model, "Q4_0"))
     assert set(load) == {"Q4_0", "Q8_0"}                  # the tied Q8_0 head is read every token

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgellm import models, devices
-from edgellm.plan.build import BuildChoice
+from edgellm.formats.choice import BuildChoice
 from edgellm.plan.estimate import estimate
 
 
@@ -123,7 +123,7 @@ def _initializer_bytes(path) -> int:
 def test_planner_onnx_predictions_match_real_files_per_type(tiny, tmp_path, run_cli):
     """Weights the planner predicts vs initializers in the exported graph, for every ONNX build it
     offers; and the predicted file size vs the files on disk."""
-    from edgellm.plan import onnx_layout
+    from edgellm.formats import onnx_layout
 
     folder = tiny("qwen2")
     model = models.load_config(str(folder))
@@ -203,7 +203,7 @@ def test_int8_weights_are_7_bit_for_x86_without_vnni():
     """ONNX Runtime's uint8 x int8 kernel on such CPUs can overflow with full-range weights."""
     from dataclasses import replace
 
-    from edgellm.plan.formats import int8_levels
+    from edgellm.formats import int8_levels
 
     laptop = devices.find("laptop-x86-16gb")                 # Zen 4: AVX-512 VNNI
     old = replace(laptop, cpu=replace(laptop.cpu, isa=("sse4_2", "avx", "avx2", "fma", "f16c")))

@@ -8,10 +8,10 @@ from edgellm import devices, models
 from edgellm.devices.schema import Budgets as ProfileBudgets, Cpu, DeviceProfile, Memory
 from edgellm.errors import BadInput
 from edgellm.plan import planner
-from edgellm.plan.build import BuildChoice
+from edgellm.formats.choice import BuildChoice
 from edgellm.plan.estimate import estimate
-from edgellm.plan.ggml_types import TYPES
-from edgellm.plan.gguf_recipes import tensor_types
+from edgellm.formats.ggml_types import TYPES
+from edgellm.formats.gguf_recipes import tensor_types
 
 MiB = 1 << 20
 
@@ -174,7 +174,7 @@ def test_build_choice_round_trips_and_validates():
 
 
 def test_onnx_quality_follows_the_weight_type_and_block():
-    from edgellm.plan.formats import expected_quality as expected
+    from edgellm.formats import expected_quality as expected
 
     kld = {(q, b): expected(BuildChoice("onnx", q, "f32", b)).kld
            for q, b in (("fp32", None), ("fp16", None), ("int8", None), ("int4", 32), ("int4", 64), ("int4", 128))}

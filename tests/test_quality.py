@@ -21,7 +21,7 @@ def export(run_cli, model, out, *flags, ok=True):
 
 
 def test_the_reference_model_has_learned_the_held_out_text(reference, tmp_path):
-    from edgellm.evaluate import evaluate, open_target
+    from edgellm.exporters.verify.evaluate import evaluate, open_target
     from edgellm.exporters.demo_models import build_model
     from edgellm.exporters.reference_model import SPECS
     from edgellm.textdata import held_out_files, held_out_text, training_files

@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 
 from edgellm import models
-from edgellm.plan.ggml_types import TYPES, fit_type
-from edgellm.plan.gguf_recipes import tensor_types, use_more_bits
+from edgellm.formats.ggml_types import TYPES, fit_type
+from edgellm.formats.gguf_recipes import tensor_types, use_more_bits
 
 
 def data_bytes(m, ftype):

@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always", EdgeLLMWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)     # as given (a launcher repeats it)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

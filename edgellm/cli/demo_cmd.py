@@ -15,7 +15,8 @@ from edgellm import devices
 from edgellm.cli.common import print_json
 from edgellm.cli.progress import StageLine
 from edgellm.demo import bundled_plans, end_to_end
-from edgellm.plan import formats, report
+from edgellm import formats
+from edgellm.plan import report
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes, fmt_count
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from edgellm.cli.common import positive_float, positive_int, print_json
@@ -46,6 +47,9 @@ def count_arg(text: str) -> int:
     return v
 
 
+REQUEST_LIMIT = 4 * (256 << 20) + (1 << 20)     # the request holds --data's text (256 MiB at most), escaped
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("distill", help="prune and distil a smaller student from a model", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,6 +85,11 @@ def add_parser(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="let transformers run the teacher's own code")
     p.add_argument("--json", action="store_true", help="print the card as JSON")
     p.set_defaults(func=run)
+    # one rank of ``--gpus/--processes`` (started by torchrun): the parsed request, from a file
+    r = sub.add_parser("distill-rank", add_help=False)
+    r.add_argument("request", type=Path)
+    r.add_argument("result", type=Path)
+    r.set_defaults(func=run_rank)
 
 
 def request_from(args, teacher: Path, out: Path):
@@ -105,12 +114,21 @@ def request_from(args, teacher: Path, out: Path):
 def run(args) -> int:
     from edgellm.pipeline import need_export_extra
     need_export_extra()
-    if args.gpus or args.processes:
-        return _launch(args)
-    from edgellm.exporters.distill.student import distill_student
     from edgellm.exporters.io.weights_source import weights_folder
 
     req = request_from(args, weights_folder(args.teacher), args.output)
+    if args.gpus or args.processes:
+        record = _launch(args, req)
+    else:
+        record = _distil(req)
+    if record:                                  # a rank other than the first returns none: rank 0 reports
+        _show_result(args, req.out, record)
+    return 0
+
+
+def _distil(req) -> dict:
+    from edgellm.exporters.distill.student import distill_student
+
     line = StageLine()
 
     def show(p) -> None:
@@ -118,34 +136,51 @@ def run(args) -> int:
         line(f"distilling: step {p.step}/{p.steps}, loss {p.loss:.4f}, {p.tokens_per_s:,.0f} tok/s{per}, "
              f"ETA {p.eta_s / 60:.1f} min")
     try:
-        result = distill_student(req, say=line, progress=show)
+        return distill_student(req, say=line, progress=show).record
     finally:
         line.done()
-    if not result.record:                       # a rank other than the first: rank 0 reports
-        return 0
+
+
+def run_rank(args) -> int:
+    """One rank under torchrun: the request the launching command parsed; rank 0 leaves the
+    student's record where the launcher reads it."""
+    from edgellm.core.files import atomic_write, read_json_object
+    from edgellm.exporters.distill.student import StudentRequest
+
+    record = _distil(StudentRequest.from_dict(read_json_object(args.request, REQUEST_LIMIT)))
+    if record:
+        atomic_write(args.result, json.dumps(record).encode())
+    return 0
+
+
+def _show_result(args, folder: Path, record: dict) -> None:
     if args.json:
-        print_json({"student": str(result.folder), **result.record})
-        return 0
-    r, m = result.record, result.record["metrics"]
-    print(f"wrote {result.folder}/ ({fmt_count(r['student']['parameters'])} params, {r['student']['layers']} layers, "
+        print_json({"student": str(folder), **record})
+        return
+    r, m = record, record["metrics"]
+    print(f"wrote {folder}/ ({fmt_count(r['student']['parameters'])} params, {r['student']['layers']} layers, "
           f"hidden {r['student']['hidden']}; {r['student']['share_of_teacher_non_embedding']:.0%} of the teacher's "
           f"non-embedding parameters)")
     print(f"held-out perplexity: student {m['student_perplexity']:.3f}, teacher {m['teacher_perplexity']:.3f}; "
           f"KLD from the teacher {m['kld_vs_teacher']:.4f}; loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}")
-    print(f"export it: edgellm export {result.folder} --device DEVICE")
-    return 0
+    print(f"export it: edgellm export {folder} --device DEVICE")
 
 
-def _launch(args) -> int:
-    """This command again as N ranks under torchrun (``launch``)."""
-    from edgellm.cli.launch import run_ranks, without
+def _launch(args, req) -> dict:
+    """``req`` run as N ranks under torchrun (``launch``): each rank reads the parsed request from
+    a file beside the output (nothing of the command line is rewritten); rank 0 writes the record."""
+    import dataclasses
+    import os
+
+    from edgellm.cli.launch import run_ranks
+    from edgellm.core.files import atomic_write, read_json_object
     from edgellm.exporters.compute import resolve
     from edgellm.exporters.distill.ranks import launched_world
     from edgellm.exporters.distill.student import work_dir
 
     if launched_world() > 1:
         raise BadInput("--gpus/--processes start torchrun themselves; under torchrun, leave them out")
-    argv = without(without(args.argv, "--gpus"), "--processes")
+    n = args.gpus or args.processes
     if args.gpus:
         import torch
 
@@ -154,12 +189,23 @@ def _launch(args) -> int:
                            f"--processes {args.gpus} runs the same on the CPU (gloo)")
         if args.gpus > torch.cuda.device_count():
             raise BadInput(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
-        argv = [*without(argv, "--device"), "--device", "cuda"]
+        device = "cuda"
     elif resolve(args.device) != "cpu":
         raise BadInput("--processes runs on the CPU (gloo); for GPUs use --gpus N")
     else:
-        argv = [*without(argv, "--device"), "--device", "cpu"]
-    if args.batch % (args.gpus or args.processes):
-        raise BadInput(f"--batch {args.batch} does not split over {args.gpus or args.processes} processes; "
-                       f"give a multiple")
-    return run_ranks(args.gpus or args.processes, argv, args.output, work_dir(args.output))
+        device = "cpu"
+    if args.batch % n:
+        raise BadInput(f"--batch {args.batch} does not split over {n} processes; give a multiple")
+    req = dataclasses.replace(req, config=dataclasses.replace(req.config, device=device))
+    out = Path(args.output)
+    request = out.with_name(f".{out.name}.distill-request.json")
+    result = out.with_name(f".{out.name}.distill-result.json")
+    atomic_write(request, json.dumps(req.to_dict()).encode())
+    os.chmod(request, 0o600)
+    result.unlink(missing_ok=True)
+    try:
+        run_ranks(n, ["distill-rank", str(request), str(result)], out, work_dir(out))
+        return read_json_object(result) if result.is_file() else {}
+    finally:
+        request.unlink(missing_ok=True)
+        result.unlink(missing_ok=True)

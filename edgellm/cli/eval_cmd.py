@@ -56,7 +56,7 @@ BYTES_PER_TOKEN = 64                # far more than any tokenizer takes on avera
 
 
 def run(args) -> int:
-    from edgellm.evaluate import evaluate, open_target
+    from edgellm.exporters.verify.evaluate import evaluate, open_target
 
     text = _text(args.data, args.context * args.windows)
     target = open_target(args.target, args.context, args.threads)

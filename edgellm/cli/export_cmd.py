@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgellm.cli.common import fraction_arg, positive_float, positive_int, print_json, size_arg
 from edgellm.cli.progress import StageLine
-from edgellm.plan import formats
+from edgellm import formats
 from edgellm.units import fmt_bytes
 
 

@@ -1,7 +1,8 @@
-"""``edgellm distill --gpus N`` (or ``--processes N`` on CPUs): the same command under torchrun.
+"""``edgellm distill --gpus N`` (or ``--processes N`` on CPUs): N ranks under torchrun.
 
-torchrun (``python -m torch.distributed.run --standalone``) starts N copies of ``edgellm distill``
-without the flag; each joins the process group (``exporters.distill.ranks``).  What rank 0 prints
+torchrun (``python -m torch.distributed.run --standalone``) starts N copies of ``edgellm
+distill-rank REQUEST RESULT``, each reading the request the command parsed; each joins the process
+group (``exporters.distill.ranks``).  What rank 0 prints
 comes through as it is; torchrun's own logging and a failed rank's traceback go to a log beside the
 output, and a run that stops ends with one line: which rank, how, and the checkpoint it left.
 """
@@ -19,19 +20,6 @@ from edgellm.errors import EdgeLLMError
 TORCHRUN_LOG = re.compile(r"^[WEIF]\d{4} |^\*{5,}|^Traceback |^  |^torch\.distributed\.|^\[|^=+$|^-+$|^\w*Error\b|"
                           r"^Root Cause|^Failures:|^<NO_OTHER_FAILURES>|^\s*(time|host|rank|exitcode|error_file|"
                           r"traceback)\s*:")
-
-
-def without(argv: list[str], flag: str) -> list[str]:
-    """``argv`` less ``flag N`` / ``flag=N``."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == flag:
-            skip = True
-        elif not a.startswith(flag + "="):
-            out.append(a)
-    return out
 
 
 def run_ranks(n: int, argv: list[str], out: Path, work: Path, entry: tuple[str, ...] = ("-m", "edgellm")) -> int:

@@ -7,7 +7,8 @@ import argparse
 from edgellm import devices, models
 from edgellm.cli.common import positive_float, positive_int, print_json, size_arg
 from edgellm.errors import NothingFits
-from edgellm.plan import formats, planner, report
+from edgellm import formats
+from edgellm.plan import planner, report
 
 HELP = """Predict, for every candidate build of MODEL (GGUF F16 ... Q2_K with an f16 or q8_0 KV
 cache; ONNX fp16, int8, int4 with blocks of 32 or 128), its file size, peak RAM at the context,

@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
 def _model_info(bundle, model) -> dict:
     import importlib.metadata as md
 
-    from edgellm.plan.formats import format_for
+    from edgellm.formats import format_for
     from edgellm.runtime.backend import recorded_choice
 
     m, choice = bundle.manifest, bundle.manifest["choice"]

@@ -12,7 +12,8 @@ class StageLine:
         self.tty = stream.isatty()
         self.last_stage = None
 
-    def __call__(self, msg: str) -> None:
+    def __call__(self, msg) -> None:
+        msg = str(msg)                     # a line, or the stages' Progress event
         stage = msg.split(":")[0]
         if self.tty:
             self.stream.write("\r\033[2K" + msg[:200])

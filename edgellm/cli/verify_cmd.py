@@ -44,7 +44,7 @@ def run(args) -> int:
 
 
 def _verify(args) -> int:
-    from edgellm.plan.formats import format_for
+    from edgellm.formats import format_for
     from edgellm.runtime.backend import open_backend, recorded_choice
 
     t0 = time.perf_counter()

@@ -25,6 +25,7 @@ import numpy as np
 from edgellm.devices.kernel_model import Load, RuntimeCost, TypeRate, loads
 
 # ggml tensor type -> the llama.cpp file type whose *pure* quantization stores every matrix in it
+BASE = "Q8_0"          # the ggml type whose probes also pin the runtime's per-token cost
 PURE_FTYPE = {"F16": None, "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_1": "Q5_1", "Q5_0": "Q5_0",
               "Q4_K": "Q4_K_M", "Q4_0": "Q4_0", "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS", "Q3_K": "Q3_K_M",
               "Q2_K": "Q2_K"}
@@ -108,13 +109,13 @@ def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: f
     timings come with the probes' attention (at ``attention_gflops``) taken out; the planner adds
     the target's back at its position.  Prefill keeps its attention in the figures: batched, it
     runs at another rate, and it is a few percent of a 512-token prompt."""
-    base = timings["Q8_0"]
+    base = timings[BASE]
     token_s, *q8 = nnls(np.array([[1.0, *ld.decode()] for ld, _, _ in base]), np.array([d for *_, d in base]))
     out: dict[str, object] = {RUNTIME: RuntimeCost(token_us=round(float(token_s) * 1e6, 2),
                                                    attention_gflops=round(attention_gflops, 2), source=source)}
     for ty, rows in timings.items():
         rows = rows[:2]
-        dec = q8 if ty == "Q8_0" else nnls(np.array([ld.decode() for ld, *_ in rows], float),
+        dec = q8 if ty == BASE else nnls(np.array([ld.decode() for ld, *_ in rows], float),
                                             np.array([d - token_s for ld, _, d in rows]))
         pre = nnls(np.array([ld.prefill(PROMPT) for ld, *_ in rows], float), np.array([p for _, p, _ in rows]))
         out[f"{RUNTIME}:{ty}"] = TypeRate(decode_row_ns=round(float(dec[0]) * 1e9, 3),
@@ -142,7 +143,7 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
     from edgellm.runtime.synthetic_gguf import write
 
     probes, tiny = shapes or _shapes()
-    types = tuple(dict.fromkeys(("Q8_0", *types)))       # Q8_0 carries the runtime's own costs
+    types = tuple(dict.fromkeys((BASE, *types)))         # BASE carries the runtime's own costs
     work = Path(tempfile.mkdtemp(prefix="edgellm-kernels-"))
     timings: dict[str, list] = {}
     attention = None
@@ -150,7 +151,7 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
         sources = [(s, write(work / f"probe{i}-F16.gguf", s)) for i, s in enumerate(probes)]
         for ty in types:
             progress(f"measuring llama.cpp {ty} kernels")
-            tinies = [(s, write(work / f"tiny{i}.gguf", s)) for i, s in enumerate(tiny)] if ty == "Q8_0" else []
+            tinies = [(s, write(work / f"tiny{i}.gguf", s)) for i, s in enumerate(tiny)] if ty == BASE else []
             for shape, f16 in sources + tinies:
                 path = f16 if PURE_FTYPE[ty] is None else work / f"probe-{ty}.gguf"
                 if path != f16:

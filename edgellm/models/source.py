@@ -43,7 +43,7 @@ def _parse(text: str, where: str) -> dict:
 def _read_local(path: Path) -> ConfigSource:
     """A folder's config.json (a link out of the folder is refused, as a weights file's is), or
     the config.json file the user named; a regular file, bounded, read without blocking."""
-    from edgellm.exporters.io.model_files import inside
+    from edgellm.core.model_files import inside
     from edgellm.core.files import read_small_text
 
     cfg = inside(path, path / "config.json", "config.json") if path.is_dir() else path

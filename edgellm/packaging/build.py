@@ -57,7 +57,7 @@ def _split(bundle, work: Path, max_bytes: int) -> list[PackFile]:
     from edgellm.packaging.split import split_gguf
 
     m = bundle.manifest
-    from edgellm.plan.formats import entry
+    from edgellm.formats import entry
 
     if not entry(m["choice"]["format"], m["choice"].get("target", "cpu")).splittable:
         raise BadInput("--split applies to GGUF bundles (llama.cpp's split format)")

@@ -87,7 +87,7 @@ class Target:
 def _runtime_lines(fmt: str, folder: str, artifact: str, files: list[PackFile], lang: str) -> list[str]:
     """How the app loads it, with this package's file names (``lang``: kotlin or swift): the
     format's own lines (``BuildFormat.app_runtime_lines``)."""
-    from edgellm.plan.formats import entry
+    from edgellm.formats import entry
 
     suffix = Path(artifact).suffix
     first = next((f.name for f in files if suffix and f.name.endswith(suffix)), artifact)

@@ -8,11 +8,11 @@ from dataclasses import dataclass, replace
 from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
-from edgellm.plan import quality as quality_table
-from edgellm.plan.build import BuildChoice, GgufQuant
+from edgellm.formats import quality as quality_table
+from edgellm.formats.choice import BuildChoice, GgufQuant
 from edgellm.plan.estimate import Estimate, estimate
-from edgellm.plan.formats import BuildFormat, expected_quality, formats_of
-from edgellm.plan.gguf_recipes import RECIPES
+from edgellm.formats import BuildFormat, expected_quality, formats_of
+from edgellm.formats.gguf_recipes import RECIPES
 from edgellm.units import fmt_bytes
 
 # Below this mean KLD a build is treated as lossless: among such builds the fastest wins, since

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from edgellm.devices.schema import Accelerator, DeviceProfile
 from edgellm.models.config import ModelConfig
-from edgellm.plan.build import BuildChoice
-from edgellm.plan.formats import BuildFormat, format_for
-from edgellm.plan.ggml_types import TYPES
+from edgellm.formats.choice import BuildChoice
+from edgellm.formats import BuildFormat, format_for
+from edgellm.formats.ggml_types import TYPES
 from edgellm.devices.kernel_model import decode_seconds, loads, prefill_seconds
-from edgellm.plan.runtimes import RUNTIMES, KernelRates
+from edgellm.formats.runtimes import RUNTIMES, KernelRates
 
 PROMPT_TOKENS = 512
 GEN_TOKENS = 128

@@ -11,7 +11,7 @@ from edgellm.models.config import ModelConfig
 from edgellm.plan.candidates import (  # noqa: F401 - the planner's public names, as before
     LOSSLESS_KLD, Budgets, Candidate, budgets_for, buildable_formats, candidate_choices, evaluate, evaluate_choice,
     failures, quality_rank)
-from edgellm.plan.formats import formats_of, names
+from edgellm.formats import formats_of, names
 
 
 @dataclass(frozen=True)

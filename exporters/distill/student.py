@@ -32,6 +32,25 @@ class StudentRequest:
     force: bool = False
     trust_remote_code: bool = False
 
+    def to_dict(self) -> dict:
+        """As JSON (what ``distill --gpus/--processes`` hands each rank: the parsed request, once)."""
+        from dataclasses import asdict
+
+        return {**asdict(self), "teacher": str(self.teacher), "out": str(self.out)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudentRequest":
+        from dataclasses import fields
+
+        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)} \
+                or not isinstance(data["config"], dict):
+            raise BadInput("not a distillation request edgellm wrote")
+        try:
+            cfg = DistillConfig(**data["config"])
+        except TypeError as e:
+            raise BadInput(f"not a distillation request edgellm wrote ({e})") from None
+        return cls(**{**data, "teacher": Path(data["teacher"]), "out": Path(data["out"]), "config": cfg})
+
 
 @dataclass(frozen=True)
 class StudentResult:
@@ -82,7 +101,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
     from transformers import AutoConfig
 
     from edgellm import models
-    from edgellm.evaluate import HFScorer, evaluate
+    from edgellm.exporters.verify.evaluate import HFScorer, evaluate
     from edgellm.exporters.distill import prune
     from edgellm.exporters.distill.train import train, write_card
     from edgellm.exporters.io.reference import load_reference

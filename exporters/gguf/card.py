@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgellm import __version__
 from edgellm.errors import EdgeLLMWarning
-from edgellm.exporters.io.model_files import member
+from edgellm.core.model_files import member
 
 MAX_CARD = 1 << 20
 MAX_FRONT_MATTER = 64 << 10

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgellm.errors import BadInput
-from edgellm.exporters.io.model_files import member
+from edgellm.core.model_files import member
 
 # tokenizer.json split regexes -> llama.cpp pre-tokenizer names
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

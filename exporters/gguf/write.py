@@ -1,6 +1,6 @@
 """Write a Hugging Face checkpoint as a GGUF file of any offered type, one tensor at a time.
 
-Each tensor gets the ggml type llama.cpp's own recipe gives it (``edgellm.plan.gguf_recipes``,
+Each tensor gets the ggml type llama.cpp's own recipe gives it (``edgellm.formats.gguf_recipes``,
 checked against llama-quantize's output in the tests): vectors F32, other matrices F16 or a block
 type, quantized row by row with ggml's own code (``ggml_quant``).  Values pass through float16
 first, exactly as in llama.cpp's convert-then-quantize pipeline, so the tensor bytes are the same
@@ -32,7 +32,7 @@ from edgellm.exporters.gguf.vocab import Vocab, add_to_writer
 from edgellm.exporters.gguf.ggml_quant import quantize_into, row_bytes
 from edgellm.exporters.io.safetensors_reader import widen
 from edgellm.models.config import ModelConfig
-from edgellm.plan.gguf_recipes import tensor_types
+from edgellm.formats.gguf_recipes import tensor_types
 
 CHUNK_ELEMENTS = 16 << 20          # 64 MB of float32 per conversion step
 # llama_ftype values (llama.h) recorded as general.file_type

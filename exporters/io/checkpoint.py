@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.exporters.io.model_files import inside, member, shown
+from edgellm.core.model_files import inside, member, shown
 from edgellm.exporters.io.safetensors_reader import SafetensorsFile
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")

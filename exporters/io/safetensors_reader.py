@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.exporters.io.model_files import shown
+from edgellm.core.model_files import shown
 from edgellm.core.files import open_regular
 
 MAX_HEADER = 100 << 20
@@ -137,6 +137,9 @@ class SafetensorsFile:
         return self.tensors[name].dtype
 
 
+WIDENED_AS_IS = frozenset({"F16", "F32", "F64"})     # safetensors dtypes numpy widens itself
+
+
 def widen(arr: np.ndarray, dtype: str) -> np.ndarray:
     """Stored values as float32 (bfloat16 is stored as uint16)."""
     return _widen(arr, dtype)
@@ -147,6 +150,6 @@ def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
         wide = arr.astype(np.uint32)
         wide <<= 16                                   # in place: one pass, one allocation
         return wide.view(np.float32)
-    if dtype in ("F16", "F32", "F64"):
+    if dtype in WIDENED_AS_IS:
         return arr.astype(np.float32)
     return np.array(arr)

@@ -31,7 +31,7 @@ PROMPTS = (
 )
 GREEDY_TOKENS = 32
 HELD_OUT_WINDOWS = 4     # windows of the context scored for KLD, top-1 and perplexity
-# logit tolerances per format live with the formats (edgellm/plan/formats.py)
+# logit tolerances per format live with the formats (edgellm/formats/)
 F16_MAX_KLD = 1e-3
 CHAT_PROBE = "Write a haiku about small computers."
 
@@ -79,7 +79,7 @@ def _check_greedy(ref: np.ndarray, got: np.ndarray, seq: list[int], start: int, 
 def verify_file(model_dir: Path, choice, path: Path, threads: int, trust_remote_code: bool = False,
                 context: int = 512, progress=lambda msg: None) -> dict:
     """An exported file through the runtime backend its format names, to that format's tolerance."""
-    from edgellm.plan.formats import format_for
+    from edgellm.formats import format_for
     from edgellm.runtime.backend import load_backend
 
     fmt = format_for(choice)

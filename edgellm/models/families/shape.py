@@ -15,6 +15,11 @@ WHAT = {"gguf": "GGUF export", "onnx": "ONNX export", "onnx-npu": "the static NP
         "distill": "distillation"}
 
 
+# The format registry's entries by key, kept here by ``edgellm.formats.register``: the families
+# stand below the formats and ask a format about themselves through this, never by importing it.
+FORMAT_ENTRIES: dict[str, object] = {}
+
+
 class Shape:
     """Llama-style decoder: RMSNorm, rotary attention (GQA), gated MLP.  Families flip flags."""
 
@@ -60,19 +65,11 @@ class Shape:
             from edgellm.models.families.registry import REGISTRY
             able = sorted(t for t, a in REGISTRY.items() if what in a.supports)
             return f"{self.name}: {noun} does not support '{model_type}' yet; supported: {', '.join(able)}"
-        if what == "gguf":
-            kind = rope_kind(self.cfg)
-            if kind not in self.gguf_rope_kinds:
-                return (f"{self.name}: rope scaling {kind!r} is not written by {noun} for "
-                        f"{model_type} yet; the file would run without it (a different model)")
-            if self.cfg.get("partial_rotary_factor", 1.0) != 1.0:
-                return f"{self.name}: partial rotary embeddings are not written by {noun} yet"
-        if what.startswith("onnx"):
-            kind = rope_kind(self.cfg)
-            if kind not in (None, "default", "linear", "llama3"):
-                return f"{self.name}: rope scaling {kind!r} is not supported by {noun} yet"
-            if self.cfg.get("partial_rotary_factor", 1.0) != 1.0:
-                return f"{self.name}: partial rotary embeddings are not supported by {noun} yet"
+        fmt = FORMAT_ENTRIES.get(what)
+        return fmt.family_problem(self, noun) if fmt is not None else None
+
+    def format_problem(self, fmt) -> str | None:
+        """A family's own limit in format ``fmt`` (a registered format, which asks): None here."""
         return None
 
     # -- reading config.json ------------------------------------------------------------------

@@ -26,13 +26,12 @@ class SmolLM3(Llama):
     def rotary_layer(self, i: int) -> bool:
         return self.rope_layers()[i]
 
-    def build_problem(self, what: str) -> str | None:
-        problem = super().build_problem(what)
-        if problem is None and what == "gguf":
+    def format_problem(self, fmt) -> str | None:
+        if fmt.fixed_architectures:                  # llama.cpp's fixed smollm3 graph
             fixed = [(i + 1) % NOPE_STEP != 0 for i in range(self.model.n_layers)]
             if self.rope_layers() != fixed:
                 return (f"{self.name}: llama.cpp's smollm3 drops rotary positions on every "
                         f"{NOPE_STEP}th layer; this model's no_rope_layers differ")
-        if problem is None and what == "onnx" and self.cfg.get("use_sliding_window"):
-            return f"{self.name}: SmolLM3 with sliding-window layers is not supported by ONNX export yet"
-        return problem
+        if not fmt.windowed_cache and self.cfg.get("use_sliding_window"):
+            return f"{self.name}: SmolLM3 with sliding-window layers is not supported by {fmt.key.upper()} export yet"
+        return None

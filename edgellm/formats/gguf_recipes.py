@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from edgellm.models.config import ModelConfig
 from edgellm.models.tensors import TensorSpec
-from edgellm.plan.ggml_types import TYPES, fit_type
+from edgellm.formats.ggml_types import TYPES, fit_type
 
 RECIPES: dict[str, type["Recipe"]] = {}
 

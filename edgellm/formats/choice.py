@@ -2,7 +2,7 @@
 the runtime reads back to pick its backend.
 
 A frozen, versioned value of enums.  What is valid depends on the format, and each format says so
-itself (``edgellm.plan.formats``): this module only coerces the fields and asks it.
+itself (``edgellm.formats``): this module only coerces the fields and asks it.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
+from edgellm.formats.registry import entry
+
 VERSION = 2
 
 
 class Format(StrEnum):
-    """The built-in formats' names; a registered format may bring another (plan/formats.py)."""
+    """The built-in formats' names; a registered format may bring another (formats/)."""
     GGUF = "gguf"
     ONNX = "onnx"
 
@@ -69,8 +71,6 @@ class BuildChoice:
     version: int = VERSION
 
     def __post_init__(self) -> None:
-        from edgellm.plan.formats import entry
-
         try:
             if not isinstance(self.format, str):
                 raise ValueError(f"{self.format!r} is not a format name")

@@ -1,0 +1,86 @@
+"""GGUF for llama.cpp: the nine file types, their tensor recipes and sizes, the F16/Q8_0 cache."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from edgellm.formats.quality import gguf as gguf_quality
+from edgellm.formats.base import F16_TOLERANCE, BuildFormat
+from edgellm.formats.choice import BuildChoice, Format, GgufQuant, KVCache, Target
+from edgellm.formats.ggml_types import TYPES
+from edgellm.formats.gguf_recipes import tensor_types
+from edgellm.formats.registry import register
+
+
+@register
+class Gguf(BuildFormat):
+    key = "gguf"
+    format = Format.GGUF
+    runtime = "llama.cpp"
+    fixed_architectures = True           # llama.cpp's graph per architecture
+    windowed_cache = True                # llama.cpp's SWA cache (GroupQueryAttention keeps all)
+    exporter = "edgellm.exporters.gguf.export:GgufWriter"
+    backend = "edgellm.runtime.llamacpp:LlamaCppModel"
+    runtime_label, runtime_package = "llama.cpp", "llama-cpp-python"
+    quant_enum = GgufQuant
+    suffix = ".gguf"
+    splittable = True
+    quants = tuple(GgufQuant)
+    float_quants = (GgufQuant.F16,)
+    calibration_note = "GGUF types below F16 have one"
+    KV = {KVCache.F16: 2.0, KVCache.Q8_0: 34 / 32}
+
+    def candidates(self, device) -> list[BuildChoice]:
+        return [BuildChoice(self.format, q, kv) for q in self.quants for kv in self.KV]
+
+    def choice(self, quant, device=None, block_size=None, calibrated=False) -> BuildChoice:
+        return BuildChoice(self.format, quant, KVCache.F16, calibrated=calibrated)
+
+    def leanest(self, device):
+        return [BuildChoice(self.format, GgufQuant.Q2_K, KVCache.Q8_0)]
+
+    def validate(self, c: BuildChoice) -> None:
+        super().validate(c)
+        if c.kv_cache not in self.KV:
+            raise ValueError(f"GGUF caches are {', '.join(self.KV)}; not {c.kv_cache}")
+        if c.target is not Target.CPU:
+            raise ValueError("GGUF builds have no NPU target")
+
+    def calibratable(self, quant: str) -> bool:
+        return quant not in self.float_quants
+
+    def typed_tensors(self, model, c):
+        return tensor_types(model, c.quant)
+
+    def weights(self, model, c):
+        total = read = 0
+        hist: Counter = Counter()
+        for t, ty in tensor_types(model, c.quant):
+            nbytes = TYPES[ty].row_bytes(t.ne0) * t.ne1
+            total += nbytes
+            hist[ty] += 1
+            if not model.gathered_only(t.name):
+                read += nbytes
+        return total, read, hist
+
+    def file_bytes(self, model, c):
+        """Weights, plus header, hyperparameters, tensor index and tokenizer.  The tokenizer
+        dominates: about 30 bytes per token for byte-level BPE (token, type, merges), within 1 MB
+        of the 3.6 MB llama.cpp wrote for a 151,936-token vocabulary (shared/anchors.md)."""
+        return self.weights(model, c)[0] + 64 * 1024 + 30 * model.vocab + 96 * len(model.tensors)
+
+    def kv_element_bytes(self, c):
+        return self.KV[c.kv_cache]
+
+    def quality(self, c):
+        return gguf_quality(c.quant, c.calibrated, c.kv_cache)
+
+    def tolerance(self, quant):
+        return F16_TOLERANCE if quant in self.float_quants else None
+
+    def app_runtime_lines(self, folder, first, lang):
+        split = " (the other parts beside it are found by llama.cpp itself)" if "-of-" in first else ""
+        return [f"Runtime: a llama.cpp binding (llama.android, llama.swiftui, llama.rn). Load `{folder}/{first}`{split}; "
+                "the chat template is inside the GGUF (`tokenizer.chat_template`), so the binding's chat API uses it.", "",
+                "```" + lang, (f'val model = LLamaAndroid.instance().load("{folder}/{first}")' if lang == "kotlin" else
+                               f'let context = try LlamaContext.create_context(path: "{folder}/{first}")'), "```"]
