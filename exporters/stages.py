@@ -1,4 +1,4 @@
-"""The export's stages, owned here once: open -> calibrate -> write -> tokenizer -> verify -> manifest.
+"""The export's stages, owned here once: tokenizer source -> open -> calibrate -> write -> tokenizer -> verify -> manifest.
 
 A format brings a ``Writer`` (its registry entry's ``exporter``) that does only what is its own:
 open its input with every check made before anything is written, calibrate, write the artifact
@@ -111,7 +111,14 @@ class Writer:
     tools: tuple[str, ...] = ()                  # packages whose versions the manifest records
     write_steps: int = 1                         # numbered steps the write stage spans (then verify, manifest)
 
-    def open(self, req: ExportRequest) -> Opened:
+    def source_tokenizer(self, req: ExportRequest):
+        """The tokenizer transformers runs for the model (exporters/io/tokenizer_source.py): what
+        ``open`` converts and ``tokenizer`` ships."""
+        from edgellm.exporters.io.tokenizer_source import effective_tokenizer
+
+        return effective_tokenizer(req.model_dir, req.trust_remote_code)
+
+    def open(self, req: ExportRequest, tokenizer) -> Opened:
         raise NotImplementedError
 
     def calibrate(self, req: ExportRequest, opened: Opened, report: StepReport) -> Calibrated:
@@ -125,11 +132,14 @@ class Writer:
               report: StepReport) -> Written:
         raise NotImplementedError
 
-    def tokenizer(self, req: ExportRequest, tmp: Path) -> None:
-        """The tokenizer files the runtime reads, beside the artifact."""
+    def tokenizer(self, req: ExportRequest, tmp: Path, tokenizer) -> None:
+        """The tokenizer files the runtime reads, beside the artifact; tokenizer.json as
+        transformers runs it where that differs from the folder's file."""
         from edgellm.exporters.package import copy_tokenizer
 
         copy_tokenizer(req.model_dir, tmp)
+        if tokenizer.differs and tokenizer.json_text is not None:
+            (tmp / "tokenizer.json").write_text(tokenizer.json_text)
 
     def verify(self, req: ExportRequest, tmp: Path, written: Written, progress: Callable[[str], None]) -> dict:
         """The artifact through the runtime backend its format names, against the original."""
@@ -155,19 +165,22 @@ def run_export(writer: Writer, req: ExportRequest, progress: ProgressFn = lambda
 
     n = writer.write_steps + 2
     t0 = time.perf_counter()
-    opened = writer.open(req)
+    tokenizer = writer.source_tokenizer(req)
+    opened = writer.open(req, tokenizer)
     calibrated = None
     if req.choice.calibrated:
         calibrated = writer.calibrate(req, opened, StepReport(progress, "calibrate", 0, n))
     with staging(req.out, req.force, needed=writer.staging_bytes(req)) as tmp:
         written = writer.write(req, opened, calibrated, tmp, StepReport(progress, "write", 1, n))
-        writer.tokenizer(req, tmp)
+        writer.tokenizer(req, tmp, tokenizer)
         report = None
         if req.verify:
             report = writer.verify(req, tmp, written, lambda m: progress(Progress("verify", f"{n - 1}/{n}",
                                                                                   f"verifying: {m}")))
         progress(Progress("manifest", f"{n}/{n}", "writing the manifest"))
         extra = dict(written.manifest)
+        if tokenizer.differs:
+            extra["tokenizer"] = tokenizer.record()
         if calibrated is not None:
             extra["calibration"] = calibrated.record
         files = write_manifest(tmp, written.artifact, manifest_body(req, report, **extra),

@@ -57,7 +57,7 @@ class ToyWriter(Writer):
     """The toy format's part of the export: the artifact only; staging, tokenizer, verification
     and manifest are the pipeline's stages."""
 
-    def open(self, req):
+    def open(self, req, tokenizer):
         return Opened(None, None)
 
     def write(self, req, opened, calibrated, tmp, report):
@@ -106,7 +106,7 @@ class Toy(BuildFormat):
     def file_bytes(self, model, c):
         return 4 * model.n_params
 
-    def quality(self, c):
+    def quality(self, model, c):
         return Quality(0.0, 1.0, 1.0, "toy: float32, lossless")
 
     def tolerance(self, quant):

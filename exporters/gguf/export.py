@@ -25,12 +25,13 @@ class GgufWriter(Writer):
     """GGUF's part of the export (exporters/stages.py runs the stages)."""
     tools = ("gguf", "llama_cpp_python", "torch", "transformers")
 
-    def open(self, req: ExportRequest) -> Opened:
+    def open(self, req: ExportRequest, tokenizer) -> Opened:
         if req.choice.format != "gguf" or str(req.choice.quant) not in FILE_TYPES:
             raise BadInput(f"GGUF export offers {', '.join(FILE_TYPES)}; not {req.choice.quant}")
         ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
         arch = family_for(req.model, "gguf")
-        return Opened(ckpt, arch, {"vocab": read_vocab(req.model_dir, req.model.vocab)})
+        pipeline = tokenizer.pipeline() if tokenizer.differs else None      # what transformers runs
+        return Opened(ckpt, arch, {"vocab": read_vocab(req.model_dir, req.model.vocab, pipeline)})
 
     def calibrate(self, req: ExportRequest, opened: Opened, report: StepReport) -> Calibrated:
         return _calibrated_types(req, opened.checkpoint, opened.arch, report)

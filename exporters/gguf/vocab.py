@@ -165,8 +165,10 @@ def _tokenizer_json(folder: Path) -> dict:
     return read_json_object(member(folder, "tokenizer.json", "tokenizer file"), MAX_TOKENIZER_JSON)
 
 
-def read_vocab(folder: Path, n_vocab: int) -> Vocab:
-    """Tokens and their types from tokenizer.json, padded to the model's embedding rows."""
+def read_vocab(folder: Path, n_vocab: int, pipeline: dict | None = None) -> Vocab:
+    """Tokens and their types from tokenizer.json, padded to the model's embedding rows.
+    ``pipeline``: the normalizer, pre-tokenizer and decoder transformers actually runs, where they
+    differ from the file's (exporters/io/tokenizer_source.py): the pre-tokenizer is named from them."""
     path = member(folder, "tokenizer.json", "tokenizer file")
     if member(folder, "tokenizer.model", "tokenizer file").is_file():
         return read_spm_vocab(folder, n_vocab)
@@ -174,6 +176,8 @@ def read_vocab(folder: Path, n_vocab: int) -> Vocab:
         raise BadInput(f"{folder}: no tokenizer.json; the bundle needs the tokenizer (a fast "
                        "tokenizer saved by transformers)")
     tj = _tokenizer_json(folder)
+    if pipeline:
+        tj = {**tj, **pipeline}
     model = tj.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
         raise BadInput(f"{path}: not a valid tokenizer.json (no model vocabulary)")

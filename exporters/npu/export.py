@@ -35,7 +35,7 @@ class NpuWriter(Writer):
     seq = 32
     calibration_text: str | None = None
 
-    def open(self, req: ExportRequest) -> Opened:
+    def open(self, req: ExportRequest, tokenizer) -> Opened:
         from edgellm.exporters.npu.qdq import WEIGHT_BITS
         from edgellm.textdata import training_text
 

@@ -20,26 +20,12 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 
 
-def _ensure_tokenizer_json(model_dir: Path, tmp: Path) -> None:
-    """The ONNX runtime reads tokenizer.json; a SentencePiece-only folder gets one written by
-    transformers' converter (no model code runs)."""
-    if (tmp / "tokenizer.json").is_file():
-        return
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True, trust_remote_code=False)
-        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-    except Exception as e:                                      # noqa: BLE001 - one clear line
-        raise BadInput(f"{model_dir}: no tokenizer.json and it could not be converted ({e})") from None
-
-
 class OnnxWriter(Writer):
     """ONNX's part of the export (exporters/stages.py runs the stages)."""
     tools = ("onnx", "onnxruntime", "torch", "transformers")
     accuracy_level = 4
 
-    def open(self, req: ExportRequest) -> Opened:
+    def open(self, req: ExportRequest, tokenizer) -> Opened:
         from edgellm.exporters.onnx.graph import QUANTS
 
         c = req.choice
@@ -84,9 +70,13 @@ class OnnxWriter(Writer):
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
         return Written(MODEL_FILE, (MODEL_FILE, DATA_FILE), {"operators": dict(sorted(ops.items()))})
 
-    def tokenizer(self, req: ExportRequest, tmp: Path) -> None:
-        super().tokenizer(req, tmp)
-        _ensure_tokenizer_json(req.model_dir, tmp)
+    def tokenizer(self, req: ExportRequest, tmp: Path, tokenizer) -> None:
+        super().tokenizer(req, tmp, tokenizer)
+        if not (tmp / "tokenizer.json").is_file():                     # a SentencePiece-only folder
+            if tokenizer.json_text is None:
+                raise BadInput(f"{req.model_dir}: no tokenizer.json, and transformers has no fast tokenizer "
+                               "to convert it to (ONNX Runtime reads tokenizer.json)")
+            (tmp / "tokenizer.json").write_text(tokenizer.json_text)
         write_genai_config(req.model, tmp, MODEL_FILE)          # onnxruntime-genai loads the bundle as is
 
 
