@@ -32,19 +32,63 @@ class Agreement:
         return {**asdict(self), "ppl_ratio": self.ppl_ratio}
 
 
+SLICE_BYTES = 64 << 20       # float64 log-probabilities of one slice of positions
+
+
+def rows_per_slice(vocab: int) -> int:
+    """Positions per slice so that one slice's float64 log-probabilities stay near SLICE_BYTES,
+    whatever the vocabulary (a 262,144-token one gets 32 rows, a 32,000-token one 262)."""
+    return max(1, SLICE_BYTES // (8 * max(1, vocab)))
+
+
+class Tally:
+    """Agreement of a candidate with a reference, added a slice of positions at a time: memory
+    holds one slice's log-probabilities and a few numbers per position, never [positions, vocab]."""
+
+    def __init__(self):
+        self.kld: list[np.ndarray] = []
+        self.same = 0
+        self.positions = 0
+        self.nll_r = self.nll_c = 0.0
+        self.n_next = 0
+        self.max_abs = 0.0
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, next_tokens) -> None:
+        """Logits [n, vocab] of the same positions; ``next_tokens[i]`` is the token position i
+        predicts (negative: none, as for a window's last position)."""
+        if reference.shape != candidate.shape:
+            raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
+        nxt = np.asarray(next_tokens, dtype=np.int64)
+        rows = rows_per_slice(reference.shape[-1])
+        for a in range(0, len(reference), rows):
+            r, c = reference[a:a + rows], candidate[a:a + rows]
+            lr, lc = log_softmax(r), log_softmax(c)
+            self.kld.append((np.exp(lr) * (lr - lc)).sum(axis=-1))
+            self.same += int((r.argmax(-1) == c.argmax(-1)).sum())
+            self.positions += len(r)
+            n = nxt[a:a + rows]
+            has = np.flatnonzero(n >= 0)
+            self.nll_r -= float(lr[has, n[has]].sum())
+            self.nll_c -= float(lc[has, n[has]].sum())
+            self.n_next += len(has)
+            self.max_abs = max(self.max_abs, float(np.abs(r.astype(np.float64) - c).max()))
+
+    def result(self) -> Agreement:
+        k = np.concatenate(self.kld) if self.kld else np.zeros(0)
+        mean = lambda x: x / self.n_next if self.n_next else 0.0      # noqa: E731
+        return Agreement(
+            positions=self.positions, mean_kld=float(k.mean()) if len(k) else 0.0,
+            p99_kld=float(np.percentile(k, 99)) if len(k) else 0.0,
+            top1_agreement=self.same / self.positions if self.positions else 0.0,
+            ppl_reference=float(np.exp(mean(self.nll_r))), ppl_candidate=float(np.exp(mean(self.nll_c))),
+            max_abs_logit_diff=self.max_abs)
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray, tokens: np.ndarray) -> Agreement:
     """``reference``/``candidate``: logits [positions, vocab] for the same ``tokens``; position i
     predicts token i+1 (the last position predicts nothing and only counts in KLD and top-1)."""
     if reference.shape != candidate.shape:
         raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
-    lr, lc = log_softmax(reference), log_softmax(candidate)
-    kld = (np.exp(lr) * (lr - lc)).sum(axis=-1)
-    nxt = np.asarray(tokens[1:])
-    idx = np.arange(len(nxt))
-    nll_r = -lr[idx, nxt].mean() if len(nxt) else 0.0
-    nll_c = -lc[idx, nxt].mean() if len(nxt) else 0.0
-    return Agreement(
-        positions=len(kld), mean_kld=float(kld.mean()), p99_kld=float(np.percentile(kld, 99)),
-        top1_agreement=float((reference.argmax(-1) == candidate.argmax(-1)).mean()),
-        ppl_reference=float(np.exp(nll_r)), ppl_candidate=float(np.exp(nll_c)),
-        max_abs_logit_diff=float(np.abs(reference.astype(np.float64) - candidate).max()))
+    t = Tally()
+    t.add(reference, candidate, np.append(np.asarray(tokens[1:], dtype=np.int64), -1)[:len(reference)])
+    return t.result()

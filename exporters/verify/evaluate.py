@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.metrics import log_softmax
+from edgellm.metrics import Tally, log_softmax, rows_per_slice
 
 
 class HFScorer:
@@ -39,6 +39,11 @@ class HFScorer:
         from edgellm.exporters.verify.verify import _hf_logits
         return _hf_logits(self.model, ids)
 
+    def slices(self, ids: list[int]):
+        """(first position, logits of a slice of positions): never [positions, vocab] whole."""
+        from edgellm.exporters.verify.verify import hf_logit_slices
+        return hf_logit_slices(self.model, ids)
+
 
 class _Runtime:
     def __init__(self, model, name: str):
@@ -49,6 +54,25 @@ class _Runtime:
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.model.logits(ids)
+
+    def slices(self, ids: list[int]):
+        yield 0, self.model.logits(ids)             # one window of the runtime's own buffer
+
+
+def _pairs(target, reference, ids: list[int]):
+    """(first position, target logits, reference logits or None) over a window, a slice at a time
+    where one side is sliced (the transformers one); the other side gives the window whole."""
+    if reference is None:
+        for a, t in target.slices(ids):
+            yield a, t, None
+    elif isinstance(target, HFScorer) and not isinstance(reference, HFScorer):
+        whole = reference.logits(ids)
+        for a, t in target.slices(ids):
+            yield a, t, whole[a:a + len(t)]
+    else:
+        whole = target.logits(ids)
+        for a, r in reference.slices(ids):
+            yield a, whole[a:a + len(r)], r
 
 
 def open_target(target: str, context: int, threads: int | None = None):
@@ -104,25 +128,28 @@ def evaluate(target, text: str, context: int = 512, max_windows: int = 8, refere
             raise BadInput(f"{reference.name} tokenizes the text differently from {target.name} (first difference "
                            f"at token {at}): a reference must share the target's vocabulary")
     wins = windows_of(ids, context, max_windows)
-    nll, nll_ref, kld, same = [], [], [], []
+    nll: list[np.ndarray] = []
+    tally = Tally() if reference is not None else None
     for k, w in enumerate(wins):
-        lc = log_softmax(target.logits(w))
-        nxt, pos = np.asarray(w[1:]), np.arange(len(w) - 1)
-        nll.append(-lc[pos, nxt])
-        if reference is not None:
-            lr = log_softmax(reference.logits(w))
-            if lr.shape != lc.shape:
-                raise BadInput(f"{reference.name} has {lr.shape[-1]} logits per token, {target.name} "
-                               f"{lc.shape[-1]}: a reference must share the target's vocabulary")
-            nll_ref.append(-lr[pos, nxt])
-            kld.append((np.exp(lr) * (lr - lc)).sum(-1))
-            same.append(lr.argmax(-1) == lc.argmax(-1))
+        nxt = np.append(np.asarray(w[1:], dtype=np.int64), -1)
+        for a, t, r in _pairs(target, reference, w):
+            n = len(t)
+            if tally is not None:
+                if r.shape != t.shape:
+                    raise BadInput(f"{reference.name} has {r.shape[-1]} logits per token, {target.name} "
+                                   f"{t.shape[-1]}: a reference must share the target's vocabulary")
+                tally.add(r, t, nxt[a:a + n])
+            rows = rows_per_slice(t.shape[-1])
+            for b in range(0, n, rows):
+                lc = log_softmax(t[b:b + rows])
+                m = nxt[a + b:a + b + len(lc)]
+                has = np.flatnonzero(m >= 0)
+                nll.append(-lc[has, m[has]])
         progress(k + 1, len(wins))
     out = {"target": target.name, "context": context, "windows": len(wins),
            "tokens_scored": int(sum(len(x) for x in nll)), "perplexity": float(np.exp(np.concatenate(nll).mean()))}
-    if reference is not None:
-        k_all = np.concatenate(kld)
-        out.update(reference=reference.name, reference_perplexity=float(np.exp(np.concatenate(nll_ref).mean())),
-                   mean_kld=float(k_all.mean()), p99_kld=float(np.percentile(k_all, 99)),
-                   top1_agreement=float(np.concatenate(same).mean()))
+    if tally is not None:
+        agreement = tally.result()
+        out.update(reference=reference.name, reference_perplexity=agreement.ppl_reference,
+                   mean_kld=agreement.mean_kld, p99_kld=agreement.p99_kld, top1_agreement=agreement.top1_agreement)
     return Result(**out)

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgellm.errors import EdgeLLMError
 from edgellm.exporters.io.reference import load_reference
-from edgellm.metrics import compare
+from edgellm.metrics import Tally
 from edgellm.textdata import held_out_text
 
 PROMPTS = (
@@ -46,6 +46,38 @@ def _hf_logits(model, ids: list[int]) -> np.ndarray:
     device = next(model.parameters()).device            # the host, or the GPU a student trained on
     with torch.no_grad():
         return model(torch.tensor([ids], device=device)).logits[0].float().cpu().numpy()
+
+
+def hf_logit_slices(model, ids: list[int], rows: int | None = None):
+    """(first position, float32 logits of a slice of positions) of the original model over ``ids``.
+    The transformer body runs once; the head, and whatever the family applies after it (Gemma's
+    soft-capping, Granite's scaling), run a slice of positions at a time through the model's own
+    forward (``logits_to_keep``), so [positions, vocabulary] never exists whole: a 262,144-token
+    vocabulary costs one 64 MB slice, not 512 MB per 512 positions.  Models whose forward takes no
+    ``logits_to_keep`` give all positions at once."""
+    import inspect
+
+    import torch
+
+    from edgellm.metrics import rows_per_slice
+
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 0
+    rows = rows or 2 * rows_per_slice(vocab)                  # float32 here: twice the float64 rows
+    if body is None or len(ids) <= rows or "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        yield 0, _hf_logits(model, ids)
+        return
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        out = body(input_ids=x, use_cache=False)
+        body.forward = lambda *a, **k: out                   # the model's forward reuses the body's output
+        try:
+            for a in range(0, len(ids), rows):
+                lg = model(input_ids=x, logits_to_keep=slice(a, a + rows), use_cache=False).logits[0]
+                yield a, lg.float().cpu().numpy()
+        finally:
+            del body.forward
 
 
 def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
@@ -159,9 +191,12 @@ def _held_out_agreement(tok, hf, cand, bos: list[int], context: int):
     step = context - len(bos)
     wins = [bos + text_ids[i:i + step] for i in range(0, len(text_ids) - step + 1, step)][:HELD_OUT_WINDOWS]
     wins = wins or [(bos + text_ids)[:context]]
-    ref, got, nxt = [], [], [0]
+    tally = Tally()
     for w in wins:
-        ref.append(_hf_logits(hf, w)[:-1])
-        got.append(cand.logits(w)[:-1])
-        nxt += w[1:]
-    return compare(np.concatenate(ref), np.concatenate(got), np.array(nxt))
+        got = cand.logits(w)
+        nxt = np.asarray(w[1:], dtype=np.int64)          # position i predicts token i + 1; the last, nothing
+        for a, ref in hf_logit_slices(hf, w):
+            n = max(0, min(len(ref), len(w) - 1 - a))
+            tally.add(ref[:n], got[a:a + n], nxt[a:a + n])
+        del got
+    return tally.result()
