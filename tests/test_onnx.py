@@ -55,7 +55,7 @@ def test_quantized_files_are_the_predicted_size_and_report_quality(run_cli, tiny
     h = m["verification"]["held_out"]
     assert 0 <= h["mean_kld"] < 0.5 and h["top1_agreement"] > 0.2     # random weights: flat distributions
     if quant in ("int4", "int8"):
-        kernel = "MatMulNBits" if quant == "int4" else "DynamicQuantizeMatMul"
+        kernel = "MatMulNBits"
         assert m["operators"][kernel] >= 4 * 2 and m["operators"]["GatherBlockQuantized"] == 1
         assert m["choice"]["block_size"] == (None if quant == "int8" else 64 if flags else 32)  # 64: not in the plan's table
     if quant == "int8":                       # rpi5: Arm with dotprod, full 8-bit weights; no blocks

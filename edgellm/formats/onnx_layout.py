@@ -6,9 +6,8 @@ checked against real files in tests/test_onnx.py.
 - int4: MatMulNBits blocks of ``b`` weights along the input dimension: b/2 bytes of values, a
   float32 scale and a 4-bit zero point per block.  The embedding is the same blocks read by
   GatherBlockQuantized; a tied head shares them, an untied head has its own.
-- int8: DynamicQuantizeMatMul weights, one byte each plus a float32 scale per output column; the
-  embedding in 8-bit blocks of 32 for GatherBlockQuantized (b + 4 + 1 bytes per block), so a tied head
-  is stored twice (as blocks and as columns).
+- int8: MatMulNBits blocks of 32 weights, one byte each plus a float32 scale and an 8-bit zero point
+  per block (b + 4 + 1 bytes); the embedding is the same blocks, shared by a tied head.
 - vectors (norms, biases) float32; rotary cos/sin tables float32, max_context x head_dim/2 each.
 - a float graph holds the head as its own MatMul, so a tied checkpoint stores embedding and head
   separately.
@@ -22,7 +21,7 @@ from edgellm.models.config import ModelConfig
 from edgellm.models.tensors import TensorSpec
 
 
-INT8_EMBED_BLOCK = 32       # int8 has no blocks but the embedding's, for GatherBlockQuantized
+INT8_EMBED_BLOCK = 32       # int8's blocks (MatMulNBits and the embedding's GatherBlockQuantized)
 
 
 def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = False) -> int:
@@ -40,9 +39,7 @@ def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = 
     per_col = math.ceil(t.ne0 / block)
     blocks = per_col * t.ne1
     if quant == "int8":
-        if t.name == "token_embd.weight":
-            return blocks * (block + 4) + blocks
-        return t.n_elements + 4 * t.ne1
+        return blocks * (block + 4 + 1)
     return blocks * (block // 2 + 4) + t.ne1 * math.ceil(per_col / 2)
 
 
@@ -53,8 +50,6 @@ def weight_bytes(model: ModelConfig, quant: str, block: int | None, resident: bo
     emb = next(t for t in model.tensors if t.name == "token_embd.weight")
     if model.tied_embeddings and quant in ("fp32", "fp16"):
         total += tensor_bytes(emb, quant, block, resident)      # the head, stored again as a MatMul weight
-    if model.tied_embeddings and quant == "int8":
-        total += emb.n_elements + 4 * emb.ne1                    # the head as int8 columns
     return total + rotary_bytes(model)
 
 

@@ -70,9 +70,9 @@ class OnnxRuntime(Runtime):
             return KernelRates(decode=0.10, prefill=0.30)     # estimate: fp16 kernels are weak on CPU
         # quantized: calibrated on edgellm's own onnxruntime backend (onnxruntime 1.32), Qwen2.5-0.5B
         # shape, 2 threads, 200 GFLOPS fp32 (benchmarks/plan_accuracy.py, issue 15): int4/32
-        # (MatMulNBits) 54.3 tok/s decode, 287 tok/s prefill of 512 tokens; int8 (dynamic
-        # quantization, VNNI) 39.5 and 623: its prefill is faster, its decode slower.
-        r = KernelRates(decode=0.21, prefill=2.3) if weight_family == "int8" else KernelRates(decode=0.30, prefill=1.06)
+        # (MatMulNBits) 54.3 tok/s decode, 287 tok/s prefill of 512 tokens.  int8 runs the same
+        # MatMulNBits kernels with 8-bit blocks since issue 26 (an estimate: not measured yet).
+        r = KernelRates(decode=0.30, prefill=1.06)
         return r if int8_dot else KernelRates(r.decode / 2, r.prefill / 2)
 
     def compute_buffer(self, model: ModelConfig, context: int) -> int:

@@ -4,7 +4,7 @@ The graph is the one that makes onnxruntime-genai's CPU models fast, built direc
 checkpoint (no torch trace, no full-size intermediate model):
   Gather | GatherBlockQuantized (embedding; int4 shares the head's blocks when tied)
   per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization,
-             one packed q|k|v MatMul (MatMulNBits for int4, DynamicQuantizeMatMul for int8),
+             one packed q|k|v MatMul (MatMulNBits for int4 and int8),
              GroupQueryAttention with rotary inside and the KV cache as inputs/outputs,
              o MatMul, gate and up MatMuls, SiLU, down;
   final norm, then the head applied only to the last ``logits_to_keep`` positions (generation
@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from edgellm.models.families import Family
-from edgellm.exporters.onnx.weights import ExternalData, NBits, quantize_int8_columns, quantize_nbits
+from edgellm.exporters.onnx.weights import ExternalData, NBits, quantize_nbits
 
 MS = "com.microsoft"
 QUANTS = ("fp32", "fp16", "int8", "int4")
@@ -76,17 +76,13 @@ class Graph:
     def matmul(self, x: str, w_nk: np.ndarray, name: str, bias: np.ndarray | None = None) -> str:
         """x @ W.T (+ b) for a Hugging Face weight [out, in], in the export's weight type."""
         n, k = w_nk.shape
-        if self.quant == "int8":
-            # ONNX Runtime's dynamic quantization: int8 weights per output column, activations
-            # quantized to uint8 on the fly (measured faster and smaller at run time than 8-bit
-            # MatMulNBits: benchmarks/RESULTS.md)
-            wq, scale = quantize_int8_columns(w_nk, self.int8_levels)
-            ins = [x, self.weights.add(f"{name}.qweight", wq), self.weights.add(f"{name}.scales", scale)]
-            if bias is not None:
-                ins += ["", self.weights.add(f"{name}.bias", bias.astype(np.float32))]
-            return self.node("DynamicQuantizeMatMul", ins, domain=MS, name=name)
-        if self.quant == "int4":
-            bits = 4
+        if self.quant in ("int4", "int8"):
+            # MatMulNBits blocks along the input dimension.  int8 was DynamicQuantizeMatMul (int8
+            # columns, activations quantized to uint8 per whole tensor on the fly): on a real model
+            # with activation outliers (SmolLM2-135M-Instruct) that one activation scale cost a
+            # mean KLD of 0.47; 8-bit blocks with activations quantized per block of 32 measure
+            # 0.0043 (benchmarks/RESULTS.md, "ONNX int8 on a real model")
+            bits = 4 if self.quant == "int4" else 8
             q = self.nbits(w_nk, name, bits)
             ins = [x, self.weights.add(f"{name}.qweight", q.packed), self.weights.add(f"{name}.scales", q.scales),
                    self.weights.add(f"{name}.zero_points", q.zero_points)]
@@ -166,8 +162,8 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     def bias(name: str):
         return read(name + ".bias") if read.has(name + ".bias") else None
 
-    # embedding: int4/int8 blocks read by GatherBlockQuantized (a tied int4 head multiplies the
-    # same blocks; an int8 head is its own DynamicQuantizeMatMul), float weights by Gather
+    # embedding: int4/int8 blocks read by GatherBlockQuantized (a tied head multiplies the same
+    # blocks), float weights by Gather
     tied = m.tied_embeddings or not read.has(arch.head)
     emb = read(arch.embed)
     steps, step = n_layers + 2, 0
@@ -183,7 +179,7 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
         if q.packed.shape[1] * block != hidden:
             x = g.node("Slice", [x, g.const("zero", np.array([0], np.int64)), g.const("hid", np.array([hidden], np.int64)),
                                  g.const("axis_last", np.array([-1], np.int64))])
-        if tied and quant == "int4":
+        if tied:
             head_q = (qw, qs, qz, bits)
     else:
         x = g.node("Gather", [g.weight("embed.weight", emb), "input_ids"], axis=0)

@@ -11,7 +11,7 @@ Weight encodings (ONNX MatMul layout: B is [K, N], K the input features):
   (``quantize_matmul_4bits``, the kernel MatMulNBitsQuantizer calls), asymmetric with a zero point
   per block, as MatMulNBitsQuantizer does by default; embeddings (int4 and int8) in the same block
   layout for GatherBlockQuantized;
-- int8 matrices: int8 per output column for DynamicQuantizeMatMul (``quantize_int8_columns``).
+- int8 matrices: MatMulNBits blocks of 8 bits (``quantize_nbits``), as int4's are of 4.
 """
 
 from __future__ import annotations
@@ -53,19 +53,6 @@ def quantize_nbits(w_nk: np.ndarray, bits: int, block: int) -> NBits:
     quantize = {4: ort_c.quantize_matmul_4bits, 8: ort_c.quantize_matmul_8bits}[bits]
     quantize(packed, w_kn, scales, zeros, block, n, k, False)
     return NBits(packed, scales, zeros, k, n, bits, block)
-
-
-def quantize_int8_columns(w_nk: np.ndarray, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
-    """Hugging Face weight [N, K] -> (int8 B [K, N], float32 scale [N]): symmetric, one scale per
-    output column, round to nearest, as ONNX Runtime's quantize_dynamic(per_channel=True) does.
-    ``levels`` 63 is quantize_dynamic's reduce_range: on x86 without VNNI the uint8 x int8 kernel
-    sums pairs of products in 16 bits, which 8-bit weights can overflow (measured: logit error 2-3x
-    that of 7-bit weights on such a CPU)."""
-    w = np.asarray(w_nk, dtype=np.float32)
-    scale = np.abs(w).max(axis=1) / levels
-    scale[scale == 0] = 1.0
-    q = np.clip(np.rint(w / scale[:, None]), -levels, levels).astype(np.int8)
-    return np.ascontiguousarray(q.T), scale.astype(np.float32)
 
 
 def dequantize_nbits(q: NBits) -> np.ndarray:
