@@ -97,7 +97,10 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool, plans: list 
         raise BadInput(f"--quant {req.quant} is not a {fmt} type; {fmt} offers {', '.join(names)}")
     if req.block_size is not None and not (entry.takes_block(req.quant) or (req.quant == "auto" and entry.takes_block())):
         raise BadInput("--block-size applies to ONNX int4 only")
-    budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model)
+    # a gate measures every build it tries: the plan offers it all that fit memory and speed
+    gated = req.max_kld is not None or req.max_ppl_increase is not None
+    budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model,
+                                  float("inf") if gated else None)
     plan = planner.plan(model, device, budgets, formats=(fmt,), calibrated=calibrated)
     if plans is not None:
         plans.append(plan)
@@ -218,6 +221,12 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
         for c in predictions:
             predictions[c] = {**predictions[c], "calibration": need.to_dict()}
         getattr(say, "note", say)(f"calibration on {calibration.device} needs {need.describe()}")
+    if req.verify:                              # verification's peak, before any work (vocabulary-sized logits)
+        from edgellm.exporters.verify.memory import preflight as verification_preflight
+
+        for c in predictions:
+            need = verification_preflight(model, int(predictions[c].get("file_bytes") or 0), model.name)
+            predictions[c] = {**predictions[c], "verification_ram_bytes": need}
     source_kind = "local folder" if Path(req.model).expanduser().exists() else "hub"
 
     def export(c: BuildChoice, to: Path, force: bool):
@@ -233,4 +242,11 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
                                                   out, req.force, gate, say=say)
     else:
         result = export(choice, out, req.force)
+        held = (result.verification or {}).get("held_out") or {}
+        budget = planner.DEFAULT_MAX_KLD
+        if isinstance(held.get("mean_kld"), float) and held["mean_kld"] > budget:
+            warnings.warn(f"{choice.label} measured a mean KLD of {held['mean_kld']:.4f} against the original, over "
+                          f"the default quality budget {budget:g} (predicted {predictions[choice].get('mean_kld', 'n/a')}); "
+                          "a larger type, --calibrate, or --max-kld to choose the smallest build that measures within "
+                          "a budget", EdgeLLMWarning, stacklevel=2)
     return BuildResult(result, choice, predictions[choice], trials, gate if gate else None, plans[-1])

@@ -14,8 +14,14 @@ HELP = """Predict, for every candidate build of MODEL (GGUF F16 ... Q2_K with an
 cache; ONNX fp16, int8, int4 with blocks of 32 or 128), its file size, peak RAM at the context,
 prefill and decode speed on the device, and its expected quality loss; then choose the best-quality
 build that fits every budget.  Only config.json is read: no weights are downloaded.
-Expected quality comes from measurements on edgellm's own trained reference model (the footer
-names each source); --calibrate plans the calibrated builds `edgellm export --calibrate` makes.
+
+Expected quality is a mean KL divergence against the original model, predicted from the model's
+size and training length and each tensor's weight type (a model fitted to llama.cpp's published
+Llama 3/Llama 2 tables and to models measured here; "~" marks its typical error, the footer names
+the sources).  A build predicted to lose more than --max-kld (default 0.05: about llama.cpp's
+Q4_K_M on Llama-3-8B with a margin; past 0.1 answers change visibly) is not chosen; when nothing
+meets speed and quality together the plan says which trade-off would.  --calibrate plans the
+calibrated builds `edgellm export --calibrate` makes.
 
 MODEL is a local folder (or its config.json) or a hub id.  A hub id is looked up in the local
 Hugging Face cache, then among the configs bundled with edgellm, then on the hub.
@@ -23,6 +29,7 @@ Hugging Face cache, then among the configs bundled with edgellm, then on the hub
 examples:
   edgellm plan Qwen/Qwen2.5-0.5B-Instruct --device rpi5-8gb
   edgellm plan ./my-model --device my-board.toml --max-memory 2GB --min-decode-tps 15
+  edgellm plan microsoft/Phi-3-mini-4k-instruct --device rpi5 --max-kld 0.1     accept more loss
   edgellm plan meta-llama/Llama-3.2-1B-Instruct --device android-midrange-6gb --format onnx --json
 """
 
@@ -39,6 +46,9 @@ def add_parser(sub) -> None:
                    help="slowest acceptable decode, tokens/s (default: the profile's)")
     p.add_argument("--context", type=positive_int, metavar="TOKENS",
                    help="context length to hold in memory (default: the profile's)")
+    p.add_argument("--max-kld", type=positive_float, metavar="X",
+                   help=f"quality budget: the most predicted mean KLD a chosen build may lose "
+                        f"(default {planner.DEFAULT_MAX_KLD:g})")
     p.add_argument("--format", choices=[*formats.names(), "any"], default="any",
                    help="restrict candidates to one format (default: any)")
     p.add_argument("--calibrate", action="store_true",
@@ -50,7 +60,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     model = models.load_config(args.model)
     device = devices.find(args.device)
-    budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model)
+    budgets = planner.budgets_for(device, args.max_memory, args.min_decode_tps, args.context, model, args.max_kld)
     wanted = None if args.format == "any" else (args.format,)
     result = planner.plan(model, device, budgets, wanted, calibrated=args.calibrate)
     host = calibration_need(model) if args.calibrate else None

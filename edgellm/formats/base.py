@@ -99,7 +99,8 @@ class BuildFormat:
         return 4.0
 
     # -- quality and verification -------------------------------------------------------------
-    def quality(self, c: BuildChoice):
+    def quality(self, model: ModelConfig, c: BuildChoice):
+        """The expected quality of build ``c`` of ``model`` (formats/quality.py's model)."""
         raise NotImplementedError
 
     def tolerance(self, quant: str) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from edgellm.formats.quality import gguf as gguf_quality
+from edgellm.formats.quality import predict
 from edgellm.formats.base import F16_TOLERANCE, BuildFormat
 from edgellm.formats.choice import BuildChoice, Format, GgufQuant, KVCache, Target
 from edgellm.formats.ggml_types import TYPES
@@ -72,8 +72,9 @@ class Gguf(BuildFormat):
     def kv_element_bytes(self, c):
         return self.KV[c.kv_cache]
 
-    def quality(self, c):
-        return gguf_quality(c.quant, c.calibrated, c.kv_cache)
+    def quality(self, model, c):
+        typed = [(t, ty) for t, ty in tensor_types(model, c.quant) if t.quantizable]
+        return predict(model, typed, "edgellm" if c.calibrated else None, str(c.kv_cache), str(c.quant))
 
     def tolerance(self, quant):
         return F16_TOLERANCE if quant in self.float_quants else None

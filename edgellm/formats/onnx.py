@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import edgellm.formats.onnx_layout as onnx_layout
-from edgellm.formats.quality import onnx as onnx_quality, onnx_npu as npu_quality
+from edgellm.formats.quality import predict
 from edgellm.formats.base import F16_TOLERANCE, FP32_TOLERANCE, BuildFormat
 from edgellm.formats.choice import BuildChoice, Format, KVCache, OnnxQuant, Target
 from edgellm.formats.registry import register
@@ -15,7 +15,7 @@ from edgellm.formats.registry import register
 @register
 class Onnx(BuildFormat):
     """edgellm's graph of ONNX Runtime's fused contrib ops (exporters/onnx/graph.py): float32 KV
-    cache; int4 in MatMulNBits blocks; int8 per output column (no blocks)."""
+    cache; int4 in MatMulNBits blocks (of the build's size), int8 in MatMulNBits blocks of 32."""
     key = "onnx"
     format = Format.ONNX
     runtime = "onnxruntime"
@@ -31,7 +31,7 @@ class Onnx(BuildFormat):
     PLANNED_BLOCKS = (32, 128)           # the plan's table lists these; export takes any of BLOCK_SIZES
 
     def kernel_family(self, quant: str) -> str:
-        return "float" if self.is_float(quant) else ("int8" if quant == OnnxQuant.INT8 else "quant")
+        return "float" if self.is_float(quant) else "quant"        # int8 and int4: MatMulNBits
 
     def candidates(self, device) -> list[BuildChoice]:
         out = [self.choice(OnnxQuant.FP32), self.choice(OnnxQuant.FP16), self.choice(OnnxQuant.INT8, device)]
@@ -77,7 +77,7 @@ class Onnx(BuildFormat):
         total = onnx_layout.weight_bytes(model, quant, block, resident=True)
         emb = next(t for t in model.tensors if t.name == "token_embd.weight")
         gathered = onnx_layout.tensor_bytes(emb, quant, block, resident=True)
-        shared = quant == "int4" and model.tied_embeddings     # one set of blocks, read by the head
+        shared = quant in ("int4", "int8") and model.tied_embeddings     # one set of blocks, read by the head
         read = total - onnx_layout.rotary_bytes(model) - (0 if shared else gathered)
         kind = {"fp32": "float32", "fp16": "float16", "int8": "int8", "int4": f"int4/{block}"}[quant]
         hist = Counter({kind: sum(t.is_matrix for t in model.tensors),
@@ -88,8 +88,16 @@ class Onnx(BuildFormat):
         return (onnx_layout.weight_bytes(model, str(c.quant), c.block_size)
                 + onnx_layout.file_overhead(model, str(c.quant)))
 
-    def quality(self, c):
-        return onnx_quality(c.quant, c.block_size, c.calibrated)
+    def noise_type(self, c) -> str:
+        """The quality model's name for the build's weight type (formats/quality.py NOISE)."""
+        if c.quant == OnnxQuant.FP32:
+            return "F32"
+        return f"onnx:int4/{c.block_size}" if c.quant == OnnxQuant.INT4 else f"onnx:{c.quant}"
+
+    def quality(self, model, c):
+        ty = self.noise_type(c)
+        typed = [(t, ty) for t in model.tensors if t.quantizable]
+        return predict(model, typed, "edgellm-onnx" if c.calibrated else None, label=ty)
 
     def tolerance(self, quant):
         return {OnnxQuant.FP32: FP32_TOLERANCE, OnnxQuant.FP16: F16_TOLERANCE}.get(OnnxQuant(quant))
@@ -156,14 +164,17 @@ class OnnxNpu(Onnx):
             return super().file_bytes(model, BuildChoice(Format.ONNX, OnnxQuant.INT8, KVCache.F32))
         return super().file_bytes(model, BuildChoice(Format.ONNX, OnnxQuant.INT4, KVCache.F32, 128))
 
-    def quality(self, c):
-        return npu_quality(c.quant)
+    def noise_type(self, c) -> str:
+        return "onnx:int8" if c.quant == OnnxQuant.INT8 else "onnx:int4/channel"
 
 
 
 def int8_levels(device) -> int:
     """ONNX int8 weight range for the device: 7-bit on x86 CPUs without VNNI, whose uint8 x int8
-    kernel can overflow 16-bit pair sums with full 8-bit weights (ONNX Runtime's reduce_range)."""
+    kernel can overflow 16-bit pair sums with full 8-bit weights (ONNX Runtime's reduce_range).
+    Recorded in the build choice; the 8-bit MatMulNBits blocks int8 builds use since issue 26 keep
+    full 8-bit weights (their kernels widen before summing), as bundles of DynamicQuantizeMatMul
+    read it."""
     if device is None:
         return 127
     isa = set(device.cpu.isa)

@@ -72,9 +72,9 @@ def names() -> list[str]:
     return list(dict.fromkeys(str(f.format) for f in FORMATS.values()))
 
 
-def expected_quality(choice):
-    """The quality the build's format expects of it (``formats/quality.py``'s tables)."""
-    return format_for(choice).quality(choice)
+def expected_quality(choice, model):
+    """The quality the build's format expects of it on ``model`` (``formats/quality.py``'s model)."""
+    return format_for(choice).quality(model, choice)
 
 
 def by_suffix(suffix: str) -> "BuildFormat | None":

@@ -22,13 +22,14 @@ def _first_fit(model, device, budgets, formats):
 
 
 def _anything_fits(model, device, budgets, formats) -> bool:
-    """Whether the leanest build of any buildable format fits: if none of them does, no build
-    does, so the bisections below ask only them."""
+    """Whether a build fits every budget.  The leanest build of each format is asked first: if
+    none of them fits memory and speed, no build does (the bisections below mostly end there);
+    otherwise the full evaluation says whether one also meets the quality budget."""
     for f in buildable_formats(model, formats):
         for choice in f.leanest(device):
             e = estimate(model, device, choice, budgets.context)
             if e is not None and not failures(e, budgets):
-                return True
+                return _first_fit(model, device, budgets, formats) is not None
     return False
 
 
@@ -76,10 +77,37 @@ def smaller_student(model, device, budgets, formats) -> str | None:
     if s is None:
         return None
     c = _first_fit(s, device, budgets, formats)
+    if c is None:
+        return None
     return (f"a distilled student of about {fmt_count(s.n_params)} parameters ({s.n_layers} of "
             f"{model.n_layers} layers, hidden {s.hidden} of {model.hidden}) as {c.choice.label}: "
-            f"{fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s "
+            f"{fmt_bytes(c.estimate.memory.total)}, {c.estimate.decode_tps:.1f} tok/s, "
+            f"{_kld(c)} KLD from its quantization (distillation's own loss is measured after training) "
             f"(edgellm distill MODEL --layers {s.n_layers} --hidden {s.hidden}, or export --allow-distill)")
+
+
+def _kld(c) -> str:
+    return f"{'~' if c.quality.approximate else ''}{c.quality.kld:.3f}"
+
+
+def lossier_build(model, device, budgets, formats) -> str | None:
+    """The same model at fewer bits: the best build that fits memory and speed but not the quality
+    budget, with what it is predicted to lose."""
+    relaxed = dataclasses.replace(budgets, max_kld=math.inf)
+    c = _first_fit(model, device, relaxed, formats)
+    if c is None:
+        return None
+    return (f"the same model at fewer bits: {c.choice.label} fits ({fmt_bytes(c.estimate.memory.total)}, "
+            f"{c.estimate.decode_tps:.1f} tok/s) but loses {_kld(c)} KLD, over the {budgets.max_kld:g} quality "
+            f"budget; --max-kld {_ceil2(c.quality.kld * c.quality.spread)} takes it")
+
+
+def _ceil2(x: float) -> str:
+    """``x`` rounded up to two significant digits, as a flag value."""
+    if x <= 0:
+        return "0"
+    e = math.floor(math.log10(x)) - 1
+    return f"{math.ceil(x / 10 ** e) * 10 ** e:.{max(0, -e)}f}"
 
 
 def bigger_devices(model, device, budgets, formats, limit: int = 3) -> str | None:
@@ -104,5 +132,6 @@ def bigger_devices(model, device, budgets, formats, limit: int = 3) -> str | Non
 
 def what_would_fit(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
                    formats: tuple[str, ...]) -> list[str]:
-    found = [s(model, device, budgets, formats) for s in (shorter_context, smaller_student, bigger_devices)]
+    found = [s(model, device, budgets, formats)
+             for s in (shorter_context, smaller_student, lossier_build, bigger_devices)]
     return [s for s in found if s]

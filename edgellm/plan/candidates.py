@@ -16,8 +16,14 @@ from edgellm.formats.gguf_recipes import RECIPES
 from edgellm.units import fmt_bytes
 
 # Below this mean KLD a build is treated as lossless: among such builds the fastest wins, since
-# no user can tell them apart (llama.cpp's Q8_0 measures 0.0003 on a small model).
-LOSSLESS_KLD = 0.001
+# no user can tell them apart.  On the quality model's scale (real models, formats/quality.py):
+# llama.cpp's Q6_K of Llama-3-8B measures 0.0049 and Q8_0 0.0008; SmolLM2-135M's Q8_0 0.0040.
+LOSSLESS_KLD = 0.005
+# The quality budget when the user gives none: a build predicted to lose more (mean KLD against the
+# original) is not chosen.  0.05 sits between llama.cpp's Q4_K_M on Llama-3-8B (0.031) and the
+# 0.061 at which SmolLM2-135M-Instruct's plain Q4_K_M already answered "What is the capital of
+# France?" with rambling French; its Q3_K_M (0.10) and Q2_K (0.45) change answers visibly.
+DEFAULT_MAX_KLD = 0.05
 assert {str(q) for q in GgufQuant} <= set(RECIPES)
 
 
@@ -26,6 +32,7 @@ class Budgets:
     max_memory: int
     min_decode_tps: float
     context: int
+    max_kld: float = DEFAULT_MAX_KLD        # predicted mean KLD a chosen build may lose
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ def candidate_choices(model: ModelConfig, device: DeviceProfile, formats: tuple[
 
 
 def budgets_for(device: DeviceProfile, max_memory: int | None, min_decode_tps: float | None,
-                context: int | None, model: ModelConfig | None = None) -> Budgets:
+                context: int | None, model: ModelConfig | None = None, max_kld: float | None = None) -> Budgets:
     """The device's default budgets, overridden by the user's flags.  A default context longer
     than the model supports is cut to the model's; an explicit one is checked by ``plan``."""
     if context is None:
@@ -75,11 +82,13 @@ def budgets_for(device: DeviceProfile, max_memory: int | None, min_decode_tps: f
                        f"{fmt_bytes(device.memory.ram)} of RAM")
     return Budgets(max_memory=mem,
                    min_decode_tps=device.budgets.min_decode_tps if min_decode_tps is None else min_decode_tps,
-                   context=context)
+                   context=context, max_kld=DEFAULT_MAX_KLD if max_kld is None else max_kld)
 
 
-def failures(e: Estimate, b: Budgets) -> tuple[str, ...]:
+def failures(e: Estimate, b: Budgets, quality=None) -> tuple[str, ...]:
     out = []
+    if quality is not None and quality.kld > b.max_kld:
+        out.append(f"loses {'~' if quality.approximate else ''}{quality.kld:.3f} KLD > {b.max_kld:g} budget")
     if e.memory.total > b.max_memory:
         out.append(f"needs {fmt_bytes(e.memory.total)} > {fmt_bytes(b.max_memory)} budget")
     if e.decode_tps < b.min_decode_tps:
@@ -95,7 +104,8 @@ def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
     for choice in candidate_choices(model, device, formats, calibrated):
         e = estimate(model, device, choice, budgets.context)
         if e is not None:
-            out.append(Candidate(e, expected_quality(choice), failures(e, budgets)))
+            q = expected_quality(choice, model)
+            out.append(Candidate(e, q, failures(e, budgets, q)))
     # equal speed: the accelerator's build first, as it frees the CPU
     out.sort(key=lambda c: (quality_rank(c), prefs.get(c.choice.format, 9), -c.estimate.decode_tps,
                             c.estimate.unit == "cpu", c.estimate.file_bytes))
@@ -105,7 +115,10 @@ def evaluate(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
 def evaluate_choice(model: ModelConfig, device: DeviceProfile, budgets: Budgets, choice: BuildChoice) -> Candidate | None:
     """One given build (e.g. an ONNX block size the table does not list); None when no runtime."""
     e = estimate(model, device, choice, budgets.context)
-    return None if e is None else Candidate(e, expected_quality(choice), failures(e, budgets))
+    if e is None:
+        return None
+    q = expected_quality(choice, model)
+    return Candidate(e, q, failures(e, budgets, q))
 
 
 def quality_rank(c: Candidate) -> float:

@@ -9,7 +9,7 @@ from edgellm.devices.schema import DeviceProfile
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
 from edgellm.plan.candidates import (  # noqa: F401 - the planner's public names, as before
-    LOSSLESS_KLD, Budgets, Candidate, budgets_for, buildable_formats, candidate_choices, evaluate, evaluate_choice,
+    DEFAULT_MAX_KLD, LOSSLESS_KLD, Budgets, Candidate, budgets_for, buildable_formats, candidate_choices, evaluate, evaluate_choice,
     failures, quality_rank)
 from edgellm.formats import formats_of, names
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgellm.plan.planner import Candidate, Plan
+from edgellm.plan.planner import LOSSLESS_KLD, Candidate, Plan
 from edgellm.textfmt import table
 from edgellm.units import fmt_bytes, fmt_count, fmt_rate
 
@@ -17,7 +17,7 @@ def _candidate_json(c: Candidate) -> dict:
                    "runtime_bytes": e.memory.runtime},
         "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
         "quality": {"mean_kld": c.quality.kld, "ppl_ratio": c.quality.ppl_ratio,
-                    "top1_agreement": c.quality.top1, "source": c.quality.source},
+                    "top1_agreement": c.quality.top1, "spread": c.quality.spread, "source": c.quality.source},
         "fits": c.fits, "failures": list(c.failures), "verdict": c.verdict,
     }
 
@@ -28,7 +28,8 @@ def prediction(c: Candidate, context: int) -> dict:
     e = c.estimate
     return {"file_bytes": e.file_bytes, "peak_memory_bytes": e.memory.total,
             "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
-            "runs_on": e.unit, "context": context, "kv_cache": c.choice.kv_cache}
+            "runs_on": e.unit, "context": context, "kv_cache": c.choice.kv_cache,
+            "mean_kld": round(c.quality.kld, 5), "kld_spread": round(c.quality.spread, 2)}
 
 
 def to_json(p: Plan) -> dict:
@@ -41,7 +42,7 @@ def to_json(p: Plan) -> dict:
                    "effective_bandwidth_bytes_per_s": d.memory.effective_bandwidth,
                    "effective_fp32_flops": d.cpu.effective_fp32},
         "budgets": {"max_memory_bytes": b.max_memory, "min_decode_tokens_per_s": b.min_decode_tps,
-                    "context": b.context},
+                    "context": b.context, "max_kld": b.max_kld},
         "winner": _candidate_json(p.winner) if p.winner else None,
         "candidates": [_candidate_json(c) for c in p.candidates],
         "suggestions": list(p.suggestions),
@@ -57,21 +58,22 @@ def to_text(p: Plan) -> str:
         f"{fmt_rate(d.memory.effective_bandwidth, 'B/s')} effective bandwidth, "
         f"{fmt_rate(d.cpu.effective_fp32, 'FLOPS')} fp32 CPU",
         f"budget  memory <= {fmt_bytes(b.max_memory)}, decode >= {b.min_decode_tps:g} tok/s, "
-        f"context {b.context}",
+        f"context {b.context}, quality loss <= {b.max_kld:g} KLD",
         "",
     ]
     rows = []
     for c in p.candidates:
         e = c.estimate
         mark = "*" if p.winner is not None and c.choice == p.winner.choice else " "
-        est = "~" if c.quality.source == "estimate" else " "
+        est = "~" if c.quality.approximate else " "
         rows.append([mark, c.choice.label, c.choice.kv_cache, fmt_bytes(e.file_bytes),
                      fmt_bytes(e.memory.total), f"{e.prefill_tps:.0f}", f"{e.decode_tps:.1f}",
                      f"{est}{c.quality.kld:.4f}", e.unit, c.verdict])
     body = table(["", "build", "kv", "file", "peak RAM", "prefill/s", "decode/s", "KLD", "runs on",
                   "verdict"], rows, right={3, 4, 5, 6, 7})
     foot = ["", "speeds in tokens/s for a 512-token prompt then 128 new tokens; peak RAM at the full context.",
-            "KLD: expected mean KL divergence vs the unquantized model; ~ marks estimates. Below 0.001 a build "
+            "KLD: expected mean KL divergence vs the unquantized model; ~ marks a prediction typically within "
+            f"{max((c.quality.spread for c in p.candidates), default=1):.2g}x either way. Below {LOSSLESS_KLD:g} a build "
             "counts as lossless and the fastest such build wins. Quality figures come from:"]
     foot += [f"  {src}" for src in dict.fromkeys(c.quality.source for c in p.candidates)]
     if p.winner:
