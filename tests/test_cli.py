@@ -22,11 +22,12 @@ def test_plan_prints_a_table_with_the_winner(run_cli):
 
 
 def test_plan_json_has_the_same_data(run_cli):
-    r = run_cli("plan", QWEN, "--device", "rpi5", "--max-memory", "800MB", "--json")
+    # --max-kld 1: the memory budget is under test, not the default quality budget
+    r = run_cli("plan", QWEN, "--device", "rpi5", "--max-memory", "800MB", "--max-kld", "1", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["winner"]["memory"]["total_bytes"] <= 800e6
-    assert data["budgets"]["max_memory_bytes"] == 800_000_000
+    assert data["budgets"]["max_memory_bytes"] == 800_000_000 and data["budgets"]["max_kld"] == 1
     # 9 GGUF types x 2 caches (f16, q8_0) + 5 ONNX builds
     assert len(data["candidates"]) == 23 and sum(c["fits"] for c in data["candidates"]) >= 1
 

@@ -73,9 +73,9 @@ def test_export_refuses_calib_device_cuda_here_before_any_work(run_cli, tiny, tm
 def test_plan_calibrate_says_what_calibrating_here_needs(run_cli):
     import json
 
-    r = run_cli("plan", "meta-llama/Llama-3.1-8B-Instruct", "--device", "laptop-x86-16gb", "--calibrate")
+    r = run_cli("plan", "meta-llama/Llama-3.1-8B-Instruct", "--device", "laptop-x86-16gb", "--calibrate", "--max-kld", "1")
     assert r.returncode == 0, r.stderr
     assert "calibrating here (CPU, 16 windows of 512 tokens) needs about" in r.stdout
     j = json.loads(run_cli("plan", "meta-llama/Llama-3.1-8B-Instruct", "--device", "laptop-x86-16gb",
-                           "--calibrate", "--json").stdout)
+                           "--calibrate", "--max-kld", "1", "--json").stdout)
     assert j["calibration"]["ram_bytes"] < 6 << 30 and j["calibration"]["temp_disk_bytes"] > 4 << 30

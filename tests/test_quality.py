@@ -125,9 +125,9 @@ def test_plan_names_where_its_quality_figures_come_from(run_cli):
     labels = [c["label"] for c in plan["candidates"]]
     assert "gguf Q4_K_M+cal" in labels and "gguf F16" in labels and "onnx int4/32+cal" in labels
     sources = {c["quality"]["source"] for c in plan["candidates"]}
-    assert any("reference model" in s for s in sources)
+    assert any("llama.cpp's Llama-3-8B" in s and "qwen2 model cards" in s for s in sources)
     text = run_cli("plan", "Qwen/Qwen2.5-0.5B-Instruct", "--device", "rpi5").stdout
-    assert "Quality figures come from" in text and "reference model" in text
+    assert "Quality figures come from" in text and "llama.cpp's Llama-3-8B" in text
 
 
 def test_calibration_refuses_up_front_when_the_machine_lacks_the_memory(run_cli, reference, tmp_path):

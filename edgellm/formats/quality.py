@@ -66,6 +66,7 @@ FITTED_ON = "fitted to llama.cpp's Llama-3-8B/Llama-2-7B tables and models measu
 
 UNDERTRAINED = math.log(20.0)     # ln(tokens per parameter) below which a model counts as undertrained
 DEFAULT_TOKENS = 10e12            # a model of the last two years whose card we do not know
+ASSUMED_PER_PARAM = 2000.0        # ... at most this many tokens per parameter (Llama 3 8B's order)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ def training_tokens(model) -> tuple[float, str]:
     if rows:
         tokens = next(t for limit, t in rows if model.n_params <= limit)
         return tokens, f"{model.model_type} model cards"
-    return DEFAULT_TOKENS, "assumed (training length unknown)"
+    # unknown: a recent model's budget, at most ASSUMED_PER_PARAM tokens per parameter (a tiny or
+    # random-weight model is not assumed to be trained like SmolLM2)
+    return min(DEFAULT_TOKENS, ASSUMED_PER_PARAM * max(model.n_params, 1)), "assumed (training length unknown)"
 
 
 def _reference_record(model) -> float | None:
