@@ -14,11 +14,12 @@ MatMulNBits at accuracy level 4 does too), which costs a small model with large 
 a floor under every quantized build (SmolLM2-135M's Q8_0 loses 0.004 where Llama-3-8B's loses
 0.0008); ``c`` the calibration method's factor for that build
 (llama.cpp's importance matrix, edgellm's calibrated builds).  ``S`` is how much a model's output
-distribution moves per unit of weight noise: larger for small models and for models trained on
-many tokens per parameter (the precision scaling literature; llama.cpp's own tables show
+distribution moves per unit of weight noise: mostly larger for models trained on many tokens per
+parameter (the precision scaling literature; llama.cpp's own tables show
 Llama-3-8B, trained on 15 T tokens, losing 2.5-4x what Llama-2-7B, trained on 2 T, loses at the
 same type).  Training length is not in a config.json: ``training_tokens`` reads it from the
-families' published model cards, and assumes a modern 10 T otherwise (then the spread widens).
+families' published model cards, and otherwise assumes 10 T, at most 2,000 per parameter (then the
+spread widens).
 
 Every constant below is fitted by ``benchmarks/quality_model.py`` to every point we have:
 llama.cpp's published Llama-3-8B and Llama-2-7B scoreboards (tools/perplexity/README.md), the real
