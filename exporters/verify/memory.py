@@ -13,10 +13,9 @@ of the reference and the candidate at once, and a 270 M model's verification rea
 from __future__ import annotations
 
 from edgellm.errors import EdgeLLMError
+from edgellm.exporters.calibrate.memory import MARGIN, PROCESS   # the same process, the same allocator slack
 
-PROCESS = 700 << 20          # Python, torch, transformers, the tokenizer
 RUNTIME = 150 << 20          # a runtime's own allocations besides weights and logits
-MARGIN = 1.15
 
 
 def verification_need(model, artifact_bytes: int, context: int = 512) -> int:
