@@ -7,7 +7,7 @@ PyTorch's meta device for its names and shapes), so an 8B shape (16 GB of bf16) 
 machine with less memory than that: matrices N(0, initializer_range²), norm scales one, biases
 zero.  ``edgellm-benchmark.json`` is written last: a folder without it is incomplete.
 
-Usage: python benchmarks/realsize_models.py qwen2.5-0.5b|llama-3.2-1b|llama-3.1-8b OUT_DIR
+Usage: python benchmarks/realsize_models.py qwen2.5-0.5b|gemma-3-270m|llama-3.2-1b|llama-3.1-8b OUT_DIR
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-SHAPES = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
+SHAPES = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "gemma-3-270m": "google/gemma-3-270m-it",
+          "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
           "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct"}
 SHARD_BYTES = 2 << 30
 MARKER = "edgellm-benchmark.json"

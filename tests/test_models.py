@@ -12,6 +12,7 @@ PUBLISHED = {
     "Qwen/Qwen3-0.6B": 596_049_920,
     "meta-llama/Llama-3.2-1B-Instruct": 1_235_814_400,
     "google/gemma-3-1b-it": 999_885_952,
+    "google/gemma-3-270m-it": 268_098_176,
     "google/gemma-2-2b-it": 2_614_341_888,
     "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,
     "mistralai/Mistral-7B-Instruct-v0.3": 7_248_023_552,
