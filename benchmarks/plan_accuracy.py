@@ -1,5 +1,6 @@
-"""Planner predictions against `edgellm profile` on this machine, for every GGUF type: the plain
-roofline from a `device measure` profile, and the per-type rates of `device measure --kernels`.
+"""Planner predictions against `edgellm profile` on this machine, for every GGUF type and ONNX
+int4/int8: the plain roofline from a `device measure --no-kernels` profile, and the per-type rates
+`device measure` takes by default (llama.cpp's and ONNX Runtime's kernels).
 
 Target (issue 15): prefill and decode within ±15% of the measurement for every type.
 
@@ -72,6 +73,8 @@ def main() -> int:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--onnx", default="int4,int8", help="ONNX builds too (comma list; empty for none)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model", help="a Hugging Face folder to export instead of the random-weight Qwen2.5-0.5B "
+                                    "shape (e.g. the real SmolLM2-135M-Instruct: exporters/real_model.py)")
     ap.add_argument("--reuse-kernels", action="store_true", help="keep WORK_DIR/here-kernels.toml if there")
     ap.add_argument("--published-only", action="store_true",
                     help="only the planner against published Raspberry Pi 5 figures (no measuring)")
@@ -86,11 +89,11 @@ def main() -> int:
     from edgellm import devices, models
     from edgellm.plan import planner
 
-    model_dir = build("qwen2.5-0.5b", work / "qwen2.5-0.5b")
+    model_dir = Path(args.model) if args.model else build("qwen2.5-0.5b", work / "qwen2.5-0.5b")
     plain, tuned = work / "here.toml", work / "here-kernels.toml"
-    edgellm("device", "measure", "--name", "here", "-o", str(plain))
+    edgellm("device", "measure", "--name", "here", "--no-kernels", "-o", str(plain))
     if not args.reuse_kernels or not tuned.exists():
-        edgellm("device", "measure", "--name", "here", "--kernels", "-o", str(tuned))
+        edgellm("device", "measure", "--name", "here", "-o", str(tuned))
     model = models.load_config(str(model_dir))
     from edgellm.formats import FORMATS
 

@@ -35,6 +35,12 @@ class Unreachable(EdgeLLMError):
     exit_code = 4
 
 
+class MachineBusy(EdgeLLMError):
+    """Timings that cannot be trusted: another process used the CPU while we timed."""
+
+    exit_code = 7
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP: handled as Ctrl-C is (temporary files removed), with its own exit code."""
 

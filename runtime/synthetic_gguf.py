@@ -1,5 +1,5 @@
 """A random-weight llama-shaped GGUF written with numpy alone, for measuring kernel speed on the
-device (``edgellm device measure --kernels``), where neither torch nor the gguf package is
+device (``edgellm device measure``), where neither torch nor the gguf package is
 installed.  Speed does not depend on the weights' values, only on the shape and the type; the
 F16 file is then quantized to each type by llama.cpp's own quantizer (``llama_model_quantize``).
 """

@@ -3,6 +3,7 @@ and a planner that sums a build's tensors at their own type's cost: per-build sp
 figure per runtime."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from edgellm.runtime.synthetic_gguf import Shape
 
 SMALL = ((Shape(hidden=256, ffn=768, layers=4, heads=4, kv_heads=2, vocab=512, context=2048),
           Shape(hidden=512, ffn=1536, layers=1, heads=4, kv_heads=2, vocab=512, context=2048)),
-         tuple(Shape(hidden=64, ffn=256, layers=n, heads=1, kv_heads=1, vocab=512, context=2048) for n in (2, 6)))
+         tuple(Shape(hidden=64, ffn=256, layers=n, heads=1, kv_heads=1, vocab=512, context=2048) for n in (2, 6, 12)))
 
 
 def _qwen_like():
@@ -28,8 +29,11 @@ def _qwen_like():
 
 
 def test_measured_costs_come_back_for_the_runtime_and_each_type():
-    costs = kernels.measure_kernels(2, types=("Q4_0",), source="test", shapes=SMALL)
+    report = {}
+    costs = kernels.measure_kernels(2, types=("Q4_0",), source="test", shapes=SMALL, report=report)
     assert set(costs) == {"llama.cpp", "llama.cpp:Q8_0", "llama.cpp:Q4_0"}      # Q8_0 carries the runtime's
+    assert 0 <= report["drift"] < 10            # the first probe timed again at the end
+    assert kernels.drift((1.0, 2.0), (1.2, 1.9)) == pytest.approx(0.2)
     assert isinstance(costs["llama.cpp"], RuntimeCost) and costs["llama.cpp"].attention_gflops > 0
     for key in ("llama.cpp:Q8_0", "llama.cpp:Q4_0"):
         r = costs[key]
@@ -39,19 +43,20 @@ def test_measured_costs_come_back_for_the_runtime_and_each_type():
 
 def test_the_fit_recovers_known_costs_from_the_probes_timings():
     """Timings made by the model itself from known costs are fitted back to those costs."""
-    cost = RuntimeCost(token_us=40.0)
+    cost = RuntimeCost(token_us=40.0, layer_us=30.0)
     truth = {"Q8_0": TypeRate(24.0, 28.0, 7.7, 3.8), "Q4_K": TypeRate(30.0, 12.0, 6.0, 3.0)}
     probes, tiny = kernels._shapes()
     timings = {}
     for ty, rate in truth.items():
         for shape in probes + (tiny if ty == "Q8_0" else ()):
             load = kernels.probe_load(shape, ty)
-            d = decode_seconds({ty: load}, {ty: rate}, cost, {})
+            d = decode_seconds({ty: load}, {ty: rate}, cost, {}, shape.layers)
             p = prefill_seconds({ty: load}, {ty: rate}, kernels.PROMPT, {})
             timings.setdefault(ty, []).append((load, p, d))
     got = kernels.fit(timings, 50.0, "t")
     assert got["llama.cpp"].attention_gflops == 50.0
     assert got["llama.cpp"].token_us == pytest.approx(40.0, rel=1e-3)
+    assert got["llama.cpp"].layer_us == pytest.approx(30.0, rel=1e-3)
     for ty, rate in truth.items():
         r = got[f"llama.cpp:{ty}"]
         assert (r.decode_row_ns, r.decode_weight_ps, r.prefill_row_ns, r.prefill_weight_ps) == \
@@ -129,10 +134,104 @@ def test_a_profile_with_kernels_parses_and_bad_entries_are_named(tmp_path):
 
 def test_device_measure_kernels_writes_them(run_cli, tmp_path):
     out = tmp_path / "here.toml"
-    r = run_cli("device", "measure", "--kernels", "Q8_0,Q4_K", "-o", str(out), timeout=600)
+    r = run_cli("device", "measure", "--kernels", "INT8", "-o", str(out), timeout=600)   # (llama.cpp's: above)
     assert r.returncode == 0, r.stderr
     d = devices.catalog.load_file(out)
-    assert {k for k, _ in d.kernels} == {"llama.cpp", "llama.cpp:Q8_0", "llama.cpp:Q4_K"}
-    assert "measuring llama.cpp Q4_K kernels" in r.stderr
+    assert {k for k, _ in d.kernels} == {"onnxruntime", "onnxruntime:int4/32", "onnxruntime:int8"}
+    assert "measuring ONNX Runtime int8 kernels" in r.stderr and "llama.cpp" not in r.stderr
+    # the plan reads them: the ONNX int8 build's speed is from the profile's rates, int4/128's is not
+    plan = json.loads(run_cli("plan", "Qwen/Qwen2.5-0.5B-Instruct", "--device", str(out), "--json").stdout)
+    basis = {c["label"]: c["speed"] for c in plan["candidates"]}
+    assert basis["onnx int8"]["basis"] == "measured" and "device measure" in basis["onnx int8"]["source"]
+    assert basis["onnx int4/128"] == {"basis": "partly measured", "estimated_types": ["int4/128"],
+                                      "source": basis["onnx int8"]["source"]}
+    assert basis["gguf Q8_0"]["basis"] == "estimate"
+    text = run_cli("plan", "Qwen/Qwen2.5-0.5B-Instruct", "--device", str(out)).stdout
+    row = {" ".join(line[3:].split()[:2]): line[3:].split() for line in text.splitlines() if line[3:8] in ("onnx ", "gguf ")}
+    assert not row["onnx int8"][7].startswith("~") and row["onnx int4/128"][7].startswith("~")     # prefill/s
+    assert "speeds of 2 of" in text and "from the profile's kernel rates (measured by edgellm device measure" in text
+    assert "~ speeds are estimates" in text and "no rate for (fp32, int4/128)" in text
     bad = run_cli("device", "measure", "--kernels", "Q4_K_M", "-o", str(out))
-    assert bad.returncode == 2 and "not a measurable ggml type: Q4_K_M" in bad.stderr
+    assert bad.returncode == 2 and "not a measurable weight type: Q4_K_M" in bad.stderr
+
+
+def test_onnx_kernels_are_measured_on_probes_onnx_runtime_runs():
+    costs = kernels.measure_onnx_kernels(2, types=("int8", "fp32"), source="test", shapes=SMALL)
+    assert set(costs) == {"onnxruntime", "onnxruntime:int4/32", "onnxruntime:int8", "onnxruntime:fp32"}
+    assert costs["onnxruntime"].attention_gflops > 0           # GroupQueryAttention's rate, from depth
+    for key in ("onnxruntime:int4/32", "onnxruntime:int8", "onnxruntime:fp32"):
+        r = costs[key]
+        assert r.decode_row_ns + r.decode_weight_ps > 0 and r.prefill_row_ns + r.prefill_weight_ps > 0
+
+
+def test_the_onnx_probe_is_a_model_onnx_reads_with_the_exporters_kernels(tmp_path):
+    """The hand-written protobuf (no onnx package on the device) parses as the graph it means:
+    MatMulNBits as the exporter writes them, every projection of every layer."""
+    import onnx
+
+    from edgellm.runtime import onnx_probe
+
+    shape = SMALL[0][0]
+    m = onnx.load(str(onnx_probe.write(tmp_path / "p.onnx", shape, "int4/128")))
+    mm = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    assert len(mm) == 5 * shape.layers and all(n.domain == "com.microsoft" for n in mm)      # qkv packed, o, MLP
+    assert sum(n.op_type == "GroupQueryAttention" for n in m.graph.node) == shape.layers
+    attrs = {a.name: a.i for a in mm[0].attribute}
+    assert attrs == {"K": 256, "N": 256 + 2 * 128, "bits": 4, "block_size": 128, "accuracy_level": 4}
+    inits = {t.name: t for t in m.graph.initializer}
+    assert list(inits["l0.qkv.q"].dims) == [512, 2, 64] and list(inits["l0.down.s"].dims) == [256, 6]
+    assert kernels.onnx_probe_load(shape).weights == sum(
+        a.i * b.i for n in mm for a in n.attribute for b in n.attribute if a.name == "K" and b.name == "N")
+    assert len(m.graph.output) == 1 + 2 * shape.layers           # the hidden state and the new cache
+    with pytest.raises(ValueError, match="not a probe weight type"):
+        onnx_probe.write(tmp_path / "q.onnx", shape, "int3")
+
+
+def test_onnx_builds_are_planned_from_the_onnx_rates():
+    device = devices.find("laptop-x86-16gb")
+    model = _qwen_like()
+    choice = BuildChoice("onnx", "int4", "f32", block_size=32)
+    plain = estimate(model, device, choice, 1024)
+    assert plain.speed_basis == "estimate"
+    rate = TypeRate(10.0, 10.0, 4.0, 2.0)
+    tuned = dataclasses.replace(device, kernels=(("onnxruntime", RuntimeCost(token_us=100.0, source="here")),
+                                                 ("onnxruntime:int4/32", rate), ("onnxruntime:fp32", rate)))
+    e = estimate(model, tuned, choice, 1024)
+    from edgellm.formats import format_for
+    from edgellm.plan.estimate import kv_bytes
+
+    load = loads(model, format_for(choice).typed_tensors(model, choice))
+    assert set(load) == {"int4/32"}                        # every matrix, the tied head included
+    want = decode_seconds(load, {"int4/32": rate}, RuntimeCost(token_us=100.0), {}) + \
+        kv_bytes(model, choice, 512 + 64) / device.memory.effective_bandwidth
+    assert e.decode_tps == pytest.approx(1 / want, rel=1e-6)
+    assert (e.speed_basis, e.estimated_types, e.speed_source) == ("measured", (), "here")
+
+
+def test_a_busy_machine_is_caught_and_refused(run_cli, tmp_path, monkeypatch):
+    """Another process spinning on a core: its CPU time is seen, a disturbed timing is taken
+    again, then refused; `device measure` refuses before measuring anything (exit code 7)."""
+    import subprocess
+    import sys
+
+    from edgellm.errors import MachineBusy
+    from edgellm.runtime import busy
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        others = busy.others_now(1.0)
+        assert others is not None and others > 0.6
+        assert "other processes used" in busy.verdict(others)
+        r = run_cli("device", "measure", "--no-kernels", "-o", str(tmp_path / "x.toml"))
+        assert r.returncode == 7, r.stderr
+        assert "the machine is busy: other processes use" in r.stderr and not (tmp_path / "x.toml").exists()
+    finally:
+        spin.kill()
+        spin.wait()
+    monkeypatch.setattr(busy.time, "sleep", lambda s: None)
+    runs = []
+    with pytest.raises(MachineBusy, match=r"repeats differ by 100% \(3 tries\)"):
+        kernels.timed("a probe", lambda: runs.append(1) or ((1.0, 2.0, 1.5), (1.0, 1.0, 1.0)), lambda s: None)
+    assert len(runs) == busy.TRIES
+    assert kernels.timed("a probe", lambda: ((1.0, 1.1, 1.05), (2.0, 2.0, 2.1)), lambda s: None) == (1.05, 2.0)
+    assert busy.spread([3.0, 2.0]) == 0.5 and busy.spread([0.0, 1.0]) == 0.0

@@ -28,6 +28,7 @@ EPILOG = """exit codes:
   4  the hub could not be reached
   5  an export failed verification against the original model
   6  the runtime crashed in native code (the message names the file and what it said)
+  7  the machine was too busy to time (device measure): other processes used the CPU
   130 interrupted (Ctrl-C); 143 terminated (SIGTERM); 129 hung up (SIGHUP)
 
 start here:

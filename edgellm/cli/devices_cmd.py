@@ -33,14 +33,20 @@ def add_parser(sub) -> None:
     m = dsub.add_parser("measure", help="measure this machine and write its profile",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Measure this machine (cores, ISA, RAM, multi-threaded memory "
-                                    "read and copy bandwidth, fp32 matmul rate) and write a profile "
-                                    "that `--device NAME` then finds.  Takes about ten seconds.")
+                                    "read and copy bandwidth, fp32 matmul rate, and the decode and prefill "
+                                    "rates of llama.cpp's and ONNX Runtime's kernels for each weight type) and "
+                                    "write a profile that `--device NAME` then finds.  Takes about two minutes "
+                                    "(ten seconds with --no-kernels).  Run it on a quiet machine: it refuses "
+                                    "(exit code 7) when other processes use the CPU, whose figures would be wrong.")
     m.add_argument("--name", default=None, help=f"profile name (default: {default_name()})")
     m.add_argument("-o", "--output", type=Path, default=None,
                    help=f"file to write (default: {devices.user_dir()}/NAME.toml)")
-    m.add_argument("--kernels", nargs="?", const="all", default=None, metavar="TYPES", type=_kernel_types,
-                   help="also measure llama.cpp's decode and prefill kernels for each ggml tensor type (about "
-                        "two minutes; or only TYPES, e.g. Q8_0,Q4_K), so plans rank builds by what they do here")
+    k = m.add_mutually_exclusive_group()
+    k.add_argument("--kernels", nargs="?", const="all", default="all", metavar="TYPES", type=_kernel_types,
+                   help="which weight types' kernels to measure (default: all; e.g. Q8_0,Q4_K,int4/32), so plans "
+                        "rank builds by what they do here rather than by estimates")
+    k.add_argument("--no-kernels", dest="kernels", action="store_const", const=None,
+                   help="skip the kernels (ten seconds): plans then estimate speed from bandwidth and the fp32 rate")
     m.add_argument("--update-profile", metavar="PROFILE",
                    help="fold the measurements (bandwidth, fp32 rate, [kernels]) into this existing profile "
                         "instead of writing a new one, the source recorded; a shipped profile's updated copy "
@@ -51,19 +57,21 @@ def add_parser(sub) -> None:
 
 
 def _kernel_types(text) -> tuple[str, ...]:
-    """``--kernels [TYPES]``: argparse leaves the bare flag's "all" unconverted."""
+    """``--kernels [TYPES]``: argparse leaves the default and the bare flag's "all" unconverted."""
     from edgellm.devices.kernels import GGML_TYPES
+    from edgellm.runtime.onnx_probe import WEIGHT_TYPES
 
     if isinstance(text, tuple):
         return text
     if text == "all":
-        return GGML_TYPES
-    types = tuple(t.strip().upper() for t in text.split(",") if t.strip())
-    bad = [t for t in types if t not in GGML_TYPES]
+        return GGML_TYPES + WEIGHT_TYPES
+    names = {t.upper(): t for t in GGML_TYPES + WEIGHT_TYPES}
+    types = tuple(names.get(t.strip().upper(), t.strip()) for t in text.split(",") if t.strip())
+    bad = [t for t in types if t not in names.values()]
     if bad or not types:
         what = ", ".join(bad) if bad else repr(text)
-        raise argparse.ArgumentTypeError(f"not a measurable ggml type: {what} "
-                                         f"(one or more of {','.join(GGML_TYPES)})")
+        raise argparse.ArgumentTypeError(f"not a measurable weight type: {what} (one or more of "
+                                         f"{','.join(GGML_TYPES)} for llama.cpp, {','.join(WEIGHT_TYPES)} for ONNX Runtime)")
     return types
 
 
@@ -113,6 +121,16 @@ def run_show(args) -> int:
         lines.append(f"  accelerator  {a.kind} {a.name}: {fmt_rate(a.compute, 'OPS')} {a.precision}, "
                      f"{a.runtime} via {a.provider}, takes {', '.join(a.formats)}"
                      + (f" ({', '.join(a.weight_types)} weights)" if a.weight_types else ""))
+    by_runtime: dict[str, list[str]] = {}
+    for key, rate in p.kernels:
+        runtime, _, ty = key.partition(":")
+        by_runtime.setdefault(runtime, [])
+        if ty:
+            by_runtime[runtime].append(ty)
+    sources = sorted({rate.source for _, rate in p.kernels if rate.source})
+    lines.append("  kernels      " + ("; ".join(f"{r} {', '.join(t) or '(per-token cost only)'}" for r, t in by_runtime.items())
+                                      + (f" ({'; '.join(sources)})" if sources else "") if p.kernels else
+                                      "none: plans estimate speed from bandwidth and the fp32 rate (edgellm device measure)"))
     lines += [f"  runtimes     {', '.join(p.runtimes)}; prefers {', '.join(p.preferred_formats)}",
               f"  budgets      context {p.budgets.context}, decode >= {p.budgets.min_decode_tps:g} tok/s"]
     print("\n".join(lines))
@@ -137,9 +155,10 @@ def _measure_remote(args, name: str) -> tuple[devices.DeviceProfile, str]:
 
     remote = remote_of(args, stderr_progress)
     stderr_progress(f"measuring {remote.name}" + (" with kernels (about two minutes)" if args.kernels else ""))
+    kernels = f" --kernels {','.join(_kernel_types(args.kernels))}" if args.kernels else " --no-kernels"
     path = ".cache/edgellm/remote/measured.toml"
     r = remote.ssh(f"mkdir -p .cache/edgellm/remote && {remote.edgellm()} device measure --name {shlex.quote(name)}"
-                   f"{' --kernels ' + ','.join(_kernel_types(args.kernels)) if args.kernels else ''} -o {path} > /dev/null && cat {path} && rm -f {path}",
+                   f"{kernels} -o {path} > /dev/null && cat {path} && rm -f {path}",
                    text=False, limit=MAX_MEASURED, timeout=MAX_WORK_S)
     if r.returncode != 0:
         raise remote.fail(r, "measuring")

@@ -5,3 +5,7 @@ from the start (a profile is read on the device, where the format registry may n
 
 RUNTIME_NAMES: set[str] = {"llama.cpp", "onnxruntime"}
 FORMAT_NAMES: set[str] = {"gguf", "onnx"}
+# what a profile's [kernels] may key a runtime's per-type rates by, beside ggml's tensor types for
+# llama.cpp: ONNX Runtime's matrix kernels per weight type (runtime/onnx_probe.py measures them)
+KERNEL_TYPES: dict[str, frozenset[str]] = {
+    "onnxruntime": frozenset({"fp32", "int8", "int4/16", "int4/32", "int4/64", "int4/128"})}

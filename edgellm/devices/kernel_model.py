@@ -14,12 +14,12 @@ So every ggml tensor type gets four measured figures (edgellm/devices/kernels.py
   layer's width as its rows do: on the 2-core EPYC a Q4_0 layer 1024 wide prefills at 10 ps per
   weight and token, one 2048 wide at 6.6;
 
-and the runtime two: decode seconds per token (graph build, sampling), and the rate of decode's
-attention over the KV cache (measured as the slowdown of decode at a depth of 1024 tokens), which
-the planner adds for the position it predicts at.  The per-layer work that is not a matrix
-product (norms, rope) grows with the layer's width as its rows do and is carried in the per-row
-figures: fitted separately, the two were not identifiable from timings on a shared 2-core
-machine.  A build's time is the sum over its tensors at their own type's rates.  Numpy-free and
+and the runtime three: decode seconds per token (graph build, sampling), per decoder layer (the
+graph's other nodes and the threads' barriers between them, pinned by tiny probes of 4, 12 and 24
+narrow layers), and the rate of decode's attention over the KV cache (measured as the slowdown of
+decode at a depth of 1024 tokens), which the planner adds for the position it predicts at.  The
+per-layer work that grows with the layer's width (norms, rope) is carried in the per-row
+figures.  A build's time is the sum over its tensors at their own type's rates.  Numpy-free and
 torch-free: the device imports it to fit the figures.
 """
 
@@ -47,6 +47,10 @@ class RuntimeCost:
     token_us: float
     attention_gflops: float | None = None     # None: the KV cache read at the bandwidth instead
     source: str = ""
+    # per decoder layer and generated token: the graph's other nodes and the threads' barriers
+    # between them, whatever the layer's width (SmolLM2-135M's 30 narrow layers decode 20-30%
+    # slower than rows and weights alone predict)
+    layer_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Load:
     weights: int = 0
     head_rows: int = 0              # the output projection (tied or not), once per prompt
     head_weights: int = 0
+    layers: int = 0                 # a probe's decoder layers (the fit's per-layer column)
 
     def decode(self) -> tuple[int, int]:
         return self.rows + self.head_rows, self.weights + self.head_weights
@@ -79,10 +84,11 @@ def loads(model, typed) -> dict[str, Load]:
 
 
 def decode_seconds(load: dict[str, Load], rates: dict[str, TypeRate], cost: RuntimeCost,
-                   fallback_weight_s: dict[str, float]) -> float:
-    """Seconds per generated token, KV cache excluded.  A type without measured rates streams at
-    ``fallback_weight_s[type]`` seconds per weight (the roofline's bandwidth)."""
-    t = cost.token_us * 1e-6
+                   fallback_weight_s: dict[str, float], layers: int = 0) -> float:
+    """Seconds per generated token of a model of ``layers`` decoder layers, KV cache excluded.  A
+    type without measured rates streams at ``fallback_weight_s[type]`` seconds per weight (the
+    roofline's bandwidth)."""
+    t = (cost.token_us + cost.layer_us * layers) * 1e-6
     for ty, ld in load.items():
         rows, weights = ld.decode()
         r = rates.get(ty)

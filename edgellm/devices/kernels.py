@@ -1,21 +1,29 @@
-"""Kernel rates per ggml tensor type, measured with the runtime itself (``device measure --kernels``).
+"""Kernel rates per weight type, measured with each runtime itself (``edgellm device measure``).
 
 The rates are those of :mod:`edgellm.devices.kernel_model`: per type, seconds per row and per
 weight for decode and prefill; per runtime, seconds per token.  To separate them,
 each type is measured on two random-weight llama-shaped probes (runtime/synthetic_gguf.py,
 about 100 M parameters each) with rows of 1024 and 2048 weights, each
 quantized *pure* (every matrix that type) by llama.cpp's own quantizer and profiled by edgellm's
-llama.cpp backend; two tiny probes of 4 and 12 layers (rows of 64) pin the per-token cost.  A non-negative least-squares fit on relative error turns the timings into the
-figures.  About 8 s per type on a 2-core x86.
+llama.cpp backend; two tiny probes of 4 and 12 layers (rows of 64) pin the per-token cost.  A
+non-negative least-squares fit on relative error turns the timings into the figures.  About 8 s
+per type on a 2-core x86.  ONNX Runtime's kernels are measured the same way on probe graphs of
+the ONNX export's own ops (runtime/onnx_probe.py), per weight type of its builds.
 
-Numpy and llama-cpp-python only: this runs on the device, with no torch and no gguf package.
+Every timing is checked for a busy machine (runtime/busy.py): taken again when another process
+used the CPU meanwhile or its repeats are far apart, refused (MachineBusy) after three tries.
+
+Numpy, llama-cpp-python and onnxruntime only: this runs on the device, with no torch, no gguf and
+no onnx package.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -23,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from edgellm.devices.kernel_model import Load, RuntimeCost, TypeRate, loads
+from edgellm.runtime import busy
 
 # ggml tensor type -> the llama.cpp file type whose *pure* quantization stores every matrix in it
 BASE = "Q8_0"          # the ggml type whose probes also pin the runtime's per-token cost
@@ -31,7 +40,7 @@ PURE_FTYPE = {"F16": None, "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5
               "Q2_K": "Q2_K"}
 GGML_TYPES = tuple(PURE_FTYPE)
 RUNTIME = "llama.cpp"
-PROMPT, GEN, REPEATS = 512, 128, 3    # the prompt the planner predicts at
+PROMPT, GEN, REPEATS = 512, 64, 3     # the prompt the planner predicts at; decode timed over GEN tokens
 SHORT, DEPTH = 8, 1024                 # decode after a short prompt; attention timed at DEPTH
 
 
@@ -40,7 +49,7 @@ def _shapes():
 
     probes = (Shape(hidden=1024, ffn=2816, layers=8, heads=16, kv_heads=4, vocab=4096, context=2048),
               Shape(hidden=2048, ffn=5632, layers=2, heads=16, kv_heads=4, vocab=4096, context=2048))
-    tiny = tuple(Shape(hidden=64, ffn=256, layers=n, heads=1, kv_heads=1, vocab=4096, context=2048) for n in (4, 12))
+    tiny = tuple(Shape(hidden=64, ffn=256, layers=n, heads=1, kv_heads=1, vocab=4096, context=2048) for n in (4, 12, 24))
     return probes, tiny
 
 
@@ -71,12 +80,12 @@ def _probe_config(shape) -> dict:
 def probe_load(shape, ggml_type: str) -> Load:
     """The probe's matrices, every one ``ggml_type`` (a pure quantization)."""
     model = _probe_model(shape)
-    return loads(model, [(t, ggml_type) for t in model.tensors])[ggml_type]
+    return dataclasses.replace(loads(model, [(t, ggml_type) for t in model.tensors])[ggml_type], layers=shape.layers)
 
 
-def _time(path: Path, threads: int, depth: int = 0) -> tuple[float, float]:
+def _time(path: Path, threads: int, depth: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(prefill seconds for PROMPT tokens, decode seconds per token after a short prompt, or after
-    ``depth`` tokens of cache), medians of REPEATS."""
+    ``depth`` tokens of cache), one figure per repeat."""
     from edgellm.runtime.llamacpp import LlamaCppModel
 
     m = LlamaCppModel.open(path, n_ctx=max(PROMPT, depth) + SHORT + GEN + 8, threads=threads)
@@ -85,7 +94,7 @@ def _time(path: Path, threads: int, depth: int = 0) -> tuple[float, float]:
         dec = m.profile(SHORT, GEN, REPEATS, depth=depth)
     finally:
         del m
-    return PROMPT / pre.prefill_tps, 1.0 / dec.decode_tps
+    return tuple(PROMPT / t for t in pre.samples_prefill_tps), tuple(1.0 / t for t in dec.samples_decode_tps)
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,22 +112,25 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.zeros(a.shape[1])
 
 
-def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: float, source: str) -> dict:
+def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: float | None, source: str,
+        runtime: str = RUNTIME, base: str = BASE) -> dict:
     """``timings``: type -> (load, prefill s, decode s) per probe, the two probes first; Q8_0 also
-    carries the tiny probes, which pin the runtime's per-token cost for every type.  The decode
+    carries the tiny probes, which pin the runtime's per-token and per-layer costs for every type.  The decode
     timings come with the probes' attention (at ``attention_gflops``) taken out; the planner adds
     the target's back at its position.  Prefill keeps its attention in the figures: batched, it
     runs at another rate, and it is a few percent of a 512-token prompt."""
-    base = timings[BASE]
-    token_s, *q8 = nnls(np.array([[1.0, *ld.decode()] for ld, _, _ in base]), np.array([d for *_, d in base]))
-    out: dict[str, object] = {RUNTIME: RuntimeCost(token_us=round(float(token_s) * 1e6, 2),
-                                                   attention_gflops=round(attention_gflops, 2), source=source)}
+    pinned = timings[base]
+    token_s, layer_s, *q8 = nnls(np.array([[1.0, ld.layers, *ld.decode()] for ld, _, _ in pinned]),
+                                 np.array([d for *_, d in pinned]))
+    out: dict[str, object] = {runtime: RuntimeCost(
+        token_us=round(float(token_s) * 1e6, 2), source=source, layer_us=round(float(layer_s) * 1e6, 3),
+        attention_gflops=None if attention_gflops is None else round(attention_gflops, 2))}
     for ty, rows in timings.items():
         rows = rows[:2]
-        dec = q8 if ty == BASE else nnls(np.array([ld.decode() for ld, *_ in rows], float),
-                                            np.array([d - token_s for ld, _, d in rows]))
+        dec = q8 if ty == base else nnls(np.array([ld.decode() for ld, *_ in rows], float),
+                                            np.array([d - token_s - layer_s * ld.layers for ld, _, d in rows]))
         pre = nnls(np.array([ld.prefill(PROMPT) for ld, *_ in rows], float), np.array([p for _, p, _ in rows]))
-        out[f"{RUNTIME}:{ty}"] = TypeRate(decode_row_ns=round(float(dec[0]) * 1e9, 3),
+        out[f"{runtime}:{ty}"] = TypeRate(decode_row_ns=round(float(dec[0]) * 1e9, 3),
                                           decode_weight_ps=round(float(dec[1]) * 1e12, 3),
                                           prefill_row_ns=round(float(pre[0]) * 1e9, 4),
                                           prefill_weight_ps=round(float(pre[1]) * 1e12, 4), source=source)
@@ -137,16 +149,32 @@ def attention_flops(shape) -> float:
     return _probe_model(shape).attention_flops(SHORT + GEN // 2)
 
 
+def timed(what: str, run: Callable[[], tuple], progress: Callable[[str], None]) -> tuple[float, float]:
+    """``run()`` -> (prefill samples, decode samples), taken again while the machine was busy
+    (runtime/busy.py: other processes on the CPU, or repeats too far apart); medians."""
+    pre, dec = busy.quiet(what, run, lambda others, r: busy.verdict(others, r[0]) or busy.verdict(None, r[1]),
+                          progress)
+    return statistics.median(pre), statistics.median(dec)
+
+
+def drift(first: tuple[float, float], again: tuple[float, float]) -> float:
+    """How far the machine's speed moved between two timings of the same probe (prefill, decode)."""
+    return max(abs(b / a - 1.0) for a, b in zip(first, again) if a > 0)
+
+
 def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: None,
-                    types: tuple[str, ...] = GGML_TYPES, source: str = "", shapes=None) -> dict[str, object]:
-    """``"llama.cpp"`` -> RuntimeCost and ``"llama.cpp:TYPE"`` -> TypeRate, measured here."""
+                    types: tuple[str, ...] = GGML_TYPES, source: str = "", shapes=None,
+                    report: dict | None = None) -> dict[str, object]:
+    """``"llama.cpp"`` -> RuntimeCost and ``"llama.cpp:TYPE"`` -> TypeRate, measured here.  The
+    first probe is timed again at the end: ``report["drift"]`` is how far the machine's speed
+    moved meanwhile (a shared or throttling machine), which no single timing shows."""
     from edgellm.runtime.synthetic_gguf import write
 
     probes, tiny = shapes or _shapes()
     types = tuple(dict.fromkeys((BASE, *types)))         # BASE carries the runtime's own costs
     work = Path(tempfile.mkdtemp(prefix="edgellm-kernels-"))
     timings: dict[str, list] = {}
-    attention = None
+    attention = first = None
     try:
         sources = [(s, write(work / f"probe{i}-F16.gguf", s)) for i, s in enumerate(probes)]
         for ty in types:
@@ -156,9 +184,11 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
                 path = f16 if PURE_FTYPE[ty] is None else work / f"probe-{ty}.gguf"
                 if path != f16:
                     _quantize(f16, path, PURE_FTYPE[ty], threads)
-                pre, dec = _time(path, threads)
+                what = f"llama.cpp {ty} on a {shape.hidden}-wide probe"
+                pre, dec = timed(what, lambda: _time(path, threads), progress)
+                first = first or (pre, dec)
                 if attention is None:       # the first probe, Q8_0: attention's rate from depth
-                    deep = _time(path, threads, DEPTH)[1]
+                    deep = timed(what + " at depth", lambda: _time(path, threads, DEPTH), progress)[1]
                     flops = _probe_model(shape).attention_flops(DEPTH + SHORT + GEN // 2) - \
                         attention_flops(shape)
                     attention = flops / max(deep - dec, 1e-9)
@@ -166,6 +196,66 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
                 timings.setdefault(ty, []).append((probe_load(shape, ty), pre, dec))
                 if path != f16:
                     path.unlink()
+        if report is not None and len(types) > 1:
+            path = work / "again.gguf"
+            _quantize(sources[0][1], path, PURE_FTYPE[BASE], threads)
+            report["drift"] = drift(first, timed(f"llama.cpp {BASE} again", lambda: _time(path, threads), progress))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return fit(timings, attention / 1e9, source)
+
+
+# --- ONNX Runtime ---------------------------------------------------------------------------
+ONNX_RUNTIME, ONNX_BASE = "onnxruntime", "int4/32"
+ONNX_GEN = 32                  # single-token runs per repeat, each after the same cache
+ONNX_DEPTH = 1536              # attention's rate: decode after this many more cached tokens (a larger
+                               # difference than llama.cpp's 1024: ONNX Runtime's is the noisier)
+
+
+def onnx_probe_load(shape) -> Load:
+    """An ONNX probe's matrices (runtime/onnx_probe.py: the layers' projections, no head or
+    embedding)."""
+    hd = shape.hidden // shape.heads
+    kv = shape.kv_heads * hd
+    rows = shape.layers * (2 * shape.hidden + 2 * kv + 2 * shape.ffn + shape.hidden)
+    weights = shape.layers * shape.hidden * (2 * shape.hidden + 2 * kv + 3 * shape.ffn)
+    return Load(rows=rows, weights=weights, layers=shape.layers)
+
+
+def measure_onnx_kernels(threads: int, progress: Callable[[str], None] = lambda s: None,
+                         types: tuple[str, ...] = (), source: str = "", shapes=None) -> dict[str, object]:
+    """``"onnxruntime"`` -> RuntimeCost and ``"onnxruntime:TYPE"`` -> TypeRate for ONNX Runtime's
+    kernels (MatMul in fp32, MatMulNBits in 8 and 4 bits, GroupQueryAttention over the cache),
+    measured here on random-weight probes run as the ONNX backend runs a model (runtime/onnx_probe.py),
+    the same way as llama.cpp's."""
+    from edgellm.runtime import onnx_probe
+
+    probes, tiny = shapes or _shapes()
+    types = tuple(dict.fromkeys((ONNX_BASE, *(types or onnx_probe.WEIGHT_TYPES))))
+    work = Path(tempfile.mkdtemp(prefix="edgellm-onnx-kernels-"))
+    timings: dict[str, list] = {}
+    past = SHORT + GEN // 2                # the position llama.cpp's decode timings stand for
+    deep = ONNX_DEPTH + past
+    extra_flops = extra_s = 0.0            # attention over the deeper cache, summed over both probes
+
+    def run(path, shape, at):
+        return lambda: onnx_probe.time_probe(path, shape, threads, PROMPT, ONNX_GEN, REPEATS, at)
+    try:
+        for ty in types:
+            progress(f"measuring ONNX Runtime {ty} kernels")
+            for shape in probes + (tiny if ty == ONNX_BASE else ()):
+                path = onnx_probe.write(work / "probe.onnx", shape, ty)
+                what = f"ONNX Runtime {ty} on a {shape.hidden}-wide probe"
+                pre, dec = timed(what, run(path, shape, past), progress)
+                if ty == ONNX_BASE and shape in probes:     # attention's rate from depth, both probes
+                    extra_s += max(timed(what + " at depth", run(path, shape, deep), progress)[1] - dec, 1e-9)
+                    extra_flops += _probe_model(shape).attention_flops(deep) - attention_flops(shape)
+                timings.setdefault(ty, []).append((onnx_probe_load(shape), pre, dec))
+                path.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    attention = extra_flops / extra_s
+    for rows in timings.values():          # decode without the probes' own attention
+        for i, (load, pre, dec) in enumerate(rows):
+            rows[i] = (load, pre, dec - attention_flops(probes[i] if i < len(probes) else tiny[i - len(probes)]) / attention)
+    return fit(timings, attention / 1e9, source, ONNX_RUNTIME, ONNX_BASE)

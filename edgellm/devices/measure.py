@@ -15,7 +15,11 @@ import tomllib
 from typing import Callable
 
 from edgellm.devices.schema import DeviceProfile, profile_from_dict
+from edgellm.errors import MachineBusy
 from edgellm.units import fmt_bytes, fmt_rate
+
+
+DRIFT_WARN = 0.15         # the plan's own target: a machine that moves more cannot be planned finer
 
 
 def default_name() -> str:
@@ -28,20 +32,28 @@ def _q(value: str) -> str:
 
 
 def measure(name: str, progress: Callable[[str], None] = lambda s: None,
-            buffer_bytes: int = 512 << 20, kernels: bool = False,
+            buffer_bytes: int = 512 << 20, kernels: bool = True,
             kernel_types: tuple[str, ...] = ()) -> tuple[DeviceProfile, str]:
     """Measure this machine; return the validated profile and its TOML text.  ``kernels``: also
-    llama.cpp's kernel rates per ggml tensor type (``kernel_types``, default all; about 10 s each)."""
-    from edgellm.runtime import hostinfo, membench
+    the runtimes' kernel rates, llama.cpp's per ggml tensor type and ONNX Runtime's per weight type
+    (``kernel_types``, default all; about 5 s each).  MachineBusy when other processes use the CPU
+    (before the start, or during a timing more than TRIES times)."""
+    from edgellm.runtime import busy, hostinfo, membench
 
     progress("reading CPU and memory facts")
     host = hostinfo.probe()
     threads = host.cores_big + host.cores_little
+    others = busy.others_now()
+    if others is not None and others > busy.MAX_OTHERS:
+        raise MachineBusy(f"the machine is busy: other processes use {others:.2f} cores now, and every figure "
+                          "measured meanwhile would be wrong.  Stop them (see `top`) and rerun edgellm device measure")
     buffer_bytes = min(buffer_bytes, host.ram_bytes // 8)
     progress(f"measuring memory bandwidth ({threads} threads, {fmt_bytes(2 * buffer_bytes)} of buffers)")
-    bw = membench.memory_bandwidth(threads, buffer_bytes)
+    alone = lambda others, _: busy.verdict(others)       # noqa: E731
+    bw = busy.quiet("memory bandwidth", lambda: membench.memory_bandwidth(threads, buffer_bytes), alone, progress)
     progress("measuring fp32 matmul throughput")
-    flops = max(membench.matmul_throughput(1024), membench.matmul_throughput(2048, passes=3))
+    flops = busy.quiet("the fp32 matmul rate", lambda: max(membench.matmul_throughput(1024),
+                                                           membench.matmul_throughput(2048, passes=3)), alone, progress)
     today = _dt.date.today().isoformat()
     by = f"measured by edgellm device measure, {today}"
     freq = f'freq = "{host.freq_hz / 1e9:.2f} GHz"              # {by} (max clock)\n' if host.freq_hz else ""
@@ -68,21 +80,34 @@ cores_little = {host.cores_little}                           # {by}
 fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threads
 """
     if kernels:
-        from edgellm.devices.kernels import GGML_TYPES, measure_kernels
+        from edgellm.devices.kernels import GGML_TYPES, measure_kernels, measure_onnx_kernels
         from edgellm.devices.kernel_model import RuntimeCost
+        from edgellm.runtime.onnx_probe import WEIGHT_TYPES
 
-        costs = measure_kernels(threads, progress, kernel_types or GGML_TYPES, source=by)
-        text += ("\n# llama.cpp's kernels: per ggml tensor type, seconds per matrix row and per weight, measured\n"
-                 "# with llama-cpp-python itself on random-weight probe models (edgellm/devices/kernels.py,\n"
+        wanted = kernel_types or GGML_TYPES + WEIGHT_TYPES
+        costs, report = {}, {}
+        if ggml := tuple(t for t in wanted if t in GGML_TYPES):
+            costs.update(measure_kernels(threads, progress, ggml, source=by, report=report))
+        if onnx := tuple(t for t in wanted if t in WEIGHT_TYPES):
+            costs.update(measure_onnx_kernels(threads, progress, onnx, source=by))
+        if report.get("drift", 0.0) > DRIFT_WARN:
+            progress(f"warning: this machine's speed moved by {report['drift']:.0%} while it was measured (a shared "
+                     "or throttling machine): plans for it are no finer than that; a quieter machine measures better")
+            text += (f"\n# this machine's speed moved by {report['drift']:.0%} while it was measured: "
+                     "the rates below are no finer than that\n")
+        text += ("\n# the runtimes' kernels: per weight type, seconds per matrix row and per weight, measured with\n"
+                 "# llama-cpp-python and onnxruntime themselves on random-weight probe models (edgellm/devices/kernels.py,\n"
                  "# edgellm/devices/kernel_model.py); the planner sums a build's tensors at their own type's rates\n"
                  "[kernels]\n")
         for key, r in costs.items():
-            fields = ("token_us", "attention_gflops") if isinstance(r, RuntimeCost) else \
+            fields = ("token_us", "layer_us", "attention_gflops") if isinstance(r, RuntimeCost) else \
                 ("decode_row_ns", "decode_weight_ps", "prefill_row_ns", "prefill_weight_ps")
-            text += f"{_q(key)} = {{ " + ", ".join(f"{f} = {getattr(r, f)}" for f in fields) + \
+            text += f"{_q(key)} = {{ " + ", ".join(f"{f} = {getattr(r, f)}" for f in fields
+                                                  if getattr(r, f) is not None) + \
                 f", source = {_q(r.source)} }}\n"
     prof = profile_from_dict(tomllib.loads(text), f"<measured {name}>")
     progress(f"read {fmt_rate(bw.read, 'B/s')}, copy {fmt_rate(bw.copy, 'B/s')}, "
              f"matmul {fmt_rate(flops, 'FLOPS')}")
     return prof, text
+
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from edgellm import units
 from edgellm.core.ggml import GGML_TYPES
-from edgellm.core.names import FORMAT_NAMES, RUNTIME_NAMES
+from edgellm.core.names import FORMAT_NAMES, KERNEL_TYPES, RUNTIME_NAMES
 from edgellm.errors import BadInput
 
 SCHEMA_VERSION = 1
@@ -200,14 +200,15 @@ _ACCEL = {"name": (_string, True), "kind": (_choice(ACCEL_KINDS), True),
 _BUDGETS = {"context": (_positive_count, False), "min_decode_tps": (_positive, False),
             "max_memory": (_positive_bytes, False)}
 _SECTIONS = {"memory", "cpu", "accelerators", "budgets", "kernels"}
-# [kernels] (edgellm/devices/kernel_model.py): "runtime" = its own costs, "runtime:GGML_TYPE" = a type's
+# [kernels] (edgellm/devices/kernel_model.py): "runtime" = its own costs, "runtime:TYPE" = a type's
 _KERNEL_COST = {"token_us": (lambda v: _nonneg(v), True), "attention_gflops": (lambda v: _positive(v), False),
+                "layer_us": (lambda v: _nonneg(v), False),
                 "source": (lambda v: _string(v), False)}
 _KERNEL_TYPE = {"decode_row_ns": (lambda v: _nonneg(v), True), "decode_weight_ps": (lambda v: _nonneg(v), True),
                 "prefill_row_ns": (lambda v: _nonneg(v), False), "prefill_weight_ps": (lambda v: _nonneg(v), False),
                 "source": (lambda v: _string(v), False)}
-_KERNELS_HINT = ('kernels: expected "runtime" = { token_us, attention_gflops } and "runtime:GGML_TYPE" = '
-                 '{ decode_row_ns, decode_weight_ps, prefill_row_ns, prefill_weight_ps } (rerun edgellm device measure --kernels)')
+_KERNELS_HINT = ('kernels: expected "runtime" = { token_us, layer_us, attention_gflops } and "runtime:GGML_TYPE" = '
+                 '{ decode_row_ns, decode_weight_ps, prefill_row_ns, prefill_weight_ps } (rerun edgellm device measure)')
 
 
 def _nonneg(v: Any) -> float:
@@ -224,8 +225,10 @@ def _kernels(data: Any, fail: Callable[[str], BadInput]) -> tuple:
     out = []
     for key, value in data.items():
         runtime, _, ty = str(key).partition(":")
-        if runtime not in RUNTIMES or (ty and ty not in {n for n, *_ in GGML_TYPES.values()}):
-            raise fail(f"kernels.{key}: not a runtime ({', '.join(sorted(RUNTIMES))}) or runtime:GGML_TYPE")
+        types = KERNEL_TYPES.get(runtime) or {n for n, *_ in GGML_TYPES.values()}
+        if runtime not in RUNTIMES or (ty and ty not in types):
+            raise fail(f"kernels.{key}: not a runtime ({', '.join(sorted(RUNTIMES))}) or runtime:GGML_TYPE"
+                       + "".join(f" ({r}:{'|'.join(sorted(t))})" for r, t in KERNEL_TYPES.items()))
         where = f"kernels.{key}."
         if isinstance(value, dict) and ("decode_bandwidth_share" in value or "prefill_gflops" in value):
             raise fail(f"{where[:-1]}: written by an older edgellm ({_KERNELS_HINT.split('(')[1][:-1]})")

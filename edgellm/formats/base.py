@@ -88,9 +88,14 @@ class BuildFormat:
         raise NotImplementedError
 
     def typed_tensors(self, model: ModelConfig, c: BuildChoice):
-        """(TensorSpec, ggml type) per tensor where the runtime's kernels are measured per type
-        ([kernels] of a device profile); None for formats without such rates."""
+        """(TensorSpec, kernel type) per tensor where the runtime's kernels are measured per type
+        ([kernels] of a device profile, keyed "runtime:type"); None for formats without such rates."""
         return None
+
+    def bytes_per_weight(self, kernel_type: str) -> float:
+        """Bytes a kernel type reads per weight: a type without measured rates streams them at the
+        device's bandwidth."""
+        raise NotImplementedError
 
     def file_bytes(self, model: ModelConfig, c: BuildChoice) -> int:
         raise NotImplementedError

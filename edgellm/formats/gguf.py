@@ -52,6 +52,9 @@ class Gguf(BuildFormat):
     def typed_tensors(self, model, c):
         return tensor_types(model, c.quant)
 
+    def bytes_per_weight(self, kernel_type):
+        return TYPES[kernel_type].block_bytes / TYPES[kernel_type].block
+
     def weights(self, model, c):
         total = read = 0
         hist: Counter = Counter()

@@ -84,6 +84,24 @@ class Onnx(BuildFormat):
                         "float32": sum(not t.is_matrix for t in model.tensors)})
         return total, read, hist
 
+    def kernel_type(self, c: BuildChoice) -> str:
+        """The matrix kernels a build runs (runtime/onnx_probe.py measures them): fp16 weights are
+        widened to fp32 at load."""
+        return {OnnxQuant.INT4: f"int4/{c.block_size}", OnnxQuant.INT8: "int8"}.get(c.quant, "fp32")
+
+    def typed_tensors(self, model, c):
+        if c.target is not Target.CPU:
+            return None
+        ty = self.kernel_type(c)
+        return [(t, ty if t.is_matrix and t.name != "position_embd.weight" else "fp32") for t in model.tensors]
+
+    def bytes_per_weight(self, kernel_type):
+        if kernel_type == "fp32":
+            return 4.0
+        block = 32 if kernel_type == "int8" else int(kernel_type.split("/")[1])
+        bits = 8 if kernel_type == "int8" else 4
+        return (block * bits / 8 + 4 + bits / 8) / block      # codes, a float scale, a packed zero point
+
     def file_bytes(self, model, c):
         return (onnx_layout.weight_bytes(model, str(c.quant), c.block_size)
                 + onnx_layout.file_overhead(model, str(c.quant)))

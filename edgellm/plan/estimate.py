@@ -1,8 +1,8 @@
 """Predictions for one build on one device: artifact bytes, peak memory, prefill and decode speed.
 
 Speed, where the device profile has measured kernels for the build's runtime ([kernels], written
-by ``edgellm device measure --kernels``): each tensor at its own ggml type's measured cost per
-row and per weight (edgellm/devices/kernel_model.py), plus the KV cache read at the bandwidth.
+by ``edgellm device measure``): each tensor at its own type's measured cost per row and per weight
+(edgellm/devices/kernel_model.py), plus attention over the cache at its measured rate.
 Otherwise a roofline: decode reads every weight byte once per token (plus the KV cache so far)
 and does two FLOPs per weight; its time is the larger of bytes / bandwidth and FLOPs / the
 kernels' rate.  Prefill is compute-bound: it is timed on FLOPs alone.  Both are predicted where
@@ -17,7 +17,6 @@ from edgellm.devices.schema import Accelerator, DeviceProfile
 from edgellm.models.config import ModelConfig
 from edgellm.formats.choice import BuildChoice
 from edgellm.formats import BuildFormat, format_for
-from edgellm.formats.ggml_types import TYPES
 from edgellm.devices.kernel_model import decode_seconds, loads, prefill_seconds
 from edgellm.formats.runtimes import RUNTIMES, KernelRates
 
@@ -48,6 +47,16 @@ class Estimate:
     prefill_tps: float
     decode_tps: float
     unit: str                           # "cpu" or "gpu:<name>" / "npu:<name>"
+    # the speeds' basis: "measured" (this device's [kernels] for every weight type the build has),
+    # "partly measured" (``estimated_types`` stream at the bandwidth instead) or "estimate" (the
+    # roofline from bandwidth and the fp32 rate, with kernel shares taken on another machine)
+    speed_basis: str = "estimate"
+    estimated_types: tuple[str, ...] = ()
+    speed_source: str = ""              # where measured figures come from
+
+    @property
+    def speed_measured(self) -> bool:
+        return self.speed_basis == "measured"
 
 
 def _flops_per_token(model: ModelConfig, position: int) -> float:
@@ -93,8 +102,9 @@ def kv_bytes(model: ModelConfig, choice: BuildChoice, context: int) -> int:
 
 
 def _measured(model: ModelConfig, device: DeviceProfile, fmt: BuildFormat, choice: BuildChoice, prompt: int,
-              position: int, prefill_flops_s: float) -> tuple[float, float] | None:
-    """(prefill tok/s, decode tok/s) from the device's measured kernels, or None without them.
+              position: int, prefill_flops_s: float) -> tuple[float, float, tuple[str, ...], str] | None:
+    """(prefill tok/s, decode tok/s, the types with no measured rate, the rates' source) from the
+    device's measured kernels, or None without them.
     A tensor type the profile has no rate for streams at the bandwidth (decode) and the
     roofline's rate (prefill)."""
     runtime = fmt.runtime
@@ -104,14 +114,16 @@ def _measured(model: ModelConfig, device: DeviceProfile, fmt: BuildFormat, choic
     load = loads(model, typed)
     rates = {ty: r for ty in load if (r := device.kernel(f"{runtime}:{ty}")) is not None}
     bandwidth = device.memory.effective_bandwidth
-    per_weight = {ty: TYPES[ty].block_bytes / TYPES[ty].block / bandwidth for ty in load}
-    t_decode = decode_seconds(load, rates, cost, per_weight)
+    per_weight = {ty: fmt.bytes_per_weight(ty) / bandwidth for ty in load}
+    t_decode = decode_seconds(load, rates, cost, per_weight, model.n_layers)
     t_prefill = prefill_seconds(load, rates, prompt, {ty: 2 / prefill_flops_s for ty in load})
     if cost.attention_gflops:               # attention over the cache at its measured rate
         t_decode += model.attention_flops(position) / (cost.attention_gflops * 1e9)
     else:                                   # the cache read at the bandwidth
         t_decode += kv_bytes(model, choice, position) / bandwidth
-    return prompt / t_prefill, 1.0 / t_decode
+    missing = tuple(sorted(ty for ty in load if ty not in rates))
+    source = next((r.source for r in rates.values() if r.source), cost.source)
+    return prompt / t_prefill, 1.0 / t_decode, missing, source
 
 
 def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, context: int) -> Estimate | None:
@@ -135,15 +147,18 @@ def estimate(model: ModelConfig, device: DeviceProfile, choice: BuildChoice, con
         measured = _measured(model, device, fmt, choice, prompt, position, peak * rates.prefill) \
             if label == "cpu" else None
         if measured is not None:
-            prefill, decode = measured
+            prefill, decode, missing, source = measured
+            basis = ("partly measured" if missing else "measured", missing, source)
         else:
+            basis = ("estimate", (), "")
             t_mem = (read + kv_bytes(model, choice, position)) / bandwidth
             t_compute = _flops_per_token(model, position) / (peak * rates.decode)
             decode = 1.0 / (max(t_mem, t_compute) + runtime.per_token_overhead_s)
             t_prefill = max(flops / (peak * rates.prefill), weights / bandwidth)
             prefill = prompt / t_prefill
         if best is None or decode >= best[2]:     # a tie goes to the accelerator: it frees the CPU
-            best = (label, prefill, decode)
-    label, prefill, decode = best
+            best = (label, prefill, decode, basis)
+    label, prefill, decode, (basis, missing, source) = best
     return Estimate(choice=choice, file_bytes=file_bytes, tensor_types=dict(sorted(hist.items())),
-                    memory=memory, prefill_tps=prefill, decode_tps=decode, unit=label)
+                    memory=memory, prefill_tps=prefill, decode_tps=decode, unit=label,
+                    speed_basis=basis, estimated_types=missing, speed_source=source)

@@ -16,6 +16,7 @@ def _candidate_json(c: Candidate) -> dict:
                    "kv_cache_bytes": e.memory.kv_cache, "compute_bytes": e.memory.compute,
                    "runtime_bytes": e.memory.runtime},
         "prefill_tokens_per_s": round(e.prefill_tps, 2), "decode_tokens_per_s": round(e.decode_tps, 2),
+        "speed": {"basis": e.speed_basis, "estimated_types": list(e.estimated_types), "source": e.speed_source},
         "quality": {"mean_kld": c.quality.kld, "ppl_ratio": c.quality.ppl_ratio,
                     "top1_agreement": c.quality.top1, "spread": c.quality.spread, "source": c.quality.source},
         "fits": c.fits, "failures": list(c.failures), "verdict": c.verdict,
@@ -66,12 +67,14 @@ def to_text(p: Plan) -> str:
         e = c.estimate
         mark = "*" if p.winner is not None and c.choice == p.winner.choice else " "
         est = "~" if c.quality.approximate else " "
+        fast = "" if e.speed_measured else "~"
         rows.append([mark, c.choice.label, c.choice.kv_cache, fmt_bytes(e.file_bytes),
-                     fmt_bytes(e.memory.total), f"{e.prefill_tps:.0f}", f"{e.decode_tps:.1f}",
+                     fmt_bytes(e.memory.total), f"{fast}{e.prefill_tps:.0f}", f"{fast}{e.decode_tps:.1f}",
                      f"{est}{c.quality.kld:.4f}", e.unit, c.verdict])
     body = table(["", "build", "kv", "file", "peak RAM", "prefill/s", "decode/s", "KLD", "runs on",
                   "verdict"], rows, right={3, 4, 5, 6, 7})
     foot = ["", "speeds in tokens/s for a 512-token prompt then 128 new tokens; peak RAM at the full context.",
+            *_speed_basis(p),
             "KLD: expected mean KL divergence vs the unquantized model; ~ marks a prediction typically within "
             f"{max((c.quality.spread for c in p.candidates), default=1):.2g}x either way. Below {LOSSLESS_KLD:g} a build "
             "counts as lossless and the fastest such build wins. Quality figures come from:"]
@@ -85,6 +88,26 @@ def to_text(p: Plan) -> str:
         foot.insert(0, "\nnothing fits these budgets." + ("" if p.suggestions else " No shorter context, smaller student or known device fits either."))
         foot[1:1] = [f"  would fit: {s}" for s in p.suggestions]
     return "\n".join(head) + body + "\n" + "\n".join(foot)
+
+
+def _speed_basis(p: Plan) -> list[str]:
+    """Which speeds rest on the profile's kernel rates ([kernels]: measured on the device by
+    `edgellm device measure`, or from published figures) and which are estimates."""
+    es = [c.estimate for c in p.candidates]
+    rated = [e for e in es if e.speed_measured]
+    lines = []
+    if rated:
+        sources = list(dict.fromkeys(e.speed_source for e in rated if e.speed_source))
+        lines.append(f"speeds of {len(rated)} of {len(es)} builds from the profile's kernel rates"
+                     + (f" ({'; '.join(sources[:3])})" if sources else "") + ".")
+    partly = sorted({t for e in es for t in e.estimated_types})
+    if any(e.speed_basis == "estimate" for e in es):
+        lines.append("~ speeds are estimates from bandwidth and the fp32 rate, with kernel efficiencies taken on "
+                     "another machine: `edgellm device measure` on the device measures its kernels.")
+    if partly:
+        lines.append(f"~ also marks builds with weight types the profile has no rate for ({', '.join(partly)}): "
+                     "those tensors are read at the bandwidth.")
+    return lines
 
 
 def prediction_for(model_folder, choice, device_name: str) -> dict:
