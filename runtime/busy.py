@@ -100,9 +100,10 @@ def verdict(others: float | None, samples=()) -> str | None:
 
 
 def quiet(what: str, run: Callable[[], T], judge: Callable[[float | None, T], str | None],
-          progress: Callable[[str], None] = lambda s: None) -> T:
+          progress: Callable[[str], None] = lambda s: None, notes: list[str] | None = None) -> T:
     """``run()``, taken again while ``judge(others' cores, result)`` finds a reason not to trust it
-    (e.g. ``verdict``); MachineBusy after TRIES tries."""
+    (e.g. ``verdict``); MachineBusy after TRIES tries, or, given ``notes`` (the user said to
+    measure anyway), the last result, the reason appended to ``notes``."""
     why = None
     for attempt in range(TRIES):
         with Watch() as watch:
@@ -111,5 +112,9 @@ def quiet(what: str, run: Callable[[], T], judge: Callable[[float | None, T], st
             return out
         progress(f"{what}: {why}; measuring it again")
         time.sleep(1.0 + attempt)
+    if notes is not None:
+        progress(f"warning: {what}: {why} ({TRIES} tries); recorded anyway")
+        notes.append(f"{what}: {why}")
+        return out
     raise MachineBusy(f"the machine is busy: measuring {what}, {why} ({TRIES} tries); figures measured now would be "
                       "wrong.  Stop the other work (see `top`) and rerun")

@@ -86,7 +86,7 @@ def test_bad_user_profile_is_named(run_cli, tmp_path):
 
 def test_device_measure_writes_a_profile_the_planner_accepts(run_cli, tmp_path):
     out = tmp_path / "here.toml"
-    r = run_cli("device", "measure", "--name", "here", "--no-kernels", "-o", str(out))
+    r = run_cli("device", "measure", "--name", "here", "--no-kernels", "--allow-busy", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert "measuring memory bandwidth" in r.stderr
     r = run_cli("devices", "show", str(out), "--json")
@@ -98,7 +98,7 @@ def test_device_measure_writes_a_profile_the_planner_accepts(run_cli, tmp_path):
 
 
 def test_measured_profile_goes_to_the_user_folder(run_cli, tmp_path):
-    r = run_cli("device", "measure", "--name", "box", "--no-kernels")
+    r = run_cli("device", "measure", "--name", "box", "--no-kernels", "--allow-busy")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "user-devices" / "box.toml").is_file()
     assert "box" in run_cli("devices").stdout

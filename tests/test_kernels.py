@@ -134,7 +134,7 @@ def test_a_profile_with_kernels_parses_and_bad_entries_are_named(tmp_path):
 
 def test_device_measure_kernels_writes_them(run_cli, tmp_path):
     out = tmp_path / "here.toml"
-    r = run_cli("device", "measure", "--kernels", "INT8", "-o", str(out), timeout=600)   # (llama.cpp's: above)
+    r = run_cli("device", "measure", "--kernels", "INT8", "--allow-busy", "-o", str(out), timeout=600)  # llama.cpp's: above
     assert r.returncode == 0, r.stderr
     d = devices.catalog.load_file(out)
     assert {k for k, _ in d.kernels} == {"onnxruntime", "onnxruntime:int4/32", "onnxruntime:int8"}
@@ -234,4 +234,22 @@ def test_a_busy_machine_is_caught_and_refused(run_cli, tmp_path, monkeypatch):
         kernels.timed("a probe", lambda: runs.append(1) or ((1.0, 2.0, 1.5), (1.0, 1.0, 1.0)), lambda s: None)
     assert len(runs) == busy.TRIES
     assert kernels.timed("a probe", lambda: ((1.0, 1.1, 1.05), (2.0, 2.0, 2.1)), lambda s: None) == (1.05, 2.0)
+    notes = []                                   # --allow-busy: kept, and said
+    assert kernels.timed("a probe", lambda: ((1.0, 2.0, 1.5), (1.0, 1.0, 1.0)), lambda s: None, notes) == (1.5, 1.0)
+    assert notes == ["a probe: its repeats differ by 100%"]
+
+
+def test_allow_busy_keeps_the_figures_and_the_profile_says_so(monkeypatch):
+    from edgellm.devices import measure
+    from edgellm.errors import MachineBusy
+    from edgellm.runtime import busy, membench
+
+    monkeypatch.setattr(busy, "others_now", lambda seconds=1.0: 1.5)
+    monkeypatch.setattr(busy.time, "sleep", lambda s: None)
+    with pytest.raises(MachineBusy, match="other processes use 1.50 cores now"):
+        measure.measure("x", kernels=False)
+    monkeypatch.setattr(membench, "matmul_throughput", lambda n, passes=1: 1e11)
+    prof, text = measure.measure("x", kernels=False, allow_busy=True, buffer_bytes=8 << 20)
+    assert "# MEASURED ON A BUSY MACHINE (--allow-busy)" in text and "other processes used 1.50 cores" in text
+    assert prof.cpu.fp32_measured == 1e11
     assert busy.spread([3.0, 2.0]) == 0.5 and busy.spread([0.0, 1.0]) == 0.0

@@ -74,7 +74,7 @@ def test_remote_failures_are_one_line(run_cli, sshd, bundle, tmp_path):
 def test_measure_a_remote_machine_into_a_profile(run_cli, sshd):
     config, _ = sshd
     r = run_cli("device", "measure", "--remote", "edge-test", "--ssh-config", str(config()), "--remote-python", PY,
-                "--update-profile", "rpi5-8gb", "--no-kernels", timeout=300)
+                "--update-profile", "rpi5-8gb", "--no-kernels", "--allow-busy", timeout=300)
     assert r.returncode == 0, r.stderr
     assert "from edge-test" in r.stdout
     from edgellm import devices

@@ -46,7 +46,7 @@ def test_update_a_shipped_profile_writes_the_users_copy_and_plans_use_it(run_cli
 
     from edgellm import devices
 
-    r = run_cli("device", "measure", "--update-profile", "rpi5-8gb", "--no-kernels", timeout=300)
+    r = run_cli("device", "measure", "--update-profile", "rpi5-8gb", "--no-kernels", "--allow-busy", timeout=300)
     assert r.returncode == 0, r.stderr
     copy = Path(os.environ["EDGELLM_DEVICES_DIR"]) / "rpi5-8gb.toml"
     assert copy.is_file() and "measured on" in copy.read_text()

@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
                    help="fold the measurements (bandwidth, fp32 rate, [kernels]) into this existing profile "
                         "instead of writing a new one, the source recorded; a shipped profile's updated copy "
                         "goes to your profile folder, where it takes precedence")
+    m.add_argument("--allow-busy", action="store_true",
+                   help="measure even while other processes use the CPU (a board whose background work never "
+                        "stops): figures taken busy are kept, and the profile names them, instead of exit code 7")
     add_remote_args(m, "measure")
     m.add_argument("--json", action="store_true", help="print the measured profile as JSON")
     m.set_defaults(func=run_measure)
@@ -155,7 +158,8 @@ def _measure_remote(args, name: str) -> tuple[devices.DeviceProfile, str]:
 
     remote = remote_of(args, stderr_progress)
     stderr_progress(f"measuring {remote.name}" + (" with kernels (about two minutes)" if args.kernels else ""))
-    kernels = f" --kernels {','.join(_kernel_types(args.kernels))}" if args.kernels else " --no-kernels"
+    kernels = (f" --kernels {','.join(_kernel_types(args.kernels))}" if args.kernels else " --no-kernels") + \
+        (" --allow-busy" if args.allow_busy else "")
     path = ".cache/edgellm/remote/measured.toml"
     r = remote.ssh(f"mkdir -p .cache/edgellm/remote && {remote.edgellm()} device measure --name {shlex.quote(name)}"
                    f"{kernels} -o {path} > /dev/null && cat {path} && rm -f {path}",
@@ -230,7 +234,7 @@ def run_measure(args) -> int:
         prof, text = _measure_remote(args, name)
         where = args.remote
     else:
-        prof, text = measure(name, stderr_progress, kernels=bool(args.kernels),
+        prof, text = measure(name, stderr_progress, kernels=bool(args.kernels), allow_busy=args.allow_busy,
                              kernel_types=_kernel_types(args.kernels) if args.kernels else ())
         where = socket.gethostname()
     if args.update_profile:

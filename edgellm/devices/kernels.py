@@ -149,11 +149,13 @@ def attention_flops(shape) -> float:
     return _probe_model(shape).attention_flops(SHORT + GEN // 2)
 
 
-def timed(what: str, run: Callable[[], tuple], progress: Callable[[str], None]) -> tuple[float, float]:
+def timed(what: str, run: Callable[[], tuple], progress: Callable[[str], None],
+          notes: list[str] | None = None) -> tuple[float, float]:
     """``run()`` -> (prefill samples, decode samples), taken again while the machine was busy
-    (runtime/busy.py: other processes on the CPU, or repeats too far apart); medians."""
+    (runtime/busy.py: other processes on the CPU, or repeats too far apart); medians.  ``notes``:
+    busy timings are kept and said there instead of refused (``device measure --allow-busy``)."""
     pre, dec = busy.quiet(what, run, lambda others, r: busy.verdict(others, r[0]) or busy.verdict(None, r[1]),
-                          progress)
+                          progress, notes)
     return statistics.median(pre), statistics.median(dec)
 
 
@@ -164,7 +166,7 @@ def drift(first: tuple[float, float], again: tuple[float, float]) -> float:
 
 def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: None,
                     types: tuple[str, ...] = GGML_TYPES, source: str = "", shapes=None,
-                    report: dict | None = None) -> dict[str, object]:
+                    report: dict | None = None, notes: list[str] | None = None) -> dict[str, object]:
     """``"llama.cpp"`` -> RuntimeCost and ``"llama.cpp:TYPE"`` -> TypeRate, measured here.  The
     first probe is timed again at the end: ``report["drift"]`` is how far the machine's speed
     moved meanwhile (a shared or throttling machine), which no single timing shows."""
@@ -185,10 +187,10 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
                 if path != f16:
                     _quantize(f16, path, PURE_FTYPE[ty], threads)
                 what = f"llama.cpp {ty} on a {shape.hidden}-wide probe"
-                pre, dec = timed(what, lambda: _time(path, threads), progress)
+                pre, dec = timed(what, lambda: _time(path, threads), progress, notes)
                 first = first or (pre, dec)
                 if attention is None:       # the first probe, Q8_0: attention's rate from depth
-                    deep = timed(what + " at depth", lambda: _time(path, threads, DEPTH), progress)[1]
+                    deep = timed(what + " at depth", lambda: _time(path, threads, DEPTH), progress, notes)[1]
                     flops = _probe_model(shape).attention_flops(DEPTH + SHORT + GEN // 2) - \
                         attention_flops(shape)
                     attention = flops / max(deep - dec, 1e-9)
@@ -199,7 +201,7 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
         if report is not None and len(types) > 1:
             path = work / "again.gguf"
             _quantize(sources[0][1], path, PURE_FTYPE[BASE], threads)
-            report["drift"] = drift(first, timed(f"llama.cpp {BASE} again", lambda: _time(path, threads), progress))
+            report["drift"] = drift(first, timed(f"llama.cpp {BASE} again", lambda: _time(path, threads), progress, notes))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return fit(timings, attention / 1e9, source)
@@ -223,7 +225,8 @@ def onnx_probe_load(shape) -> Load:
 
 
 def measure_onnx_kernels(threads: int, progress: Callable[[str], None] = lambda s: None,
-                         types: tuple[str, ...] = (), source: str = "", shapes=None) -> dict[str, object]:
+                         types: tuple[str, ...] = (), source: str = "", shapes=None,
+                         notes: list[str] | None = None) -> dict[str, object]:
     """``"onnxruntime"`` -> RuntimeCost and ``"onnxruntime:TYPE"`` -> TypeRate for ONNX Runtime's
     kernels (MatMul in fp32, MatMulNBits in 8 and 4 bits, GroupQueryAttention over the cache),
     measured here on random-weight probes run as the ONNX backend runs a model (runtime/onnx_probe.py),
@@ -246,9 +249,9 @@ def measure_onnx_kernels(threads: int, progress: Callable[[str], None] = lambda 
             for shape in probes + (tiny if ty == ONNX_BASE else ()):
                 path = onnx_probe.write(work / "probe.onnx", shape, ty)
                 what = f"ONNX Runtime {ty} on a {shape.hidden}-wide probe"
-                pre, dec = timed(what, run(path, shape, past), progress)
+                pre, dec = timed(what, run(path, shape, past), progress, notes)
                 if ty == ONNX_BASE and shape in probes:     # attention's rate from depth, both probes
-                    extra_s += max(timed(what + " at depth", run(path, shape, deep), progress)[1] - dec, 1e-9)
+                    extra_s += max(timed(what + " at depth", run(path, shape, deep), progress, notes)[1] - dec, 1e-9)
                     extra_flops += _probe_model(shape).attention_flops(deep) - attention_flops(shape)
                 timings.setdefault(ty, []).append((onnx_probe_load(shape), pre, dec))
                 path.unlink()

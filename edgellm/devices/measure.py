@@ -33,27 +33,34 @@ def _q(value: str) -> str:
 
 def measure(name: str, progress: Callable[[str], None] = lambda s: None,
             buffer_bytes: int = 512 << 20, kernels: bool = True,
-            kernel_types: tuple[str, ...] = ()) -> tuple[DeviceProfile, str]:
+            kernel_types: tuple[str, ...] = (), allow_busy: bool = False) -> tuple[DeviceProfile, str]:
     """Measure this machine; return the validated profile and its TOML text.  ``kernels``: also
     the runtimes' kernel rates, llama.cpp's per ggml tensor type and ONNX Runtime's per weight type
     (``kernel_types``, default all; about 5 s each).  MachineBusy when other processes use the CPU
-    (before the start, or during a timing more than TRIES times)."""
+    (before the start, or during a timing more than TRIES times); with ``allow_busy`` the figures
+    are kept and the profile says which were taken on a busy machine."""
     from edgellm.runtime import busy, hostinfo, membench
 
     progress("reading CPU and memory facts")
     host = hostinfo.probe()
     threads = host.cores_big + host.cores_little
     others = busy.others_now()
-    if others is not None and others > busy.MAX_OTHERS:
+    notes: list[str] | None = [] if allow_busy else None
+    if others is not None and others > busy.MAX_OTHERS and notes is not None:
+        progress(f"warning: other processes use {others:.2f} cores: measuring anyway (--allow-busy)")
+        notes.append(f"at the start: other processes used {others:.2f} cores")
+    elif others is not None and others > busy.MAX_OTHERS:
         raise MachineBusy(f"the machine is busy: other processes use {others:.2f} cores now, and every figure "
                           "measured meanwhile would be wrong.  Stop them (see `top`) and rerun edgellm device measure")
     buffer_bytes = min(buffer_bytes, host.ram_bytes // 8)
     progress(f"measuring memory bandwidth ({threads} threads, {fmt_bytes(2 * buffer_bytes)} of buffers)")
     alone = lambda others, _: busy.verdict(others)       # noqa: E731
-    bw = busy.quiet("memory bandwidth", lambda: membench.memory_bandwidth(threads, buffer_bytes), alone, progress)
+    bw = busy.quiet("memory bandwidth", lambda: membench.memory_bandwidth(threads, buffer_bytes), alone, progress,
+                    notes)
     progress("measuring fp32 matmul throughput")
     flops = busy.quiet("the fp32 matmul rate", lambda: max(membench.matmul_throughput(1024),
-                                                           membench.matmul_throughput(2048, passes=3)), alone, progress)
+                                                           membench.matmul_throughput(2048, passes=3)), alone, progress,
+                       notes)
     today = _dt.date.today().isoformat()
     by = f"measured by edgellm device measure, {today}"
     freq = f'freq = "{host.freq_hz / 1e9:.2f} GHz"              # {by} (max clock)\n' if host.freq_hz else ""
@@ -87,9 +94,9 @@ fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threa
         wanted = kernel_types or GGML_TYPES + WEIGHT_TYPES
         costs, report = {}, {}
         if ggml := tuple(t for t in wanted if t in GGML_TYPES):
-            costs.update(measure_kernels(threads, progress, ggml, source=by, report=report))
+            costs.update(measure_kernels(threads, progress, ggml, source=by, report=report, notes=notes))
         if onnx := tuple(t for t in wanted if t in WEIGHT_TYPES):
-            costs.update(measure_onnx_kernels(threads, progress, onnx, source=by))
+            costs.update(measure_onnx_kernels(threads, progress, onnx, source=by, notes=notes))
         if report.get("drift", 0.0) > DRIFT_WARN:
             progress(f"warning: this machine's speed moved by {report['drift']:.0%} while it was measured (a shared "
                      "or throttling machine): plans for it are no finer than that; a quieter machine measures better")
@@ -105,6 +112,10 @@ fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threa
             text += f"{_q(key)} = {{ " + ", ".join(f"{f} = {getattr(r, f)}" for f in fields
                                                   if getattr(r, f) is not None) + \
                 f", source = {_q(r.source)} }}\n"
+    if notes:                     # --allow-busy: the profile says which figures a busy machine gave
+        head, _, rest = text.partition("\n")
+        text = head + "\n# MEASURED ON A BUSY MACHINE (--allow-busy); these figures are suspect:\n" + \
+            "".join(f"#   {n}\n" for n in notes) + rest
     prof = profile_from_dict(tomllib.loads(text), f"<measured {name}>")
     progress(f"read {fmt_rate(bw.read, 'B/s')}, copy {fmt_rate(bw.copy, 'B/s')}, "
              f"matmul {fmt_rate(flops, 'FLOPS')}")
