@@ -33,7 +33,7 @@ def _scorer(ref_path: Path, context: int, windows: int, held_out: str):
     from edgellm.metrics import log_softmax
     from edgellm.runtime.llamacpp import LlamaCppModel
 
-    ref = LlamaCppModel(ref_path, n_ctx=context, threads=2, logits_all=True)
+    ref = LlamaCppModel(ref_path, n_ctx=context, threads=2, scoring=True)
     wins = windows_of(ref.tokenize(held_out, add_bos=False), context, windows)
     ref_lp = [log_softmax(ref.logits(w)).astype(np.float32) for w in wins]   # float32: half the memory
     del ref
@@ -93,7 +93,7 @@ def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: boo
         f16_bytes = (work / "F16.gguf").stat().st_size
 
         def measure(path: Path) -> dict:
-            r = score(LlamaCppModel(path, n_ctx=context, threads=2, logits_all=True))
+            r = score(LlamaCppModel(path, n_ctx=context, threads=2, scoring=True))
             size = path.stat().st_size
             path.unlink()
             return {**r, "bytes": size, "size_vs_f16": size / f16_bytes}

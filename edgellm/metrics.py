@@ -41,6 +41,31 @@ def rows_per_slice(vocab: int) -> int:
     return max(1, SLICE_BYTES // (8 * max(1, vocab)))
 
 
+def aligned(left, right):
+    """Two streams of (first position, logits of consecutive positions), sliced differently, as
+    one stream of (first position, left rows, right rows) over the same positions: memory holds a
+    slice of each, never [positions, vocab]."""
+    left, right = iter(left), iter(right)
+    la = ra = 0                              # first position of each side's pending rows
+    lrows = rrows = None
+    while True:
+        if lrows is None or len(lrows) == 0:
+            nxt = next(left, None)
+            if nxt is None:
+                return
+            la, lrows = nxt
+        if rrows is None or len(rrows) == 0:
+            nxt = next(right, None)
+            if nxt is None:
+                return
+            ra, rrows = nxt
+        if la != ra:
+            raise ValueError(f"logit slices out of step: positions {la} and {ra}")
+        n = min(len(lrows), len(rrows))
+        yield la, lrows[:n], rrows[:n]
+        la, lrows, ra, rrows = la + n, lrows[n:], ra + n, rrows[n:]
+
+
 class Tally:
     """Agreement of a candidate with a reference, added a slice of positions at a time: memory
     holds one slice's log-probabilities and a few numbers per position, never [positions, vocab]."""

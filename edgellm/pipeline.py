@@ -225,7 +225,8 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
         from edgellm.exporters.verify.memory import preflight as verification_preflight
 
         for c in predictions:
-            need = verification_preflight(model, int(predictions[c].get("file_bytes") or 0), model.name)
+            need = verification_preflight(model, int(predictions[c].get("file_bytes") or 0), model.name,
+                                          scoring_rows=format_for(c).scoring_rows)
             predictions[c] = {**predictions[c], "verification_ram_bytes": need}
     source_kind = "local folder" if Path(req.model).expanduser().exists() else "hub"
 

@@ -98,6 +98,14 @@ def recorded_choice(bundle: Bundle):
                        f"({str(e)[:200]})") from None
 
 
+def logit_slices(backend, ids: list[int]):
+    """(first position, logits) over ``ids`` a batch of positions at a time where the backend
+    offers it (llama.cpp's ``logit_slices``); else the window whole, from its own buffer."""
+    if hasattr(backend, "logit_slices"):
+        return backend.logit_slices(ids)
+    return iter([(0, backend.logits(ids))])
+
+
 def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = None,
                  scoring: bool = False) -> tuple[Bundle, Backend]:
     """Check a bundle (every file's sha256) and load it with the backend its build choice names.

@@ -109,8 +109,13 @@ def _without_extra_buffers():
             C.llama_model_default_params = original
 
 
+SCORING_BATCH = 64          # positions per llama_decode when scoring: llama.cpp's output and compute
+                            # buffers hold this many rows of logits, not the window's (a 262,144-token
+                            # vocabulary's 512-position window is 512 MiB a copy)
+
+
 class LlamaCppModel:
-    def __init__(self, path: Path, n_ctx: int = 2048, threads: int | None = None, logits_all: bool = False):
+    def __init__(self, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -129,9 +134,12 @@ class LlamaCppModel:
             guard = _without_extra_buffers() if _cpu_has_amx() else nullcontext()
             with nullcontext() if supervised else captured_stderr(), guard, _templates_sandboxed():
                 # flash attention on, as llama.cpp's own "auto" default picks on CPU
-                self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
+                # scoring reads every position's logits a batch at a time through the C API
+                # (logit_slices): small batches, and no llama-cpp-python copy of them all
+                self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx,
+                                 n_batch=min(n_ctx, SCORING_BATCH if scoring else 512),
                                  n_threads=self.threads, n_threads_batch=self.threads,
-                                 logits_all=logits_all, flash_attn=True, verbose=supervised)
+                                 logits_all=False, flash_attn=True, verbose=supervised)
         except (ValueError, RuntimeError) as e:
             raise BadInput(f"{self.path}: llama.cpp could not load it ({e})") from None
         self.load_s = time.perf_counter() - t0
@@ -143,7 +151,7 @@ class LlamaCppModel:
         from edgellm.runtime.gguf_check import read_header
 
         read_header(Path(path))
-        return cls(path, n_ctx=n_ctx, threads=threads, logits_all=scoring)
+        return cls(path, n_ctx=n_ctx, threads=threads, scoring=scoring)
 
     @property
     def n_vocab(self) -> int:
@@ -161,13 +169,34 @@ class LlamaCppModel:
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        """Logits for every position of ``tokens`` (needs ``logits_all=True``)."""
+    def logit_slices(self, tokens: list[int]):
+        """(first position, logits [positions, vocab]) for every position of ``tokens``, one
+        llama_decode batch at a time: memory holds a batch's logits, whatever the vocabulary."""
+        import llama_cpp as C
+
         if len(tokens) > self.n_ctx:
             raise ValueError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
-        self.llm.reset()
-        self.llm.eval(tokens)
-        return np.array(self.llm.scores[:len(tokens)], dtype=np.float32)
+        ctx, n_vocab, step = self.llm.ctx, self.n_vocab, self.llm.n_batch
+        C.llama_memory_clear(C.llama_get_memory(ctx), True)
+        batch = C.llama_batch_init(step, 0, 1)
+        try:
+            for a in range(0, len(tokens), step):
+                chunk = tokens[a:a + step]
+                for i, t in enumerate(chunk):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, a + i, 1
+                    batch.seq_id[i][0], batch.logits[i] = 0, True
+                batch.n_tokens = len(chunk)
+                if C.llama_decode(ctx, batch) != 0:
+                    raise EdgeLLMError("llama.cpp failed to evaluate a window")
+                yield a, np.ctypeslib.as_array(C.llama_get_logits(ctx), shape=(len(chunk), n_vocab)).copy()
+        finally:
+            C.llama_batch_free(batch)
+            C.llama_memory_clear(C.llama_get_memory(ctx), True)
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits for every position of ``tokens`` (open with ``scoring`` for small batches)."""
+        return np.concatenate([part for _, part in self.logit_slices(tokens)]) if tokens else \
+            np.zeros((0, self.n_vocab), np.float32)
 
     def _token_text(self, token: int) -> str:
         return self.llm._model.token_get_text(token) if token >= 0 else ""

@@ -41,6 +41,8 @@ class BuildFormat:
     fixed_architectures: ClassVar[bool] = False   # the runtime has one graph per family (llama.cpp's archs)
     rope_kinds: ClassVar[tuple] = (None, "default", "linear", "llama3")   # what a graph of our own computes
     partial_rotary: ClassVar[bool] = False     # rotary embeddings on part of each head
+    scoring_rows: ClassVar[int | None] = None  # positions of logits its backend holds while scoring
+                                               # (None: a whole window): verification's memory
     quants: ClassVar[tuple[str, ...]]
     float_quants: ClassVar[tuple[str, ...]]
 

@@ -21,6 +21,7 @@ class Gguf(BuildFormat):
     windowed_cache = True                # llama.cpp's SWA cache (GroupQueryAttention keeps all)
     exporter = "edgellm.exporters.gguf.export:GgufWriter"
     backend = "edgellm.runtime.llamacpp:LlamaCppModel"
+    scoring_rows = 64                    # runtime/llamacpp.SCORING_BATCH (tests/test_vocab_memory.py)
     runtime_label, runtime_package = "llama.cpp", "llama-cpp-python"
     quant_enum = GgufQuant
     suffix = ".gguf"

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.metrics import Tally, log_softmax, rows_per_slice
+from edgellm.metrics import Tally, aligned, log_softmax, rows_per_slice
+from edgellm.runtime.backend import logit_slices
 
 
 class HFScorer:
@@ -56,23 +57,17 @@ class _Runtime:
         return self.model.logits(ids)
 
     def slices(self, ids: list[int]):
-        yield 0, self.model.logits(ids)             # one window of the runtime's own buffer
+        return logit_slices(self.model, ids)
 
 
 def _pairs(target, reference, ids: list[int]):
-    """(first position, target logits, reference logits or None) over a window, a slice at a time
-    where one side is sliced (the transformers one); the other side gives the window whole."""
+    """(first position, target logits, reference logits or None) over a window, a slice of
+    positions at a time on both sides (``metrics.aligned``)."""
     if reference is None:
         for a, t in target.slices(ids):
             yield a, t, None
-    elif isinstance(target, HFScorer) and not isinstance(reference, HFScorer):
-        whole = reference.logits(ids)
-        for a, t in target.slices(ids):
-            yield a, t, whole[a:a + len(t)]
     else:
-        whole = target.logits(ids)
-        for a, r in reference.slices(ids):
-            yield a, whole[a:a + len(r)], r
+        yield from aligned(target.slices(ids), reference.slices(ids))
 
 
 def open_target(target: str, context: int, threads: int | None = None):

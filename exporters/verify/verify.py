@@ -20,7 +20,8 @@ import numpy as np
 
 from edgellm.errors import EdgeLLMError
 from edgellm.exporters.io.reference import load_reference
-from edgellm.metrics import Tally
+from edgellm.metrics import Tally, aligned
+from edgellm.runtime.backend import logit_slices
 from edgellm.textdata import held_out_text
 
 PROMPTS = (
@@ -193,10 +194,8 @@ def _held_out_agreement(tok, hf, cand, bos: list[int], context: int):
     wins = wins or [(bos + text_ids)[:context]]
     tally = Tally()
     for w in wins:
-        got = cand.logits(w)
         nxt = np.asarray(w[1:], dtype=np.int64)          # position i predicts token i + 1; the last, nothing
-        for a, ref in hf_logit_slices(hf, w):
+        for a, ref, cand_rows in aligned(hf_logit_slices(hf, w), logit_slices(cand, w)):
             n = max(0, min(len(ref), len(w) - 1 - a))
-            tally.add(ref[:n], got[a:a + n], nxt[a:a + n])
-        del got
+            tally.add(ref[:n], cand_rows[:n], nxt[a:a + n])
     return tally.result()
