@@ -34,18 +34,40 @@ MAX_SPREAD = 0.5
 TRIES = 3                    # a measurement disturbed by another process is taken again, up to this often
 
 
-def _busy_seconds() -> float | None:
-    """The machine's CPU seconds spent busy so far (all cores), or None where unreadable."""
+def _cpus() -> set[int] | None:
+    """The CPUs this process may run on (a container's cpuset), or None where not told."""
     try:
-        first = STAT.read_text().split("\n", 1)[0].split()
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds spent busy so far on the CPUs this process may run on (in a container, not the
+    host's others), or None where unreadable."""
+    try:
+        lines = STAT.read_text().splitlines()
     except OSError:
         return None
-    if not first or first[0] != "cpu":
-        return None
-    ticks = [int(v) for v in first[1:]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)            # idle + iowait
-    guest = sum(ticks[8:10]) if len(ticks) > 9 else 0                 # already counted in user/nice
-    return (sum(ticks) - idle - guest) / os.sysconf("SC_CLK_TCK")
+    mine, total = _cpus(), 0
+    for line in lines:
+        f = line.split()
+        if not f or not f[0].startswith("cpu") or f[0] == "cpu" or not f[0][3:].isdigit():
+            continue
+        if mine is not None and int(f[0][3:]) not in mine:
+            continue
+        ticks = [int(v) for v in f[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)        # idle + iowait
+        guest = sum(ticks[8:10]) if len(ticks) > 9 else 0             # already counted in user/nice
+        total += sum(ticks) - idle - guest
+    return total / os.sysconf("SC_CLK_TCK") if total or lines else None
+
+
+def spare_cores(threads: int | None) -> float:
+    """Cores of ours that measuring with ``threads`` threads leaves free: other work there does
+    not disturb it (a container on a large host sees the host's every CPU)."""
+    cpus = _cpus()
+    return max(0.0, float(len(cpus) - threads)) if cpus and threads else 0.0
 
 
 def _own_seconds() -> float:
@@ -55,8 +77,10 @@ def _own_seconds() -> float:
 
 @dataclass
 class Watch:
-    """``with Watch() as w: ...``; then ``w.others`` is the cores other processes used meanwhile
-    (None where the platform does not tell)."""
+    """``with Watch(threads) as w: ...``; then ``w.others`` is the cores other processes took from
+    those a ``threads``-thread measurement needs (beyond the spare ones), None where the platform
+    does not tell."""
+    threads: int | None = None
     others: float | None = None
 
     def __enter__(self) -> "Watch":
@@ -69,7 +93,8 @@ class Watch:
         if busy is None or self._busy is None or wall <= 0:
             return
         # the kernel's tick accounting is coarse: a short span reads up to a tick or two off
-        self.others = max(0.0, (busy - self._busy) - (_own_seconds() - self._own)) / wall
+        used = max(0.0, (busy - self._busy) - (_own_seconds() - self._own)) / wall
+        self.others = max(0.0, used - spare_cores(self.threads))
 
 
 def spread(samples) -> float:
@@ -77,10 +102,10 @@ def spread(samples) -> float:
     return (max(s) - min(s)) / min(s) if len(s) > 1 else 0.0
 
 
-def others_now(seconds: float = 1.0) -> float | None:
-    """Cores other processes use over the next ``seconds`` (we sleep meanwhile); where /proc/stat
-    is missing, the 1-minute load average."""
-    with Watch() as w:
+def others_now(seconds: float = 1.0, threads: int | None = None) -> float | None:
+    """Cores other processes take over the next ``seconds`` (we sleep meanwhile) from those
+    ``threads`` threads need; where /proc/stat is missing, the 1-minute load average."""
+    with Watch(threads) as w:
         time.sleep(seconds)
     if w.others is not None:
         return w.others
@@ -100,13 +125,14 @@ def verdict(others: float | None, samples=()) -> str | None:
 
 
 def quiet(what: str, run: Callable[[], T], judge: Callable[[float | None, T], str | None],
-          progress: Callable[[str], None] = lambda s: None, notes: list[str] | None = None) -> T:
+          progress: Callable[[str], None] = lambda s: None, notes: list[str] | None = None,
+          threads: int | None = None) -> T:
     """``run()``, taken again while ``judge(others' cores, result)`` finds a reason not to trust it
     (e.g. ``verdict``); MachineBusy after TRIES tries, or, given ``notes`` (the user said to
     measure anyway), the last result, the reason appended to ``notes``."""
     why = None
     for attempt in range(TRIES):
-        with Watch() as watch:
+        with Watch(threads) as watch:
             out = run()
         if (why := judge(watch.others, out)) is None:
             return out

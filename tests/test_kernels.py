@@ -244,7 +244,7 @@ def test_allow_busy_keeps_the_figures_and_the_profile_says_so(monkeypatch):
     from edgellm.errors import MachineBusy
     from edgellm.runtime import busy, membench
 
-    monkeypatch.setattr(busy, "others_now", lambda seconds=1.0: 1.5)
+    monkeypatch.setattr(busy, "others_now", lambda seconds=1.0, threads=None: 1.5)
     monkeypatch.setattr(busy.time, "sleep", lambda s: None)
     with pytest.raises(MachineBusy, match="other processes use 1.50 cores now"):
         measure.measure("x", kernels=False)
@@ -253,3 +253,6 @@ def test_allow_busy_keeps_the_figures_and_the_profile_says_so(monkeypatch):
     assert "# MEASURED ON A BUSY MACHINE (--allow-busy)" in text and "other processes used 1.50 cores" in text
     assert prof.cpu.fp32_measured == 1e11
     assert busy.spread([3.0, 2.0]) == 0.5 and busy.spread([0.0, 1.0]) == 0.0
+    # a container on a large host: other work on cores a measurement leaves free does not count
+    monkeypatch.setattr(busy, "_cpus", lambda: set(range(64)))
+    assert busy.spare_cores(2) == 62 and busy.spare_cores(64) == 0 and busy.spare_cores(None) == 0

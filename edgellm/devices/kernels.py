@@ -150,12 +150,12 @@ def attention_flops(shape) -> float:
 
 
 def timed(what: str, run: Callable[[], tuple], progress: Callable[[str], None],
-          notes: list[str] | None = None) -> tuple[float, float]:
+          notes: list[str] | None = None, threads: int | None = None) -> tuple[float, float]:
     """``run()`` -> (prefill samples, decode samples), taken again while the machine was busy
     (runtime/busy.py: other processes on the CPU, or repeats too far apart); medians.  ``notes``:
     busy timings are kept and said there instead of refused (``device measure --allow-busy``)."""
     pre, dec = busy.quiet(what, run, lambda others, r: busy.verdict(others, r[0]) or busy.verdict(None, r[1]),
-                          progress, notes)
+                          progress, notes, threads)
     return statistics.median(pre), statistics.median(dec)
 
 
@@ -187,10 +187,11 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
                 if path != f16:
                     _quantize(f16, path, PURE_FTYPE[ty], threads)
                 what = f"llama.cpp {ty} on a {shape.hidden}-wide probe"
-                pre, dec = timed(what, lambda: _time(path, threads), progress, notes)
+                pre, dec = timed(what, lambda: _time(path, threads), progress, notes, threads)
                 first = first or (pre, dec)
                 if attention is None:       # the first probe, Q8_0: attention's rate from depth
-                    deep = timed(what + " at depth", lambda: _time(path, threads, DEPTH), progress, notes)[1]
+                    deep = timed(what + " at depth", lambda: _time(path, threads, DEPTH), progress, notes,
+                                 threads)[1]
                     flops = _probe_model(shape).attention_flops(DEPTH + SHORT + GEN // 2) - \
                         attention_flops(shape)
                     attention = flops / max(deep - dec, 1e-9)
@@ -201,7 +202,8 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
         if report is not None and len(types) > 1:
             path = work / "again.gguf"
             _quantize(sources[0][1], path, PURE_FTYPE[BASE], threads)
-            report["drift"] = drift(first, timed(f"llama.cpp {BASE} again", lambda: _time(path, threads), progress, notes))
+            again = timed(f"llama.cpp {BASE} again", lambda: _time(path, threads), progress, notes, threads)
+            report["drift"] = drift(first, again)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return fit(timings, attention / 1e9, source)
@@ -249,16 +251,18 @@ def measure_onnx_kernels(threads: int, progress: Callable[[str], None] = lambda 
             for shape in probes + (tiny if ty == ONNX_BASE else ()):
                 path = onnx_probe.write(work / "probe.onnx", shape, ty)
                 what = f"ONNX Runtime {ty} on a {shape.hidden}-wide probe"
-                pre, dec = timed(what, run(path, shape, past), progress, notes)
+                pre, dec = timed(what, run(path, shape, past), progress, notes, threads)
                 if ty == ONNX_BASE and shape in probes:     # attention's rate from depth, both probes
-                    extra_s += max(timed(what + " at depth", run(path, shape, deep), progress, notes)[1] - dec, 1e-9)
+                    deep_s = timed(what + " at depth", run(path, shape, deep), progress, notes, threads)[1]
+                    extra_s += max(deep_s - dec, 1e-9)
                     extra_flops += _probe_model(shape).attention_flops(deep) - attention_flops(shape)
                 timings.setdefault(ty, []).append((onnx_probe_load(shape), pre, dec))
                 path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     attention = extra_flops / extra_s
-    for rows in timings.values():          # decode without the probes' own attention
+    shapes_timed = probes + tiny                 # in the order each type's rows were taken
+    for rows in timings.values():                # decode without the probes' own attention
         for i, (load, pre, dec) in enumerate(rows):
-            rows[i] = (load, pre, dec - attention_flops(probes[i] if i < len(probes) else tiny[i - len(probes)]) / attention)
+            rows[i] = (load, pre, dec - attention_flops(shapes_timed[i]) / attention)
     return fit(timings, attention / 1e9, source, ONNX_RUNTIME, ONNX_BASE)

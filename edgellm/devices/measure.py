@@ -44,7 +44,7 @@ def measure(name: str, progress: Callable[[str], None] = lambda s: None,
     progress("reading CPU and memory facts")
     host = hostinfo.probe()
     threads = host.cores_big + host.cores_little
-    others = busy.others_now()
+    others = busy.others_now(threads=threads)
     notes: list[str] | None = [] if allow_busy else None
     if others is not None and others > busy.MAX_OTHERS and notes is not None:
         progress(f"warning: other processes use {others:.2f} cores: measuring anyway (--allow-busy)")
@@ -56,11 +56,11 @@ def measure(name: str, progress: Callable[[str], None] = lambda s: None,
     progress(f"measuring memory bandwidth ({threads} threads, {fmt_bytes(2 * buffer_bytes)} of buffers)")
     alone = lambda others, _: busy.verdict(others)       # noqa: E731
     bw = busy.quiet("memory bandwidth", lambda: membench.memory_bandwidth(threads, buffer_bytes), alone, progress,
-                    notes)
+                    notes, threads)
     progress("measuring fp32 matmul throughput")
     flops = busy.quiet("the fp32 matmul rate", lambda: max(membench.matmul_throughput(1024),
                                                            membench.matmul_throughput(2048, passes=3)), alone, progress,
-                       notes)
+                       notes, threads)
     today = _dt.date.today().isoformat()
     by = f"measured by edgellm device measure, {today}"
     freq = f'freq = "{host.freq_hz / 1e9:.2f} GHz"              # {by} (max clock)\n' if host.freq_hz else ""
