@@ -1,27 +1,35 @@
-"""Calibration wall time against llama.cpp's `llama-imatrix`, same model, text, windows and threads,
-measured in one run (issue 16: edgellm's calibration at most 2x llama-imatrix's).
+"""A calibrated GGUF export's wall time against llama.cpp's importance-matrix route, same model,
+text, windows and threads, measured in one run (issue 27: the whole `edgellm export --calibrate`
+at most 2x `llama-imatrix` + `llama-quantize`).
 
-llama-imatrix runs the model's F16 GGUF (and its BF16 one, where llama-quantize is built: ggml's
-bfloat16 products are native on AVX512-BF16 CPUs) forward over the text in chunks and sums x² per
-input column; the ratio is against the faster of the two.  edgellm's calibration is timed as
-`edgellm export --calibrate` runs it before quantizing:
-the same importance vectors (``calibrate.collect_layerwise``), the Fisher diagonal (a
-backward pass on a few windows) turned into each tensor's predicted loss per candidate type as it
-comes (``gguf.mix.Costs``, the export's sink: only the rows the estimate samples), and the types
-chosen for Q4_K_M.  The XᵀX matrices GPTQ uses are recomputed a layer at a time while writing;
-that time is shown apart.
+The peer: `llama-imatrix` over the text in windows of 512 tokens (`-c 512 --chunks N`) on the
+model's F16 GGUF and, where `llama-quantize` can make one, its BF16 GGUF (ggml multiplies bfloat16
+natively on CPUs with AVX512-BF16); the faster of the two, then `llama-quantize` to Q4_K_M with
+that importance matrix.  The F16 GGUF both need is written beforehand (by edgellm's writer, as
+llama.cpp's converter would) and not timed for either side: edgellm's export reads the Hugging
+Face folder itself.
+
+edgellm: `edgellm export MODEL --quant Q4_K_M --calibrate --calib-data TEXT --calib-windows N
+--threads T --no-verify` in a fresh process, its wall time and peak RSS, and where the time went
+as the manifest records it (``calibration.seconds``: forward, head, backward, cost table, types
+chosen, XᵀX, GPTQ, ggml's quantizers); what the phases leave out is loading, the writer's own
+conversion and the tokenizer.
 
 llama.cpp's tools built from the llama-cpp-python sdist, as the GGUF benchmarks do:
   cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B build -DLLAMA_CURL=OFF
   cmake --build build --target llama-imatrix llama-quantize -j2
 
-Usage: python benchmarks/calibration_speed.py MODEL_DIR LLAMA_CPP_DIR [--windows 16] [--threads 2] [--precision auto] [--fisher-windows N] [--fisher-per token]
-                                                    [--no-xtx] [--f16-only] [--sample-elements N]
+Usage: python benchmarks/calibration_speed.py MODEL_DIR LLAMA_CPP_DIR [--windows 16] [--threads 2]
+           [--f16-only] [--edgellm-args "--calib-device cpu ..."]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,131 +41,113 @@ from pathlib import Path
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("model", type=Path)
-    ap.add_argument("llama_cpp", type=Path)
+    ap.add_argument("llama_cpp", type=Path, help="llama.cpp's source folder, with build/bin")
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", default="auto", help="auto (bfloat16 on AMX or a GPU, else float32), float32 or bfloat16")
-    ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
-    ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
-    ap.add_argument("--sample-elements", type=int, help="weights a tensor's costs are estimated on "
-                    "(default: gguf.mix.SAMPLE_ELEMENTS)")
     ap.add_argument("--f16-only", action="store_true", help="time llama-imatrix on the F16 GGUF only")
-    ap.add_argument("--no-xtx", action="store_true", help="skip timing the writer's XᵀX recomputation")
+    ap.add_argument("--edgellm-args", default="", help="more arguments for edgellm export (quoted)")
     a = ap.parse_args()
-    if a.sample_elements:
-        from edgellm.exporters.gguf import mix
-        mix.SAMPLE_ELEMENTS = a.sample_elements
 
-    from edgellm import models
     from edgellm.exporters.calibrate import default_text
-    from edgellm.exporters.io.checkpoint import open_checkpoint
 
-    model = models.load_config(str(a.model))
-    ckpt = open_checkpoint(a.model)
-    text = default_text()
+    print(f"load before: {os.getloadavg()[0]:.2f} (1-minute average; nothing else should be running)")
     work = Path(tempfile.mkdtemp(prefix="edgellm-calspeed-"))
     try:
-        return _run(a, model, ckpt, text, work)
+        (work / "calib.txt").write_text(default_text())
+        peer = _peer(a, work)
+        if peer is None:
+            return 1
+        ours = _ours(a, work)
+        if ours is None:
+            return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _run(a, model, ckpt, text: str, work: Path) -> int:
-    from edgellm.exporters.calibrate import collect_layerwise
-    from edgellm.exporters.gguf.mix import Costs, mixed_types
-    from edgellm.models.families import family_for
-
-    arch = family_for(model, "gguf")
-    (work / "calib.txt").write_text(text)
-    peers = _peer_times(a, model, ckpt, arch, work)
-    if peers is None:
-        return 1
-    peer_type, peer = min(peers.items(), key=lambda kv: kv[1])
-
-    table_s = [0.0]
-
-    class TimedCosts(Costs):                    # the cost table's share, timed apart
-        def add(self, *args, **kw):
-            t = time.perf_counter()
-            super().add(*args, **kw)
-            table_s[0] += time.perf_counter() - t
-
-    def sink(cal):                              # as the export does: each Fisher into its costs as it comes
-        cal.costs = TimedCosts(model, ckpt, arch, cal.imatrix, a.threads)
-        return cal.costs
-
-    t = time.perf_counter()
-    cal = collect_layerwise(a.model, ckpt, text, 512, a.windows, hessian=True, fisher=True, threads=a.threads,
-                            precision=a.precision, fisher_sink=sink,
-                            **({"fisher_windows": a.fisher_windows} if a.fisher_windows is not None else {}),
-                            **({"fisher_per": a.fisher_per} if a.fisher_per else {}))
-    stats = time.perf_counter() - t
-    mix = mixed_types(model, ckpt, arch, "Q4_K_M", cal, a.threads)
-    ours = time.perf_counter() - t
-    t = time.perf_counter()
-    for name in [] if a.no_xtx else list(cal.hessian):
-        cal.hessian[name]                       # the XᵀX, recomputed a layer at a time (the writer's share)
-    grams = time.perf_counter() - t
-    print(f"model {a.model.name} ({model.n_params / 1e6:.0f} M parameters), {cal.windows} windows of "
-          f"{cal.context} tokens, {a.threads} threads, products in {cal.precision}")
-
-    def row(label: str, secs: float, tail: str = "") -> None:
-        print(f"{label:<52}{secs:7.1f} s{tail}")
-
-    for t, secs in peers.items():
-        row(f"llama-imatrix on the {t} GGUF (importance only)", secs,
-            "   <- the peer (the faster)" if t == peer_type and len(peers) > 1 else "")
-    row("edgellm calibration (importance, Fisher, Q4_K_M types)", ours,
-        f"   ratio {ours / peer:.2f} (target <= 2.00)")
-    row("  statistics (importance, Fisher)", stats - table_s[0], f"   ratio {(stats - table_s[0]) / peer:.2f}")
-    row("  cost table (ggml round trips per type)", table_s[0])
-    row("  types chosen", ours - stats,
-        f"   ({_changed(mix.types, model, ckpt, arch)} of {len(mix.types)} tensors differ from the recipe)")
-    if not a.no_xtx:
-        row("edgellm XᵀX, recomputed while writing", grams)
+    _report(a, peer, ours)
     return 0
 
 
-def _peer_times(a, model, ckpt, arch, work: Path) -> dict[str, float] | None:
-    """llama-imatrix's wall time on the model's F16 GGUF and, where llama-quantize is built
-    beside it, on a BF16 one: ggml multiplies bfloat16 natively on CPUs with AVX512-BF16 (on one
-    such machine 1.5x faster than F16), and edgellm's products are bfloat16 there too, so the
-    ratio is taken against the faster."""
+def _peer(a, work: Path) -> dict | None:
+    from edgellm import models
     from edgellm.exporters.gguf.vocab import read_vocab
     from edgellm.exporters.gguf.write import write_gguf
+    from edgellm.exporters.io.checkpoint import open_checkpoint
+    from edgellm.models.families import family_for
 
+    model = models.load_config(str(a.model))
     f16 = work / "F16.gguf"
-    write_gguf(model, ckpt, arch, read_vocab(a.model, model.vocab), a.model, f16, "F16",
-               a.threads)
-    files = {"F16": f16}
+    write_gguf(model, open_checkpoint(a.model), family_for(model, "gguf"), read_vocab(a.model, model.vocab),
+               a.model, f16, "F16", a.threads)
     bins = a.llama_cpp / "build" / "bin"
-    if (bins / "llama-quantize").exists() and not a.f16_only:
+    files = {"F16": f16}
+    if not a.f16_only:
         r = subprocess.run([str(bins / "llama-quantize"), str(f16), str(work / "BF16.gguf"), "BF16",
                             str(a.threads)], capture_output=True, text=True)
         if r.returncode == 0:
             files["BF16"] = work / "BF16.gguf"
         else:
             print(f"llama-quantize to BF16 failed (the F16 peer only): {r.stderr[-300:]}", file=sys.stderr)
-    times = {}
+    imatrix = {}
     for t, path in files.items():
-        cmd = [str(bins / "llama-imatrix"), "-m", str(path), "-f", str(work / "calib.txt"), "-c", "512",
-               "--chunks", str(a.windows), "-t", str(a.threads), "-o", str(work / f"imatrix-{t}.gguf"),
-               "--no-ppl"]
-        start = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        times[t] = time.perf_counter() - start
-        if r.returncode != 0:
-            print(f"llama-imatrix on {t} failed (exit {r.returncode}): {r.stderr[-2000:]}", file=sys.stderr)
+        out = work / f"imatrix-{t}.gguf"
+        secs = _timed([str(bins / "llama-imatrix"), "-m", str(path), "-f", str(work / "calib.txt"), "-c", "512",
+                       "--chunks", str(a.windows), "-t", str(a.threads), "-o", str(out), "--no-ppl"])
+        if secs is None:
             return None
-        path.unlink()
-    return times
+        imatrix[t] = (secs, out)
+    fastest = min(imatrix, key=lambda t: imatrix[t][0])
+    quant = _timed([str(bins / "llama-quantize"), "--imatrix", str(imatrix[fastest][1]), str(files[fastest]),
+                    str(work / "peer-Q4_K_M.gguf"), "Q4_K_M", str(a.threads)])
+    if quant is None:
+        return None
+    return {"model": model, "imatrix": {t: s for t, (s, _) in imatrix.items()}, "fastest": fastest,
+            "quantize": quant, "total": imatrix[fastest][0] + quant}
 
 
-def _changed(types: dict, model, ckpt, arch) -> int:
-    from edgellm.exporters.gguf.write import plan_tensors
+def _timed(cmd: list[str]) -> float | None:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    secs = time.perf_counter() - start
+    if r.returncode != 0:
+        print(f"{Path(cmd[0]).name} failed (exit {r.returncode}): {r.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return secs
 
-    recipe = {e.gguf_name: e.ggml_type for e in plan_tensors(model, ckpt, arch, "Q4_K_M")}
-    return sum(t != recipe.get(name) for name, t in types.items())
+
+def _ours(a, work: Path) -> dict | None:
+    out = work / "bundle"
+    cmd = [sys.executable, "-m", "edgellm", "export", str(a.model), "--device", "laptop-x86-16gb", "--quant",
+           "Q4_K_M", "--calibrate", "--calib-data", str(work / "calib.txt"), "--calib-windows", str(a.windows),
+           "--threads", str(a.threads), "--no-verify", "-o", str(out), *shlex.split(a.edgellm_args)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    secs = _timed(cmd)
+    if secs is None:
+        return None
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"seconds": secs, "peak_rss": rss * 1024 if rss > before else None, "calibration": manifest["calibration"]}
+
+
+def _report(a, peer: dict, ours: dict) -> None:
+    cal = ours["calibration"]
+    model = peer["model"]
+    print(f"model {a.model.name} ({model.n_params / 1e6:.0f} M parameters), {cal['windows']} windows of "
+          f"{cal['context']} tokens, {a.threads} threads; edgellm's products in {cal['precision']}, XᵀX on "
+          f"{cal.get('hessian_tokens', cal['tokens'])} tokens, Fisher on {cal['fisher_tokens']}")
+
+    def row(label: str, secs: float, tail: str = "") -> None:
+        print(f"{label:<50}{secs:8.1f} s{tail}")
+
+    for t, secs in peer["imatrix"].items():
+        row(f"llama-imatrix on the {t} GGUF", secs, "   <- the peer's" if t == peer["fastest"] else "")
+    row(f"llama-quantize Q4_K_M --imatrix ({peer['fastest']})", peer["quantize"])
+    row("the peer: llama-imatrix + llama-quantize", peer["total"])
+    rss = f", peak RSS {ours['peak_rss'] / 1e9:.2f} GB" if ours["peak_rss"] else ""
+    row("edgellm export --calibrate (whole, fresh process)", ours["seconds"],
+        f"   ratio {ours['seconds'] / peer['total']:.2f} (target <= 2.00){rss}")
+    phases = cal.get("seconds", {})
+    for name, secs in phases.items():
+        row(f"  {name}", secs)
+    row("  the rest (start, loading, conversion, files)", ours["seconds"] - sum(phases.values()))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ recipe as plain, rounded by ggml's quantizers with an importance matrix (mean xÂ
 what ``llama-imatrix`` collects) gathered on the calibration text.  "calibrated" is
 ``edgellm export --calibrate``.  The calibration text is the default (training split).
 
-Usage: python benchmarks/quality.py [--model DIR | --reference bench|docs|small] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only | --onnx-only] [--json OUT]
+Usage: python benchmarks/quality.py [--model DIR | --reference bench|docs|small] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only | --onnx-only] [--calibrated-only]
+           [--calib-windows N] [--hessian-windows N] [--precision P] [--json OUT]
        python benchmarks/quality.py --time-calibration DIR     # wall time of calibrating a big model
 (DIR defaults to the ``bench`` reference model: python benchmarks/reference_gpu.py makes it.)
 """
@@ -54,7 +55,8 @@ def _scorer(ref_path: Path, context: int, windows: int, held_out: str):
     return score, sum(map(len, wins))
 
 
-def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: bool = True, **cal_kw) -> dict:
+def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: bool = True, calibrated_only: bool = False,
+        **cal_kw) -> dict:
     from edgellm import models
     from edgellm.exporters.calibrate import CalibrationData
     from edgellm.exporters.io.checkpoint import open_checkpoint
@@ -105,9 +107,13 @@ def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: boo
             t = time.perf_counter()
             cal_path = gguf(q + "-cal", q, types=c.mix.types, imatrix=c.imatrix, compensators=c.compensators)
             write_s = time.perf_counter() - t
-            out["gguf"][q] = {"plain": measure(gguf(q, q)), "imatrix": measure(gguf(q + "-im", q, imatrix=imatrix)),
-                              "calibrated": {**measure(cal_path), "allocation_seconds": round(alloc_s, 1),
+            out["gguf"][q] = {"calibrated": {**measure(cal_path), "allocation_seconds": round(alloc_s, 1),
                                              "write_seconds": round(write_s, 1), "mix": c.mix.to_dict()}}
+            if calibrated_only:
+                print(f"gguf {q:7s} calibrated KLD {out['gguf'][q]['calibrated']['mean_kld']:.5f}", flush=True)
+                continue
+            out["gguf"][q] = {"plain": measure(gguf(q, q)), "imatrix": measure(gguf(q + "-im", q, imatrix=imatrix)),
+                              **out["gguf"][q]}
             _print_gguf(q, out["gguf"][q])
         for quant, block in ONNX if onnx else ():
             kinds = ("plain", "calibrated") if quant == "int4" else ("plain",)
@@ -239,6 +245,9 @@ if __name__ == "__main__":
     ap.add_argument("--precision", help="calibration products: auto, float32, bfloat16 (default: auto)")
     ap.add_argument("--fisher-windows", type=int, help="windows the Fisher is estimated on (0: all; default: the library's)")
     ap.add_argument("--fisher-per", choices=("window", "token"), help="the Fisher's samples (default: the library's)")
+    ap.add_argument("--calibrated-only", action="store_true", help="GGUF: score the calibrated builds only")
+    ap.add_argument("--hessian-windows", type=int, help="windows GPTQ's Xáµ€X is gathered on (0: all; default: the library's)")
+    ap.add_argument("--calib-windows", type=int, help="calibration windows (default: CalibrationData's)")
     ap.add_argument("--sample-elements", type=int, help="weights a tensor's costs are estimated on "
                     "(default: gguf.mix.SAMPLE_ELEMENTS)")
     a = ap.parse_args()
@@ -257,8 +266,11 @@ if __name__ == "__main__":
         if not model_dir.is_dir():
             raise SystemExit(f"{model_dir}: no reference model; make it with benchmarks/reference_gpu.py")
         res = run(model_dir, a.windows, types=() if a.onnx_only else tuple(a.types.split(",")), onnx=not a.gguf_only,
+                  calibrated_only=a.calibrated_only,
                   **({"precision": a.precision} if a.precision else {}),
                   **({"fisher_windows": a.fisher_windows} if a.fisher_windows is not None else {}),
-                  **({"fisher_per": a.fisher_per} if a.fisher_per else {}))
+                  **({"fisher_per": a.fisher_per} if a.fisher_per else {}),
+                  **({"hessian_windows": a.hessian_windows} if a.hessian_windows is not None else {}),
+                  **({"windows": a.calib_windows} if a.calib_windows else {}))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

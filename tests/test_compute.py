@@ -47,6 +47,8 @@ def test_preflight_refuses_what_will_not_fit_naming_the_numbers(monkeypatch, tmp
     model = _qwen_shape()
     got = calibrate_memory.preflight(model, 512, 16, True, True, False, "cpu", tmp_path, "qwen")
     assert got.ram > 0 and got.disk == 4 * 25 * 16 * 512 * 896 and got.gpu == 0
+    # 100 windows: every boundary only of the 16 XᵀX is gathered on (the Fisher's 4 among them)
+    assert calibrate_memory.need(model, 512, 100).disk == 4 * 512 * 896 * (25 * 16 + 2 * 84)
 
     Usage = namedtuple("Usage", "total used free")
     real = shutil.disk_usage

@@ -67,6 +67,10 @@ def test_calibrated_gguf_keeps_the_size_and_loses_less(run_cli, reference, tmp_p
     c = manifest["calibration"]
     assert c["tokens"] > 0 and c["mix"]["bytes"] <= c["mix"]["budget_bytes"]
     assert c["mix"]["predicted_kld"] < c["mix"]["recipe_predicted_kld"]
+    # where the time went, the writer's share included
+    assert {"forward (importance)", "head (importance, loss)", "backward (Fisher)", "cost table", "types chosen",
+            "XᵀX", "GPTQ", "ggml quantize"} <= set(c["seconds"]), c["seconds"]
+    assert all(s >= 0 for s in c["seconds"].values()) and c["hessian_tokens"] > 0
     run = run_cli("run", str(tmp_path / "cal"), "--raw", "-p", "def ", "--max-tokens", "8")
     assert run.returncode == 0, run.stderr
 

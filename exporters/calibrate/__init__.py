@@ -52,6 +52,7 @@ class CalibrationData:
     precision: str = "auto"          # the products' type (layers.compute_dtype)
     fisher_windows: int | None = None    # windows the Fisher is estimated on (None: layers.FISHER_WINDOWS; 0: all)
     fisher_per: str | None = None    # "token" or "window" (None: layers.FISHER_PER)
+    hessian_windows: int | None = None   # windows GPTQ's XᵀX is gathered on (None: layers.HESSIAN_WINDOWS; 0: all)
     _done: list = field(default_factory=list)
 
     def stats(self, model_dir: Path, hessian: bool = False, fisher: bool = False, ckpt=None, sink=None,
@@ -67,7 +68,10 @@ class CalibrationData:
                                 self.windows, hessian=hessian, fisher=fisher, fisher_sink=sink,
                                 device=self.device, precision=self.precision,
                                 **({"fisher_windows": self.fisher_windows} if self.fisher_windows is not None else {}),
-                                **({"fisher_per": self.fisher_per} if self.fisher_per else {}), **kw)
+                                **({"fisher_per": self.fisher_per} if self.fisher_per else {}),
+                                **({"hessian_windows": self.hessian_windows}
+                                   if self.hessian_windows is not None else {}),
+                                **kw)
         self._done.append(((str(model_dir), hessian, fisher), cal))
         return cal
 
@@ -81,4 +85,5 @@ class CalibrationData:
     def describe(self, cal: Calibration) -> dict:
         return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context,
                 "device": cal.device, "precision": cal.precision, "fisher_tokens": cal.fisher_tokens,
-                "fisher_per": cal.fisher_per}
+                "fisher_per": cal.fisher_per, "hessian_tokens": cal.hessian_tokens,
+                "seconds": cal.phases.to_dict()}

@@ -4,6 +4,8 @@ floor: it imports nothing else of the package."""
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +15,50 @@ from edgellm.errors import BadInput
 MIN_WINDOWS = 2
 MIN_CHARS_PER_TOKEN = 1.0
 LOGITS_BYTES = 16 << 20      # the head's logits are computed for this many bytes' worth of tokens at a time
+FISHER_WINDOWS = 4           # windows the Fisher diagonal is estimated on (None or 0: all).  The
+                             # backward passes are 3/4 of the work: 4 of 16 windows take calibration
+                             # from 5.4x llama-imatrix's time to 2.2x (benchmarks/RESULTS.md)
+HESSIAN_WINDOWS = 16         # windows GPTQ's XᵀX is gathered on (None or 0: all).  The XᵀX of a
+                             # layer's inputs costs more than the layer's forward (a 4,864-wide
+                             # input: 2·4864² flops a token), so it is not gathered on every window
+                             # of a long calibration text; see benchmarks/RESULTS.md for what more
+                             # windows buy
+FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (fisher.TokenFisher),
+                             # which keeps the bench model's calibrated KLD on 4 windows (within 1%
+                             # of all 16 squared per window); "window": each window's squared gradient
+                             # (what ``collect`` does; on 4 windows +23% KLD on the small model)
+
+
+class Phases:
+    """Seconds spent per named phase of a calibrated export, each counted once: a phase entered
+    inside another (the cost table inside the backward pass) stops the outer one's clock while it
+    runs.  The manifest records them, and the calibration benchmark prints them."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._open: list[list] = []             # [name, since] of the phases entered, innermost last
+
+    @contextmanager
+    def __call__(self, name: str):
+        self._stop_clock()
+        self._open.append([name, time.perf_counter()])
+        try:
+            yield
+        finally:
+            self._stop_clock()
+            self._open.pop()
+            if self._open:
+                self._open[-1][1] = time.perf_counter()
+
+    def _stop_clock(self) -> None:
+        if self._open:
+            now = time.perf_counter()
+            name, since = self._open[-1]
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+            self._open[-1][1] = now
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: round(s, 3) for name, s in self.seconds.items()}
 
 
 @dataclass
@@ -28,6 +74,8 @@ class Calibration:
     precision: str = "float32"       # the matrix products' type (layers.compute_dtype)
     fisher_tokens: int = 0           # the tokens the Fisher diagonal was estimated on
     fisher_per: str = "window"       # its samples: a window's squared gradient, or each token's
+    hessian_tokens: int = 0          # the tokens XᵀX was gathered on (0: all, or none asked for)
+    phases: Phases = field(default_factory=Phases)     # where the time went (``Phases``)
 
 
 def default_text(limit_bytes: int = 1 << 20) -> str:
@@ -71,12 +119,49 @@ def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool)
                 sums[full] = sums.get(full, 0) + (x * x).sum(0)
                 counts[full] = counts.get(full, 0) + x.shape[0]
                 if hessian:                 # in place: a 14,336-wide input's XᵀX is 822 MB
-                    if full in grams:
-                        grams[full].addmm_(x.T, x)
-                    else:
-                        grams[full] = x.T @ x
+                    add_gram(grams, full, x)
         handles.append(mod.register_forward_pre_hook(record))
     return handles, last
+
+
+GRAM_BLOCKS = 8               # XᵀX of a wide input: its upper triangle in this many strips of rows
+GRAM_MIN_BLOCKED = 2048       # narrower inputs: one product (the strips' overhead outweighs the saving)
+
+
+def add_gram(grams: dict, name: str, x) -> None:
+    """grams[name] += xᵀx for the rows of ``x`` [tokens, n], the upper triangle (and what the
+    strips cover below it) only for a wide input: strip i of rows takes x[:, i]ᵀ x[:, i:], so
+    about (1 + 1/blocks) / 2 of the full product's work (a 4,864-wide input: 1.7x faster on a
+    2-core EPYC).  ``gram_done`` makes it symmetric."""
+    import torch
+
+    n = x.shape[1]
+    if name not in grams:
+        grams[name] = torch.zeros(n, n, dtype=torch.float32, device=x.device)
+    g = grams[name]
+    if n < GRAM_MIN_BLOCKED:
+        g.addmm_(x.T, x)
+        return
+    step = -(-n // GRAM_BLOCKS)
+    for a in range(0, n, step):
+        g[a:a + step, a:].addmm_(x[:, a:a + step].T, x[:, a:])
+
+
+def gram_done(g):
+    """The symmetric XᵀX from what ``add_gram`` summed (its upper triangle is exact), in place."""
+    n = g.shape[0]
+    if n < GRAM_MIN_BLOCKED:
+        return g
+    step = -(-n // GRAM_BLOCKS)
+    for a in range(0, n - step, step):          # a strip's own diagonal block is whole already
+        g[a + step:, a:a + step] = g[a:a + step, a + step:].T
+    return g
+
+
+def spread(total: int, k: int | None) -> list[int]:
+    """``k`` of ``total`` windows spread evenly over the text (all for None or 0)."""
+    k = total if not k else min(total, k)
+    return sorted({i * total // k for i in range(k)})
 
 
 def linear_inputs(model):

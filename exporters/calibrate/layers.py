@@ -14,12 +14,18 @@ up to float rounding).  One layer's weights, gradients and Fisher are in memory 
 
 Differences: with tied embeddings the head's and the embedding lookup's gradients are squared
 apart (``collect`` squares their per-window sum); the cross term is dropped.  The Fisher is
-estimated on ``fisher_windows`` of the windows (spread over the text; see ``FISHER_WINDOWS``);
-the importance and XᵀX always use every window.
+estimated on ``fisher_windows`` of the windows and XᵀX on ``hessian_windows`` (each spread over
+the text; see ``FISHER_WINDOWS``, ``HESSIAN_WINDOWS``); the importance always uses every window.
+Only those windows' hidden states are kept at every layer boundary; the others' are kept for the
+layer being run (its input and output).
+
+Where the time goes is recorded per phase in ``Calibration.phases`` (forward, head, backward,
+cost table, XᵀX; the GGUF writer adds GPTQ and ggml's quantizers).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Mapping
@@ -27,21 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm.exporters.calibrate.common import LOGITS_BYTES, Calibration, calibration_windows, input_hooks, linear_inputs
+from edgellm.exporters.calibrate.common import (LOGITS_BYTES, Calibration, calibration_windows, gram_done, input_hooks,
+                                                linear_inputs, spread)
+# the defaults' home is common (memory predicts with them too); named here as before
+from edgellm.exporters.calibrate.common import FISHER_PER, FISHER_WINDOWS, HESSIAN_WINDOWS  # noqa: F401
 from edgellm.exporters import host_memory
 from edgellm.exporters.calibrate.fisher import (HeadRows, Keep, TokenFisher, rows_array, rows_tensor,
                                                 sparse_embeddings, square_into, token_modules)
-from edgellm.exporters.calibrate.memory import preflight_layers
+from edgellm.exporters.calibrate.memory import preflight_layers, states_blocks
 from edgellm.exporters.compute import gpu_memory_guard, resolve
-
-
-FISHER_WINDOWS = 4           # windows the Fisher diagonal is estimated on (None or 0: all).  The
-                             # backward passes are 3/4 of the work: 4 of 16 windows take calibration
-                             # from 5.4x llama-imatrix's time to 2.2x (benchmarks/RESULTS.md)
-FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (fisher.TokenFisher),
-                             # which keeps the bench model's calibrated KLD on 4 windows (within 1%
-                             # of all 16 squared per window); "window": each window's squared gradient
-                             # (what ``collect`` does; on 4 windows +23% KLD on the small model)
 
 
 class LayerHessians(Mapping):
@@ -50,8 +50,10 @@ class LayerHessians(Mapping):
     writer asking layer by layer holds one layer's matrices, not the model's.  The head's input
     is small and kept (``eager``)."""
 
-    def __init__(self, stream, states, calls, names: list[list[str]], eager: dict[str, np.ndarray]):
+    def __init__(self, stream, states, calls, names: list[list[str]], eager: dict[str, np.ndarray],
+                 windows: list[int], phases):
         self.stream, self.states, self.calls, self.eager = stream, states, calls, eager
+        self.windows, self.phases = windows, phases
         self.layer_of = {n: i for i, layer in enumerate(names) for n in layer}
         self._layer, self._cache = None, {}
 
@@ -75,7 +77,8 @@ class LayerHessians(Mapping):
         return len(self.eager) + len(self.layer_of)
 
     def _compute(self, i: int) -> dict[str, np.ndarray]:
-        with gpu_memory_guard(self.stream.device, "computing a layer's XᵀX", " (--calib-device cpu)"):
+        with gpu_memory_guard(self.stream.device, "computing a layer's XᵀX", " (--calib-device cpu)"), \
+                self.phases("XᵀX"):
             return self._layer_grams(i)
 
     def _layer_grams(self, i: int) -> dict[str, np.ndarray]:
@@ -86,38 +89,48 @@ class LayerHessians(Mapping):
         handles = input_hooks(layer, self.stream.prefixes[i], sums, counts, grams, shared, True)[0]
         try:
             with torch.no_grad():
-                for w, call in enumerate(self.calls):
-                    self.stream.run(layer, self.states.get(i, w, self.stream.device), call[i])
+                for w in self.windows:
+                    self.stream.run(layer, self.states.get(i, w, self.stream.device), self.calls[w][i])
         finally:
             for h in handles:
                 h.remove()
             self.stream.drop_layer(i)
             host_memory.release()
-        out = {n: g.div_(counts[n]).cpu().numpy() for n, g in grams.items()}
+        out = {n: gram_done(g).div_(counts[n]).cpu().numpy() for n, g in grams.items()}
         out.update({n: out[first] for n, first in shared.items()})
         return out
 
 
 class _States:
     """Hidden states per layer boundary and window, in a temporary file (read and written with
-    pread/pwrite: they stay out of the process's memory)."""
+    pread/pwrite: they stay out of the process's memory): every boundary of the ``kept`` windows
+    (the later passes re-run them), the current layer's input and output of the others."""
 
-    def __init__(self, folder: Path, boundaries: int, windows: int, shape: tuple[int, int]):
+    def __init__(self, folder: Path, boundaries: int, windows: int, shape: tuple[int, int], kept=None):
         self.shape, self.windows = shape, windows
         self.fd = None
         self.block = int(np.prod(shape)) * 4
+        kept = sorted(set(range(windows) if kept is None else kept))
+        self.slot = {w: k for k, w in enumerate(kept)}
+        self.others = {w: k for k, w in enumerate(w for w in range(windows) if w not in self.slot)}
+        self.base = boundaries * len(kept)
         fd, path = tempfile.mkstemp(prefix=".edgellm-states-", dir=folder)
         os.unlink(path)                     # nothing left behind, whatever happens
         self.fd = fd
-        os.ftruncate(fd, boundaries * windows * self.block)
+        os.ftruncate(fd, states_blocks(boundaries, windows, len(kept)) * self.block)
+
+    def _at(self, b: int, w: int) -> int:
+        if w in self.slot:
+            return (b * len(self.slot) + self.slot[w]) * self.block
+        return (self.base + 2 * self.others[w] + b % 2) * self.block
 
     def put(self, b: int, w: int, x) -> None:
         data = np.ascontiguousarray(x.detach().float().cpu().numpy()).tobytes()
-        os.pwrite(self.fd, data, (b * self.windows + w) * self.block)
+        os.pwrite(self.fd, data, self._at(b, w))
 
     def get(self, b: int, w: int, device: str = "cpu"):
         import torch
-        raw = os.pread(self.fd, self.block, (b * self.windows + w) * self.block)
+        raw = os.pread(self.fd, self.block, self._at(b, w))
         return torch.from_numpy(np.frombuffer(raw, np.float32).copy().reshape(1, *self.shape)).to(device)
 
     def close(self) -> None:
@@ -133,7 +146,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                       threads: int | None = None, seed: int = 0, progress=lambda i, n: None,
                       work_dir: Path | None = None, fisher_sink=None, device: str = "cpu",
                       precision: str = "auto", fisher_windows: int | None = FISHER_WINDOWS,
-                      fisher_per: str = FISHER_PER) -> Calibration:
+                      fisher_per: str = FISHER_PER, hessian_windows: int | None = HESSIAN_WINDOWS) -> Calibration:
     """``fisher_sink(cal)``, called once the layers' importance is gathered (``cal.imatrix`` fills
     before any Fisher comes), returns what takes each tensor's Fisher diagonal when it is done:
     ``add(checkpoint name, array, rows=None)``, and ``wanted_rows(name)``: the rows it needs of a
@@ -148,44 +161,58 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
     if threads:
         torch.set_num_threads(threads)
     preflight_layers(Path(model_dir), context, max_windows, hessian, fisher, keep_fisher=fisher_sink is None,
-                      device=dev, work_dir=work_dir)
+                      device=dev, work_dir=work_dir, fisher_windows=fisher_windows, hessian_windows=hessian_windows)
     with gpu_memory_guard(dev, "calibrating", " (--calib-device cpu)"):
         return _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed,
                         progress, work_dir, fisher_sink, dev, compute_dtype(precision, dev), fisher_windows,
-                        fisher_per == "token")
+                        fisher_per == "token", hessian_windows)
 
 
 def compute_dtype(precision: str, device: str) -> str:
-    """The matrix products' type: ``auto`` is bfloat16 on a GPU that has it and on a CPU with AMX
-    tiles (oneDNN multiplies bfloat16 there), float32 elsewhere.  AVX512-BF16 alone is not enough:
-    on a Xeon with oneDNN held to it (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16) the statistics of a
-    Qwen2.5-0.5B shape took 113 s in bfloat16 against 86 s in float32, and 52 s in bfloat16 on the
-    AMX tiles (benchmarks/RESULTS.md).  The statistics are summed in float32 either way."""
+    """The matrix products' type: ``auto`` is bfloat16 on a GPU that has it, and on a CPU where
+    torch multiplies bfloat16 faster than float32, measured here (``bf16_is_faster``): no rule
+    about instruction sets holds across CPUs.  On a Xeon with oneDNN held to AVX512-BF16 the
+    statistics of a Qwen2.5-0.5B shape took 113 s in bfloat16 against 86 s in float32 (52 s in
+    bfloat16 on its AMX tiles); on a 2-core AMD EPYC (Zen 4, AVX512-BF16, no AMX) bfloat16
+    products run 2.5x faster than float32 (benchmarks/RESULTS.md).  The statistics are summed in
+    float32 either way."""
     import torch
 
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if cpu_has_amx() else "float32"
+    return "bfloat16" if bf16_is_faster() else "float32"
 
 
-def cpu_has_amx() -> bool:
-    """AMX tiles that this process may use (the kernel grants them on request) and that oneDNN is
-    not told to leave alone."""
+BF16_GAIN = 1.25             # bfloat16 only where it is clearly faster: the statistics lose a little precision
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_is_faster(shape: tuple[int, int, int] = (512, 1024, 2048), repeats: int = 5) -> bool:
+    """Whether this CPU's torch multiplies a window-sized product ([512, 1024] x [1024, 2048], a
+    2-gigaflop layer product) at least ``BF16_GAIN`` times faster in bfloat16 than in float32:
+    best of ``repeats`` each, about 0.1 s in all."""
+    import time
+
     import torch
 
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if cap and cap != "ALL" and "AMX" not in cap:
-        return False
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._init_amx())
-    except (AttributeError, RuntimeError):          # private API: a torch without it has no AMX path
-        return False
+    m, k, n = shape
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        a @ b                                       # the first call sets up the kernel
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        best[dtype] = min(times)
+    return best[torch.float32] >= BF16_GAIN * best[torch.bfloat16]
 
 
 def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed, progress,
-             work_dir, fisher_sink, dev, dtype, fisher_windows, per_token: bool) -> Calibration:
+             work_dir, fisher_sink, dev, dtype, fisher_windows, per_token: bool, hessian_windows) -> Calibration:
     import torch
     from transformers import AutoTokenizer
 
@@ -200,119 +227,129 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     cal = Calibration(tokens=sum(map(len, wins)), windows=len(wins), context=context, device=dev, precision=dtype)
     ids = [torch.tensor([w], device=dev) for w in wins]
     n, W = stream.n_layers, len(wins)
-    F = W if not fisher_windows else min(W, fisher_windows)
-    fw = sorted({k * W // F for k in range(F)}) if fisher else []     # the Fisher's windows, spread out
+    fw = spread(W, fisher_windows) if fisher else []     # the Fisher's windows, spread out
+    hw = spread(W, hessian_windows) if hessian else []   # XᵀX's
     cal.fisher_tokens = sum(len(wins[w]) for w in fw)
+    cal.hessian_tokens = sum(len(wins[w]) for w in hw)
+    ph = cal.phases
     cal.fisher_per = "token" if per_token else "window"
     steps, done = n * (2 if fisher else 1) + 1, 0
     sums, counts, grams, shared = {}, {}, {}, {}
-    states = _States(Path(work_dir or tempfile.gettempdir()), n + 1, W, (context, cfg.hidden_size))
+    states = _States(Path(work_dir or tempfile.gettempdir()), n + 1, W, (context, cfg.hidden_size), {*fw, *hw})
     try:
         calls = []
-        for w in range(W):
-            h0, c = stream.capture(ids[w])
-            states.put(0, w, h0)
-            calls.append(c)
-        stream.hold(table=False, head=False)                # the layer passes need neither
+        with ph("forward (importance)"):
+            for w in range(W):
+                h0, c = stream.capture(ids[w])
+                states.put(0, w, h0)
+                calls.append(c)
+            stream.hold(table=False, head=False)                # the layer passes need neither
         names: list[list[str]] = []
         for i in range(n):                                  # forward, a layer at a time
-            layer = stream.load_layer(i)
-            names.append([stream.prefixes[i] + name for name, _, _ in linear_inputs(layer)])
-            handles = input_hooks(layer, stream.prefixes[i], sums, counts, grams, shared, False)[0]
-            with torch.no_grad():
-                for w in range(W):
-                    states.put(i + 1, w, stream.run(layer, states.get(i, w, dev), calls[w][i]))
-            for h in handles:
-                h.remove()
-            stream.drop_layer(i)
-            host_memory.release()
+            with ph("forward (importance)"):
+                layer = stream.load_layer(i)
+                names.append([stream.prefixes[i] + name for name, _, _ in linear_inputs(layer)])
+                handles = input_hooks(layer, stream.prefixes[i], sums, counts, grams, shared, False)[0]
+                with torch.no_grad():
+                    for w in range(W):
+                        states.put(i + 1, w, stream.run(layer, states.get(i, w, dev), calls[w][i]))
+                for h in handles:
+                    h.remove()
+                stream.drop_layer(i)
+                host_memory.release()
             done += 1
             progress(done, steps)
-        stream.hold(table=False, head=True)
-        head_handles = input_hooks(stream.model, "", sums, counts, grams, shared, hessian)[0]   # the head's input
-        outer = stream.outer_matrices()
-        sink = (fisher_sink(cal) if fisher_sink else Keep(cal.fisher)) if fisher else None
-        rows = {name: rows_tensor(sink.wanted_rows(name), dev) for name, _ in outer} if fisher else {}
-        fish: dict[str, torch.Tensor] = {}
-        gen = torch.Generator(device=dev).manual_seed(seed)
-        grads = {}
-        head = HeadRows(stream.model, outer, rows) if fisher and not per_token else None
-        tokens = TokenFisher(token_modules(stream.model, outer), fish, rows, dtype) if fisher and per_token else None
-        for p in stream.model.parameters():
-            p.requires_grad_(fisher and not per_token and p.dim() == 2 and (head is None or p is not head.weight))
-        step = max(1, LOGITS_BYTES // (4 * cfg.vocab_size))     # tokens whose logits are held at once
-        for w in range(W):                                  # the head: its statistics, its loss
-            if w not in fw:
-                stream.head_input(states.get(n, w, dev), ids[w])    # the head's input statistics only
-                continue
-            h = states.get(n, w, dev).requires_grad_(True)
-            for a in range(0, h.shape[1], step):            # the loss is a sum over tokens: exact in slices
-                part, part_ids = h[:, a:a + step], ids[w][:, a:a + step]
-                logits = stream.logits(part, part_ids).float()
-                with torch.no_grad():
-                    sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
-                torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
-                del logits
+        with ph("head (importance, loss)"):
+            stream.hold(table=False, head=True)
+            head_handles = input_hooks(stream.model, "", sums, counts, grams, shared, hessian)[0]   # the head's input
+            outer = stream.outer_matrices()
+            sink = (fisher_sink(cal) if fisher_sink else Keep(cal.fisher)) if fisher else None
+            rows = {name: rows_tensor(sink.wanted_rows(name), dev) for name, _ in outer} if fisher else {}
+            fish: dict[str, torch.Tensor] = {}
+            gen = torch.Generator(device=dev).manual_seed(seed)
+            grads = {}
+            head = HeadRows(stream.model, outer, rows) if fisher and not per_token else None
+            tokens = (TokenFisher(token_modules(stream.model, outer), fish, rows, dtype)
+                      if fisher and per_token else None)
+            for p in stream.model.parameters():
+                p.requires_grad_(fisher and not per_token and p.dim() == 2 and (head is None or p is not head.weight))
+            step = max(1, LOGITS_BYTES // (4 * cfg.vocab_size))     # tokens whose logits are held at once
+            for w in range(W):                                  # the head: its statistics, its loss
+                if w not in fw:
+                    stream.head_input(states.get(n, w, dev), ids[w])    # the head's input statistics only
+                    continue
+                h = states.get(n, w, dev).requires_grad_(True)
+                for a in range(0, h.shape[1], step):            # the loss is a sum over tokens: exact in slices
+                    part, part_ids = h[:, a:a + step], ids[w][:, a:a + step]
+                    logits = stream.logits(part, part_ids).float()
+                    with torch.no_grad():
+                        sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+                    torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
+                    del logits
+                    if head is not None:
+                        head.slice_done()
+                grads[w] = h.grad.detach()                      # the window's gradient, squared once
                 if head is not None:
-                    head.slice_done()
-            grads[w] = h.grad.detach()                      # the window's gradient, squared once
-            if head is not None:
-                head.window_done(fish)
-            square_into(fish, outer, rows)
-        for done_with in (head, tokens):
-            if done_with is not None:
-                done_with.close()
-        stream.hold(table=False, head=False)
-        for hd in head_handles:
-            hd.remove()
-        host_memory.release()
+                    head.window_done(fish)
+                square_into(fish, outer, rows)
+            for done_with in (head, tokens):
+                if done_with is not None:
+                    done_with.close()
+            stream.hold(table=False, head=False)
+            for hd in head_handles:
+                hd.remove()
+            host_memory.release()
         done += 1
         progress(done, steps)
         _finish_inputs(cal, sums, counts, grams, shared, hessian)
         if hessian:                                         # the layers' XᵀX: when asked for
-            cal.hessian = LayerHessians(stream, states, calls, names, dict(cal.hessian))
-        if fisher:
-            for i in reversed(range(n)):                    # backward, a layer at a time
-                layer = stream.load_layer(i)
-                params = [(stream.prefixes[i] + name, p) for name, p in layer.named_parameters() if p.dim() == 2]
-                mods = token_modules(layer, params) if per_token else {}
-                tokens = TokenFisher(mods, fish, dtype=dtype) if mods else None
-                squared = [(name, p) for name, p in params if name not in mods]   # any the hooks cannot take
-                for _, p in squared:
-                    p.requires_grad_(True)
-                for w in fw:
-                    h = states.get(i, w, dev).requires_grad_(True)
-                    stream.run(layer, h, calls[w][i]).backward(grads[w])
-                    grads[w] = h.grad.detach()
-                    square_into(fish, squared, {})
+            cal.hessian = LayerHessians(stream, states, calls, names, dict(cal.hessian), hw, ph)
+        with ph("backward (Fisher)"):
+            if fisher:
+                for i in reversed(range(n)):                    # backward, a layer at a time
+                    layer = stream.load_layer(i)
+                    params = [(stream.prefixes[i] + name, p) for name, p in layer.named_parameters() if p.dim() == 2]
+                    mods = token_modules(layer, params) if per_token else {}
+                    tokens = TokenFisher(mods, fish, dtype=dtype) if mods else None
+                    squared = [(name, p) for name, p in params if name not in mods]   # any the hooks cannot take
+                    for _, p in squared:
+                        p.requires_grad_(True)
+                    for w in fw:
+                        h = states.get(i, w, dev).requires_grad_(True)
+                        stream.run(layer, h, calls[w][i]).backward(grads[w])
+                        grads[w] = h.grad.detach()
+                        square_into(fish, squared, {})
+                    if tokens is not None:
+                        tokens.close()
+                    for name, _ in params:
+                        f = fish.pop(name).div_(cal.fisher_tokens).cpu().numpy()
+                        with ph("cost table"):
+                            sink.add(name, f)
+                    stream.drop_layer(i)
+                    host_memory.release()
+                    done += 1
+                    progress(done, steps)
+                stream.hold(table=True, head=False)
+                for p in stream.model.parameters():
+                    p.requires_grad_(p.dim() == 2)
+                tokens = None
+                if per_token:
+                    tokens = TokenFisher(token_modules(stream.model, outer, lookups=True), fish, rows, dtype,
+                                         {name: p.shape[0] for name, p in outer})
+                with sparse_embeddings(stream.model):          # gradients of the rows looked up, not the table
+                    for w in fw:                                # the embeddings (GPT-2's positions too)
+                        stream.embed_backward(ids[w], grads[w])
+                        if tokens is None:
+                            square_into(fish, outer, rows)
+                        else:
+                            for _, p in outer:
+                                p.grad = None
                 if tokens is not None:
                     tokens.close()
-                for name, _ in params:
-                    sink.add(name, fish.pop(name).div_(cal.fisher_tokens).cpu().numpy())
-                stream.drop_layer(i)
-                host_memory.release()
-                done += 1
-                progress(done, steps)
-            stream.hold(table=True, head=False)
-            for p in stream.model.parameters():
-                p.requires_grad_(p.dim() == 2)
-            tokens = None
-            if per_token:
-                tokens = TokenFisher(token_modules(stream.model, outer, lookups=True), fish, rows, dtype,
-                                     {name: p.shape[0] for name, p in outer})
-            with sparse_embeddings(stream.model):          # gradients of the rows looked up, not the table
-                for w in fw:                                # the embeddings (GPT-2's positions too)
-                    stream.embed_backward(ids[w], grads[w])
-                    if tokens is None:
-                        square_into(fish, outer, rows)
-                    else:
-                        for _, p in outer:
-                            p.grad = None
-            if tokens is not None:
-                tokens.close()
-            for name in list(fish):
-                sink.add(name, fish.pop(name).div_(cal.fisher_tokens).cpu().numpy(),
-                         rows=rows_array(rows.get(name)))
+                for name in list(fish):
+                    f = fish.pop(name).div_(cal.fisher_tokens).cpu().numpy()
+                    with ph("cost table"):
+                        sink.add(name, f, rows=rows_array(rows.get(name)))
     except BaseException:
         states.close()
         raise

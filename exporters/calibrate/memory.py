@@ -11,7 +11,9 @@ The peak is the largest of the phases of ``layers`` and of the GGUF writer after
   and kept (``gguf.gptq``; on the GPU when calibrating on one, the XᵀX coming back to the host);
 
 plus, throughout, the process itself (Python, torch, transformers, the tokenizer) and the gradient
-at a layer boundary for every window.  ``benchmarks/calibration_memory.py`` checks the prediction
+at a layer boundary for every window the Fisher is estimated on.  The temporary disk holds every
+layer boundary's hidden states of the windows the later passes re-run (the Fisher's and XᵀX's),
+and the current layer's input and output of the others.  ``benchmarks/calibration_memory.py`` checks the prediction
 against the measured peak.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgellm.errors import EdgeLLMError
+from edgellm.exporters.calibrate.common import FISHER_WINDOWS, HESSIAN_WINDOWS, spread
 
 PROCESS = 700 << 20          # Python, torch, transformers, the tokenizer, before any tensor of the model
 MARGIN = 1.15                # allocator slack over the sum of the tensors alive at the peak
@@ -44,7 +47,8 @@ class CalibrationNeed:
 
 
 def need(model, context: int, windows: int, hessian: bool = True, fisher: bool = True, keep_fisher: bool = False,
-         device: str = "cpu") -> CalibrationNeed:
+         device: str = "cpu", fisher_windows: int | None = FISHER_WINDOWS,
+         hessian_windows: int | None = HESSIAN_WINDOWS) -> CalibrationNeed:
     from edgellm.exporters.calibrate.common import LOGITS_BYTES
 
     h, f, v, n = model.hidden, model.ffn, model.vocab, model.n_layers
@@ -54,7 +58,9 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     graph = 4 * context * (16 * h + 6 * f + 3 * model.n_heads * context)      # one window through one layer
     layer_phase = layer * (3 if fisher else 1) + layer // 2 + graph    # (+ its bfloat16 copy under autocast)
     head_phase = table + (5 * LOGITS_BYTES if fisher else 2 * LOGITS_BYTES)
-    boundary = 4 * windows * context * h if fisher else 0
+    fw = spread(windows, fisher_windows) if fisher else []
+    hw = spread(windows, hessian_windows) if hessian else []
+    boundary = 4 * len(fw) * context * h           # the gradient at a layer boundary, per Fisher window
     kept = 4 * model.n_params if fisher and keep_fisher else 0
     grams = 4 * (2 * h * h + q * q + f * f) if hessian else 0               # one layer's distinct inputs
     widest = max(h, f, q)
@@ -71,12 +77,12 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     else:
         gpu = 0
         ram = int(MARGIN * (max(stats, gptq) + kept)) + PROCESS
-    disk = 4 * (n + 1) * windows * context * h
+    disk = 4 * context * h * states_blocks(n + 1, windows, len({*fw, *hw}))
     return CalibrationNeed(ram, gpu, disk, device)
 
 
 def preflight(model, context: int, windows: int, hessian: bool, fisher: bool, keep_fisher: bool, device: str,
-              work_dir: Path, label: str) -> CalibrationNeed:
+              work_dir: Path, label: str, **kept) -> CalibrationNeed:
     """``need``, refused before any work when the machine has not got it (RAM, GPU memory, disk)."""
     import shutil
 
@@ -84,7 +90,7 @@ def preflight(model, context: int, windows: int, hessian: bool, fisher: bool, ke
     from edgellm.runtime.hostinfo import probe
     from edgellm.units import fmt_bytes
 
-    got = need(model, context, windows, hessian, fisher, keep_fisher, device)
+    got = need(model, context, windows, hessian, fisher, keep_fisher, device, **kept)
     hint = "(calibrate on a bigger host, with fewer --calib-windows, or export without --calibrate)"
     have = probe().ram_bytes
     if got.ram > 0.9 * have:
@@ -105,7 +111,7 @@ def preflight(model, context: int, windows: int, hessian: bool, fisher: bool, ke
 
 
 def preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool, fisher: bool,
-                      keep_fisher: bool, device: str = "cpu", work_dir: Path | None = None):
+                      keep_fisher: bool, device: str = "cpu", work_dir: Path | None = None, **kept):
     """``preflight`` for the model in ``model_dir``: refused before any work."""
     import tempfile
 
@@ -113,4 +119,9 @@ def preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool,
     
     model = models.load_config(str(model_dir))
     return preflight(model, min(context, model.max_context), windows, hessian, fisher, keep_fisher, device,
-                     Path(work_dir or tempfile.gettempdir()), str(model_dir))
+                     Path(work_dir or tempfile.gettempdir()), str(model_dir), **kept)
+
+
+def states_blocks(boundaries: int, windows: int, kept: int) -> int:
+    """Hidden-state blocks (one window at one boundary) the temporary file holds (``layers._States``)."""
+    return boundaries * kept + 2 * (windows - kept)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
-from edgellm.exporters.calibrate.common import Calibration, calibration_windows, default_text, input_hooks
+from edgellm.exporters.calibrate.common import Calibration, calibration_windows, default_text, gram_done, input_hooks
 
 
 def needed_bytes(model, context: int, hessian: bool, fisher: bool) -> int:
@@ -104,7 +104,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
     for name, s in sums.items():
         cal.imatrix[name] = (s / counts[name]).numpy().astype(np.float32)
         if hessian:
-            cal.hessian[name] = (grams[name] / counts[name]).numpy()
+            cal.hessian[name] = (gram_done(grams[name]) / counts[name]).numpy()
     for name, first in shared.items():
         cal.imatrix[name] = cal.imatrix[first]
         if hessian:

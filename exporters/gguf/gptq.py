@@ -40,8 +40,12 @@ def block_width(cols: int, ggml_type: str) -> int | None:
 class Compensator:
     """GPTQ's factors for one Hessian (shared by every tensor reading the same input)."""
 
-    def __init__(self, hessian: np.ndarray, device: str = "cpu"):
+    def __init__(self, hessian: np.ndarray, device: str = "cpu", phases=None):
         import torch
+
+        from edgellm.exporters.calibrate.common import Phases
+
+        self.phases = phases or Phases()
 
         H = np.asarray(hessian, dtype=np.float32)
         diag = np.diag(H).copy()
@@ -77,18 +81,22 @@ def quantize_rows(rows: np.ndarray, ggml_type: str, out: np.ndarray, comp: Compe
 
     n, cols = rows.shape
     width = block_width(cols, ggml_type)
-    w = torch.from_numpy(np.array(rows, dtype=np.float32)).to(comp.device)
-    rb = row_bytes(ggml_type, width)
-    dst = out.reshape(n, -1)
-    buf = np.empty(n * rb, np.uint8)
-    for a in range(0, cols, width):
-        b = a + width
-        block = np.ascontiguousarray(w[:, a:b].cpu().numpy())
-        quantize_into(ggml_type, block, buf, threads=threads, imatrix=np.ascontiguousarray(comp.diag[a:b]))
-        dst[:, a // width * rb:(a // width + 1) * rb] = buf.reshape(n, rb)
-        if b < cols:
-            q = dequantize(ggml_type, buf, width, threads)
-            w[:, b:] -= (w[:, a:b] - torch.from_numpy(q).to(comp.device)) @ comp.carry(a, b)
+    ph = comp.phases
+    with ph("GPTQ"):
+        w = torch.from_numpy(np.array(rows, dtype=np.float32)).to(comp.device)
+        rb = row_bytes(ggml_type, width)
+        dst = out.reshape(n, -1)
+        buf = np.empty(n * rb, np.uint8)
+        for a in range(0, cols, width):
+            b = a + width
+            block = np.ascontiguousarray(w[:, a:b].cpu().numpy())
+            with ph("ggml quantize"):
+                quantize_into(ggml_type, block, buf, threads=threads, imatrix=np.ascontiguousarray(comp.diag[a:b]))
+            dst[:, a // width * rb:(a // width + 1) * rb] = buf.reshape(n, rb)
+            if b < cols:
+                with ph("ggml quantize"):
+                    q = dequantize(ggml_type, buf, width, threads)
+                w[:, b:] -= (w[:, a:b] - torch.from_numpy(q).to(comp.device)) @ comp.carry(a, b)
 
 
 class Compensators:
@@ -97,7 +105,10 @@ class Compensators:
     factors, not one per layer.  The token embedding is never compensated: its rows are looked
     up, not multiplied."""
 
-    def __init__(self, hessians, keep: int = 2, device: str = "cpu"):
+    def __init__(self, hessians, keep: int = 2, device: str = "cpu", phases=None):
+        from edgellm.exporters.calibrate.common import Phases
+
+        self.phases = phases or Phases()    # where the writer's time goes (XᵀX, GPTQ, ggml's quantizers)
         self.hessians = hessians            # a mapping; read only when a tensor asks (it may be lazy)
         self.keep = keep
         self.device = device
@@ -117,5 +128,6 @@ class Compensators:
         if id(h) not in self._made:
             while len(self._made) >= self.keep:
                 self._made.pop(next(iter(self._made)))
-            self._made[id(h)] = (h, Compensator(h, self.device))
+            with self.phases("GPTQ"):
+                self._made[id(h)] = (h, Compensator(h, self.device, self.phases))
         return self._made[id(h)][1]

@@ -328,6 +328,7 @@ def calibrated_gguf(model, ckpt, arch, quant: str, cal, threads: int = 1,
                     progress=lambda i, n: None) -> CalibratedGguf:
     from edgellm.exporters.gguf.gptq import Compensators
 
-    mix = mixed_types(model, ckpt, arch, quant, cal, threads, progress=progress)
+    with cal.phases("types chosen"):
+        mix = mixed_types(model, ckpt, arch, quant, cal, threads, progress=progress)
     return CalibratedGguf(mix, by_gguf_name(arch, cal.imatrix), Compensators(ByGgufName(arch, cal.hessian),
-                                                                             device=getattr(cal, "device", "cpu")))
+                                                                             device=cal.device, phases=cal.phases))
