@@ -86,4 +86,4 @@ class CalibrationData:
         return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context,
                 "device": cal.device, "precision": cal.precision, "fisher_tokens": cal.fisher_tokens,
                 "fisher_per": cal.fisher_per, "hessian_tokens": cal.hessian_tokens,
-                "seconds": cal.phases.to_dict()}
+                "seconds": cal.phases.seconds}     # the live record: the writer's phases (XᵀX, GPTQ) come later

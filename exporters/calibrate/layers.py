@@ -107,7 +107,7 @@ class _States:
     (the later passes re-run them), the current layer's input and output of the others."""
 
     def __init__(self, folder: Path, boundaries: int, windows: int, shape: tuple[int, int], kept=None):
-        self.shape, self.windows = shape, windows
+        self.shape = shape
         self.fd = None
         self.block = int(np.prod(shape)) * 4
         kept = sorted(set(range(windows) if kept is None else kept))
@@ -304,8 +304,8 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         _finish_inputs(cal, sums, counts, grams, shared, hessian)
         if hessian:                                         # the layers' XᵀX: when asked for
             cal.hessian = LayerHessians(stream, states, calls, names, dict(cal.hessian), hw, ph)
-        with ph("backward (Fisher)"):
-            if fisher:
+        if fisher:
+            with ph("backward (Fisher)"):
                 for i in reversed(range(n)):                    # backward, a layer at a time
                     layer = stream.load_layer(i)
                     params = [(stream.prefixes[i] + name, p) for name, p in layer.named_parameters() if p.dim() == 2]

@@ -53,8 +53,6 @@ class GgufWriter(Writer):
                        req.choice.quant, req.threads,
                        lambda i, n: report.count(i, n, f"converting to GGUF {req.choice.quant}: tensor"),
                        types=types, imatrix=imatrix, compensators=compensators)
-        if compensators is not None:        # the calibration's phases, the writer's (XᵀX, GPTQ) now in
-            calibrated.record["seconds"] = compensators.phases.to_dict()
         counts: dict[str, int] = {}
         for t in read_header(artifact).tensors:
             counts[t.type_name] = counts.get(t.type_name, 0) + 1
