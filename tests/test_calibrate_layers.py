@@ -152,6 +152,30 @@ def test_xtx_on_a_subset_of_windows_leaves_the_importance_whole(tiny):
         assert np.allclose(h, h.T, atol=1e-6 * np.abs(h).max()) and (np.diag(h) >= 0).all()
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_xtx_gathered_in_the_forward_pass_is_the_rerun_one(tiny, monkeypatch, arch):
+    """XᵀX kept on disk by the forward pass (no second pass) equals the writer's re-run of each layer,
+    on the same subset of windows; a disk that fills half way leaves the later layers to the re-run."""
+    import edgellm.exporters.calibrate.layers as cl
+
+    folder = tiny(arch)
+    kw = dict(context=64, max_windows=6, hessian=True, fisher=False, seed=1, precision="float32", hessian_windows=2)
+    first = collect_layerwise(folder, open_checkpoint(folder), TEXT, **kw)
+    assert first.hessian.grams is not None and len(first.hessian.grams.where) == len(set(first.hessian.layer_of.values()))
+    monkeypatch.setattr(cl, "DISK_SPARE", 1 << 60)                  # no room: every layer re-run
+    rerun = collect_layerwise(folder, open_checkpoint(folder), TEXT, **kw)
+    assert rerun.hessian.grams is None
+    put = cl._Grams.put
+    monkeypatch.setattr(cl, "DISK_SPARE", 0)
+    monkeypatch.setattr(cl._Grams, "put", lambda self, i, g, sh: i == 0 and put(self, i, g, sh))  # full after one
+    half = collect_layerwise(folder, open_checkpoint(folder), TEXT, **kw)
+    assert list(half.hessian.grams.where) == [0]
+    assert set(first.hessian) == set(rerun.hessian) == set(half.hessian)
+    for name in rerun.hessian:
+        assert _close(first.hessian[name], rerun.hessian[name], 1e-5), name
+        assert _close(half.hessian[name], rerun.hessian[name], 1e-5), name
+
+
 def test_states_keep_every_boundary_only_for_the_windows_rerun(tmp_path):
     import torch
 

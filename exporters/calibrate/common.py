@@ -99,11 +99,13 @@ def calibration_windows(tok, text: str, context: int, max_windows: int) -> list[
     return [ids[i * context:(i + 1) * context] for i in range(n)]
 
 
-def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool):
+def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian, gram_rows: dict | None = None):
     """Forward hooks gathering, for every linear input of ``module`` (checkpoint names: ``prefix``
-    + the module's own), the sum of x² per column, the row count and (``hessian``) XᵀX.  Layers
-    reading the same input (q/k/v, gate/up) are recorded once and pointed at it in ``shared``.
-    Returns the hook handles and the holder of the last input seen (reset it between passes)."""
+    + the module's own), the sum of x² per column, the row count and (``hessian``: a bool, or a
+    callable asked at each input, e.g. whether this window is one of XᵀX's) XᵀX, its rows counted
+    in ``gram_rows`` when given.  Layers reading the same input (q/k/v, gate/up) are recorded once
+    and pointed at it in ``shared``.  Returns the hook handles and the holder of the last input
+    seen (reset it between passes)."""
     import torch
 
     last = {"input": None, "name": None}
@@ -118,8 +120,10 @@ def input_hooks(module, prefix: str, sums, counts, grams, shared, hessian: bool)
             with torch.autocast(x.device.type, enabled=False):     # sums in float32, whatever the products
                 sums[full] = sums.get(full, 0) + (x * x).sum(0)
                 counts[full] = counts.get(full, 0) + x.shape[0]
-                if hessian:                 # in place: a 14,336-wide input's XᵀX is 822 MB
+                if hessian() if callable(hessian) else hessian:     # in place: a 14,336-wide input's is 822 MB
                     add_gram(grams, full, x)
+                    if gram_rows is not None:
+                        gram_rows[full] = gram_rows.get(full, 0) + x.shape[0]
         handles.append(mod.register_forward_pre_hook(record))
     return handles, last
 
@@ -132,7 +136,12 @@ def add_gram(grams: dict, name: str, x) -> None:
     """grams[name] += xᵀx for the rows of ``x`` [tokens, n], the upper triangle (and what the
     strips cover below it) only for a wide input: strip i of rows takes x[:, i]ᵀ x[:, i:], so
     about (1 + 1/blocks) / 2 of the full product's work (a 4,864-wide input: 1.7x faster on a
-    2-core EPYC).  ``gram_done`` makes it symmetric."""
+    2-core EPYC).  ``gram_done`` makes it symmetric.
+
+    Float32 whatever the layers' products: a bfloat16 product (1.9x faster on that EPYC) rounds
+    each entry by its own 2⁻⁹, which breaks positive definiteness where a few activation columns
+    are hundreds of times the others (real SmolLM2-135M: GPTQ's Cholesky failed even in float64
+    with its 1% damping)."""
     import torch
 
     n = x.shape[1]

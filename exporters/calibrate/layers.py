@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,20 +41,21 @@ from edgellm.exporters.calibrate.common import FISHER_PER, FISHER_WINDOWS, HESSI
 from edgellm.exporters import host_memory
 from edgellm.exporters.calibrate.fisher import (HeadRows, Keep, TokenFisher, rows_array, rows_tensor,
                                                 sparse_embeddings, square_into, token_modules)
-from edgellm.exporters.calibrate.memory import preflight_layers, states_blocks
+from edgellm.exporters.calibrate.memory import DISK_SPARE, preflight_layers, states_blocks, xtx_disk
 from edgellm.exporters.compute import gpu_memory_guard, resolve
 
 
 class LayerHessians(Mapping):
-    """XᵀX / n per linear input, under checkpoint names, computed a decoder layer at a time when
-    first asked for (the layer re-run over its stored inputs) and kept for that layer only: a
-    writer asking layer by layer holds one layer's matrices, not the model's.  The head's input
-    is small and kept (``eager``)."""
+    """XᵀX / n per linear input, under checkpoint names, a decoder layer at a time when first asked
+    for, and kept for that layer only: a writer asking layer by layer holds one layer's matrices,
+    not the model's.  A layer's come from the temporary file the forward pass wrote them to
+    (``grams``: no second pass), or, where that file has not got them (no disk for it), from the
+    layer re-run over its stored inputs.  The head's input is small and kept (``eager``)."""
 
     def __init__(self, stream, states, calls, names: list[list[str]], eager: dict[str, np.ndarray],
-                 windows: list[int], phases):
+                 windows: list[int], phases, grams: "_Grams | None" = None):
         self.stream, self.states, self.calls, self.eager = stream, states, calls, eager
-        self.windows, self.phases = windows, phases
+        self.windows, self.phases, self.grams = windows, phases, grams
         self.layer_of = {n: i for i, layer in enumerate(names) for n in layer}
         self._layer, self._cache = None, {}
 
@@ -77,9 +79,16 @@ class LayerHessians(Mapping):
         return len(self.eager) + len(self.layer_of)
 
     def _compute(self, i: int) -> dict[str, np.ndarray]:
-        with gpu_memory_guard(self.stream.device, "computing a layer's XᵀX", " (--calib-device cpu)"), \
-                self.phases("XᵀX"):
-            return self._layer_grams(i)
+        with self.phases("XᵀX"):
+            if self.grams is not None and i in self.grams:
+                return self.grams.get(i)
+            with gpu_memory_guard(self.stream.device, "computing a layer's XᵀX", " (--calib-device cpu)"):
+                return self._layer_grams(i)
+
+    def close(self) -> None:
+        self.states.close()
+        if self.grams is not None:
+            self.grams.close()
 
     def _layer_grams(self, i: int) -> dict[str, np.ndarray]:
         import torch
@@ -99,6 +108,54 @@ class LayerHessians(Mapping):
         out = {n: gram_done(g).div_(counts[n]).cpu().numpy() for n, g in grams.items()}
         out.update({n: out[first] for n, first in shared.items()})
         return out
+
+
+class _Grams:
+    """Each decoder layer's XᵀX / n, written by the forward pass to a temporary file (unlinked at
+    once: nothing is left behind) and read back a layer at a time by the writer.  A layer the
+    disk has no room for is not kept (``put`` says so); the writer then re-runs that layer."""
+
+    def __init__(self, folder: Path):
+        fd, path = tempfile.mkstemp(prefix=".edgellm-xtx-", dir=folder)
+        os.unlink(path)
+        self.fd, self.end, self.full = fd, 0, False
+        self.where: dict[int, tuple[dict[str, tuple[int, int]], dict[str, str]]] = {}
+
+    def put(self, i: int, grams: dict[str, np.ndarray], shared: dict[str, str]) -> bool:
+        if self.full or self.fd is None:
+            return False
+        at, start = {}, self.end
+        try:
+            for name, g in grams.items():
+                data = np.ascontiguousarray(g, dtype=np.float32)
+                os.pwrite(self.fd, data.tobytes(), self.end)
+                at[name] = (self.end, data.shape[0])
+                self.end += data.nbytes
+        except OSError:                   # the disk filled up meanwhile: this layer and the later are re-run
+            self.full, self.end = True, start
+            os.ftruncate(self.fd, start)
+            return False
+        self.where[i] = (at, dict(shared))
+        return True
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.where
+
+    def get(self, i: int) -> dict[str, np.ndarray]:
+        at, shared = self.where[i]
+        out = {}
+        for name, (offset, n) in at.items():
+            raw = os.pread(self.fd, 4 * n * n, offset)
+            out[name] = np.frombuffer(raw, np.float32).reshape(n, n).copy()
+        out.update({n: out[first] for n, first in shared.items() if first in out})
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = close
 
 
 class _States:
@@ -235,7 +292,13 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     cal.fisher_per = "token" if per_token else "window"
     steps, done = n * (2 if fisher else 1) + 1, 0
     sums, counts, grams, shared = {}, {}, {}, {}
-    states = _States(Path(work_dir or tempfile.gettempdir()), n + 1, W, (context, cfg.hidden_size), {*fw, *hw})
+    folder = Path(work_dir or tempfile.gettempdir())
+    states = _States(folder, n + 1, W, (context, cfg.hidden_size), {*fw, *hw})
+    # XᵀX gathered in the forward pass, on its windows, and kept on disk for the writer: no second
+    # pass over the layers.  Without the disk for it (xtx_disk, with room to spare), the writer
+    # re-runs each layer over its stored inputs instead (LayerHessians)
+    xtx = _Grams(folder) if hessian and shutil.disk_usage(folder).free > xtx_disk(model_dir) + DISK_SPARE else None
+    in_hw, hw_set, layer_grams, gram_rows = [False], set(hw), {}, {}
     try:
         calls = []
         with ph("forward (importance)"):
@@ -249,13 +312,23 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
             with ph("forward (importance)"):
                 layer = stream.load_layer(i)
                 names.append([stream.prefixes[i] + name for name, _, _ in linear_inputs(layer)])
-                handles = input_hooks(layer, stream.prefixes[i], sums, counts, grams, shared, False)[0]
+                layer_shared = {}
+                handles = input_hooks(layer, stream.prefixes[i], sums, counts, layer_grams, layer_shared,
+                                      (lambda: in_hw[0]) if xtx else False, gram_rows)[0]
                 with torch.no_grad():
                     for w in range(W):
+                        in_hw[0] = w in hw_set
                         states.put(i + 1, w, stream.run(layer, states.get(i, w, dev), calls[w][i]))
                 for h in handles:
                     h.remove()
+                shared.update(layer_shared)
                 stream.drop_layer(i)
+                if xtx:
+                    with ph("XᵀX"):
+                        xtx.put(i, {m: gram_done(g).div_(gram_rows[m]).cpu().numpy() for m, g in layer_grams.items()},
+                                layer_shared)
+                    layer_grams.clear()
+                    gram_rows.clear()
                 host_memory.release()
             done += 1
             progress(done, steps)
@@ -303,7 +376,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         progress(done, steps)
         _finish_inputs(cal, sums, counts, grams, shared, hessian)
         if hessian:                                         # the layers' XᵀX: when asked for
-            cal.hessian = LayerHessians(stream, states, calls, names, dict(cal.hessian), hw, ph)
+            cal.hessian = LayerHessians(stream, states, calls, names, dict(cal.hessian), hw, ph, xtx)
         if fisher:
             with ph("backward (Fisher)"):
                 for i in reversed(range(n)):                    # backward, a layer at a time
@@ -352,6 +425,8 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
                         sink.add(name, f, rows=rows_array(rows.get(name)))
     except BaseException:
         states.close()
+        if xtx is not None:
+            xtx.close()
         raise
     finally:
         for p in stream.model.parameters():
@@ -359,6 +434,8 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         stream.release_outer()                              # the layers' re-runs need none of it
     if not hessian:
         states.close()                                      # else the lazy XᵀX reads it (closed with it)
+    elif xtx is not None and len(xtx.where) == n:
+        states.close()                                      # ... unless every layer's is on disk already
     return cal
 
 

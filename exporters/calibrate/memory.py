@@ -10,10 +10,11 @@ The peak is the largest of the phases of ``layers`` and of the GGUF writer after
 - the writer: one layer's XᵀX matrices, and GPTQ's factor for the widest input while it is made
   and kept (``gguf.gptq``; on the GPU when calibrating on one, the XᵀX coming back to the host);
 
-plus, throughout, the process itself (Python, torch, transformers, the tokenizer) and the gradient
+and, in the forward pass, the layer's XᵀX as it is gathered; plus, throughout, the process itself (Python, torch, transformers, the tokenizer) and the gradient
 at a layer boundary for every window the Fisher is estimated on.  The temporary disk holds every
 layer boundary's hidden states of the windows the later passes re-run (the Fisher's and XᵀX's),
-and the current layer's input and output of the others.  ``benchmarks/calibration_memory.py`` checks the prediction
+and the current layer's input and output of the others; and, where the disk has room for them
+(``xtx_disk``, checked as the work starts, not refused without it), every layer's XᵀX.  ``benchmarks/calibration_memory.py`` checks the prediction
 against the measured peak.
 """
 
@@ -55,14 +56,15 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     q = model.n_heads * model.head_dim
     table = 4 * v * h
     layer = 4 * max(model.n_params - model.n_embedding_params - (0 if model.tied_embeddings else v * h), 0) // n
+    grams = layer_grams(model) if hessian else 0               # one layer's distinct inputs
     graph = 4 * context * (16 * h + 6 * f + 3 * model.n_heads * context)      # one window through one layer
-    layer_phase = layer * (3 if fisher else 1) + layer // 2 + graph    # (+ its bfloat16 copy under autocast)
+    layer_phase = layer * (3 if fisher else 1) + layer // 2 + graph + grams   # (+ its bfloat16 copy under
+    # autocast; the layer's XᵀX, gathered in the forward pass)
     head_phase = table + (5 * LOGITS_BYTES if fisher else 2 * LOGITS_BYTES)
     fw = spread(windows, fisher_windows) if fisher else []
     hw = spread(windows, hessian_windows) if hessian else []
     boundary = 4 * len(fw) * context * h           # the gradient at a layer boundary, per Fisher window
     kept = 4 * model.n_params if fisher and keep_fisher else 0
-    grams = 4 * (2 * h * h + q * q + f * f) if hessian else 0               # one layer's distinct inputs
     widest = max(h, f, q)
     # GPTQ's factor of the widest input while it is made (two float32 n x n), or kept (one, with its
     # cached block solves: half of one more) while a tensor of the layer is rounded (float32, a copy)
@@ -120,6 +122,24 @@ def preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool,
     model = models.load_config(str(model_dir))
     return preflight(model, min(context, model.max_context), windows, hessian, fisher, keep_fisher, device,
                      Path(work_dir or tempfile.gettempdir()), str(model_dir), **kept)
+
+
+DISK_SPARE = 1 << 30         # free disk left over when XᵀX is kept on it (``xtx_disk``)
+
+
+def layer_grams(model) -> int:
+    """Bytes of one decoder layer's XᵀX matrices in float32, its distinct inputs: attention's, its
+    output projection's, the MLP's, the down projection's."""
+    h, f, q = model.hidden, model.ffn, model.n_heads * model.head_dim
+    return 4 * (2 * h * h + q * q + f * f)
+
+
+def xtx_disk(model_dir: Path) -> int:
+    """Temporary disk for every layer's XᵀX, gathered in the forward pass (``layers._Grams``)."""
+    from edgellm import models
+
+    model = models.load_config(str(model_dir))
+    return model.n_layers * layer_grams(model)
 
 
 def states_blocks(boundaries: int, windows: int, kept: int) -> int:
