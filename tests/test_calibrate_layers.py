@@ -165,9 +165,17 @@ def test_xtx_gathered_in_the_forward_pass_is_the_rerun_one(tiny, monkeypatch, ar
     monkeypatch.setattr(cl, "DISK_SPARE", 1 << 60)                  # no room: every layer re-run
     rerun = collect_layerwise(folder, open_checkpoint(folder), TEXT, **kw)
     assert rerun.hessian.grams is None
-    put = cl._Grams.put
+    write = cl._Grams._write
+
+    def no_space(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    def full_after_one_layer(self, i, grams, shared):
+        if i > 0:
+            self._pwrite = no_space
+        return write(self, i, grams, shared)
     monkeypatch.setattr(cl, "DISK_SPARE", 0)
-    monkeypatch.setattr(cl._Grams, "put", lambda self, i, g, sh: i == 0 and put(self, i, g, sh))  # full after one
+    monkeypatch.setattr(cl._Grams, "_write", full_after_one_layer)
     half = collect_layerwise(folder, open_checkpoint(folder), TEXT, **kw)
     assert list(half.hessian.grams.where) == [0]
     assert set(first.hessian) == set(rerun.hessian) == set(half.hessian)

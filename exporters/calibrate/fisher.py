@@ -25,6 +25,19 @@ class Keep:
         self.store[name] = fisher
 
 
+def sample_tokens(logits, gen):
+    """One token per row of ``logits`` [T, vocab], drawn from the model's own predictive
+    distribution (the Fisher's expectation is over the model's outputs, not the text's), by the
+    inverse of the cumulative distribution: one uniform number a row.  ``torch.multinomial`` did
+    the same in 9 s of a 0.5B calibration's 224 on a 2-core EPYC (a 151,936-token vocabulary)."""
+    import torch
+
+    with torch.no_grad():
+        cdf = torch.softmax(logits.float(), -1).cumsum_(-1)
+        u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u)[:, 0].clamp_(max=cdf.shape[1] - 1)
+
+
 def rows_tensor(rows, device: str):
     import torch
     return None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)

@@ -97,7 +97,11 @@ class LayerStream:
             head.weight.data = torch.empty(0, dtype=self.big_dtype, device="meta")
         model.to_empty(device=device)
         with torch.no_grad():
-            for module in model.modules():
+            for module in model.modules():      # buffers (rotary tables, embedding scales) need the
+                # initializer; a leaf holding only weights, which the checkpoint fills below, does
+                # not (a random normal over a 151,936-token table: 2.7 s of a 0.5B calibration)
+                if next(module.children(), None) is None and next(module.buffers(recurse=False), None) is None:
+                    continue
                 model._init_weights(module)
             model.tie_weights()                             # a tied head shares the embedding again
             self.table = model.get_input_embeddings().weight

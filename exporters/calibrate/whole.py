@@ -26,6 +26,7 @@ import numpy as np
 
 from edgellm.errors import EdgeLLMError
 from edgellm.exporters.calibrate.common import Calibration, calibration_windows, default_text, gram_done, input_hooks
+from edgellm.exporters.calibrate.fisher import sample_tokens
 
 
 def needed_bytes(model, context: int, hessian: bool, fisher: bool) -> int:
@@ -90,7 +91,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
             if fisher:
                 logits = model(x).logits[0].float()
                 with torch.no_grad():
-                    sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+                    sampled = sample_tokens(logits, gen)
                 torch.nn.functional.cross_entropy(logits, sampled, reduction="sum").backward()
             else:
                 with torch.no_grad():
