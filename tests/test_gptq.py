@@ -51,6 +51,7 @@ def test_a_layers_factors_are_dropped_before_the_next_layers_hessians_are_made()
     H = x.T @ x / 256
     hs = Lazy({f"blk.{i}.{t}.weight": H.copy() for i in range(2) for t in ("attn_q", "ffn_down")})
     comps = Compensators(hs)
+    assert comps.get("blk.0.attn_q.weight", "Q8_0", 64) is None and not asked     # 8 bits: rounded as is
     for name in hs:
         assert comps.get(name, "Q4_0", 64) is not None
     assert [n for n, alive in asked if alive] == ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]

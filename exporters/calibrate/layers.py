@@ -326,9 +326,10 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     folder = Path(work_dir or tempfile.gettempdir())
     states = _States(folder, n + 1, W, (context, cfg.hidden_size), {*fw, *hw})
     # XᵀX gathered in the forward pass, on its windows, and kept on disk for the writer: no second
-    # pass over the layers.  Without the disk for it (xtx_disk, with room to spare), the writer
-    # re-runs each layer over its stored inputs instead (LayerHessians)
-    xtx = _Grams(folder) if hessian and shutil.disk_usage(folder).free > xtx_disk(model_dir) + DISK_SPARE else None
+    # pass over the layers.  Where it would take more than half the free disk (xtx_disk: 2.5 GB for
+    # a 0.5B shape, 33 GB for an 8B), the writer re-runs each layer over its stored inputs instead
+    xtx = _Grams(folder) if hessian and shutil.disk_usage(folder).free > 2 * xtx_disk(model_dir) + DISK_SPARE \
+        else None
     in_hw, hw_set, layer_grams, gram_rows = [False], set(hw), {}, {}
     try:
         calls = []

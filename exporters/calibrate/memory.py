@@ -10,11 +10,13 @@ The peak is the largest of the phases of ``layers`` and of the GGUF writer after
 - the writer: one layer's XᵀX matrices, and GPTQ's factor for the widest input while it is made
   and kept (``gguf.gptq``; on the GPU when calibrating on one, the XᵀX coming back to the host);
 
-and, in the forward pass, the layer's XᵀX as it is gathered; plus, throughout, the process itself (Python, torch, transformers, the tokenizer) and the gradient
+and, in the forward pass, the layer's XᵀX as it is gathered and the last layer's as it is written;
+plus, throughout, the process itself (Python, torch, transformers, the tokenizer) and the gradient
 at a layer boundary for every window the Fisher is estimated on.  The temporary disk holds every
 layer boundary's hidden states of the windows the later passes re-run (the Fisher's and XᵀX's),
-and the current layer's input and output of the others; and, where the disk has room for them
-(``xtx_disk``, checked as the work starts, not refused without it), every layer's XᵀX.  ``benchmarks/calibration_memory.py`` checks the prediction
+and the current layer's input and output of the others; and, where they take at most half the
+free disk (``xtx_disk``, checked as the work starts, not refused without it), every layer's XᵀX.
+``benchmarks/calibration_memory.py`` checks the prediction
 against the measured peak.
 """
 
@@ -36,15 +38,18 @@ class CalibrationNeed:
     gpu: int                 # GPU bytes at the peak (0 when calibrating on the CPU)
     disk: int                # temporary file of the layer-boundary hidden states
     device: str = "cpu"
+    xtx_disk: int = 0        # more temporary disk, used where free: every layer's XᵀX (``xtx_disk``)
 
     def describe(self) -> str:
         from edgellm.units import fmt_bytes
 
         gpu = f", {fmt_bytes(self.gpu)} of GPU memory ({self.device})" if self.gpu else ""
-        return f"about {fmt_bytes(self.ram)} of RAM{gpu} and {fmt_bytes(self.disk)} of temporary disk"
+        xtx = f" (and {fmt_bytes(self.xtx_disk)} more to keep XᵀX, where free)" if self.xtx_disk else ""
+        return f"about {fmt_bytes(self.ram)} of RAM{gpu} and {fmt_bytes(self.disk)} of temporary disk{xtx}"
 
     def to_dict(self) -> dict:
-        return {"ram_bytes": self.ram, "gpu_bytes": self.gpu, "temp_disk_bytes": self.disk, "device": self.device}
+        return {"ram_bytes": self.ram, "gpu_bytes": self.gpu, "temp_disk_bytes": self.disk,
+                "xtx_disk_bytes": self.xtx_disk, "device": self.device}
 
 
 def need(model, context: int, windows: int, hessian: bool = True, fisher: bool = True, keep_fisher: bool = False,
@@ -58,8 +63,10 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     layer = 4 * max(model.n_params - model.n_embedding_params - (0 if model.tied_embeddings else v * h), 0) // n
     grams = layer_grams(model) if hessian else 0               # one layer's distinct inputs
     graph = 4 * context * (16 * h + 6 * f + 3 * model.n_heads * context)      # one window through one layer
-    layer_phase = layer * (3 if fisher else 1) + layer // 2 + graph + grams   # (+ its bfloat16 copy under
-    # autocast; the layer's XᵀX, gathered in the forward pass)
+    # a layer in float32 (+ its bfloat16 copy under autocast) and one window's graph through it; forward:
+    # the layer's XᵀX as it is gathered and the last layer's as it is written; backward: gradients
+    # and Fisher sums
+    layer_phase = layer + layer // 2 + graph + max(2 * grams, 2 * layer if fisher else 0)
     head_phase = table + (5 * LOGITS_BYTES if fisher else 2 * LOGITS_BYTES)
     fw = spread(windows, fisher_windows) if fisher else []
     hw = spread(windows, hessian_windows) if hessian else []
@@ -80,7 +87,7 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
         gpu = 0
         ram = int(MARGIN * (max(stats, gptq) + kept)) + PROCESS
     disk = 4 * context * h * states_blocks(n + 1, windows, len({*fw, *hw}))
-    return CalibrationNeed(ram, gpu, disk, device)
+    return CalibrationNeed(ram, gpu, disk, device, n * grams)
 
 
 def preflight(model, context: int, windows: int, hessian: bool, fisher: bool, keep_fisher: bool, device: str,
@@ -124,7 +131,7 @@ def preflight_layers(model_dir: Path, context: int, windows: int, hessian: bool,
                      Path(work_dir or tempfile.gettempdir()), str(model_dir), **kept)
 
 
-DISK_SPARE = 1 << 30         # free disk left over when XᵀX is kept on it (``xtx_disk``)
+DISK_SPARE = 1 << 30         # XᵀX is kept on disk where it takes at most half the free disk, less this
 
 
 def layer_grams(model) -> int:
@@ -138,8 +145,7 @@ def xtx_disk(model_dir: Path) -> int:
     """Temporary disk for every layer's XᵀX, gathered in the forward pass (``layers._Grams``)."""
     from edgellm import models
 
-    model = models.load_config(str(model_dir))
-    return model.n_layers * layer_grams(model)
+    return need(models.load_config(str(model_dir)), 512, 2).xtx_disk
 
 
 def states_blocks(boundaries: int, windows: int, kept: int) -> int:

@@ -28,6 +28,9 @@ import numpy as np
 from edgellm.core.ggml import TYPES
 
 DAMP = 0.01
+# rounded as they are: at 8 bits and more the rounding error is (1/127)² of 4 bits' in size, and
+# compensating it is a Cholesky factor and its solves for nothing measurable (benchmarks/RESULTS.md)
+UNCOMPENSATED = ("F32", "F16", "BF16", "Q8_0")
 
 
 def block_width(cols: int, ggml_type: str) -> int | None:
@@ -116,7 +119,7 @@ class Compensators:
         self._group = None
 
     def get(self, name: str, ggml_type: str, cols: int) -> Compensator | None:
-        if name == "token_embd.weight" or ggml_type in ("F32", "F16") or block_width(cols, ggml_type) is None:
+        if name == "token_embd.weight" or ggml_type in UNCOMPENSATED or block_width(cols, ggml_type) is None:
             return None
         group = getattr(self.hessians, "group", None)
         if group is not None and (g := group(name)) is not None and g != self._group:

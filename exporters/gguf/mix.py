@@ -40,7 +40,7 @@ from edgellm.core.ggml import TYPES
 CANDIDATES_256 = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 CANDIDATES_32 = ("Q4_0", "Q4_1", "IQ4_NL", "Q5_0", "Q5_1", "Q8_0")
 SAMPLE_ROWS = 2048
-SAMPLE_ELEMENTS = 1 << 18        # weights a tensor's costs are estimated on: 1,024 super-blocks of 256
+SAMPLE_ELEMENTS = 1 << 17        # weights a tensor's costs are estimated on: 512 super-blocks of 256
 ROWS_PER_READ = 8192             # rows read at once when only a sample of a big tensor is wanted
 
 
@@ -278,7 +278,6 @@ class Costs:
             self.costs[e.gguf_name] = tensor_costs(_matrix(self.ckpt, self.arch, e, pick), f,
                                                    self.imatrix.get(e.hf_name), self.types[e.gguf_name],
                                                    self.threads, seed=i, rows=e.shape[0])
-        host_memory.release()
 
     def complete(self, progress=lambda i, n: None) -> "Costs":
         """Costs for the tensors no Fisher came for (importance-weighted)."""
@@ -286,7 +285,8 @@ class Costs:
         for k, e in enumerate(todo):
             self.add(e.hf_name, None)
             progress(k + 1, len(todo))
-        return self
+        host_memory.release()       # once, not per tensor (1.4 s of a 0.5B calibration): blocks past
+        return self                 # the mmap threshold go back to the system as they are freed
 
 
 def mixed_types(model, ckpt, arch, quant: str, cal, threads: int = 1, budget: int | None = None,
