@@ -56,7 +56,10 @@ def _scorer(ref_path: Path, context: int, windows: int, held_out: str):
 
 
 def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: bool = True, calibrated_only: bool = False,
-        **cal_kw) -> dict:
+        calib_windows: int | None = None, **cal_kw) -> dict:
+    """``windows``: the held-out windows scored; ``calib_windows``: the calibration's (None: its default)."""
+    if calib_windows:
+        cal_kw["windows"] = calib_windows
     from edgellm import models
     from edgellm.exporters.calibrate import CalibrationData
     from edgellm.exporters.io.checkpoint import open_checkpoint
@@ -271,6 +274,6 @@ if __name__ == "__main__":
                   **({"fisher_windows": a.fisher_windows} if a.fisher_windows is not None else {}),
                   **({"fisher_per": a.fisher_per} if a.fisher_per else {}),
                   **({"hessian_windows": a.hessian_windows} if a.hessian_windows is not None else {}),
-                  **({"windows": a.calib_windows} if a.calib_windows else {}))
+                  calib_windows=a.calib_windows)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

@@ -184,6 +184,32 @@ def test_xtx_gathered_in_the_forward_pass_is_the_rerun_one(tiny, monkeypatch, ar
         assert _close(half.hessian[name], rerun.hessian[name], 1e-5), name
 
 
+def test_xtx_from_bfloat16_inputs_stays_positive_definite():
+    """XᵀX made by oneDNN from bfloat16-rounded inputs (the layers' products are bfloat16) is the
+    float32 sum of the rounded inputs' products: positive semi-definite to float32 rounding, even
+    with activation columns hundreds of times the others (a bfloat16 *result* was not, on the real
+    SmolLM2: see ``add_gram``)."""
+    import torch
+
+    from edgellm.exporters.calibrate.common import add_gram, bf16_inputs, gram_done
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 2560, generator=g) @ torch.randn(2560, 2560, generator=g) / 50     # correlated inputs
+    x[:, :8] *= 300                                                                         # outlier columns
+    grams = {}
+    with bf16_inputs(True):
+        for part in x.split(128):
+            add_gram(grams, "w", part)
+    h = gram_done(grams["w"]).double()
+    exact = x.double().T @ x.double()
+    assert torch.allclose(h, h.T) and float((h - exact).abs().max()) <= 4e-3 * float(exact.abs().max())
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():            # the rounded inputs' own XᵀX
+        rounded = x.bfloat16().double()
+        assert float((h - rounded.T @ rounded).abs().max()) <= 1e-5 * float(exact.abs().max())
+
+    assert float(torch.linalg.eigvalsh(h).min()) > -1e-6 * float(exact.abs().max())   # PSD, to rounding
+
+
 def test_states_keep_every_boundary_only_for_the_windows_rerun(tmp_path):
     import torch
 
