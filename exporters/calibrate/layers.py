@@ -85,11 +85,6 @@ class LayerHessians(Mapping):
             with gpu_memory_guard(self.stream.device, "computing a layer's XᵀX", " (--calib-device cpu)"):
                 return self._layer_grams(i)
 
-    def close(self) -> None:
-        self.states.close()
-        if self.grams is not None:
-            self.grams.close()
-
     def _layer_grams(self, i: int) -> dict[str, np.ndarray]:
         import torch
 
