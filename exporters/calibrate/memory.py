@@ -145,7 +145,8 @@ def xtx_disk(model_dir: Path) -> int:
     """Temporary disk for every layer's XᵀX, gathered in the forward pass (``layers._Grams``)."""
     from edgellm import models
 
-    return need(models.load_config(str(model_dir)), 512, 2).xtx_disk
+    model = models.load_config(str(model_dir))
+    return model.n_layers * layer_grams(model)
 
 
 def states_blocks(boundaries: int, windows: int, kept: int) -> int:
