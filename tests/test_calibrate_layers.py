@@ -298,3 +298,39 @@ def test_auto_precision_on_the_cpu_is_whichever_this_cpu_multiplies_faster(monke
     monkeypatch.setattr(cl, "bf16_is_faster", lambda: False)
     assert cl.compute_dtype("auto", "cpu") == "float32"
     assert cl.compute_dtype("bfloat16", "cpu") == "bfloat16"          # asked for: as asked
+
+
+@pytest.mark.parametrize("stored", ["F32", "BF16"])
+def test_a_layer_read_ahead_is_the_layer_read_now(tiny, tmp_path, stored):
+    """``load_layer(i, then=j)`` starts reading layer j on a thread while i runs; the layer it
+    later gives is the checkpoint's, bfloat16 widened exactly, and a read ahead that the next
+    load does not take is dropped."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from edgellm.exporters.calibrate.stream import LayerStream
+
+    src = tiny("llama")
+    folder = tmp_path / "model"
+    shutil.copytree(src, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    dtype = torch.bfloat16 if stored == "BF16" else torch.float32
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    ckpt = open_checkpoint(folder)
+    stream = LayerStream(folder, ckpt)
+    try:
+        layer = stream.load_layer(0, then=1)
+        assert set(stream._ahead) == {1}
+        stream.drop_layer(0)
+        layer = stream.load_layer(1, then=0)            # taken from the read ahead
+        assert set(stream._ahead) == {0}
+        for name, p in layer.named_parameters():
+            want = weights[stream.prefixes[1] + name].to(dtype).float()
+            assert p.dtype == torch.float32 and torch.equal(p.detach(), want), name
+        stream.drop_layer(1)
+        stream.load_layer(1)                            # not the one read ahead: that one is dropped
+        assert not stream._ahead
+    finally:
+        stream.close()

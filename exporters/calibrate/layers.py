@@ -89,7 +89,7 @@ class LayerHessians(Mapping):
         import torch
 
         sums, counts, grams, shared = {}, {}, {}, {}
-        layer = self.stream.load_layer(i)
+        layer = self.stream.load_layer(i, then=i + 1)
         handles = input_hooks(layer, self.stream.prefixes[i], sums, counts, grams, shared, True)[0]
         try:
             with torch.no_grad():
@@ -337,7 +337,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         names: list[list[str]] = []
         for i in range(n):                                  # forward, a layer at a time
             with ph("forward (importance)"):
-                layer = stream.load_layer(i)
+                layer = stream.load_layer(i, then=i + 1)
                 names.append([stream.prefixes[i] + name for name, _, _ in linear_inputs(layer)])
                 layer_shared = {}
                 handles = input_hooks(layer, stream.prefixes[i], sums, counts, layer_grams, layer_shared,
@@ -410,7 +410,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         if fisher:
             with ph("backward (Fisher)"):
                 for i in reversed(range(n)):                    # backward, a layer at a time
-                    layer = stream.load_layer(i)
+                    layer = stream.load_layer(i, then=i - 1)
                     params = [(stream.prefixes[i] + name, p) for name, p in layer.named_parameters() if p.dim() == 2]
                     mods = token_modules(layer, params) if per_token else {}
                     tokens = TokenFisher(mods, fish, dtype=dtype) if mods else None
@@ -454,6 +454,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
                     with ph("cost table"):
                         sink.add(name, f, rows=rows_array(rows.get(name)))
     except BaseException:
+        stream.close()
         states.close()
         if xtx is not None:
             xtx.close()

@@ -66,7 +66,8 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     # a layer in float32 (+ its bfloat16 copy under autocast) and one window's graph through it; forward:
     # the layer's XᵀX as it is gathered and the last layer's as it is written; backward: gradients
     # and Fisher sums
-    layer_phase = layer + layer // 2 + graph + max(2 * grams, 2 * layer if fisher else 0)
+    # + the next layer read ahead as stored (bfloat16, as checkpoints are: half the float32 layer)
+    layer_phase = layer + layer // 2 + graph + max(2 * grams, 2 * layer if fisher else 0) + layer // 2
     head_phase = table + (5 * LOGITS_BYTES if fisher else 2 * LOGITS_BYTES)
     fw = spread(windows, fisher_windows) if fisher else []
     hw = spread(windows, hessian_windows) if hessian else []
@@ -82,7 +83,7 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
         # the process, the XᵀX as they come back, one flipped copy of H while its factor is made and
         # a tensor's rows
         gpu = int(MARGIN * max(stats + grams, gptq))
-        ram = int(MARGIN * (kept + grams + 4 * widest * widest + 8 * h * f)) + PROCESS
+        ram = int(MARGIN * (kept + grams + 4 * widest * widest + 8 * h * f + layer)) + PROCESS   # + two layers as read
     else:
         gpu = 0
         ram = int(MARGIN * (max(stats, gptq) + kept)) + PROCESS

@@ -73,6 +73,7 @@ class LayerStream:
         model.eval()
         self.ckpt, self.model, self.config, self.model_dir = ckpt, model, config, Path(model_dir)
         self.device = device
+        self._ahead, self._pool = {}, None          # layers being read ahead (load_layer's ``then``)
         self.compute_dtype = getattr(torch, compute_dtype)     # matrix products run in it (autocast)
         self._names = set(ckpt.names())
         n = config.get_text_config().num_hidden_layers
@@ -117,39 +118,86 @@ class LayerStream:
     def n_layers(self) -> int:
         return len(self.layers)
 
-    def _fill(self, p, name: str) -> None:
-        """Copy checkpoint tensor ``name`` into parameter ``p`` (allocated, same shape), a chunk of
-        rows at a time: a 151,936-row embedding is never held twice, nor as float32 and bfloat16."""
-        torch = _torch()
+    def _stored_name(self, name: str, shape: tuple) -> str:
+        """The checkpoint's name for model parameter ``name`` (with or without the base model's
+        prefix), its shape checked against the model's."""
         prefix = getattr(self.model, "base_model_prefix", "") + "."
-        shape = tuple(p.shape)
         for cand in (name, name[len(prefix):] if name.startswith(prefix) else prefix + name):
             if cand not in self._names:
                 continue
             have = tuple(self.ckpt.info(cand).shape)
-            if have != shape:
-                raise EdgeLLMError(f"{cand}: shape {have} in the checkpoint, the model wants {shape}")
-            rows = max(1, READ_ELEMENTS // max(1, int(np.prod(shape[1:]))))
-            at = 0
-            with torch.no_grad():
-                for chunk in self.ckpt.read_rows(cand, rows):
-                    part = torch.from_numpy(np.asarray(chunk, dtype=np.float32))
-                    if p.dim() == 0:
-                        p.copy_(part.reshape(()))
-                    else:
-                        p[at:at + len(part)].copy_(part)
-                        at += len(part)
-            return
+            if have != tuple(shape):
+                raise EdgeLLMError(f"{cand}: shape {have} in the checkpoint, the model wants {tuple(shape)}")
+            return cand
         raise EdgeLLMError(f"{name}: not in the checkpoint")
 
-    # one layer at a time
-    def load_layer(self, i: int):
+    def _fill(self, p, name: str) -> None:
+        """Copy checkpoint tensor ``name`` into parameter ``p`` (allocated, same shape), a chunk of
+        rows at a time: a 151,936-row embedding is never held twice, nor as float32 and bfloat16."""
         torch = _torch()
+        shape = tuple(p.shape)
+        cand = self._stored_name(name, shape)
+        rows = max(1, READ_ELEMENTS // max(1, int(np.prod(shape[1:]))))
+        at = 0
+        with torch.no_grad():
+            for chunk in self.ckpt.read_rows(cand, rows):
+                part = torch.from_numpy(np.asarray(chunk, dtype=np.float32))
+                if p.dim() == 0:
+                    p.copy_(part.reshape(()))
+                else:
+                    p[at:at + len(part)].copy_(part)
+                    at += len(part)
+
+    def _read_layer(self, i: int) -> dict:
+        """Layer ``i``'s checkpoint tensors as stored (bfloat16 stays bfloat16: half the bytes to
+        hold and to move to a GPU), read in full; the widening happens in ``load_layer``'s copy."""
+        torch = _torch()
+        out = {}
+        for name, p in self.layers[i].named_parameters():
+            cand = self._stored_name(self.prefixes[i] + name, tuple(p.shape))
+            dtype = self.ckpt.stored_dtype(cand)
+            raw = next(iter(self.ckpt.read_rows(cand, 1 << 62, raw=True))) if p.dim() else self.ckpt.read(cand)
+            raw = np.asarray(raw)
+            if dtype == "BF16" and p.dim():
+                out[name] = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+            else:
+                out[name] = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32) if raw.dtype.kind != "f"
+                                             or raw.dtype == np.float64 else raw)
+        return out
+
+    # one layer at a time
+    def load_layer(self, i: int, then: int | None = None):
+        """Materialize layer ``i`` from the checkpoint; with ``then``, start reading that layer's
+        tensors on a thread now, so the read overlaps whatever runs on layer ``i`` (on a GPU the
+        read, not the compute, is the layer's time).  Memory: one more layer, as stored."""
+        torch = _torch()
+        pending = self._ahead.pop(i, None)
+        tensors = pending.result() if pending is not None else self._read_layer(i)
+        for j in list(self._ahead):                 # a read ahead nobody will take (order changed)
+            self._ahead.pop(j).cancel()
+        if then is not None and 0 <= then < len(self.layers):
+            self._ahead[then] = self._reader().submit(self._read_layer, then)
         layer = self.layers[i].to_empty(device=self.device)
         with torch.no_grad():
             for name, p in layer.named_parameters():
-                self._fill(p, self.prefixes[i] + name)
+                t = tensors.pop(name)
+                p.copy_(t.reshape(p.shape).to(self.device))     # widened where it lands (GPU: after the copy)
         return layer
+
+    def _reader(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgellm-read-ahead")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop reading ahead (a read in flight finishes; its tensors are dropped)."""
+        for f in self._ahead.values():
+            f.cancel()
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def drop_layer(self, i: int) -> None:
         self.layers[i].to("meta")
