@@ -9,7 +9,7 @@ what ``llama-imatrix`` collects) gathered on the calibration text.  "calibrated"
 ``edgellm export --calibrate``.  The calibration text is the default (training split).
 
 Usage: python benchmarks/quality.py [--model DIR | --reference bench|docs|small] [--windows 32] [--types Q4_K_M,Q2_K] [--gguf-only | --onnx-only] [--calibrated-only]
-           [--calib-windows N] [--hessian-windows N] [--precision P] [--json OUT]
+           [--calib-windows N] [--calib-corpus C] [--score-corpus C] [--hessian-windows N] [--precision P] [--json OUT]
        python benchmarks/quality.py --time-calibration DIR     # wall time of calibrating a big model
 (DIR defaults to the ``bench`` reference model: python benchmarks/reference_gpu.py makes it.)
 """
@@ -56,8 +56,12 @@ def _scorer(ref_path: Path, context: int, windows: int, held_out: str):
 
 
 def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: bool = True, calibrated_only: bool = False,
-        calib_windows: int | None = None, **cal_kw) -> dict:
-    """``windows``: the held-out windows scored; ``calib_windows``: the calibration's (None: its default)."""
+        calib_windows: int | None = None, calib_corpus: str | None = None, score_corpus: str | None = None,
+        **cal_kw) -> dict:
+    """``windows``: the held-out windows scored; ``calib_windows``: the calibration's (None: its default).
+    ``calib_corpus`` / ``score_corpus``: the text calibrated on (training split) and scored on (held-out
+    split), "source" or "docs"; both default to the model's own (a reference model's training text,
+    else the standard library's source).  Different ones measure a calibration off its home ground."""
     if calib_windows:
         cal_kw["windows"] = calib_windows
     from edgellm import models
@@ -76,11 +80,13 @@ def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: boo
     ckpt, arch = open_checkpoint(model_dir), family_for(model, "gguf")
     vocab = read_vocab(model_dir, model.vocab)
     corpus = corpus_of(model_dir)           # a reference model's own text: calibrated on, scored on its held-out
-    if corpus != "source":
-        cal_kw = {"text": corpus_text(corpus, "training", 1 << 20), "source": f"{corpus} training split", **cal_kw}
+    calib_corpus, score_corpus = calib_corpus or corpus, score_corpus or corpus
+    if calib_corpus != "source":
+        cal_kw = {"text": corpus_text(calib_corpus, "training", 1 << 20), "source": f"{calib_corpus} training split",
+                  **cal_kw}
     work = Path(tempfile.mkdtemp(prefix="edgellm-quality-"))
     out: dict = {"model": str(model_dir), "parameters": model.n_params, "context": context, "corpus": corpus,
-                 "gguf": {}, "onnx": {}}
+                 "calib_corpus": calib_corpus, "score_corpus": score_corpus, "gguf": {}, "onnx": {}}
     try:
         t0 = time.perf_counter()
         cal = CalibrationData(**cal_kw).stats(model_dir, hessian=True, fisher=True, threads=2)
@@ -93,7 +99,7 @@ def run(model_dir: Path, windows: int, context: int = 512, types=GGUF, onnx: boo
             write_gguf(model, ckpt, arch, vocab, model_dir, p, quant, 2, **kw)
             return p
 
-        score, tokens = _scorer(gguf("F16", "F16"), context, windows, corpus_text(corpus, "held_out"))
+        score, tokens = _scorer(gguf("F16", "F16"), context, windows, corpus_text(score_corpus, "held_out"))
         out["tokens_scored"] = tokens
         f16_bytes = (work / "F16.gguf").stat().st_size
 
@@ -251,6 +257,8 @@ if __name__ == "__main__":
     ap.add_argument("--calibrated-only", action="store_true", help="GGUF: score the calibrated builds only")
     ap.add_argument("--hessian-windows", type=int, help="windows GPTQ's XᵀX is gathered on (0: all; default: the library's)")
     ap.add_argument("--calib-windows", type=int, help="calibration windows (default: CalibrationData's)")
+    ap.add_argument("--calib-corpus", choices=("source", "docs"), help="text calibrated on (default: the model's own)")
+    ap.add_argument("--score-corpus", choices=("source", "docs"), help="held-out text scored (default: the model's own)")
     ap.add_argument("--sample-elements", type=int, help="weights a tensor's costs are estimated on "
                     "(default: gguf.mix.SAMPLE_ELEMENTS)")
     a = ap.parse_args()
@@ -274,6 +282,6 @@ if __name__ == "__main__":
                   **({"fisher_windows": a.fisher_windows} if a.fisher_windows is not None else {}),
                   **({"fisher_per": a.fisher_per} if a.fisher_per else {}),
                   **({"hessian_windows": a.hessian_windows} if a.hessian_windows is not None else {}),
-                  calib_windows=a.calib_windows)
+                  calib_windows=a.calib_windows, calib_corpus=a.calib_corpus, score_corpus=a.score_corpus)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
