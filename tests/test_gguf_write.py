@@ -81,3 +81,13 @@ def test_ggml_dequantizer_gives_the_gguf_packages_values(ggml_type, monkeypatch)
     assert np.array_equal(ggml_quant.dequantize(ggml_type, buf, 512), want)
     with pytest.raises(ValueError, match="whole"):
         ggml_quant.dequantize(ggml_type, buf[:-1], 512)
+
+
+def test_gptqs_float16_rounding_in_torch_is_the_tables():
+    """GPTQ's rows are rounded through float16 by torch (every core); the values are the lookup
+    table's for every finite bfloat16 pattern in float16's range, subnormals included."""
+    from edgellm.exporters.gguf.write import _BF16_F16_OVERFLOW, _f16_rounded, _f16_rounded_rows
+
+    every = np.arange(1 << 16, dtype=np.uint16)
+    every = every[(every & 0x7FFF) < _BF16_F16_OVERFLOW].reshape(2, -1)
+    assert np.array_equal(_f16_rounded_rows(every, "BF16"), _f16_rounded(every, "BF16"))

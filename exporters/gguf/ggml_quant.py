@@ -84,12 +84,18 @@ def _spans(n: int, threads: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
+@lru_cache(maxsize=4)
+def pool(threads: int) -> ThreadPoolExecutor:
+    """One pool of threads per size for the whole process.  A pool per call started 16 threads
+    for every block of columns GPTQ rounds (tens of thousands on an 8B model)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="edgellm-ggml")
+
+
 def _run(work, spans: list[tuple[int, int]]) -> None:
     if len(spans) == 1:
         work(spans[0])
     else:
-        with ThreadPoolExecutor(len(spans)) as pool:
-            list(pool.map(work, spans))
+        list(pool(len(spans)).map(work, spans))
 
 
 def dequantize(type_name: str, data: np.ndarray, n_per_row: int, threads: int = 1) -> np.ndarray:

@@ -29,7 +29,7 @@ from edgellm.errors import BadInput
 from edgellm.exporters.io.checkpoint import Checkpoint
 from edgellm.models.families import Family
 from edgellm.exporters.gguf.vocab import Vocab, add_to_writer
-from edgellm.exporters.gguf.ggml_quant import quantize_into, row_bytes
+from edgellm.exporters.gguf.ggml_quant import pool, quantize_into, row_bytes
 from edgellm.exporters.io.safetensors_reader import widen
 from edgellm.models.config import ModelConfig
 from edgellm.formats.gguf_recipes import tensor_types
@@ -139,6 +139,19 @@ def _f16_rounded(rows: np.ndarray, stored: str) -> np.ndarray:
     return rows.astype(np.float16).astype(np.float32).reshape(rows.shape[0], -1)
 
 
+def _f16_rounded_rows(rows: np.ndarray, stored: str) -> np.ndarray:
+    """``_f16_rounded`` for GPTQ's rows (torch is imported there): torch's conversions run on every
+    core, numpy's lookup on one (a minute of an 8B calibrated export on 16 cores); bit for bit
+    the same values (float16's round to nearest even, tests/test_gguf_write.py)."""
+    if stored != "BF16":
+        return _f16_rounded(rows, stored)
+    import torch
+
+    _check_bf16(rows)
+    t = torch.from_numpy(np.ascontiguousarray(rows).view(np.int16)).view(torch.bfloat16)
+    return t.to(torch.float16).to(torch.float32).numpy().reshape(rows.shape[0], -1)
+
+
 def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, stored: str = "F32",
             imatrix: np.ndarray | None = None) -> None:
     """Rows as stored -> ``out`` (a view of the tensor's final bytes) in ``ggml_type``; the rows are
@@ -150,15 +163,10 @@ def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, sto
     per_row = out.nbytes // n
     step = -(-n // threads)
     spans = [(a, min(n, a + step)) for a in range(0, n, step)]
-    list(_pool(len(spans)).map(lambda ab: _encode_span(rows[ab[0]:ab[1]], ggml_type,
+    list(pool(len(spans)).map(lambda ab: _encode_span(rows[ab[0]:ab[1]], ggml_type,
                                                        out[ab[0] * per_row:ab[1] * per_row], stored, imatrix), spans))
 
 
-@lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """One pool of encoder threads per size for the whole process: a pool per chunk started ~300
-    threads for a 0.5B model, a second of the export's time."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="edgellm-encode")
 
 
 def _chunks(entry: Entry, ckpt: Checkpoint, arch: Family, extras: dict) -> Iterator[tuple[np.ndarray, str]]:
@@ -307,7 +315,7 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
                 comp = compensators.get(e.gguf_name, e.ggml_type, e.shape[1]) if compensators and matrix else None
                 try:
                     if comp is not None:
-                        quantize_rows(_f16_rounded(chunk.reshape(n, -1), stored), e.ggml_type,
+                        quantize_rows(_f16_rounded_rows(chunk.reshape(n, -1), stored), e.ggml_type,
                                       outs[i][at:at + n * per_row], comp, threads)
                     else:
                         _encode(chunk.reshape(n, -1) if matrix else chunk, e.ggml_type,

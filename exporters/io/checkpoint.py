@@ -60,6 +60,12 @@ class Checkpoint:
             return
         yield from self._where[name].read_rows(name, rows_per_chunk, raw=raw)
 
+    def read_picked_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, distinct) of a matrix as float32, reading only those."""
+        if name in self._arrays:
+            return np.asarray(self._arrays[name][np.asarray(rows)], dtype=np.float32)
+        return self._where[name].read_picked_rows(name, rows)
+
     def stored_dtype(self, name: str) -> str:
         """safetensors dtype name of a tensor ("F32" for tensors already in memory)."""
         return "F32" if name in self._arrays else self._where[name].dtype(name)

@@ -133,6 +133,28 @@ class SafetensorsFile:
             chunk = self._read(e, start, rows_per_chunk)
             yield chunk if raw else _widen(chunk, e.dtype)
 
+    def read_picked_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, distinct) of a matrix as float32, each run of consecutive rows
+        one read: a sample of a big matrix costs its rows, not the whole tensor."""
+        e = self.tensors[name]
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(e.shape) < 2 or (len(rows) and (rows[0] < 0 or rows[-1] >= e.shape[0])):
+            raise ValueError(f"rows outside {shown(name)}")
+        np_dtype, itemsize = DTYPES[e.dtype]
+        row = math.prod(e.shape[1:])
+        out = np.empty((len(rows), row), dtype=np_dtype)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        with open(self.path, "rb") as f:
+            for run in np.split(np.arange(len(rows)), breaks):
+                if not len(run):
+                    continue
+                f.seek(self.data_start + e.begin + int(rows[run[0]]) * row * itemsize)
+                got = np.fromfile(f, dtype=np_dtype, count=len(run) * row)
+                if got.size != len(run) * row:
+                    raise self._bad(f"tensor {shown(e.name)} is truncated")
+                out[run[0]:run[-1] + 1] = got.reshape(len(run), row)
+        return _widen(out, e.dtype).reshape(len(rows), *e.shape[1:])
+
     def dtype(self, name: str) -> str:
         return self.tensors[name].dtype
 
