@@ -54,12 +54,13 @@ def main() -> int:
     smi = _gpu_sampler() if device.startswith("cuda") else None
     cpu0 = _cpu_times()
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    # the export's progress lines (its stderr) pass through as they come: a run cut short still
+    # shows how far it got
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     cpu1 = _cpu_times()
     gpu = _gpu_report(smi)
     if r.returncode != 0:
-        print(r.stderr, file=sys.stderr)
         return r.returncode
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     manifest = json.loads((out / "manifest.json").read_text())
