@@ -47,3 +47,22 @@ def test_small_tensors_are_costed_whole_and_big_ones_on_the_sample(monkeypatch):
         assert est[t] == pytest.approx(whole[t], rel=0.1)
     # the types' order, what the allocation reads, is kept
     assert sorted(types, key=est.get) == sorted(types, key=whole.get)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_sampled_rows_are_read_alone_and_are_the_tensors(tmp_path, dtype):
+    """The cost table reads only the rows it samples (runs of consecutive rows, one read each):
+    the same values as the whole tensor's rows; a row outside the tensor is refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    from edgellm.exporters.io.safetensors_reader import SafetensorsFile
+
+    w = torch.randn(300, 64).to(getattr(torch, dtype))
+    save_file({"w": w, "b": torch.zeros(3)}, str(tmp_path / "m.safetensors"))
+    f = SafetensorsFile(tmp_path / "m.safetensors")
+    rows = np.array([0, 1, 2, 7, 100, 101, 299])
+    assert np.array_equal(f.read_picked_rows("w", rows), f.read("w")[rows])
+    assert f.read_picked_rows("w", np.array([], dtype=np.int64)).shape == (0, 64)
+    with pytest.raises(ValueError):
+        f.read_picked_rows("w", np.array([5, 300]))

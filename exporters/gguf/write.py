@@ -164,7 +164,7 @@ def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, sto
     step = -(-n // threads)
     spans = [(a, min(n, a + step)) for a in range(0, n, step)]
     list(pool(len(spans)).map(lambda ab: _encode_span(rows[ab[0]:ab[1]], ggml_type,
-                                                       out[ab[0] * per_row:ab[1] * per_row], stored, imatrix), spans))
+                                                      out[ab[0] * per_row:ab[1] * per_row], stored, imatrix), spans))
 
 
 
