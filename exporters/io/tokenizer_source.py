@@ -44,6 +44,21 @@ class Effective:
                 "rebuilt_from_class": list(self.differs)}
 
 
+def _oversized(folder: Path) -> bool:
+    """Whether a tokenizer file is bigger than the bundle takes (``package.copy_tokenizer``'s
+    bounds): it is then neither hashed for the cache key nor handed to transformers (a 10 GB sparse
+    special_tokens_map.json was hashed for 40 s and more before the copy refused it)."""
+    from edgellm.core.files import MAX_CONFIG_BYTES
+    from edgellm.core.model_files import member
+
+    for name in FILES:
+        p = member(folder, name, "tokenizer file")
+        limit = 256 << 20 if name in ("tokenizer.json", "tokenizer.model") else MAX_CONFIG_BYTES
+        if p.is_file() and p.stat().st_size > limit:
+            return True
+    return False
+
+
 def _key(folder: Path, trust_remote_code: bool) -> str:
     from importlib.metadata import version
 
@@ -74,6 +89,8 @@ def effective_tokenizer(folder: Path, trust_remote_code: bool = False) -> Effect
     from edgellm.exporters.reference_model import cache_root
 
     folder = Path(folder)
+    if _oversized(folder):
+        return Effective(None, ())              # the copy refuses it, with the file's name and bound
     cache = cache_root() / "tokenizers" / f"{_key(folder, trust_remote_code)}.json"
     if cache.is_file():
         text = read_small_text(cache, MAX_ANSWER_BYTES)
