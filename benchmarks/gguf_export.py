@@ -40,6 +40,11 @@ def main() -> None:
     shutil.rmtree(ours, ignore_errors=True)
     shutil.rmtree(peer, ignore_errors=True)
     peer.mkdir()
+    for f in sorted(model.iterdir()):    # both sides read from the page cache: whichever ran first paid
+        if f.is_file():                  # the disk alone (0.56x against 0.31x warm, 2026-12-06)
+            with open(f, "rb") as src:
+                while src.read(1 << 24):
+                    pass
     t_ours, m_ours = timed([EDGELLM, "export", str(model), "--device", "laptop", "--quant", "Q4_K_M", "--no-verify",
                             "--threads", str(a.threads), "-o", str(ours)], a.work / "ours.log")
     t_conv, m_conv = timed([PY, str(HERE / "peer_convert.py"), str(a.llama_cpp_dir), str(model), "--outtype", "f16",
@@ -54,8 +59,8 @@ def main() -> None:
     print(f"peer convert + quantize {t_conv + t_quant:7.1f} s  peak RSS {max(m_conv, m_quant) / 2**20:6.0f} MiB  "
           f"{(peer / 'q4km.gguf').stat().st_size:,} B  (convert {t_conv:.1f} s / {m_conv / 2**20:.0f} MiB, "
           f"quantize {t_quant:.1f} s / {m_quant / 2**20:.0f} MiB)")
-    print(f"ratio                   {t_ours / (t_conv + t_quant):7.2f}x wall (target <= 0.8)   "
-          f"{m_ours / max(m_conv, m_quant):.2f}x RSS (target <= 1.0)")
+    print(f"ratio                   {t_ours / (t_conv + t_quant):7.2f}x wall (target <= 0.35, issue 25)   "
+          f"{m_ours / max(m_conv, m_quant):.2f}x RSS (target <= 0.35)")
     print(f"tensors byte-identical  {same} of {len(theirs)} (same types and data: same KL divergence)")
 
     # Interleaved rounds, best of each side (noise on a shared machine only ever slows a run down).
@@ -64,7 +69,10 @@ def main() -> None:
     best = {"pp": 0.0, "tg": 0.0, "prefill": 0.0, "decode": 0.0, "rss": 0}
     for _ in range(3):
         bench = subprocess.run([str(bins / "llama-bench"), "-m", str(artifact), "-t", str(a.threads), "-p", "128",
-                                "-n", "64", "-r", "3", "-o", "json"], capture_output=True, text=True, check=True)
+                                "-n", "64", "-r", "3", "-o", "json"], capture_output=True, text=True)
+        if bench.returncode != 0:       # e.g. SIGILL: a -march=native build on a VM that advertises AMX
+            print(f"llama-bench failed (exit {bench.returncode}): the runtime comparison is skipped")
+            return
         rows = json.loads(bench.stdout)
         best["pp"] = max(best["pp"], next(r["avg_ts"] for r in rows if r["n_prompt"] and not r["n_gen"]))
         best["tg"] = max(best["tg"], next(r["avg_ts"] for r in rows if r["n_gen"] and not r["n_prompt"]))
