@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
+from edgellm.exporters.io.safetensors_reader import widen
 
 
 READ_ELEMENTS = 4 << 20       # a checkpoint tensor is copied in a chunk of about this many values at a time
@@ -156,13 +157,11 @@ class LayerStream:
         for name, p in self.layers[i].named_parameters():
             cand = self._stored_name(self.prefixes[i] + name, tuple(p.shape))
             dtype = self.ckpt.stored_dtype(cand)
-            raw = next(iter(self.ckpt.read_rows(cand, 1 << 62, raw=True))) if p.dim() else self.ckpt.read(cand)
-            raw = np.asarray(raw)
-            if dtype == "BF16" and p.dim():
+            raw = np.asarray(next(iter(self.ckpt.read_rows(cand, 1 << 62, raw=True))))   # whole, as stored
+            if dtype == "BF16" and raw.dtype == np.uint16:
                 out[name] = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
             else:
-                out[name] = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32) if raw.dtype.kind != "f"
-                                             or raw.dtype == np.float64 else raw)
+                out[name] = torch.from_numpy(raw if raw.dtype.kind == "f" else widen(raw, dtype))
         return out
 
     # one layer at a time

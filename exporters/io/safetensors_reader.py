@@ -140,20 +140,12 @@ class SafetensorsFile:
         rows = np.asarray(rows, dtype=np.int64)
         if len(e.shape) < 2 or (len(rows) and (rows[0] < 0 or rows[-1] >= e.shape[0])):
             raise ValueError(f"rows outside {shown(name)}")
-        np_dtype, itemsize = DTYPES[e.dtype]
-        row = math.prod(e.shape[1:])
-        out = np.empty((len(rows), row), dtype=np_dtype)
+        out = np.empty((len(rows), *e.shape[1:]), dtype=DTYPES[e.dtype][0])
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        with open(self.path, "rb") as f:
-            for run in np.split(np.arange(len(rows)), breaks):
-                if not len(run):
-                    continue
-                f.seek(self.data_start + e.begin + int(rows[run[0]]) * row * itemsize)
-                got = np.fromfile(f, dtype=np_dtype, count=len(run) * row)
-                if got.size != len(run) * row:
-                    raise self._bad(f"tensor {shown(e.name)} is truncated")
-                out[run[0]:run[-1] + 1] = got.reshape(len(run), row)
-        return _widen(out, e.dtype).reshape(len(rows), *e.shape[1:])
+        for run in np.split(np.arange(len(rows)), breaks):
+            if len(run):
+                out[run[0]:run[-1] + 1] = self._read(e, int(rows[run[0]]), len(run))
+        return _widen(out, e.dtype)
 
     def dtype(self, name: str) -> str:
         return self.tensors[name].dtype
