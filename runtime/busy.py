@@ -92,8 +92,12 @@ class Watch:
         wall = time.perf_counter() - self._t
         if busy is None or self._busy is None or wall <= 0:
             return
-        # the kernel's tick accounting is coarse: a short span reads up to a tick or two off
-        used = max(0.0, (busy - self._busy) - (_own_seconds() - self._own)) / wall
+        # the kernel counts CPU time in ticks: each CPU's counter and our own (user, system, and
+        # the children's) read up to a tick low at either end.  Over a short span that error,
+        # divided by the wall time, would read as cores of other work: a probe of a millisecond
+        # on a 24-CPU host read "24 cores busy".  The error is given to the quiet side.
+        slack = (2 * len(_cpus() or (0, 0)) ** 0.5 + 4) / os.sysconf("SC_CLK_TCK")
+        used = max(0.0, (busy - self._busy) - (_own_seconds() - self._own) - slack) / wall
         self.others = max(0.0, used - spare_cores(self.threads))
 
 

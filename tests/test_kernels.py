@@ -230,6 +230,8 @@ def test_a_busy_machine_is_caught_and_refused(run_cli, tmp_path, monkeypatch):
         spin.kill()
         spin.wait()
     monkeypatch.setattr(busy.time, "sleep", lambda s: None)
+    # the spread alone, whatever else runs on the test's host (CI's shared host had 24 cores busy)
+    monkeypatch.setattr(busy, "_busy_seconds", lambda: None)
     runs = []
     with pytest.raises(MachineBusy, match=r"repeats differ by 100% \(3 tries\)"):
         kernels.timed("a probe", lambda: runs.append(1) or ((1.0, 2.0, 1.5), (1.0, 1.0, 1.0)), lambda s: None)
@@ -257,3 +259,23 @@ def test_allow_busy_keeps_the_figures_and_the_profile_says_so(monkeypatch):
     # a container on a large host: other work on cores a measurement leaves free does not count
     monkeypatch.setattr(busy, "_cpus", lambda: set(range(64)))
     assert busy.spare_cores(2) == 62 and busy.spare_cores(64) == 0 and busy.spare_cores(None) == 0
+
+
+def test_a_tick_of_counting_is_not_a_busy_machine(monkeypatch):
+    """/proc/stat counts in ticks: a span of microseconds that reads one tick more is quiet, while
+    a second in which another core was busy throughout is not."""
+    from edgellm.runtime import busy
+
+    tick = 1 / busy.os.sysconf("SC_CLK_TCK")
+    reads = iter([100.0, 100.0 + tick])
+    monkeypatch.setattr(busy, "_busy_seconds", lambda: next(reads))
+    monkeypatch.setattr(busy, "_own_seconds", lambda: 5.0)
+    with busy.Watch() as w:
+        pass
+    assert w.others == 0.0
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(busy.time, "perf_counter", lambda: next(clock))
+    reads = iter([100.0, 101.0])
+    with busy.Watch() as w:
+        pass
+    assert 0.8 < w.others <= 1.0
