@@ -15,14 +15,20 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20, text: str | None = None):
+def train_tokenizer(vocab_size: int = 1024, limit_bytes: int = 2 << 20, text: str | None = None,
+                    split_regex: str | None = None):
     """A GPT-2-style byte-level BPE tokenizer, as a transformers fast tokenizer, trained on
-    ``text`` (default: the first ``limit_bytes`` of the standard library's training files)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    ``text`` (default: the first ``limit_bytes`` of the standard library's training files);
+    ``split_regex``: split text with it before the bytes, as Llama 3, Qwen and Phi-4 do."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_regex is not None:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split_regex), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -124,6 +130,25 @@ def build_model(arch: str, folder: Path, tokenizer=None, seed: int = 0, pad_voca
     from transformers import AutoTokenizer
     AutoTokenizer.from_pretrained(folder).save_pretrained(folder)
     return folder
+
+
+def build_phi4_mini(folder: Path, tokenizer=None, seed: int = 0, original_context: int = 512,
+                    context: int = 2048) -> Path:
+    """A random-weight model of Phi-4-mini's kind: phi3 with a partial rotary embedding (3/4 of
+    each head), long-rope scaling (short and long factor tables, switched past
+    ``original_context`` tokens), a tied head and the o200k split before byte-level BPE."""
+    import numpy as np
+
+    from edgellm.exporters.gguf.vocab import GPT4O_REGEX
+
+    tokenizer = tokenizer or train_tokenizer(split_regex=GPT4O_REGEX)
+    head_dim, factor = SHAPES["phi3"]["hidden_size"] // SHAPES["phi3"]["num_attention_heads"], 0.75
+    pairs = int(head_dim * factor) // 2
+    rng = np.random.default_rng(seed)
+    rope = {"rope_type": "longrope", "long_factor": [round(float(x), 4) for x in 1 + 4 * rng.random(pairs)],
+            "short_factor": [round(float(x), 4) for x in 1 + 0.2 * rng.random(pairs)]}
+    return build_model("phi3", folder, tokenizer, seed=seed, partial_rotary_factor=factor, rope_scaling=rope,
+                       original_max_position_embeddings=original_context, max_position_embeddings=context)
 
 
 def as_saved_by_transformers4(folder: Path) -> Path:

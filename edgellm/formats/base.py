@@ -138,7 +138,8 @@ class BuildFormat:
                 return (f"{family.name}: rope scaling {kind!r} is not written by {noun} for "
                         f"{family.cfg.get('model_type')} yet; the file would run without it (a different model)")
             return f"{family.name}: rope scaling {kind!r} is not supported by {noun} yet"
-        if family.cfg.get("partial_rotary_factor", 1.0) != 1.0 and not self.partial_rotary:
+        partial = family.gguf_partial_rotary if self.fixed_architectures else self.partial_rotary
+        if family.cfg.get("partial_rotary_factor", 1.0) != 1.0 and not partial:
             return f"{family.name}: partial rotary embeddings are not {verb} by {noun} yet"
         return family.format_problem(self)
 

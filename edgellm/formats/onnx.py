@@ -29,6 +29,10 @@ class Onnx(BuildFormat):
     calibration_note = "ONNX int4 has one"
     BLOCK_SIZES = (16, 32, 64, 128)
     PLANNED_BLOCKS = (32, 128)           # the plan's table lists these; export takes any of BLOCK_SIZES
+    # GroupQueryAttention turns as many dimensions as its cos table is wide; long-rope's two tables
+    # are chosen by the sequence's length inside the graph (graph.py)
+    rope_kinds = BuildFormat.rope_kinds + ("longrope", "su")
+    partial_rotary = True
 
     def kernel_family(self, quant: str) -> str:
         return "float" if self.is_float(quant) else "quant"        # int8 and int4: MatMulNBits
@@ -142,6 +146,7 @@ class OnnxNpu(Onnx):
     exporter = "edgellm.exporters.npu.export:NpuWriter"
     backend = "edgellm.runtime.onnx_static:StaticOnnxModel"
     accelerator_only = True
+    rope_kinds, partial_rotary = BuildFormat.rope_kinds, False     # one full-head table, fixed shapes
     quants = (OnnxQuant.INT8, OnnxQuant.INT4)
     float_quants = ()
 

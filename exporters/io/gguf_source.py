@@ -108,12 +108,16 @@ def gguf_to_hf(gguf_path: Path, out: Path, dtype: str = "float32", progress=lamb
     k = lambda name, default=None: _field(r, f"llama.{name}", default)        # noqa: E731
     n_head, n_kv = int(k("attention.head_count")), int(k("attention.head_count_kv"))
     hidden, layers = int(k("embedding_length")), int(k("block_count"))
+    head_dim = int(k("attention.key_length", hidden // n_head))
+    if int(k("rope.dimension_count", head_dim)) != head_dim:
+        raise BadInput(f"{gguf_path}: its rotary embedding turns {int(k('rope.dimension_count'))} of {head_dim} "
+                       "head dimensions; a partial rotary llama GGUF does not convert")
     tokens = list(_field(r, "tokenizer.ggml.tokens"))
     tensors = {t.name: t for t in r.tensors}
     cfg = LlamaConfig(
         vocab_size=len(tokens), hidden_size=hidden, intermediate_size=int(k("feed_forward_length")),
         num_hidden_layers=layers, num_attention_heads=n_head, num_key_value_heads=n_kv,
-        head_dim=int(k("rope.dimension_count", hidden // n_head)),
+        head_dim=head_dim,
         max_position_embeddings=int(k("context_length")), rms_norm_eps=_shortest(k("attention.layer_norm_rms_epsilon")),
         rope_theta=float(k("rope.freq_base", 10000.0)), tie_word_embeddings="output.weight" not in tensors,
         bos_token_id=_field(r, "tokenizer.ggml.bos_token_id"), eos_token_id=_field(r, "tokenizer.ggml.eos_token_id"),

@@ -133,10 +133,28 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
     def rotary_inputs(i: int) -> list[str]:
         kind = arch.rotary_kind(i)
         if kind not in caches:
-            cos, sin = arch.rotary_caches(ctx, local=kind == "local")
-            suffix = "" if kind == "global" else "_local"
+            local, suffix = kind == "local", "" if kind == "global" else "_local"
+            cos, sin = arch.rotary_caches(ctx, local=local)
             caches[kind] = [weights.add(f"cos_cache{suffix}", cos), weights.add(f"sin_cache{suffix}", sin)]
+            switch = None if local else arch.longrope_switch
+            if switch is not None and ctx > switch:
+                caches[kind] = longrope_tables(caches[kind], *arch.rotary_caches(ctx, local=local, long=True),
+                                               switch, suffix)
         return caches[kind]
+
+    def longrope_tables(short: list[str], long_cos, long_sin, switch: int, suffix: str) -> list[str]:
+        """Long-rope's tables chosen as transformers chooses them: the long ones for every position
+        once the sequence (the attention mask's length) passes ``switch`` tokens."""
+        long = [weights.add(f"cos_cache_long{suffix}", long_cos), weights.add(f"sin_cache_long{suffix}", long_sin)]
+        past = g.node("Greater", [total, g.const("longrope_switch", np.array(switch, np.int32))])
+
+        def branch(name: str, tables: list[str]):
+            outs = [helper.make_tensor_value_info(f"{name}/{k}", TensorProto.FLOAT, None) for k in ("cos", "sin")]
+            nodes = [helper.make_node("Identity", [t], [o.name]) for t, o in zip(tables, outs)]
+            return helper.make_graph(nodes, name, [], outs)
+
+        return g.node("If", [past], n_out=2, name="longrope_tables",
+                      then_branch=branch("long_tables", long), else_branch=branch("short_tables", short))
 
     def norm_w(name: str) -> str:
         return weights.add(name, read(name) + np.float32(arch.norm_offset))

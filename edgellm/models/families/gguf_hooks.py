@@ -26,6 +26,8 @@ class GgufHooks:
     # rope_scaling kinds the GGUF metadata (and tensors) express; anything else is refused at
     # export, never dropped (shape.py build_problem)
     gguf_rope_kinds: ClassVar[tuple] = (None, "default", "linear")
+    # llama.cpp's graph for the architecture turns only rope.dimension_count of each head
+    gguf_partial_rotary: ClassVar[bool] = False
 
     @cached_property
     def gguf_arch_enum(self):
@@ -57,7 +59,7 @@ class GgufHooks:
         if not self.rotary:
             return
         w.add_rope_freq_base(float(c.get("rope_theta", 10000.0)))
-        w.add_rope_dimension_count(m.head_dim)
+        w.add_rope_dimension_count(self.rotary_dim)
         rope = c.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type")) == "linear":
             import gguf

@@ -10,7 +10,8 @@ from typing import ClassVar
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.models.families.rope import llama3_factors, rope_kind
+from edgellm.models.families.rope import (llama3_factors, longrope_attention_factor, longrope_factors,
+                                           longrope_original, rope_kind)
 
 
 class OnnxHooks:
@@ -113,17 +114,34 @@ class OnnxHooks:
         """Which rotary table layer ``i`` uses: "global", or "local" (Gemma 3's windowed layers)."""
         return "global"
 
-    def rotary_caches(self, length: int, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin [length, head_dim / 2] as GroupQueryAttention takes them (non-interleaved);
-        ``local``: the table of windowed layers where the family has its own (Gemma 3)."""
-        dim = self.model.head_dim
+    def rotary_caches(self, length: int, local: bool = False,
+                      long: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin [length, rotary_dim / 2] as GroupQueryAttention takes them (non-interleaved;
+        a partial rotary turns only the first rotary_dim of each head); ``local``: the table of
+        windowed layers where the family has its own (Gemma 3); ``long``: long-rope's table for
+        sequences past ``longrope_switch``."""
+        dim = self.rotary_dim
         base = float(self.cfg.get("rope_local_base_freq" if local else "rope_theta", 10000.0))
         inv = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
         pos = np.arange(length, dtype=np.float64)
         kind = None if local else rope_kind(self.cfg)
+        scale = 1.0
         if kind == "linear":
             pos = pos / float(self.cfg["rope_scaling"]["factor"])
         elif kind == "llama3":
             inv = inv / llama3_factors(self.cfg, dim, np.float64)
+        elif kind in ("longrope", "su"):
+            # transformers: 1 / (factor x base^(2i/d)) in float32, cos and sin times the attention factor
+            factors = longrope_factors(self.cfg, dim, self.name)[0 if long else 1]
+            inv = (1.0 / (factors * np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))))
+            inv = inv.astype(np.float64)
+            scale = longrope_attention_factor(self.cfg, self.model.max_context)
         freqs = np.outer(pos, inv)
-        return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+        return (np.cos(freqs) * scale).astype(np.float32), (np.sin(freqs) * scale).astype(np.float32)
+
+    @property
+    def longrope_switch(self) -> int | None:
+        """Long-rope models (Phi-3.5/4-mini) turn with their short factors while the whole sequence
+        fits this many tokens and with the long ones past it (transformers' longrope update); None
+        for every other rotary."""
+        return longrope_original(self.cfg, self.model.max_context) if rope_kind(self.cfg) in ("longrope", "su") else None

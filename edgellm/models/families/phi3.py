@@ -3,7 +3,6 @@ carry long/short rope factor tables (convert_hf_to_gguf.py Phi3MiniModel)."""
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from edgellm.errors import BadInput
 from edgellm.models.families.base import Family
 from edgellm.models.families.registry import register
-from edgellm.models.families.rope import rope_kind
+from edgellm.models.families.rope import longrope_attention_factor, longrope_factors, rope_kind
 from edgellm.models.tensors import TensorSpec
 
 
@@ -24,6 +23,7 @@ class Phi3(Family):
     fused_gate_up = True
     supports = frozenset({"gguf", "onnx", "onnx-npu", "distill"})
     gguf_rope_kinds = (None, "default", "linear", "longrope", "su")
+    gguf_partial_rotary = True          # Phi-4-mini turns 96 of 128 (llama.cpp's n_rot)
 
     def shrunk(self, layers: int, width: float) -> dict:
         """llama.cpp's phi3 graph sizes the query as the hidden size: a student keeps
@@ -41,7 +41,7 @@ class Phi3(Family):
 
     def global_extras(self, head_dim: int) -> list[TensorSpec]:
         if rope_kind(self.cfg) in ("longrope", "su"):
-            half = head_dim // 2
+            half = self.rotary_dim // 2
             return [TensorSpec("rope_factors_long.weight", half, is_param=False),
                     TensorSpec("rope_factors_short.weight", half, is_param=False)]
         return []
@@ -69,14 +69,13 @@ class Phi3(Family):
             kind = (rope.get("rope_type") or rope.get("type") or "").lower()
             if kind not in ("su", "longrope"):
                 raise BadInput(f"{m.name}: rope scaling '{kind}' is not supported for phi3 export")
-            scale = m.max_context / orig
-            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0)
+            w.add_rope_scaling_attn_factors(longrope_attention_factor(self.cfg, m.max_context))
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-        rope = self._rope()
-        if rope.get("long_factor"):
-            yield "rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32)
-            yield "rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32)
+        if self._rope().get("long_factor"):
+            long, short = longrope_factors(self.cfg, self.rotary_dim, self.name)
+            yield "rope_factors_long.weight", long
+            yield "rope_factors_short.weight", short
 
     # -- ONNX ---------------------------------------------------------------------------------
     def qkv(self, read, i: int):

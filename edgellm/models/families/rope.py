@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from edgellm.errors import BadInput
+
 
 def rope_kind(cfg: dict) -> str | None:
     rope = cfg.get("rope_scaling") or {}
@@ -33,3 +35,38 @@ def llama3_factors(cfg: dict, head_dim: int, dtype=np.float32) -> np.ndarray:
             smooth = (old / wavelen - low) / (high - low)
             out.append(f(1.0) / ((f(1.0) - smooth) / factor + smooth))
     return np.array(out, dtype=dtype)
+
+
+def _longrope(cfg: dict) -> dict:
+    rope = cfg.get("rope_scaling")
+    return rope if isinstance(rope, dict) else {}
+
+
+def longrope_original(cfg: dict, max_context: int) -> int:
+    """The pretraining context past which long-rope's long factors apply."""
+    return int(_longrope(cfg).get("original_max_position_embeddings")
+               or cfg.get("original_max_position_embeddings") or max_context)
+
+
+def longrope_attention_factor(cfg: dict, max_context: int) -> float:
+    """cos and sin are multiplied by this (transformers' _compute_longrope_parameters; llama.cpp's
+    converter computes the same from the two context lengths when the config names neither)."""
+    rope, orig = _longrope(cfg), longrope_original(cfg, max_context)
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+    scale = float(rope.get("factor") or max_context / orig)
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0
+
+
+def longrope_factors(cfg: dict, rotary_dim: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(long, short) divisors of the rotary frequencies, one per turned pair of dimensions."""
+    rope, half = _longrope(cfg), rotary_dim // 2
+    out = []
+    for key in ("long_factor", "short_factor"):
+        v = rope.get(key)
+        if not isinstance(v, list) or len(v) != half or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1e6 for x in v):
+            raise BadInput(f"{name}: config.json: rope scaling '{key}' must be {half} positive numbers "
+                           f"(one per pair of the {rotary_dim} rotary dimensions)")
+        out.append(np.array(v, dtype=np.float32))
+    return out[0], out[1]

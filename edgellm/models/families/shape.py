@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
-from edgellm.models.families.rope import rope_kind
+from edgellm.models.families.rope import longrope_factors, rope_kind
 from edgellm.models.tensors import TensorSpec
 
 WHAT = {"gguf": "GGUF export", "onnx": "ONNX export", "onnx-npu": "the static NPU build",
@@ -68,6 +68,14 @@ class Shape:
         fmt = FORMAT_ENTRIES.get(what)
         return fmt.family_problem(self, noun) if fmt is not None else None
 
+    @property
+    def rotary_dim(self) -> int:
+        """How many of each head's dimensions the rotary embedding turns (Phi-4-mini's
+        ``partial_rotary_factor`` of 0.75: the first 96 of 128; transformers' int(head x factor))."""
+        factor = float(self.cfg.get("partial_rotary_factor", 1.0))
+        head_dim = self.cfg.get("head_dim") or self.need(self.k_hidden) // self.need(self.k_heads)
+        return int(head_dim * factor)
+
     def format_problem(self, fmt) -> str | None:
         """A family's own limit in format ``fmt`` (a registered format, which asks): None here."""
         return None
@@ -90,6 +98,12 @@ class Shape:
             raise BadInput(f"{self.name}: config.json: num_attention_heads ({heads}) is not a "
                            f"multiple of num_key_value_heads ({kv})")
         layers = self.need(self.k_layers)
+        if "partial_rotary_factor" in self.cfg and (self.rotary_dim < 2 or self.rotary_dim % 2):
+            raise BadInput(f"{self.name}: config.json: partial_rotary_factor "
+                           f"{self.cfg['partial_rotary_factor']!r} turns {self.rotary_dim} of {head_dim} "
+                           "head dimensions; a rotary embedding needs an even number, at least 2")
+        if rope_kind(self.cfg) in ("longrope", "su"):
+            longrope_factors(self.cfg, self.rotary_dim, self.name)      # checked before any work
         tied = self.cfg.get("tie_word_embeddings", self.default_tied)
         ffn = self.ffn_size(hidden)
         vocab = self.need("vocab_size")
