@@ -78,8 +78,8 @@ def loads(model, typed) -> dict[str, Load]:
             continue
         a = acc[ty]
         k = 2 if t.name in HEADS else 0
-        a[k] += t.ne1
-        a[k + 1] += t.n_elements
+        a[k] += t.active_rows                # a mixture of experts: the token's top-k experts
+        a[k + 1] += t.active_elements
     return {ty: Load(*a) for ty, a in acc.items()}
 
 

@@ -60,11 +60,11 @@ class Gguf(BuildFormat):
         total = read = 0
         hist: Counter = Counter()
         for t, ty in tensor_types(model, c.quant):
-            nbytes = TYPES[ty].row_bytes(t.ne0) * t.ne1
-            total += nbytes
+            row = TYPES[ty].row_bytes(t.ne0)
+            total += row * t.ne1 * t.experts
             hist[ty] += 1
             if not model.gathered_only(t.name):
-                read += nbytes
+                read += row * t.active_rows          # a token reads its top-k experts only
         return total, read, hist
 
     def file_bytes(self, model, c):

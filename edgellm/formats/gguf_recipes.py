@@ -49,6 +49,8 @@ class Context:
     model: ModelConfig
     is_70b: bool
     n_attn_v: int
+    n_ffn_down: int
+    n_expert: int = 1
     i_attn_v: int = 0
 
 
@@ -57,15 +59,19 @@ class Recipe:
 
     name: ClassVar[str]
     base: ClassVar[str]
+    # an 8-expert model's attn_output is Q5_K for these file types (Mixtral-8x7B), else the base
+    moe8_attn_output_q5k: ClassVar[bool] = False
 
     def types(self, model: ModelConfig) -> list[tuple[TensorSpec, str]]:
         """Each tensor with the ggml type llama.cpp's quantizer would give it."""
         ctx = Context(model, is_70b=model.model_type == "llama" and model.n_layers == 80
                       and model.n_heads != model.n_kv_heads,
-                      n_attn_v=sum(category(t.name) == "attn_v" for t in model.tensors))
+                      n_attn_v=sum(category(t.name) == "attn_v" for t in model.tensors),
+                      n_ffn_down=sum(category(t.name) == "ffn_down" for t in model.tensors),
+                      n_expert=model.n_experts)
         out = []
         for t in model.tensors:
-            if not t.is_matrix:
+            if not t.is_matrix or t.router:
                 out.append((t, "F32"))
             elif not t.quantizable or self.base in ("F16", "F32", "BF16"):
                 out.append((t, "F16" if t.is_matrix else "F32"))
@@ -81,11 +87,19 @@ class Recipe:
             new = self.attn_v(ctx)
             if ctx.is_70b and new in ("Q3_K", "Q4_K"):
                 new = "Q5_K"
+            if ctx.n_expert == 8:            # "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+                new = "Q8_0"
             ctx.i_attn_v += 1
             return new
+        if cat == "attn_k" and ctx.n_expert == 8:
+            return "Q8_0"
         if cat == "ffn_down":
-            return self.ffn_down(t.layer or 0, ctx.model.n_layers)
+            # the layer from the name (llama.cpp parses it when experts are stacked), counted among
+            # the ffn_down tensors: one per layer, dense or merged experts alike
+            return self.ffn_down(t.layer or 0, ctx.n_ffn_down)
         if cat == "attn_output":
+            if ctx.n_expert == 8:
+                return "Q5_K" if self.moe8_attn_output_q5k else self.base
             return self.attn_output()
         return self.base
 
@@ -133,6 +147,7 @@ class Q5_K_M(Recipe):
 @register
 class Q4_K_M(Q5_K_M):
     name, base = "Q4_K_M", "Q4_K"
+    moe8_attn_output_q5k = True
 
 
 @register
@@ -143,6 +158,7 @@ class Q4_0(Recipe):
 @register
 class IQ4_XS(Recipe):
     name, base = "IQ4_XS", "IQ4_XS"
+    moe8_attn_output_q5k = True
 
     def attn_v(self, ctx: Context) -> str:
         return "Q5_K" if ctx.model.gqa_ratio >= 4 else self.base
@@ -154,6 +170,7 @@ class IQ4_XS(Recipe):
 @register
 class Q3_K_M(Recipe):
     name, base = "Q3_K_M", "Q3_K"
+    moe8_attn_output_q5k = True
 
     def attn_v(self, ctx: Context) -> str:
         return "Q5_K" if ctx.i_attn_v < 2 else "Q4_K"
@@ -168,6 +185,7 @@ class Q3_K_M(Recipe):
 @register
 class Q2_K(Recipe):
     name, base = "Q2_K", "Q2_K"
+    moe8_attn_output_q5k = True
 
     def attn_v(self, ctx: Context) -> str:
         return "Q4_K" if ctx.model.gqa_ratio >= 4 else "Q3_K"

@@ -45,7 +45,17 @@ class ModelConfig:
     def decode_matmul_elements(self) -> int:
         """Weights multiplied per generated token: every quantizable matrix except embedding
         tables read one row at a time (an untied token embedding, GPT-2's positions)."""
-        return sum(t.n_elements for t in self.tensors if t.quantizable and not self.gathered_only(t.name))
+        return sum(t.active_elements for t in self.tensors if t.quantizable and not self.gathered_only(t.name))
+
+    @cached_property
+    def n_experts(self) -> int:
+        """Experts per mixture-of-experts layer (1 for a dense model)."""
+        return max((t.experts for t in self.tensors), default=1)
+
+    @cached_property
+    def n_active_params(self) -> int:
+        """Parameters one token uses: a mixture of experts' top-k experts, every dense weight."""
+        return sum(t.active_elements for t in self.tensors if t.is_param)
 
     def attention_flops(self, position: int) -> float:
         """FLOPs of one token's attention over ``position`` cached tokens (scores and values),

@@ -16,10 +16,21 @@ class TensorSpec:
     ne0: int                  # row length
     ne1: int = 1              # rows (1 for vectors)
     is_param: bool = True     # False for buffers such as rope frequency tables
+    experts: int = 1          # ne2: a mixture-of-experts layer's experts stacked in one tensor
+    used: int = 1             # of which a token multiplies this many (the router's top-k)
 
     @property
     def n_elements(self) -> int:
-        return self.ne0 * self.ne1
+        return self.ne0 * self.ne1 * self.experts
+
+    @property
+    def active_elements(self) -> int:
+        """Weights one token multiplies: all of a dense matrix, ``used`` of ``experts`` experts."""
+        return self.ne0 * self.ne1 * min(self.used, self.experts)
+
+    @property
+    def active_rows(self) -> int:
+        return self.ne1 * min(self.used, self.experts)
 
     @property
     def is_matrix(self) -> bool:
@@ -35,5 +46,11 @@ class TensorSpec:
     def quantizable(self) -> bool:
         """llama.cpp quantizes 2-D weights only, never norms or position embeddings
         (llama-quant.cpp, tensor_allows_quantization)."""
-        return (self.is_matrix and self.name.endswith("weight")
+        return (self.is_matrix and self.name.endswith("weight") and not self.router
                 and "_norm.weight" not in self.name and self.name != "position_embd.weight")
+
+    @property
+    def router(self) -> bool:
+        """A mixture-of-experts router: never quantized, kept float32 (llama.cpp's converter and
+        llama-quant.cpp)."""
+        return "ffn_gate_inp" in self.name

@@ -45,13 +45,18 @@ QUANTIZATION_VERSION = 2           # GGML_QNT_VERSION
 class Entry:
     gguf_name: str
     hf_name: str | None            # None for tables the converter computes (rope factors)
-    shape: tuple[int, ...]         # numpy order (rows, cols)
+    shape: tuple[int, ...]         # numpy order ([experts,] rows, cols)
     ggml_type: str                 # F32, F16 or a block type
+    experts: tuple[str, ...] = ()  # a mixture of experts' per-expert tensors, stacked in this order
+
+    @property
+    def rows(self) -> int:
+        """Rows of the tensor's data (every expert's, stacked)."""
+        return int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
 
     @property
     def nbytes(self) -> int:
-        rows = self.shape[0] if len(self.shape) > 1 else 1
-        return rows * row_bytes(self.ggml_type, self.shape[-1])
+        return self.rows * row_bytes(self.ggml_type, self.shape[-1])
 
 
 def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: Family, quant: str,
@@ -59,9 +64,15 @@ def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: Family, quant: str,
     """Every tensor to write, checked against the checkpoint, with llama.cpp's recipe type for
     ``quant`` (or the type ``types`` names for it: a calibrated mix)."""
     by_gguf: dict[str, str] = {}
+    stacks: dict[str, dict[int, str]] = {}        # merged expert tensor -> expert index -> checkpoint name
+    expert_of = getattr(arch, "expert_of", lambda name: None)
     for hf in ckpt.names():
         g = arch.gguf_name(hf)
-        if g is not None:
+        if g is not None and (e := expert_of(hf)) is not None:
+            if e[1] in stacks.setdefault(g, {}):
+                raise BadInput(f"{model.name}: checkpoint tensors {stacks[g][e[1]]!r} and {hf!r} are both expert {e[1]} of {g}")
+            stacks[g][e[1]] = hf
+        elif g is not None:
             if g in by_gguf:
                 raise BadInput(f"{model.name}: checkpoint tensors {by_gguf[g]!r} and {hf!r} both map to {g}")
             by_gguf[g] = hf
@@ -71,6 +82,10 @@ def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: Family, quant: str,
         want = (spec.ne1, spec.ne0) if spec.is_matrix else (spec.ne0,)
         if spec.name in extras:
             entries.append(Entry(spec.name, None, want, "F32"))
+            continue
+        if spec.experts > 1:
+            entries.append(_stacked(model, ckpt, spec, stacks.pop(spec.name, {}), want,
+                                    (types or {}).get(spec.name, ggml_type)))
             continue
         hf = by_gguf.pop(spec.name, None)
         if hf is None:
@@ -85,10 +100,26 @@ def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: Family, quant: str,
     if missing:
         raise BadInput(f"{model.name}: the checkpoint lacks {len(missing)} tensor(s) the architecture "
                        f"needs, e.g. {', '.join(missing[:3])}")
-    if by_gguf:
+    left = list(by_gguf.values()) + [n for s in stacks.values() for n in s.values()]
+    if left:
         raise BadInput(f"{model.name}: the checkpoint has tensors config.json does not account for: "
-                       f"{', '.join(list(by_gguf.values())[:3])}")
+                       f"{', '.join(left[:3])}")
     return entries
+
+
+def _stacked(model: ModelConfig, ckpt: Checkpoint, spec, found: dict[int, str], want: tuple[int, ...],
+             ggml_type: str) -> Entry:
+    """A layer's experts as one [experts, rows, cols] tensor, each expert checked present and shaped."""
+    missing = [i for i in range(spec.experts) if i not in found]
+    if missing or len(found) != spec.experts:
+        extra = sorted(set(found) - set(range(spec.experts)))
+        raise BadInput(f"{model.name}: {spec.name} needs experts 0-{spec.experts - 1} (config.json); the checkpoint "
+                       + (f"lacks expert(s) {missing[:3]}" if missing else f"has expert(s) {extra[:3]} beyond them"))
+    names = tuple(found[i] for i in range(spec.experts))
+    for hf in names:
+        if tuple(ckpt.info(hf).shape) != want:
+            raise BadInput(f"{model.name}: {hf} has shape {list(ckpt.info(hf).shape)}, config.json implies {list(want)}")
+    return Entry(spec.name, names[0], (spec.experts, *want), ggml_type, names)
 
 
 @lru_cache(maxsize=1)
@@ -174,6 +205,12 @@ def _chunks(entry: Entry, ckpt: Checkpoint, arch: Family, extras: dict) -> Itera
     matrices in row chunks as stored (bfloat16 stays uint16 until the encoder's threads widen it)."""
     if entry.hf_name is None:
         yield extras[entry.gguf_name].astype(np.float32), "F32"
+    elif entry.experts:                           # expert after expert, each in row chunks
+        rows = max(1, CHUNK_ELEMENTS // max(1, entry.shape[-1]))
+        for name in entry.experts:
+            stored = ckpt.stored_dtype(name)
+            for chunk in ckpt.read_rows(name, rows, raw=True):
+                yield chunk, stored
     elif arch.needs_transform(entry.hf_name, entry.gguf_name) or len(entry.shape) < 2:
         data = ckpt.read(entry.hf_name)
         changed = arch.transform(entry.hf_name, entry.gguf_name, data)
@@ -310,9 +347,9 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
                     outs[i] = np.empty(e.nbytes, dtype=np.uint8)
                 matrix = len(e.shape) > 1
                 n = len(chunk) if matrix else 1
-                per_row = e.nbytes // e.shape[0] if matrix else e.nbytes
+                per_row = e.nbytes // e.rows if matrix else e.nbytes
                 at = filled[i]
-                comp = compensators.get(e.gguf_name, e.ggml_type, e.shape[1]) if compensators and matrix else None
+                comp = compensators.get(e.gguf_name, e.ggml_type, e.shape[-1]) if compensators and matrix else None
                 try:
                     if comp is not None:
                         quantize_rows(_f16_rounded_rows(chunk.reshape(n, -1), stored), e.ggml_type,

@@ -50,7 +50,7 @@ class GgufHooks:
         w.add_context_length(m.max_context)
         w.add_embedding_length(m.hidden)
         w.add_block_count(m.n_layers)
-        w.add_feed_forward_length(m.ffn)
+        w.add_feed_forward_length(self.gguf_feed_forward_length)
         w.add_head_count(m.n_heads)
         if self.rotary:
             w.add_head_count_kv(m.n_kv_heads)
@@ -68,6 +68,10 @@ class GgufHooks:
         if m.head_dim != m.hidden // m.n_heads or self.explicit_head_dims:
             w.add_key_length(m.head_dim)
             w.add_value_length(m.head_dim)
+
+    @property
+    def gguf_feed_forward_length(self) -> int:
+        return self.model.ffn
 
     def add_norm_eps(self, w) -> None:
         w.add_layer_norm_rms_eps(self.norm_eps)

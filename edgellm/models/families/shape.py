@@ -76,6 +76,10 @@ class Shape:
         head_dim = self.cfg.get("head_dim") or self.need(self.k_hidden) // self.need(self.k_heads)
         return int(head_dim * factor)
 
+    def calibration_problem(self) -> str | None:
+        """Why ``--calibrate`` cannot run on this family; None when it can."""
+        return None
+
     def format_problem(self, fmt) -> str | None:
         """A family's own limit in format ``fmt`` (a registered format, which asks): None here."""
         return None
