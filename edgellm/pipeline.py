@@ -20,6 +20,7 @@ from typing import Callable
 from edgellm import devices, models
 from edgellm.errors import BadInput, EdgeLLMError, EdgeLLMWarning, NothingFits
 from edgellm.models.source import HUB_ID
+from edgellm.models.families import family_of
 from edgellm.plan import planner, report
 from edgellm.formats.choice import BuildChoice
 from edgellm.formats import FORMATS, format_for, resolved
@@ -197,6 +198,8 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     if calibration is not None and req.quant != "auto":
         if not any(f.format == req.format and f.calibratable(req.quant) for f in FORMATS.values()):
             raise BadInput(f"--calibrate applies to GGUF types below F16 and ONNX int4; not {req.format} {req.quant}")
+    if calibration is not None and (why := family_of(model).calibration_problem()):
+        raise BadInput(why)
     if calibration is not None:                 # where it runs, and whether it fits: before any work
         calibration = dataclasses.replace(calibration, device=resolve(req.calib_device, "--calib-device"))
     if req.allow_distill:

@@ -94,6 +94,14 @@ SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-qu
     "granite": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, embedding_multiplier=12.0, attention_multiplier=0.0625,
                     residual_multiplier=0.22, logits_scaling=8.0),    # Granite 3's multipliers, scaled
+    # mixtures of experts: 8 experts of which 2 per token (llama.cpp's 8-expert recipe rules apply)
+    "qwen3_moe": dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8,
+                      num_experts_per_tok=2, norm_topk_prob=True),
+    "mixtral": dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2),
+    "olmoe": dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, num_experts=8, num_experts_per_tok=2),     # untied: llama.cpp needs output
     "gemma3_text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, sliding_window=128,
                         rope_theta=1_000_000.0, rope_local_base_freq=10_000.0),
