@@ -7,7 +7,7 @@ PyTorch's meta device for its names and shapes), so an 8B shape (16 GB of bf16) 
 machine with less memory than that: matrices N(0, initializer_range²), norm scales one, biases
 zero.  ``edgellm-benchmark.json`` is written last: a folder without it is incomplete.
 
-Usage: python benchmarks/realsize_models.py qwen2.5-0.5b|gemma-3-270m|llama-3.2-1b|llama-3.1-8b OUT_DIR
+Usage: python benchmarks/realsize_models.py qwen2.5-0.5b|gemma-3-270m|llama-3.2-1b|llama-3.1-8b|qwen3-moe-small OUT_DIR
 """
 
 from __future__ import annotations
@@ -18,9 +18,30 @@ from pathlib import Path
 
 SHAPES = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "gemma-3-270m": "google/gemma-3-270m-it",
           "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
-          "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct"}
+          "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+          "qwen3-moe-small": "Qwen/Qwen3-30B-A3B"}
+# shapes cut down from their bundled config: a small mixture of experts (2.6 B parameters, 0.8 B
+# active: Qwen3-30B-A3B's layers with 12 of 48 layers and 32 of 128 experts, 4 per token)
+OVERRIDES = {"qwen3-moe-small": {"num_hidden_layers": 12, "num_experts": 32, "num_experts_per_tok": 4}}
 SHARD_BYTES = 2 << 30
 MARKER = "edgellm-benchmark.json"
+
+
+def _as_published(named):
+    """(name, parameter) with transformers 5's stacked experts ([experts, 2 x ffn, hidden] gate|up,
+    [experts, hidden, ffn] down) written one tensor per expert, as the hub's checkpoints are."""
+    for name, p in named:
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            prefix, part = name.rsplit(".", 1)
+            for e in range(p.shape[0]):
+                if part == "down_proj":
+                    yield f"{prefix}.{e}.down_proj.weight", p[e]
+                else:
+                    half = p.shape[1] // 2
+                    yield f"{prefix}.{e}.gate_proj.weight", p[e, :half]
+                    yield f"{prefix}.{e}.up_proj.weight", p[e, half:]
+        else:
+            yield name, p
 
 
 def build(kind: str, out: Path) -> Path:
@@ -34,13 +55,13 @@ def build(kind: str, out: Path) -> Path:
     if (out / MARKER).is_file() or (out / "model.safetensors").is_file():     # (older builds had no marker)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    raw = dict(load_config(SHAPES[kind]).raw)
+    raw = {**load_config(SHAPES[kind]).raw, **OVERRIDES.get(kind, {})}
     tok = train_tokenizer(vocab_size=4096, limit_bytes=2 << 20)
     raw.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, torch_dtype="bfloat16")
     cfg = AutoConfig.for_model(**raw)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    params = list(model.named_parameters())             # a tied head is listed once, as the embedding
+    params = list(_as_published(model.named_parameters()))  # a tied head is listed once, as the embedding
     std = float(getattr(cfg, "initializer_range", 0.02) or 0.02)
     gen = torch.Generator().manual_seed(0)
     shards: list[list[tuple[str, tuple]]] = [[]]

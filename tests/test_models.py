@@ -7,6 +7,7 @@ from edgellm.errors import BadInput, Unreachable
 
 # Parameter counts as published on each model's hub page (safetensors metadata).
 PUBLISHED = {
+    "microsoft/Phi-4-mini-instruct": 3_836_021_760,
     "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008,
     "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768,
     "Qwen/Qwen3-0.6B": 596_049_920,
@@ -24,6 +25,8 @@ PUBLISHED = {
 PUBLISHED_ROUNDED = {
     "HuggingFaceTB/SmolLM3-3B": 3.08e9,
     "ibm-granite/granite-3.3-2b-instruct": 2.53e9,
+    "Qwen/Qwen3-30B-A3B": 30.53e9,                          # model card: 30.5B total, 3.3B activated
+    "allenai/OLMoE-1B-7B-0125-Instruct": 6.92e9,            # model card: 6.92B (1B active)
 }
 
 
@@ -115,3 +118,8 @@ def test_unknown_hub_id_without_network(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")      # nothing listens on the discard port
     with pytest.raises(Unreachable, match="cannot reach the hub"):
         models.load_config("someone/unknown-model")
+
+
+def test_a_mixture_of_experts_counts_what_a_token_uses():
+    assert abs(models.load_config("Qwen/Qwen3-30B-A3B").n_active_params - 3.3e9) < 0.06e9
+    assert abs(models.load_config("allenai/OLMoE-1B-7B-0125-Instruct").n_active_params - 1.28e9) < 0.01e9
