@@ -102,6 +102,9 @@ SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-qu
                     num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2),
     "olmoe": dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, num_experts=8, num_experts_per_tok=2),     # untied: llama.cpp needs output
+    # LFM2: convolution, convolution, attention, convolution (intermediate 768 -> MLP of 512)
+    "lfm2": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, layer_types=["conv", "conv", "full_attention", "conv"]),
     "gemma3_text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, sliding_window=128,
                         rope_theta=1_000_000.0, rope_local_base_freq=10_000.0),

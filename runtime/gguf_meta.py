@@ -22,6 +22,8 @@ MAX_EXPERTS = 1024          # LLAMA_MAX_EXPERTS
 ROPE_SCALING = ("none", "linear", "yarn", "longrope")
 TOKENIZERS = ("llama", "gpt2")     # SentencePiece and byte-level BPE: what edgellm writes and runs
 # architectures whose graph asserts value head size == key head size == rotary dimensions
+# architectures whose layers may not attend (0 KV heads there): LFM2's short-convolution layers
+NO_KV_LAYERS = ("lfm2", "lfm2moe")
 ROPE_IS_HEAD = ("llama", "qwen2", "qwen3", "smollm3", "granite")
 V_IS_K = ROPE_IS_HEAD + ("phi3", "gpt2")
 BLOCK = re.compile(r"^blk\.(\d+)\.")
@@ -122,6 +124,8 @@ def _heads(meta: dict, arch: str, n_layer: int, fail: Fail) -> None:
         return
     kv = _per_layer(meta, f"{arch}.attention.head_count_kv", n_layer, fail) or heads
     for i, (q, k) in enumerate(zip(heads, kv)):
+        if k == 0 and arch in NO_KV_LAYERS:
+            continue                   # a convolution layer of a hybrid: it does not attend
         if q < 1 or k < 1 or q % k:
             raise fail(f"layer {i}: {q} attention heads over {k} KV heads (each must be at least 1, "
                        "and the KV heads must divide the heads)")

@@ -71,7 +71,7 @@ class Recipe:
                       n_expert=model.n_experts)
         out = []
         for t in model.tensors:
-            if not t.is_matrix or t.router:
+            if not t.is_matrix or t.kept_f32:
                 out.append((t, "F32"))
             elif not t.quantizable or self.base in ("F16", "F32", "BF16"):
                 out.append((t, "F16" if t.is_matrix else "F32"))

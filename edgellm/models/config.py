@@ -28,6 +28,10 @@ class ModelConfig:
     # per-layer attention window: None for full attention, else the window length
     windows: tuple[int | None, ...] = ()
     tensors: tuple[TensorSpec, ...] = field(default=(), repr=False)
+    # per layer: whether it attends (and keeps a KV cache); empty: every layer does.  LFM2's
+    # short-convolution layers do not: they keep a small fixed state instead
+    attention_layers: tuple[bool, ...] = ()
+    state_elements: int = 0          # float32 state per sequence that does not grow with the context
     source: str = ""                 # where config.json came from
     raw: dict = field(default_factory=dict, repr=False, compare=False)   # config.json as read
 
@@ -61,7 +65,12 @@ class ModelConfig:
         """FLOPs of one token's attention over ``position`` cached tokens (scores and values),
         each layer's window respected."""
         return 4 * self.n_heads * self.head_dim * sum(
-            position if w is None else min(position, w) for w in (self.windows or (None,) * self.n_layers))
+            position if w is None else min(position, w) for w in self._attending_windows())
+
+    def _attending_windows(self) -> list[int | None]:
+        """The window (None: full) of every layer that attends."""
+        windows = self.windows or (None,) * self.n_layers
+        return [w for i, w in enumerate(windows) if not self.attention_layers or self.attention_layers[i]]
 
     def gathered_only(self, name: str) -> bool:
         """Embedding tables of which a token reads one row, not the whole table."""
@@ -78,4 +87,4 @@ class ModelConfig:
         ``windowed`` (a runtime that trims them) sliding-window layers keep at most their window."""
         per_layer_token = 2 * self.n_kv_heads * self.head_dim
         return sum(per_layer_token * (context if w is None or not windowed else min(context, w))
-                   for w in (self.windows or (None,) * self.n_layers))
+                   for w in self._attending_windows())

@@ -46,11 +46,11 @@ class TensorSpec:
     def quantizable(self) -> bool:
         """llama.cpp quantizes 2-D weights only, never norms or position embeddings
         (llama-quant.cpp, tensor_allows_quantization)."""
-        return (self.is_matrix and self.name.endswith("weight") and not self.router
+        return (self.is_matrix and self.name.endswith("weight") and not self.kept_f32
                 and "_norm.weight" not in self.name and self.name != "position_embd.weight")
 
     @property
-    def router(self) -> bool:
-        """A mixture-of-experts router: never quantized, kept float32 (llama.cpp's converter and
-        llama-quant.cpp)."""
-        return "ffn_gate_inp" in self.name
+    def kept_f32(self) -> bool:
+        """Matrices llama.cpp keeps in float32 and never quantizes (its converter's list and
+        llama-quant.cpp): a mixture of experts' router, LFM2's short-convolution kernels."""
+        return "ffn_gate_inp" in self.name or "shortconv.conv.weight" in self.name

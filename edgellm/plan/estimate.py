@@ -98,7 +98,8 @@ def prefill_flops(model: ModelConfig, prompt: int) -> float:
 
 def kv_bytes(model: ModelConfig, choice: BuildChoice, context: int) -> int:
     fmt = format_for(choice)
-    return int(model.kv_elements(context, fmt.windowed_cache) * fmt.kv_element_bytes(choice))
+    # a state that does not grow with the context (LFM2's convolutions) is float32 in llama.cpp
+    return int(model.kv_elements(context, fmt.windowed_cache) * fmt.kv_element_bytes(choice)) + 4 * model.state_elements
 
 
 def _measured(model: ModelConfig, device: DeviceProfile, fmt: BuildFormat, choice: BuildChoice, prompt: int,

@@ -94,6 +94,8 @@ def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: Family, quant: str,
         shape = tuple(ckpt.info(hf).shape)
         if arch.needs_transform(hf, spec.name) and len(shape) == 2 and shape != want:
             shape = shape[::-1]                       # stored transposed (GPT-2 Conv1D)
+        elif arch.needs_transform(hf, spec.name) and len(shape) == 3 and shape[1] == 1:
+            shape = (shape[0], shape[2])              # a depthwise convolution's [channels, 1, taps] (LFM2)
         if shape != want:
             raise BadInput(f"{model.name}: {hf} has shape {list(shape)}, config.json implies {list(want)}")
         entries.append(Entry(spec.name, hf, want, (types or {}).get(spec.name, ggml_type)))

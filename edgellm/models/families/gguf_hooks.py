@@ -53,7 +53,7 @@ class GgufHooks:
         w.add_feed_forward_length(self.gguf_feed_forward_length)
         w.add_head_count(m.n_heads)
         if self.rotary:
-            w.add_head_count_kv(m.n_kv_heads)
+            w.add_head_count_kv(self.gguf_head_count_kv)
         w.add_vocab_size(m.vocab)
         self.add_norm_eps(w)
         if not self.rotary:
@@ -68,6 +68,11 @@ class GgufHooks:
         if m.head_dim != m.hidden // m.n_heads or self.explicit_head_dims:
             w.add_key_length(m.head_dim)
             w.add_value_length(m.head_dim)
+
+    @property
+    def gguf_head_count_kv(self) -> int | list[int]:
+        """KV heads, or one count per layer where some layers do not attend (0 there: LFM2)."""
+        return self.model.n_kv_heads
 
     @property
     def gguf_feed_forward_length(self) -> int:

@@ -116,6 +116,7 @@ class Shape:
         return ModelConfig(name=self.name, model_type=self.cfg["model_type"],
                            max_context=int(self.cfg.get(self.k_context) or 0),
                            windows=self.windows(layers), tensors=tuple(self.tensors(**shape)),
+                           attention_layers=self.attention_layers(layers), state_elements=self.state_elements(),
                            raw=self.cfg, **shape)
 
     def shrunk(self, layers: int, width: float) -> dict[str, Any]:
@@ -159,6 +160,14 @@ class Shape:
 
     def is_sliding(self, layer: int) -> bool:
         return False
+
+    def attention_layers(self, layers: int) -> tuple[bool, ...]:
+        """Which layers attend (empty: all of them)."""
+        return ()
+
+    def state_elements(self) -> int:
+        """float32 elements of per-sequence state beside the KV cache (convolution caches)."""
+        return 0
 
     # -- tensors --------------------------------------------------------------------------------
     def tensors(self, hidden, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab,

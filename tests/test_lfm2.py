@@ -1,0 +1,74 @@
+"""LFM2 (issue 29, item 3): short-convolution and attention layers in GGUF, verified against
+transformers; the plan's KV cache counts the attention layers and adds the convolutions' state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_export import export, tensor_bytes
+
+
+@pytest.mark.parametrize("quant", ["F16", "Q4_K_M"])
+def test_lfm2_exports_and_verifies(run_cli, tiny, tmp_path, quant):
+    m = export(run_cli, tiny("lfm2"), tmp_path / "b", "--quant", quant)
+    v = m["verification"]
+    assert v["tokenizer"].startswith("identical")
+    # a 4-bit random-weight model loses ~0.1; its bytes are llama-quantize's (the test below)
+    assert v["held_out"]["mean_kld"] < (1e-3 if quant == "F16" else 0.3)
+    if quant == "F16":
+        assert v["logits_max_rel_diff"] < 0.05
+    t = tensor_bytes(tmp_path / "b" / m["artifact"])
+    assert t["blk.0.shortconv.conv.weight"][0] == "F32"        # kernels stay float32, as llama.cpp keeps them
+    assert "blk.2.attn_q.weight" in t and "blk.0.attn_q.weight" not in t
+
+
+def test_lfm2_is_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path):
+    import ctypes
+
+    import llama_cpp
+
+    folder = tiny("lfm2")
+    f16 = export(run_cli, folder, tmp_path / "f16", "--quant", "F16", "--no-verify")["artifact"]
+    ours = export(run_cli, folder, tmp_path / "q", "--quant", "Q4_K_M", "--no-verify")["artifact"]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    ref = tmp_path / "ref.gguf"
+    assert llama_cpp.llama_model_quantize(str(tmp_path / "f16" / f16).encode(), str(ref).encode(),
+                                          ctypes.byref(params)) == 0
+    mine, theirs = tensor_bytes(tmp_path / "q" / ours), tensor_bytes(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in theirs:
+        assert mine[name] == theirs[name], name
+
+
+def test_the_plan_holds_kv_for_attention_layers_and_the_convolution_state(tiny):
+    from edgellm import models
+    from edgellm.formats.choice import BuildChoice
+    from edgellm.plan.estimate import kv_bytes
+
+    m = models.load_config(str(tiny("lfm2")))
+    assert m.attention_layers == (False, False, True, False)
+    assert m.kv_elements(1000) == 2 * 2 * 64 * 1000               # one attention layer: K and V, 2 heads of 64
+    assert m.state_elements == 3 * 2 * 256                         # three conv layers keep L_cache - 1 inputs
+    c = BuildChoice.from_dict({"format": "gguf", "quant": "F16", "kv_cache": "f16"})
+    assert kv_bytes(m, c, 1000) == 2 * m.kv_elements(1000) + 4 * m.state_elements
+
+
+def test_lfm2_refusals_are_one_line(run_cli, tiny, tmp_path):
+    folder = tiny("lfm2")
+    for flags, want in [(["--format", "onnx", "--quant", "fp32"], "ONNX export does not support 'lfm2'"),
+                        (["--quant", "Q4_K_M", "--calibrate"], "--calibrate does not support LFM2")]:
+        r = run_cli("export", str(folder), "--device", "laptop-x86-16gb", "-o", str(tmp_path / "o"), *flags)
+        assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "o").exists()
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["layer_types"] = ["conv", "mamba", "full_attention", "conv"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("plan", str(bad), "--device", "rpi5")
+    assert r.returncode == 2 and "'layer_types' must list 'conv' or 'full_attention'" in r.stderr
