@@ -144,14 +144,13 @@ def tensor_bytes(path):
             for t in header.tensors}
 
 
-@pytest.mark.parametrize("quant", ["Q4_K_M", "Q6_K", "Q3_K_M", "IQ4_XS"])
-def test_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, quant):
-    """Our streamed quantization against llama.cpp's own pipeline (F16 file -> llama-quantize)."""
+def assert_as_llama_quantize(run_cli, folder, tmp_path, quant) -> dict:
+    """Export ``folder`` at ``quant`` and check every tensor is byte-identical to llama.cpp's own
+    pipeline (our F16 file -> llama-quantize); our tensors (name -> (type, shape, bytes))."""
     import ctypes
 
     import llama_cpp
 
-    folder = tiny("llama", num_hidden_layers=8)
     f16 = export(run_cli, folder, tmp_path / "f16", "--quant", "F16", "--no-verify")["artifact"]
     ours = export(run_cli, folder, tmp_path / "q", "--quant", quant, "--no-verify")["artifact"]
     params = llama_cpp.llama_model_quantize_default_params()
@@ -163,6 +162,13 @@ def test_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, q
     assert sorted(mine) == sorted(theirs)
     for name in theirs:
         assert mine[name] == theirs[name], name
+    return mine
+
+
+@pytest.mark.parametrize("quant", ["Q4_K_M", "Q6_K", "Q3_K_M", "IQ4_XS"])
+def test_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, quant):
+    """Our streamed quantization against llama.cpp's own pipeline (F16 file -> llama-quantize)."""
+    assert_as_llama_quantize(run_cli, tiny("llama", num_hidden_layers=8), tmp_path, quant)
 
 
 def test_exports_are_deterministic(run_cli, tiny, tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from test_export import export, tensor_bytes
+from test_export import assert_as_llama_quantize, export, tensor_bytes
 
 
 @pytest.mark.parametrize("quant", ["F16", "Q4_K_M"])
@@ -25,22 +25,7 @@ def test_lfm2_exports_and_verifies(run_cli, tiny, tmp_path, quant):
 
 
 def test_lfm2_is_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path):
-    import ctypes
-
-    import llama_cpp
-
-    folder = tiny("lfm2")
-    f16 = export(run_cli, folder, tmp_path / "f16", "--quant", "F16", "--no-verify")["artifact"]
-    ours = export(run_cli, folder, tmp_path / "q", "--quant", "Q4_K_M", "--no-verify")["artifact"]
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    ref = tmp_path / "ref.gguf"
-    assert llama_cpp.llama_model_quantize(str(tmp_path / "f16" / f16).encode(), str(ref).encode(),
-                                          ctypes.byref(params)) == 0
-    mine, theirs = tensor_bytes(tmp_path / "q" / ours), tensor_bytes(ref)
-    assert sorted(mine) == sorted(theirs)
-    for name in theirs:
-        assert mine[name] == theirs[name], name
+    assert_as_llama_quantize(run_cli, tiny("lfm2"), tmp_path, "Q4_K_M")
 
 
 def test_the_plan_holds_kv_for_attention_layers_and_the_convolution_state(tiny):

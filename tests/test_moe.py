@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from test_export import export, tensor_bytes
+from test_export import assert_as_llama_quantize, export
 
 MOE = ["qwen3_moe", "mixtral", "olmoe"]
 
@@ -33,22 +33,8 @@ def test_every_moe_family_exports_f16_and_verifies(run_cli, tiny, tmp_path, arch
 def test_moe_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, arch, quant):
     """Our stacked, streamed quantization against llama.cpp's (F16 file -> llama-quantize),
     including its 8-expert rules (attn_v and attn_k at Q8_0, attn_output at Q5_K)."""
-    import ctypes
-
-    import llama_cpp
-
     folder = moe(tiny, arch)
-    f16 = export(run_cli, folder, tmp_path / "f16", "--quant", "F16", "--no-verify")["artifact"]
-    ours = export(run_cli, folder, tmp_path / "q", "--quant", quant, "--no-verify")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
-    ref = tmp_path / "ref.gguf"
-    assert llama_cpp.llama_model_quantize(str(tmp_path / "f16" / f16).encode(), str(ref).encode(),
-                                          ctypes.byref(params)) == 0
-    mine, theirs = tensor_bytes(tmp_path / "q" / ours["artifact"]), tensor_bytes(ref)
-    assert sorted(mine) == sorted(theirs)
-    for name in theirs:
-        assert mine[name] == theirs[name], name
+    mine = assert_as_llama_quantize(run_cli, folder, tmp_path, quant)
     assert mine["blk.0.attn_v.weight"][0] == "Q8_0" and mine["blk.0.attn_k.weight"][0] == "Q8_0"
     # the plan's weight bytes hold every expert, exactly
     from edgellm import models
