@@ -101,7 +101,8 @@ SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-qu
     "mixtral": dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2),
     "olmoe": dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=4, num_experts=8, num_experts_per_tok=2),     # untied: llama.cpp needs output
+                  num_key_value_heads=4, num_experts=8, num_experts_per_tok=2,
+                  tie_word_embeddings=False),             # llama.cpp's olmoe graph needs an output matrix
     # LFM2: convolution, convolution, attention, convolution (intermediate 768 -> MLP of 512)
     "lfm2": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, layer_types=["conv", "conv", "full_attention", "conv"]),
@@ -112,13 +113,15 @@ SHAPES = {  # small shapes; hidden sizes that are multiples of 256 exercise K-qu
 
 
 def build_model(arch: str, folder: Path, tokenizer=None, seed: int = 0, pad_vocab: int = 0,
-                tied: bool = True, **overrides) -> Path:
-    """Write a random-weight ``arch`` model with its tokenizer into ``folder`` (safetensors)."""
+                tied: bool | None = None, **overrides) -> Path:
+    """Write a random-weight ``arch`` model with its tokenizer into ``folder`` (safetensors);
+    ``tied``: the head shares the embedding (default: as the shape says, else tied)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = tokenizer or train_tokenizer()
     shape = {**SHAPES[arch], **overrides}
+    tied = shape.pop("tie_word_embeddings", True) if tied is None else tied
     vocab = len(tokenizer) + pad_vocab
     if arch != "gpt2":
         shape.setdefault("max_position_embeddings", 1024)
