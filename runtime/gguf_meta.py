@@ -129,6 +129,10 @@ def _heads(meta: dict, arch: str, n_layer: int, fail: Fail) -> None:
         if q < 1 or k < 1 or q % k:
             raise fail(f"layer {i}: {q} attention heads over {k} KV heads (each must be at least 1, "
                        "and the KV heads must divide the heads)")
+    if arch in NO_KV_LAYERS and len({k == 0 for k in kv}) < 2:
+        # llama.cpp aborts on a hybrid with no convolution layer (its recurrent cache has no buffer)
+        raise fail(f"{arch}: every layer is {'a convolution' if kv[0] == 0 else 'an attention'} layer; "
+                   "llama.cpp needs both kinds")
     embd = meta.get(f"{arch}.embedding_length")
     if not _int(embd) or embd < 1:
         raise fail(f"{arch}.embedding_length is {_shown(embd)}")

@@ -57,3 +57,25 @@ def test_lfm2_refusals_are_one_line(run_cli, tiny, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     r = run_cli("plan", str(bad), "--device", "rpi5")
     assert r.returncode == 2 and "'layer_types' must list 'conv' or 'full_attention'" in r.stderr
+    for kind in ("conv", "full_attention"):      # llama.cpp aborts on the first, transformers on the second
+        cfg["layer_types"] = [kind] * 4
+        (bad / "config.json").write_text(json.dumps(cfg))
+        r = run_cli("export", str(bad), "--device", "rpi5", "--quant", "F16", "-o", str(tmp_path / "o"))
+        assert r.returncode == 2 and "needs both convolution and attention layers" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_hybrid_file_with_one_kind_of_layer_is_refused_before_llama_cpp_runs():
+    """A bundle from elsewhere: an lfm2 GGUF whose every layer attends aborts llama.cpp (its hybrid
+    cache gets no convolution buffer), so the file check refuses it first."""
+    from edgellm.runtime import gguf_meta
+
+    meta = {"lfm2.attention.head_count": 4, "lfm2.attention.head_count_kv": [2, 2, 2, 2], "lfm2.embedding_length": 256}
+    with pytest.raises(ValueError, match="every layer is an attention layer; llama.cpp needs both kinds"):
+        gguf_meta._heads(meta, "lfm2", 4, ValueError)
+    meta["lfm2.attention.head_count_kv"] = [0, 0, 2, 0]
+    gguf_meta._heads(meta, "lfm2", 4, ValueError)
+    meta["llama.attention.head_count_kv"] = meta.pop("lfm2.attention.head_count_kv")    # elsewhere 0 stays refused
+    meta["llama.attention.head_count"], meta["llama.embedding_length"] = 4, 256
+    with pytest.raises(ValueError, match="over 0 KV heads"):
+        gguf_meta._heads(meta, "llama", 4, ValueError)

@@ -40,6 +40,11 @@ class Lfm2(Family):
         if not isinstance(kinds, list) or len(kinds) != layers or not set(kinds) <= {"conv", "full_attention"}:
             raise BadInput(f"{self.name}: config.json: 'layer_types' must list 'conv' or 'full_attention' "
                            f"for each of the {layers} layers")
+        if len(set(kinds)) < 2:
+            # llama.cpp aborts (a hybrid cache with no convolution state), transformers fails
+            # (a cache with no attention layer): such a file would crash whoever runs it
+            raise BadInput(f"{self.name}: config.json: an LFM2 model needs both convolution and attention "
+                           f"layers; this one has only {kinds[0]!r} layers")
         return kinds
 
     @property
