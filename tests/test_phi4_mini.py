@@ -48,7 +48,7 @@ def test_phi4_mini_exports_and_matches_at_short_and_long_positions(run_cli, phi4
         assert g.fields["tokenizer.ggml.pre"].parts[-1].tobytes().decode() == "gpt-4o"
         assert {t.name: int(t.shape[0]) for t in g.tensors if t.name.startswith("rope_factors")} == \
             {"rope_factors_long.weight": 24, "rope_factors_short.weight": 24}
-    for context in (256, 1024):                  # within and past the original context of 512
+    for context in (1024,):                      # past the original context of 512 (within: verification)
         r = run_cli("eval", str(out), "--reference", str(phi4), "--context", str(context), "--windows", "1", "--json")
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
