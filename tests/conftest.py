@@ -41,6 +41,30 @@ def run_cli(tmp_path):
 
 
 @pytest.fixture
+def cli(capsys):
+    """The CLI's ``main`` in this process, answering like ``run_cli`` (returncode, stdout, stderr):
+    for the many checks that bad input stops with one line, without an interpreter start each."""
+    import signal
+
+    from edgellm.cli import main
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:                  # argparse's own errors
+            code = e.code
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return run
+
+
+@pytest.fixture
 def model_dir(tmp_path):
     """Write a config.json into a fresh folder and return the folder."""
     def make(cfg: dict, name: str = "model") -> Path:

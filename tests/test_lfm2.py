@@ -41,11 +41,11 @@ def test_the_plan_holds_kv_for_attention_layers_and_the_convolution_state(tiny):
     assert kv_bytes(m, c, 1000) == 2 * m.kv_elements(1000) + 4 * m.state_elements
 
 
-def test_lfm2_refusals_are_one_line(run_cli, tiny, tmp_path):
+def test_lfm2_refusals_are_one_line(cli, tiny, tmp_path):
     folder = tiny("lfm2")
     for flags, want in [(["--format", "onnx", "--quant", "fp32"], "ONNX export does not support 'lfm2'"),
                         (["--quant", "Q4_K_M", "--calibrate"], "--calibrate does not support LFM2")]:
-        r = run_cli("export", str(folder), "--device", "laptop-x86-16gb", "-o", str(tmp_path / "o"), *flags)
+        r = cli("export", str(folder), "--device", "laptop-x86-16gb", "-o", str(tmp_path / "o"), *flags)
         assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "o").exists()
     import shutil
@@ -55,12 +55,12 @@ def test_lfm2_refusals_are_one_line(run_cli, tiny, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["layer_types"] = ["conv", "mamba", "full_attention", "conv"]
     (bad / "config.json").write_text(json.dumps(cfg))
-    r = run_cli("plan", str(bad), "--device", "rpi5")
+    r = cli("plan", str(bad), "--device", "rpi5")
     assert r.returncode == 2 and "'layer_types' must list 'conv' or 'full_attention'" in r.stderr
     for kind in ("conv", "full_attention"):      # llama.cpp aborts on the first, transformers on the second
         cfg["layer_types"] = [kind] * 4
         (bad / "config.json").write_text(json.dumps(cfg))
-        r = run_cli("export", str(bad), "--device", "rpi5", "--quant", "F16", "-o", str(tmp_path / "o"))
+        r = cli("export", str(bad), "--device", "rpi5", "--quant", "F16", "-o", str(tmp_path / "o"))
         assert r.returncode == 2 and "needs both convolution and attention layers" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 

@@ -59,19 +59,19 @@ def test_the_plan_prices_decode_by_the_experts_a_token_uses():
     assert 0.09 < read / total < 0.13               # ~8/128 of the experts plus the dense part
 
 
-def test_moe_refusals_are_one_line_before_any_work(run_cli, tiny, tmp_path):
+def test_moe_refusals_are_one_line_before_any_work(cli, tiny, tmp_path):
     q = moe(tiny, "qwen3_moe")
     for flags, want in [(["--format", "onnx", "--quant", "int4"], "ONNX export does not support 'qwen3_moe'"),
                         (["--quant", "Q4_K_M", "--calibrate"], "--calibrate does not support mixture-of-experts")]:
         out = tmp_path / "out"
-        r = run_cli("export", str(q), "--device", "laptop-x86-16gb", "-o", str(out), *flags)
+        r = cli("export", str(q), "--device", "laptop-x86-16gb", "-o", str(out), *flags)
         assert r.returncode == 2 and want in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
-    r = run_cli("distill", str(q), "-o", str(tmp_path / "s"), "--size", "0.5", "--steps", "1")
+    r = cli("distill", str(q), "-o", str(tmp_path / "s"), "--size", "0.5", "--steps", "1")
     assert r.returncode == 2 and "distillation does not support 'qwen3_moe'" in r.stderr, r.stderr
     assert not (tmp_path / "s").exists()
     tied = tiny("olmoe", tied=True)
-    r = run_cli("export", str(tied), "--device", "laptop-x86-16gb", "--quant", "F16", "-o", str(tmp_path / "t"))
+    r = cli("export", str(tied), "--device", "laptop-x86-16gb", "--quant", "F16", "-o", str(tmp_path / "t"))
     assert r.returncode == 2 and "olmoe graph needs its own output matrix" in r.stderr, r.stderr
 
 
@@ -81,7 +81,7 @@ def test_moe_refusals_are_one_line_before_any_work(run_cli, tiny, tmp_path):
     (lambda cfg, d: cfg.update(num_experts_per_tok=9), "exceeds the 8 experts"),
     (lambda cfg, d: cfg.update(num_experts=9), "config.json implies [9, 256]"),
 ])
-def test_moe_configs_llama_cpp_would_run_differently_are_refused(run_cli, tiny, tmp_path, change, want):
+def test_moe_configs_llama_cpp_would_run_differently_are_refused(cli, tiny, tmp_path, change, want):
     import shutil
 
     bad = tmp_path / "bad"
@@ -89,12 +89,12 @@ def test_moe_configs_llama_cpp_would_run_differently_are_refused(run_cli, tiny, 
     cfg = json.loads((bad / "config.json").read_text())
     change(cfg, bad)
     (bad / "config.json").write_text(json.dumps(cfg))
-    r = run_cli("export", str(bad), "--device", "laptop-x86-16gb", "--quant", "F16", "-o", str(tmp_path / "o"))
+    r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--quant", "F16", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and want in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_a_checkpoint_missing_an_expert_is_refused_before_writing(run_cli, tiny, tmp_path):
+def test_a_checkpoint_missing_an_expert_is_refused_before_writing(cli, tiny, tmp_path):
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -104,7 +104,7 @@ def test_a_checkpoint_missing_an_expert_is_refused_before_writing(run_cli, tiny,
     weights = load_file(bad / "model.safetensors")
     del weights["model.layers.1.mlp.experts.5.up_proj.weight"]
     save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
-    r = run_cli("export", str(bad), "--device", "laptop-x86-16gb", "--quant", "Q4_K_M", "-o", str(tmp_path / "o"))
+    r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--quant", "Q4_K_M", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "blk.1.ffn_up_exps.weight needs experts 0-7" in r.stderr and "lacks expert(s) [5]" in r.stderr
     assert not (tmp_path / "o").exists()
 

@@ -55,7 +55,7 @@ def test_phi4_mini_exports_and_matches_at_short_and_long_positions(run_cli, phi4
         assert res["mean_kld"] < 1e-3 and res["top1_agreement"] > 0.97, (context, res)
 
 
-def test_wrong_long_rope_tables_are_one_line_and_no_bundle(run_cli, phi4, tmp_path):
+def test_wrong_long_rope_tables_are_one_line_and_no_bundle(cli, phi4, tmp_path):
     import shutil
 
     bad = tmp_path / "bad"
@@ -65,7 +65,7 @@ def test_wrong_long_rope_tables_are_one_line_and_no_bundle(run_cli, phi4, tmp_pa
     (bad / "config.json").write_text(json.dumps(cfg))
     for fmt in ("gguf", "onnx"):
         out = tmp_path / f"out-{fmt}"
-        r = run_cli("export", str(bad), "--device", "laptop-x86-16gb", "--format", fmt, "--quant",
+        r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--format", fmt, "--quant",
                     "F16" if fmt == "gguf" else "fp32", "-o", str(out))
         assert r.returncode == 2, r.stderr
         assert "'long_factor' must be 24 positive numbers" in r.stderr and len(r.stderr.strip().splitlines()) == 1

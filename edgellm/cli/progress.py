@@ -7,9 +7,9 @@ import sys
 
 
 class StageLine:
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr         # the stderr of now, not of import time
+        self.tty = self.stream.isatty()
         self.last_stage = None
 
     def __call__(self, msg) -> None:
