@@ -19,9 +19,9 @@ def export(run_cli, model, out, *flags):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gpt2", "phi3", "gemma", "gemma2",
                                   "gemma3_text", "smollm3", "granite"])
-def test_every_architecture_exports_f16_and_verifies(run_cli, tiny, tmp_path, arch):
+def test_every_architecture_exports_f16_and_verifies(cli, tiny, tmp_path, arch):
     folder = tiny(arch, tied=arch not in ("mistral", "phi3"))
-    manifest = export(run_cli, folder, tmp_path / "b", "--quant", "F16")
+    manifest = export(cli, folder, tmp_path / "b", "--quant", "F16")
     v = manifest["verification"]
     assert v["tokenizer"].startswith("identical")
     # random-weight models have near-flat distributions: a few exact ties within float noise are
@@ -166,9 +166,9 @@ def assert_as_llama_quantize(run_cli, folder, tmp_path, quant) -> dict:
 
 
 @pytest.mark.parametrize("quant", ["Q4_K_M", "Q6_K", "Q3_K_M", "IQ4_XS"])
-def test_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, quant):
+def test_tensors_are_byte_identical_to_llama_quantize(cli, tiny, tmp_path, quant):
     """Our streamed quantization against llama.cpp's own pipeline (F16 file -> llama-quantize)."""
-    assert_as_llama_quantize(run_cli, tiny("llama", num_hidden_layers=8), tmp_path, quant)
+    assert_as_llama_quantize(cli, tiny("llama", num_hidden_layers=8), tmp_path, quant)
 
 
 def test_exports_are_deterministic(run_cli, tiny, tmp_path):

@@ -11,8 +11,8 @@ from test_export import assert_as_llama_quantize, export, tensor_bytes
 
 
 @pytest.mark.parametrize("quant", ["F16", "Q4_K_M"])
-def test_lfm2_exports_and_verifies(run_cli, tiny, tmp_path, quant):
-    m = export(run_cli, tiny("lfm2"), tmp_path / "b", "--quant", quant)
+def test_lfm2_exports_and_verifies(cli, tiny, tmp_path, quant):
+    m = export(cli, tiny("lfm2"), tmp_path / "b", "--quant", quant)
     v = m["verification"]
     assert v["tokenizer"].startswith("identical")
     # a 4-bit random-weight model loses ~0.1; its bytes are llama-quantize's (the test below)
@@ -24,8 +24,8 @@ def test_lfm2_exports_and_verifies(run_cli, tiny, tmp_path, quant):
     assert "blk.2.attn_q.weight" in t and "blk.0.attn_q.weight" not in t
 
 
-def test_lfm2_is_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path):
-    assert_as_llama_quantize(run_cli, tiny("lfm2"), tmp_path, "Q4_K_M")
+def test_lfm2_is_byte_identical_to_llama_quantize(cli, tiny, tmp_path):
+    assert_as_llama_quantize(cli, tiny("lfm2"), tmp_path, "Q4_K_M")
 
 
 def test_the_plan_holds_kv_for_attention_layers_and_the_convolution_state(tiny):

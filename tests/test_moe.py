@@ -18,8 +18,8 @@ def moe(tiny, arch):
 
 
 @pytest.mark.parametrize("arch", MOE)
-def test_every_moe_family_exports_f16_and_verifies(run_cli, tiny, tmp_path, arch):
-    m = export(run_cli, moe(tiny, arch), tmp_path / "b", "--quant", "F16")
+def test_every_moe_family_exports_f16_and_verifies(cli, tiny, tmp_path, arch):
+    m = export(cli, moe(tiny, arch), tmp_path / "b", "--quant", "F16")
     v = m["verification"]
     assert v["tokenizer"].startswith("identical") and v["logits_max_rel_diff"] < 0.05
     assert v["held_out"]["mean_kld"] < 1e-3 and v["held_out"]["top1_agreement"] > 0.97
@@ -30,11 +30,11 @@ def test_every_moe_family_exports_f16_and_verifies(run_cli, tiny, tmp_path, arch
 
 
 @pytest.mark.parametrize("arch,quant", [("qwen3_moe", "Q4_K_M"), ("mixtral", "Q2_K"), ("olmoe", "Q3_K_M")])
-def test_moe_tensors_are_byte_identical_to_llama_quantize(run_cli, tiny, tmp_path, arch, quant):
+def test_moe_tensors_are_byte_identical_to_llama_quantize(cli, tiny, tmp_path, arch, quant):
     """Our stacked, streamed quantization against llama.cpp's (F16 file -> llama-quantize),
     including its 8-expert rules (attn_v and attn_k at Q8_0, attn_output at Q5_K)."""
     folder = moe(tiny, arch)
-    mine = assert_as_llama_quantize(run_cli, folder, tmp_path, quant)
+    mine = assert_as_llama_quantize(cli, folder, tmp_path, quant)
     assert mine["blk.0.attn_v.weight"][0] == "Q8_0" and mine["blk.0.attn_k.weight"][0] == "Q8_0"
     # the plan's weight bytes hold every expert, exactly
     from edgellm import models

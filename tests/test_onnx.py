@@ -20,9 +20,9 @@ def export(run_cli, model, out, *flags):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3_text",
                                   "smollm3", "granite", "gpt2"])
-def test_every_supported_architecture_exports_fp32_and_verifies(run_cli, tiny, tmp_path, arch):
+def test_every_supported_architecture_exports_fp32_and_verifies(cli, tiny, tmp_path, arch):
     folder = tiny(arch, tied=arch not in ("mistral", "phi3"))
-    m = export(run_cli, folder, tmp_path / "b", "--quant", "fp32")
+    m = export(cli, folder, tmp_path / "b", "--quant", "fp32")
     v = m["verification"]
     assert v["runtime"] == "onnxruntime" and v["tokenizer"].startswith("identical")
     assert v["logits_max_rel_diff"] < 1e-3                  # float32 vs float32: summation order only
