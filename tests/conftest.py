@@ -49,14 +49,23 @@ def cli(capsys):
     from edgellm.cli import main
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    from transformers.utils import logging as hf_logging      # as the CLI's own process has them: off
+    hf_logging.disable_progress_bar()
 
-    def run(*args):
+    def run(*args, env=None, cwd=None, timeout=None):
         capsys.readouterr()
+        old_env, old_cwd = dict(os.environ), os.getcwd()
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
         try:
             code = main([str(a) for a in args])
         except SystemExit as e:                  # argparse's own errors
             code = e.code
         finally:
+            os.chdir(old_cwd)
+            os.environ.clear()
+            os.environ.update(old_env)
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
         out = capsys.readouterr()

@@ -30,16 +30,16 @@ def rewrite_file(bundle: Path, name: str, text: str) -> None:
 
 @pytest.mark.parametrize("flags", [("--format", "onnx", "--quant", "int4"), ("--quant", "Q8_0")],
                          ids=["onnx", "gguf"])
-def test_chat_is_the_default_and_works(run_cli, tiny, tmp_path, flags):
-    m = export(run_cli, tiny("qwen2"), tmp_path / "b", *flags)
+def test_chat_is_the_default_and_works(cli, run_cli, tiny, tmp_path, flags):
+    m = export(cli, tiny("qwen2"), tmp_path / "b", *flags)
     assert m["verification"]["chat_template"] == "identical prompt ids"     # ours == transformers'
     r = run_cli("run", str(tmp_path / "b"), "-p", "hello", "--max-tokens", "8")
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
 
 
-def test_npu_bundle_chats(run_cli, tiny, tmp_path):
-    export(run_cli, tiny("llama"), tmp_path / "b", "--format", "onnx", "--quant", "int8", "--no-verify",
+def test_npu_bundle_chats(cli, run_cli, tiny, tmp_path):
+    export(cli, tiny("llama"), tmp_path / "b", "--format", "onnx", "--quant", "int8", "--no-verify",
            device="android-sd8gen3-12gb")
     r = run_cli("run", str(tmp_path / "b"), "-p", "hello", "--max-tokens", "4")
     assert r.returncode == 0, r.stderr
@@ -59,15 +59,15 @@ def test_sandbox_bounds_output_and_time():
         render_chat("{% for a in range(100000) %}{% for b in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}", [])
 
 
-def test_hostile_template_in_an_onnx_bundle_is_one_line(run_cli, tiny, tmp_path):
-    export(run_cli, tiny("qwen2"), tmp_path / "b", "--format", "onnx", "--quant", "int4", "--no-verify")
+def test_hostile_template_in_an_onnx_bundle_is_one_line(cli, run_cli, tiny, tmp_path):
+    export(cli, tiny("qwen2"), tmp_path / "b", "--format", "onnx", "--quant", "int4", "--no-verify")
     rewrite_file(tmp_path / "b", "chat_template.jinja", ESCAPE)
     r = run_cli("run", str(tmp_path / "b"), "-p", "hello", "--max-tokens", "4")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "sandbox" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_hostile_template_in_a_model_folder_fails_export_and_gguf_run(run_cli, tiny, tmp_path):
+def test_hostile_template_in_a_model_folder_fails_export_and_gguf_run(cli, run_cli, tiny, tmp_path):
     import shutil
 
     folder = tmp_path / "m"
@@ -76,13 +76,13 @@ def test_hostile_template_in_a_model_folder_fails_export_and_gguf_run(run_cli, t
     r = run_cli("export", str(folder), "--device", "rpi5", "--quant", "Q8_0", "-o", str(tmp_path / "v"))
     assert r.returncode == 2 and "sandbox" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "v").exists()
-    export(run_cli, folder, tmp_path / "b", "--quant", "Q8_0", "--no-verify")    # the template is in the GGUF
+    export(cli, folder, tmp_path / "b", "--quant", "Q8_0", "--no-verify")    # the template is in the GGUF
     r = run_cli("run", str(tmp_path / "b"), "-p", "hello", "--max-tokens", "4")
     assert r.returncode == 2 and "sandbox" in r.stderr and r.stderr.count("\n") == 1
     assert run_cli("run", str(tmp_path / "b"), "-p", "hello", "--max-tokens", "4", "--raw").returncode == 0
 
 
-def test_folders_saved_by_transformers_5_and_4_both_export_verify_and_chat(run_cli, tiny, tmp_path):
+def test_folders_saved_by_transformers_5_and_4_both_export_verify_and_chat(cli, run_cli, tiny, tmp_path):
     import shutil
 
     from edgellm.exporters.demo_models import as_saved_by_transformers4
@@ -96,7 +96,7 @@ def test_folders_saved_by_transformers_5_and_4_both_export_verify_and_chat(run_c
     for name, folder in (("new", new), ("old", old)):
         for flags in (("--format", "onnx", "--quant", "fp32"), ("--quant", "F16")):
             out = tmp_path / f"{name}-{flags[-1]}"
-            m = export(run_cli, folder, out, *flags)
+            m = export(cli, folder, out, *flags)
             assert m["verification"]["chat_template"] == "identical prompt ids"
             r = run_cli("run", str(out), "-p", "hello", "--max-tokens", "4")
             assert r.returncode == 0, r.stderr

@@ -16,11 +16,11 @@ def evaluate(run_cli, *args):
     return json.loads(r.stdout)
 
 
-def test_quantized_bundles_score_against_the_original(run_cli, tiny, tmp_path):
+def test_quantized_bundles_score_against_the_original(cli, run_cli, tiny, tmp_path):
     folder = tiny("llama")
-    export(run_cli, folder, tmp_path / "f16", "--quant", "F16")
-    export(run_cli, folder, tmp_path / "q4", "--quant", "Q4_K_M")
-    export(run_cli, folder, tmp_path / "int4", "--format", "onnx", "--quant", "int4")
+    export(cli, folder, tmp_path / "f16", "--quant", "F16")
+    export(cli, folder, tmp_path / "q4", "--quant", "Q4_K_M")
+    export(cli, folder, tmp_path / "int4", "--format", "onnx", "--quant", "int4")
     hf = evaluate(run_cli, str(folder))
     assert hf["windows"] == 3 and hf["tokens_scored"] == 3 * 127 and hf["perplexity"] > 1
     f16 = evaluate(run_cli, str(tmp_path / "f16"), "--reference", str(folder))
@@ -32,8 +32,8 @@ def test_quantized_bundles_score_against_the_original(run_cli, tiny, tmp_path):
     assert q4["p99_kld"] >= q4["mean_kld"]
 
 
-def test_a_bundle_scores_without_torch(run_cli, tiny, tmp_path):
-    export(run_cli, tiny("qwen2"), tmp_path / "b", "--format", "onnx", "--quant", "int8")
+def test_a_bundle_scores_without_torch(cli, run_cli, tiny, tmp_path):
+    export(cli, tiny("qwen2"), tmp_path / "b", "--format", "onnx", "--quant", "int8")
     code = ("import sys; from edgellm.cli import main; "
             f"rc = main(['eval', {str(tmp_path / 'b')!r}, '--context', '64', '--windows', '2', '--json']); "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; sys.exit(rc)")

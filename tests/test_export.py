@@ -35,7 +35,7 @@ def test_every_architecture_exports_f16_and_verifies(cli, tiny, tmp_path, arch):
 
 
 @pytest.mark.parametrize("quant,model_file", [("F16", True), ("Q4_K_M", True), ("F16", False), ("Q4_K_M", False)])
-def test_sentencepiece_tokenizer_exports_and_verifies(run_cli, spm_tokenizer, tmp_path, quant, model_file):
+def test_sentencepiece_tokenizer_exports_and_verifies(cli, run_cli, spm_tokenizer, tmp_path, quant, model_file):
     """With tokenizer.model beside tokenizer.json (as hub checkpoints ship), and with
     tokenizer.json alone (as transformers 5 saves a SentencePiece tokenizer)."""
     import shutil
@@ -46,7 +46,7 @@ def test_sentencepiece_tokenizer_exports_and_verifies(run_cli, spm_tokenizer, tm
     assert not (folder / "tokenizer.model").exists()
     if model_file:
         shutil.copyfile(spm_tokenizer.name_or_path + "/spm.model", folder / "tokenizer.model")
-    manifest = export(run_cli, folder, tmp_path / "b", "--quant", quant)
+    manifest = export(cli, folder, tmp_path / "b", "--quant", quant)
     assert manifest["verification"]["tokenizer"].startswith("identical")
     header = read_header(tmp_path / "b" / manifest["artifact"])
     assert header.metadata["tokenizer.ggml.model"] == "llama"
@@ -58,10 +58,10 @@ def test_sentencepiece_tokenizer_exports_and_verifies(run_cli, spm_tokenizer, tm
     assert r.returncode == 0 and r.stderr == "", r.stderr    # random weights may pick blank pieces
 
 
-def test_llama3_rope_scaling_table_verifies(run_cli, tiny, tmp_path):
+def test_llama3_rope_scaling_table_verifies(cli, run_cli, tiny, tmp_path):
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64}
-    manifest = export(run_cli, tiny("llama", rope_scaling=rope), tmp_path / "b", "--quant", "F16")
+    manifest = export(cli, tiny("llama", rope_scaling=rope), tmp_path / "b", "--quant", "F16")
     assert manifest["verification"]["held_out"]["mean_kld"] < 1e-3
     header = read_header(tmp_path / "b" / manifest["artifact"])
     assert "rope_freqs.weight" in {t.name for t in header.tensors}
@@ -77,9 +77,9 @@ def planned(folder, quant):
 
 
 @pytest.mark.parametrize("quant", ["Q4_K_M", "Q8_0", "Q2_K", "IQ4_XS"])
-def test_quantized_file_has_the_planned_tensor_types(run_cli, tiny, tmp_path, quant):
+def test_quantized_file_has_the_planned_tensor_types(cli, run_cli, tiny, tmp_path, quant):
     folder = tiny("llama", num_hidden_layers=8)
-    manifest = export(run_cli, folder, tmp_path / "b", "--quant", quant, "--no-verify")
+    manifest = export(cli, folder, tmp_path / "b", "--quant", quant, "--no-verify")
     hist, data = planned(folder, quant)
     assert manifest["tensor_types"] == hist
     header = read_header(tmp_path / "b" / manifest["artifact"])
@@ -87,32 +87,32 @@ def test_quantized_file_has_the_planned_tensor_types(run_cli, tiny, tmp_path, qu
     assert manifest["verification"] == {"skipped": True}
 
 
-def test_rows_not_divisible_by_256_fall_back_like_llama_cpp(run_cli, tiny, tmp_path):
+def test_rows_not_divisible_by_256_fall_back_like_llama_cpp(cli, run_cli, tiny, tmp_path):
     folder = tiny("qwen2", hidden_size=320, intermediate_size=640, num_attention_heads=5, num_key_value_heads=1)
-    manifest = export(run_cli, folder, tmp_path / "b", "--quant", "Q4_K_M")
+    manifest = export(cli, folder, tmp_path / "b", "--quant", "Q4_K_M")
     hist, _ = planned(folder, "Q4_K_M")
     assert manifest["tensor_types"] == hist and "Q5_0" in hist
     assert manifest["verification"]["held_out"]["top1_agreement"] > 0.5
 
 
-def test_padded_vocabulary_exports(run_cli, tiny, tmp_path):
+def test_padded_vocabulary_exports(cli, run_cli, tiny, tmp_path):
     folder = tiny("llama", pad_vocab=7)
-    manifest = export(run_cli, folder, tmp_path / "b", "--quant", "Q8_0")
+    manifest = export(cli, folder, tmp_path / "b", "--quant", "Q8_0")
     header = read_header(tmp_path / "b" / manifest["artifact"])
     tokens = header.metadata["tokenizer.ggml.tokens"]
     assert tokens[-1].startswith("[PAD") and len(tokens) == models.load_config(str(folder)).vocab
 
 
-def test_auto_takes_the_planners_choice(run_cli, tiny, tmp_path):
+def test_auto_takes_the_planners_choice(cli, run_cli, tiny, tmp_path):
     folder = tiny("llama")
     plan = json.loads(run_cli("plan", str(folder), "--device", "rpi5", "--format", "gguf", "--json").stdout)
-    manifest = export(run_cli, folder, tmp_path / "b")
+    manifest = export(cli, folder, tmp_path / "b")
     assert manifest["choice"] == plan["winner"]["choice"]
     assert manifest["prediction"]["decode_tokens_per_s"] == plan["winner"]["decode_tokens_per_s"]
 
 
-def test_run_and_profile_the_bundle(run_cli, tiny, tmp_path):
-    export(run_cli, tiny("llama"), tmp_path / "b", "--quant", "Q4_K_M", "--no-verify")
+def test_run_and_profile_the_bundle(cli, run_cli, tiny, tmp_path):
+    export(cli, tiny("llama"), tmp_path / "b", "--quant", "Q4_K_M", "--no-verify")
     r = run_cli("run", str(tmp_path / "b"), "-p", "def main():", "--max-tokens", "8")
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     assert r.stderr == ""                                    # llama.cpp's chatter stays hidden
@@ -127,8 +127,8 @@ def test_run_and_profile_the_bundle(run_cli, tiny, tmp_path):
     assert "predicted" in r.stdout and "decode" in r.stdout
 
 
-def test_one_flipped_byte_is_refused_naming_the_file(run_cli, tiny, tmp_path):
-    manifest = export(run_cli, tiny("llama"), tmp_path / "b", "--quant", "Q8_0", "--no-verify")
+def test_one_flipped_byte_is_refused_naming_the_file(cli, run_cli, tiny, tmp_path):
+    manifest = export(cli, tiny("llama"), tmp_path / "b", "--quant", "Q8_0", "--no-verify")
     path = tmp_path / "b" / manifest["artifact"]
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -171,11 +171,11 @@ def test_tensors_are_byte_identical_to_llama_quantize(cli, tiny, tmp_path, quant
     assert_as_llama_quantize(cli, tiny("llama", num_hidden_layers=8), tmp_path, quant)
 
 
-def test_exports_are_deterministic(run_cli, tiny, tmp_path):
+def test_exports_are_deterministic(cli, run_cli, tiny, tmp_path):
     """Same model and options: byte-identical bundles (no timestamps anywhere)."""
     folder = tiny("llama")
-    a = export(run_cli, folder, tmp_path / "a", "--quant", "Q4_K_M", "--no-verify")
-    b = export(run_cli, folder, tmp_path / "b", "--quant", "Q4_K_M", "--no-verify")
+    a = export(cli, folder, tmp_path / "a", "--quant", "Q4_K_M", "--no-verify")
+    b = export(cli, folder, tmp_path / "b", "--quant", "Q4_K_M", "--no-verify")
     assert a == b
     for name in a["files"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -15,8 +15,8 @@ def export(run_cli, model, out, *flags):
     return json.loads((out / "manifest.json").read_text())
 
 
-def test_int8_npu_build_is_static_qdq_and_runs_on_the_qnn_htp(run_cli, tiny, tmp_path):
-    m = export(run_cli, tiny("qwen2"), tmp_path / "b", "--quant", "int8")
+def test_int8_npu_build_is_static_qdq_and_runs_on_the_qnn_htp(cli, run_cli, tiny, tmp_path):
+    m = export(cli, tiny("qwen2"), tmp_path / "b", "--quant", "int8")
     assert m["prediction"]["runs_on"] == "npu:hexagon-npu" and m["choice"]["target"] == "npu-static"
     npu = m["npu"]
     assert npu["static_shapes"]["tokens_per_step"] == 32 and npu["qnn_supported_ops"].startswith("all ")
@@ -29,8 +29,8 @@ def test_int8_npu_build_is_static_qdq_and_runs_on_the_qnn_htp(run_cli, tiny, tmp
     assert v["tokenizer"].startswith("identical") and v["held_out"]["mean_kld"] < 0.05
 
 
-def test_npu_bundle_runs_and_profiles(run_cli, tiny, tmp_path):
-    export(run_cli, tiny("llama"), tmp_path / "b", "--quant", "int8", "--no-verify")
+def test_npu_bundle_runs_and_profiles(cli, run_cli, tiny, tmp_path):
+    export(cli, tiny("llama"), tmp_path / "b", "--quant", "int8", "--no-verify")
     r = run_cli("run", str(tmp_path / "b"), "-p", "def main(", "--max-tokens", "4", "--raw")
     assert r.returncode == 0, r.stderr
     r = run_cli("profile", str(tmp_path / "b"), "--prompt-tokens", "40", "--gen-tokens", "4", "--repeats", "1",
@@ -77,11 +77,11 @@ def test_unsupported_nodes_are_named_one_by_one():
     assert unsupported_nodes(helper.make_model(g)) == ["attn (GroupQueryAttention)", "mix (Einsum)"]
 
 
-def test_families_the_static_graph_lacks_get_the_cpu_build_not_a_failed_npu_one(run_cli, tiny, tmp_path):
+def test_families_the_static_graph_lacks_get_the_cpu_build_not_a_failed_npu_one(cli, run_cli, tiny, tmp_path):
     """qwen3's q/k norms are not in the static graph: the plan offers it no NPU build, so int8 on
     the phone is the CPU ONNX build, and nothing is attempted that export would refuse."""
     plan = json.loads(run_cli("plan", str(tiny("qwen3")), "--device", NPU_DEVICE, "--format", "onnx",
                               "--json").stdout)
     assert plan["candidates"] and not any(c["choice"]["target"] == "npu-static" for c in plan["candidates"])
-    m = export(run_cli, tiny("qwen3"), tmp_path / "b", "--quant", "int8", "--no-verify")
+    m = export(cli, tiny("qwen3"), tmp_path / "b", "--quant", "int8", "--no-verify")
     assert m["choice"]["target"] == "cpu" and m["prediction"]["runs_on"] == "cpu" and "npu" not in m

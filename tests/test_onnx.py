@@ -32,10 +32,10 @@ def test_every_supported_architecture_exports_fp32_and_verifies(cli, tiny, tmp_p
     assert m["operators"]["GroupQueryAttention"] == models.load_config(str(folder)).n_layers
 
 
-def test_gemma3_global_and_windowed_layers_use_their_own_rotary_tables(run_cli, tiny, tmp_path):
+def test_gemma3_global_and_windowed_layers_use_their_own_rotary_tables(cli, run_cli, tiny, tmp_path):
     """Six layers: five windowed (local rope base), the sixth global (rope_theta)."""
     folder = tiny("gemma3_text", num_hidden_layers=6, sliding_window=64)
-    m = export(run_cli, folder, tmp_path / "b", "--quant", "fp32")
+    m = export(cli, folder, tmp_path / "b", "--quant", "fp32")
     assert m["verification"]["logits_max_rel_diff"] < 1e-3 and m["verification"]["held_out"]["mean_kld"] < 1e-5
     import onnx
     graph = onnx.load(str(tmp_path / "b" / "model.onnx"), load_external_data=False).graph
@@ -47,9 +47,9 @@ def test_gemma3_global_and_windowed_layers_use_their_own_rotary_tables(run_cli, 
 
 @pytest.mark.parametrize("quant,flags", [("fp16", ()), ("int8", ()), ("int4", ()), ("int4", ("--block-size", "64"))])
 @pytest.mark.parametrize("tied", [True, False])
-def test_quantized_files_are_the_predicted_size_and_report_quality(run_cli, tiny, tmp_path, quant, flags, tied):
+def test_quantized_files_are_the_predicted_size_and_report_quality(cli, run_cli, tiny, tmp_path, quant, flags, tied):
     folder = tiny("llama", tied=tied)
-    m = export(run_cli, folder, tmp_path / "b", "--quant", quant, *flags)
+    m = export(cli, folder, tmp_path / "b", "--quant", quant, *flags)
     real = m["files"]["model.onnx"]["bytes"] + m["files"]["model.onnx.data"]["bytes"]
     assert real == pytest.approx(m["prediction"]["file_bytes"], rel=0.03)
     h = m["verification"]["held_out"]
@@ -62,16 +62,16 @@ def test_quantized_files_are_the_predicted_size_and_report_quality(run_cli, tiny
         assert m["choice"]["int8_levels"] == 127 and "/" not in BuildChoice.from_dict(m["choice"]).label
 
 
-def test_int4_loses_more_than_int8_which_loses_more_than_fp16(run_cli, tiny, tmp_path):
+def test_int4_loses_more_than_int8_which_loses_more_than_fp16(cli, run_cli, tiny, tmp_path):
     folder = tiny("llama")
-    kld = {q: export(run_cli, folder, tmp_path / q, "--quant", q)["verification"]["held_out"]["mean_kld"]
+    kld = {q: export(cli, folder, tmp_path / q, "--quant", q)["verification"]["held_out"]["mean_kld"]
            for q in ("fp16", "int8", "int4")}
     assert kld["fp16"] < kld["int8"] < kld["int4"]
 
 
-def test_run_and_profile_an_onnx_bundle(run_cli, tiny, tmp_path):
+def test_run_and_profile_an_onnx_bundle(cli, run_cli, tiny, tmp_path):
     folder = tiny("qwen2")
-    export(run_cli, folder, tmp_path / "b", "--quant", "int4", "--no-verify")
+    export(cli, folder, tmp_path / "b", "--quant", "int4", "--no-verify")
     r = run_cli("run", str(tmp_path / "b"), "-p", "def main(", "--max-tokens", "8", "--raw")
     assert r.returncode == 0, r.stderr
     r = run_cli("profile", str(tmp_path / "b"), "--prompt-tokens", "32", "--gen-tokens", "8", "--repeats", "2", "--json")
@@ -80,11 +80,11 @@ def test_run_and_profile_an_onnx_bundle(run_cli, tiny, tmp_path):
     assert prof["prefill_tps"] > 0 and prof["decode_tps"] > 0 and prof["peak_rss_bytes"] > 1 << 20
 
 
-def test_generation_with_the_cache_matches_scoring_the_whole_sequence(tiny, tmp_path, run_cli):
+def test_generation_with_the_cache_matches_scoring_the_whole_sequence(cli, tiny, tmp_path, run_cli):
     """The runtime's KV-cache loop gives the logits a single full pass gives."""
     from edgellm.runtime.onnxrt import OnnxModel
 
-    export(run_cli, tiny("llama"), tmp_path / "b", "--quant", "fp32", "--no-verify")
+    export(cli, tiny("llama"), tmp_path / "b", "--quant", "fp32", "--no-verify")
     model = OnnxModel(tmp_path / "b" / "model.onnx", threads=1)
     ids = model.tokenize("import os\nprint(os.getcwd())")
     full = model.logits(ids)
@@ -94,13 +94,13 @@ def test_generation_with_the_cache_matches_scoring_the_whole_sequence(tiny, tmp_
         assert np.abs(logits[-1] - full[t]).max() < 1e-3
 
 
-def test_mismatched_kv_cache_is_refused(tiny, tmp_path, run_cli):
+def test_mismatched_kv_cache_is_refused(cli, tiny, tmp_path, run_cli):
     import onnxruntime as ort
 
     from edgellm.errors import BadInput
     from edgellm.runtime.onnxrt import OnnxModel
 
-    export(run_cli, tiny("llama"), tmp_path / "b", "--quant", "fp32", "--no-verify")
+    export(cli, tiny("llama"), tmp_path / "b", "--quant", "fp32", "--no-verify")
     model = OnnxModel(tmp_path / "b" / "model.onnx", threads=1)
     _, cache = model.step([1, 2, 3], model.empty_cache())
     bad = list(cache)
@@ -120,7 +120,7 @@ def _initializer_bytes(path) -> int:
     return sum(int(np.prod(t.dims)) * size[t.data_type] for t in m.graph.initializer)
 
 
-def test_planner_onnx_predictions_match_real_files_per_type(tiny, tmp_path, run_cli):
+def test_planner_onnx_predictions_match_real_files_per_type(cli, tiny, tmp_path, run_cli):
     """Weights the planner predicts vs initializers in the exported graph, for every ONNX build it
     offers; and the predicted file size vs the files on disk."""
     from edgellm.formats import onnx_layout
@@ -129,7 +129,7 @@ def test_planner_onnx_predictions_match_real_files_per_type(tiny, tmp_path, run_
     model = models.load_config(str(folder))
     for quant, block in (("fp32", None), ("fp16", None), ("int8", None), ("int4", 32), ("int4", 128)):
         flags = ("--quant", quant) + (("--block-size", str(block)) if block else ())
-        m = export(run_cli, folder, tmp_path / f"{quant}{block}", *flags, "--no-verify")
+        m = export(cli, folder, tmp_path / f"{quant}{block}", *flags, "--no-verify")
         real = _initializer_bytes(tmp_path / f"{quant}{block}" / "model.onnx")
         predicted = onnx_layout.weight_bytes(model, quant, block)
         assert abs(real - predicted) < 1024, quant        # small shape constants aside: exact
@@ -155,9 +155,9 @@ def test_wrong_quant_for_the_format_is_one_clear_line(run_cli, tiny, tmp_path):
 
 
 @pytest.mark.parametrize("victim", ["model.onnx", "model.onnx.data"])
-def test_corrupted_onnx_files_are_refused_by_the_runtime(run_cli, tiny, tmp_path, victim):
+def test_corrupted_onnx_files_are_refused_by_the_runtime(cli, run_cli, tiny, tmp_path, victim):
     b = tmp_path / "b"
-    export(run_cli, tiny("llama"), b, "--quant", "int4", "--no-verify")
+    export(cli, tiny("llama"), b, "--quant", "int4", "--no-verify")
     path = b / victim
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

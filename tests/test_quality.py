@@ -57,9 +57,9 @@ def test_the_second_reference_text_is_split_once_and_the_docs_model_learns_it(tm
     assert corpus_of(folder) == "source"            # untrained: no reference record yet
 
 
-def test_calibrated_gguf_keeps_the_size_and_loses_less(run_cli, reference, tmp_path):
-    plain = export(run_cli, reference, tmp_path / "plain", "--quant", "Q3_K_M")
-    cal = export(run_cli, reference, tmp_path / "cal", "--quant", "Q3_K_M", "--calibrate")
+def test_calibrated_gguf_keeps_the_size_and_loses_less(cli, run_cli, reference, tmp_path):
+    plain = export(cli, reference, tmp_path / "plain", "--quant", "Q3_K_M")
+    cal = export(cli, reference, tmp_path / "cal", "--quant", "Q3_K_M", "--calibrate")
     assert cal["choice"]["calibrated"] and not plain["choice"]["calibrated"]
     assert 0.98 * plain["file_bytes"] <= cal["file_bytes"] <= plain["file_bytes"]
     assert cal["verification"]["held_out"]["mean_kld"] < 0.9 * plain["verification"]["held_out"]["mean_kld"]
@@ -75,18 +75,18 @@ def test_calibrated_gguf_keeps_the_size_and_loses_less(run_cli, reference, tmp_p
     assert run.returncode == 0, run.stderr
 
 
-def test_calibrated_onnx_int4_loses_less_than_round_to_nearest(run_cli, reference, tmp_path):
+def test_calibrated_onnx_int4_loses_less_than_round_to_nearest(cli, run_cli, reference, tmp_path):
     flags = ("--format", "onnx", "--quant", "int4", "--block-size", "32")
-    rtn = export(run_cli, reference, tmp_path / "rtn", *flags)
-    gptq = export(run_cli, reference, tmp_path / "gptq", *flags, "--calibrate")
+    rtn = export(cli, reference, tmp_path / "rtn", *flags)
+    gptq = export(cli, reference, tmp_path / "gptq", *flags, "--calibrate")
     assert gptq["file_bytes"] == rtn["file_bytes"]
     assert gptq["verification"]["held_out"]["mean_kld"] < rtn["verification"]["held_out"]["mean_kld"]
     assert json.loads((tmp_path / "gptq" / "manifest.json").read_text())["calibration"]["method"].startswith("GPTQ")
 
 
-def test_a_quality_gate_picks_the_smallest_build_that_measures_within_it(run_cli, reference, tmp_path):
-    loose = export(run_cli, reference, tmp_path / "loose", "--max-kld", "0.5")
-    strict = export(run_cli, reference, tmp_path / "strict", "--max-kld", "0.001")
+def test_a_quality_gate_picks_the_smallest_build_that_measures_within_it(cli, run_cli, reference, tmp_path):
+    loose = export(cli, reference, tmp_path / "loose", "--max-kld", "0.5")
+    strict = export(cli, reference, tmp_path / "strict", "--max-kld", "0.001")
     for r in (loose, strict):
         passed = [t for t in r["quality_gate"]["trials"] if t["passed"]]
         assert r["verification"]["held_out"]["mean_kld"] <= (0.5 if r is loose else 0.001)
@@ -96,15 +96,15 @@ def test_a_quality_gate_picks_the_smallest_build_that_measures_within_it(run_cli
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loose", "strict"]        # trials cleaned up
 
 
-def test_a_quality_gate_nothing_meets_exits_3_and_leaves_nothing(run_cli, reference, tmp_path):
-    r = export(run_cli, reference, tmp_path / "out", "--quant", "Q2_K", "--max-ppl-increase", "0.01%", ok=False)
+def test_a_quality_gate_nothing_meets_exits_3_and_leaves_nothing(cli, run_cli, reference, tmp_path):
+    r = export(cli, reference, tmp_path / "out", "--quant", "Q2_K", "--max-ppl-increase", "0.01%", ok=False)
     assert r.returncode == 3 and "no build meets perplexity increase" in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("edgellm:")]
     assert len(errors) == 1 and "measured gguf Q2_K: KLD" in errors[0]      # after its progress lines
     assert list(tmp_path.iterdir()) == []
 
 
-def test_calibration_bad_input_is_one_clear_line(run_cli, reference, tmp_path):
+def test_calibration_bad_input_is_one_clear_line(cli, run_cli, reference, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("def f(x):\n    return x\n")
     foreign = tmp_path / "foreign.txt"
@@ -115,8 +115,8 @@ def test_calibration_bad_input_is_one_clear_line(run_cli, reference, tmp_path):
              (["--quant", "F16", "--calibrate"], "--calibrate applies to"),
              (["--no-verify", "--max-kld", "0.1"], "cannot skip verification")]
     for flags, message in cases:
-        r = export(run_cli, reference, tmp_path / "out", "--quant", "Q4_K_M", *flags, ok=False) \
-            if "--quant" not in flags else export(run_cli, reference, tmp_path / "out", *flags, ok=False)
+        r = export(cli, reference, tmp_path / "out", "--quant", "Q4_K_M", *flags, ok=False) \
+            if "--quant" not in flags else export(cli, reference, tmp_path / "out", *flags, ok=False)
         assert r.returncode == 2, (flags, r.stderr)
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "out").exists()
@@ -134,7 +134,7 @@ def test_plan_names_where_its_quality_figures_come_from(run_cli):
     assert "Quality figures come from" in text and "llama.cpp's Llama-3-8B" in text
 
 
-def test_calibration_refuses_up_front_when_the_machine_lacks_the_memory(run_cli, reference, tmp_path):
+def test_calibration_refuses_up_front_when_the_machine_lacks_the_memory(cli, run_cli, reference, tmp_path):
     import shutil
     from pathlib import Path
 
@@ -145,14 +145,14 @@ def test_calibration_refuses_up_front_when_the_machine_lacks_the_memory(run_cli,
     cfg = json.loads((Path(bundled.__file__).parent / "meta-llama--Llama-3.1-70B-Instruct.json").read_text())
     cfg.update(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128)
     (big / "config.json").write_text(json.dumps(cfg))    # a 405B shape over the small weights: a layer
-    r = export(run_cli, big, tmp_path / "out", "--quant", "Q4_K_M", "--calibrate", ok=False)  # at a time is 40 GB
+    r = export(cli, big, tmp_path / "out", "--quant", "Q4_K_M", "--calibrate", ok=False)  # at a time is 40 GB
     assert r.returncode == 1 and "needs about" in r.stderr and "of RAM" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr          # (the stage line, the error)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_calibrated_export_says_what_it_needs_and_records_it(run_cli, reference, tmp_path):
-    out = export(run_cli, reference, tmp_path / "b", "--quant", "Q4_K_M", "--calibrate", "--calib-windows", "2",
+def test_a_calibrated_export_says_what_it_needs_and_records_it(cli, run_cli, reference, tmp_path):
+    out = export(cli, reference, tmp_path / "b", "--quant", "Q4_K_M", "--calibrate", "--calib-windows", "2",
                  "--no-verify", ok=False)
     assert out.returncode == 0, out.stderr
     assert "calibration on cpu needs about" in out.stderr and "of temporary disk" in out.stderr
