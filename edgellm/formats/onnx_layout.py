@@ -58,13 +58,12 @@ def rotary_bytes(model: ModelConfig) -> int:
     none for learned positions (GPT-2)."""
     if any(t.name == "position_embd.weight" for t in model.tensors):
         return 0
-    from edgellm.models.families.rope import longrope_original, rope_kind
+    from edgellm.models.families.rope import longrope_original, rope_kind, rotary_dim
 
     tables = 2 if model.raw.get("rope_local_base_freq") and any(w is not None for w in model.windows) else 1
     if rope_kind(model.raw) in ("longrope", "su") and model.max_context > longrope_original(model.raw, model.max_context):
         tables = 2                      # long-rope: a short and a long pair (Phi-3.5/4-mini)
-    turned = int(model.head_dim * float(model.raw.get("partial_rotary_factor", 1.0)))
-    return tables * 2 * model.max_context * (turned // 2) * 4
+    return tables * 2 * model.max_context * (rotary_dim(model.raw, model.head_dim) // 2) * 4
 
 
 def file_overhead(model: ModelConfig, quant: str) -> int:

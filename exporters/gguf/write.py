@@ -65,10 +65,9 @@ def plan_tensors(model: ModelConfig, ckpt: Checkpoint, arch: Family, quant: str,
     ``quant`` (or the type ``types`` names for it: a calibrated mix)."""
     by_gguf: dict[str, str] = {}
     stacks: dict[str, dict[int, str]] = {}        # merged expert tensor -> expert index -> checkpoint name
-    expert_of = getattr(arch, "expert_of", lambda name: None)
     for hf in ckpt.names():
         g = arch.gguf_name(hf)
-        if g is not None and (e := expert_of(hf)) is not None:
+        if g is not None and (e := arch.expert_of(hf)) is not None:
             if e[1] in stacks.setdefault(g, {}):
                 raise BadInput(f"{model.name}: checkpoint tensors {stacks[g][e[1]]!r} and {hf!r} are both expert {e[1]} of {g}")
             stacks[g][e[1]] = hf
@@ -207,21 +206,16 @@ def _chunks(entry: Entry, ckpt: Checkpoint, arch: Family, extras: dict) -> Itera
     matrices in row chunks as stored (bfloat16 stays uint16 until the encoder's threads widen it)."""
     if entry.hf_name is None:
         yield extras[entry.gguf_name].astype(np.float32), "F32"
-    elif entry.experts:                           # expert after expert, each in row chunks
-        rows = max(1, CHUNK_ELEMENTS // max(1, entry.shape[-1]))
-        for name in entry.experts:
-            stored = ckpt.stored_dtype(name)
-            for chunk in ckpt.read_rows(name, rows, raw=True):
-                yield chunk, stored
-    elif arch.needs_transform(entry.hf_name, entry.gguf_name) or len(entry.shape) < 2:
+    elif not entry.experts and (arch.needs_transform(entry.hf_name, entry.gguf_name) or len(entry.shape) < 2):
         data = ckpt.read(entry.hf_name)
         changed = arch.transform(entry.hf_name, entry.gguf_name, data)
         yield (data if changed is None else changed).astype(np.float32), "F32"
     else:
-        rows = max(1, CHUNK_ELEMENTS // max(1, entry.shape[1]))
-        stored = ckpt.stored_dtype(entry.hf_name)
-        for chunk in ckpt.read_rows(entry.hf_name, rows, raw=True):
-            yield chunk, stored
+        rows = max(1, CHUNK_ELEMENTS // max(1, entry.shape[-1]))
+        for name in entry.experts or (entry.hf_name,):     # stacked experts: one after another
+            stored = ckpt.stored_dtype(name)
+            for chunk in ckpt.read_rows(name, rows, raw=True):
+                yield chunk, stored
 
 
 def _read_ahead(items: Iterator, depth: int = 1) -> Iterator:

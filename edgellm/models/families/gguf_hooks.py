@@ -102,6 +102,11 @@ class GgufHooks:
                            f"{self.gguf_arch_name}; is the checkpoint complete and of this architecture?")
         return name
 
+    def expert_of(self, hf_name: str) -> tuple[str, int] | None:
+        """(the stacked tensor's Hugging Face name, expert index) of one expert's tensor of a
+        mixture of experts; None for every other tensor."""
+        return None
+
     def needs_transform(self, hf_name: str, gguf_name: str) -> bool:
         if self.permute_rotary and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
             return True

@@ -88,17 +88,15 @@ class Lfm2(Family):
         out = [TensorSpec("token_embd.weight", hidden, vocab)]
         for i, kind in enumerate(self.layer_kinds(n_layers)):
             p = f"blk.{i}."
-            out.append(TensorSpec(p + "attn_norm.weight", hidden))
-            if kind == "conv":
-                out += [TensorSpec(p + "shortconv.in_proj.weight", hidden, 3 * hidden),
-                        TensorSpec(p + "shortconv.conv.weight", self.conv_cache, hidden),
-                        TensorSpec(p + "shortconv.out_proj.weight", hidden, hidden)]
-            else:
-                out += [TensorSpec(p + "attn_q.weight", hidden, q), TensorSpec(p + "attn_k.weight", hidden, kv),
-                        TensorSpec(p + "attn_v.weight", hidden, kv), TensorSpec(p + "attn_q_norm.weight", head_dim),
-                        TensorSpec(p + "attn_k_norm.weight", head_dim), TensorSpec(p + "attn_output.weight", q, hidden)]
-            out += [TensorSpec(p + "ffn_norm.weight", hidden), TensorSpec(p + "ffn_gate.weight", hidden, ffn),
-                    TensorSpec(p + "ffn_up.weight", hidden, ffn), TensorSpec(p + "ffn_down.weight", ffn, hidden)]
+            layer = self.layer_tensors(p, hidden, q, kv, head_dim, ffn)      # an attention layer, llama-style
+            if kind == "conv":                   # the same with a short convolution for the attention
+                attention = (p + "attn_q", p + "attn_k", p + "attn_v", p + "attn_output")
+                at = next(j for j, t in enumerate(layer) if t.name.startswith(attention))
+                layer = [t for t in layer if not t.name.startswith(attention)]
+                layer[at:at] = [TensorSpec(p + "shortconv.in_proj.weight", hidden, 3 * hidden),
+                                TensorSpec(p + "shortconv.conv.weight", self.conv_cache, hidden),
+                                TensorSpec(p + "shortconv.out_proj.weight", hidden, hidden)]
+            out += layer
         out.append(TensorSpec("token_embd_norm.weight", hidden))
         if not tied_embeddings:
             out.append(TensorSpec("output.weight", hidden, vocab))

@@ -9,6 +9,12 @@ import numpy as np
 from edgellm.errors import BadInput
 
 
+def rotary_dim(cfg: dict, head_dim: int) -> int:
+    """How many of each head's dimensions the rotary embedding turns (Phi-4-mini's
+    ``partial_rotary_factor`` of 0.75: the first 96 of 128; transformers' int(head x factor))."""
+    return int(head_dim * float(cfg.get("partial_rotary_factor", 1.0)))
+
+
 def rope_kind(cfg: dict) -> str | None:
     rope = cfg.get("rope_scaling") or {}
     return rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else "?"

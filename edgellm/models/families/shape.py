@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from edgellm.errors import BadInput
 from edgellm.models.config import ModelConfig
-from edgellm.models.families.rope import longrope_factors, rope_kind
+from edgellm.models.families.rope import longrope_factors, rope_kind, rotary_dim
 from edgellm.models.tensors import TensorSpec
 
 WHAT = {"gguf": "GGUF export", "onnx": "ONNX export", "onnx-npu": "the static NPU build",
@@ -70,11 +70,8 @@ class Shape:
 
     @property
     def rotary_dim(self) -> int:
-        """How many of each head's dimensions the rotary embedding turns (Phi-4-mini's
-        ``partial_rotary_factor`` of 0.75: the first 96 of 128; transformers' int(head x factor))."""
-        factor = float(self.cfg.get("partial_rotary_factor", 1.0))
-        head_dim = self.cfg.get("head_dim") or self.need(self.k_hidden) // self.need(self.k_heads)
-        return int(head_dim * factor)
+        """How many of each head's dimensions the rotary embedding turns."""
+        return rotary_dim(self.cfg, self.cfg.get("head_dim") or self.need(self.k_hidden) // self.need(self.k_heads))
 
     def calibration_problem(self) -> str | None:
         """Why ``--calibrate`` cannot run on this family; None when it can."""
