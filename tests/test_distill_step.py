@@ -1,0 +1,164 @@
+"""The parts of a distillation step that make it fast on a GPU, checked on the CPU: the head
+applied a chunk at a time gives the full-logits loss and gradients, the FP8 teacher measures
+its own distance and can be undone, checkpoints come at a time-based interval, and a checkpoint
+written in the background is the one written in the foreground."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+def _tiny(arch="llama", **kw):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(arch, vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                               tie_word_embeddings=False, **kw)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+
+
+def _full_kl(student, x, t_logits, temperature, hidden=None, keep=None, weight=0.0):
+    """The loss as the loop computed it before: full logits, KL over the vocabulary."""
+    out = student(input_ids=x, output_hidden_states=True)
+    s = F.log_softmax(out.logits.float() / temperature, -1)
+    t = F.log_softmax(t_logits.float() / temperature, -1)
+    loss = (t.exp() * (t - s)).sum(-1).mean() * temperature ** 2
+    if weight:
+        loss = loss + weight * F.mse_loss(out.hidden_states[-1], hidden.index_select(-1, keep))
+    return loss
+
+
+@pytest.mark.parametrize("arch,temperature,weight", [("llama", 1.0, 0.0), ("llama", 2.0, 0.5), ("gemma2", 1.0, 0.0)])
+def test_the_chunked_head_gives_the_full_logits_loss_and_gradients(arch, temperature, weight):
+    from edgellm.exporters.distill.loss import Distilled
+
+    extra = {"final_logit_softcapping": 30.0, "head_dim": 16} if arch == "gemma2" else {}
+    student = _tiny(arch, **extra)
+    x = torch.randint(0, 300, (3, 23))                      # 69 tokens: chunks of 16 leave a ragged last one
+    t_logits = torch.randn(3, 23, 300) * 3
+    hidden, keep = torch.randn(3, 23, 128), torch.arange(0, 128, 2)     # a teacher's wider hidden state
+    want = _full_kl(student, x, t_logits, temperature, hidden, keep, weight)
+    want.backward()
+    grads = {n: p.grad.clone() for n, p in student.named_parameters()}
+    student.zero_grad()
+    got = Distilled(student, temperature, chunk=16)(x, t_logits, hidden, keep, weight)
+    got.backward()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (float(got), float(want))
+    for n, p in student.named_parameters():
+        assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_the_fp8_teacher_measures_its_distance_and_is_undone_or_kept():
+    from edgellm.exporters.distill import fp8
+
+    teacher = _tiny().eval()
+    x = torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        before = teacher(input_ids=x).logits
+    swapped = fp8.convert(teacher)
+    assert len(swapped) == 2 * 7                           # q, k, v, o, gate, up, down in each layer
+    kld = fp8.measured_kld(teacher, [x])
+    assert 0 < kld < fp8.MAX_KLD                           # e4m3 with row scales: close, not equal
+    fp8.undo(teacher)
+    with torch.no_grad():
+        assert torch.equal(teacher(input_ids=x).logits, before)
+    fp8.convert(teacher)
+    fp8.commit(teacher)
+    kept = [f for _, _, f in fp8._swapped(teacher)]
+    assert len(kept) == 14 and all(f.original is None for f in kept)
+    with torch.no_grad():
+        after = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
+    ref = F.log_softmax(before, -1)
+    assert float((ref.exp() * (ref - after)).sum(-1).mean()) < fp8.MAX_KLD
+
+
+def test_fp8_and_compile_choices_on_a_cpu():
+    from edgellm.errors import BadInput
+    from edgellm.exporters.distill.ranks import Ranks
+    from edgellm.exporters.distill.teacher import check, prepare
+
+    ranks = Ranks(device="cpu")
+    with pytest.raises(BadInput, match="needs one process on a GPU that multiplies FP8"):
+        check("fp8", ranks)
+    with pytest.raises(BadInput, match="choose one of"):
+        check("int4", ranks)
+    teacher = _tiny().to(torch.bfloat16)
+    assert prepare(teacher, "auto", ranks, []) == {"teacher_precision": "fp32"}
+    assert next(teacher.parameters()).dtype == torch.float32
+    assert prepare(teacher, "bf16", ranks, []) == {"teacher_precision": "bf16"}
+    assert next(teacher.parameters()).dtype == torch.bfloat16
+
+
+def test_checkpoints_come_every_ten_minutes_of_training_by_default(monkeypatch, tmp_path):
+    from edgellm.exporters.distill import train as T
+    from edgellm.exporters.distill.ranks import Ranks
+
+    assert T._every(0.25, Ranks(device="cpu")) == 2400 and T._every(1e3, Ranks(device="cpu")) == 1
+    saved = []
+    monkeypatch.setattr(T, "CHECKPOINT_S", 0.0)           # a step takes longer than that: every step
+    monkeypatch.setattr("edgellm.exporters.distill.checkpoint.Writer.save",
+                        lambda self, student, opt, meta, gen: saved.append(meta["step"]))
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(0, 300, 4000)
+    cfg = T.DistillConfig(steps=8, batch=2, seq=32)
+    assert cfg.checkpoint_every is None
+    T.train(_tiny(), _tiny(), ids, cfg, tmp_path)
+    assert saved == list(range(T.WARMUP_STEPS + 1, 9))    # timed on the warm-up steps, then each one
+    saved.clear()
+    monkeypatch.setattr(T, "CHECKPOINT_S", 600.0)
+    T.train(_tiny(), _tiny(), ids, cfg, tmp_path)
+    assert saved == [8]                                    # a short run: only the last
+
+
+def test_a_checkpoint_written_in_the_background_is_the_one_written_in_the_foreground(tmp_path):
+    import numpy as np
+
+    from edgellm.exporters.distill import checkpoint
+    from edgellm.exporters.distill.ranks import Ranks
+
+    student = _tiny()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    student(input_ids=torch.randint(0, 300, (1, 8)), labels=torch.randint(0, 300, (1, 8))).loss.backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(3).get_state()
+    ranks = Ranks(device="cpu")
+    for name, background in (("fg", False), ("bg", True)):
+        (tmp_path / name).mkdir()
+        w = checkpoint.Writer(tmp_path / name, ranks, background=background)
+        w.save(student, opt, {"settings": {}, "step": 1, "losses": [1.0]}, gen)
+        if background:                         # training goes on while it writes: the copy is of step 1
+            with torch.no_grad():
+                for p in student.parameters():
+                    p.add_(1.0)
+        w.close()
+        if background:
+            with torch.no_grad():
+                for p in student.parameters():
+                    p.sub_(1.0)
+    a, b = (tmp_path / n / checkpoint.NAME for n in ("fg", "bg"))
+    assert (a / checkpoint.STATE).read_bytes() == (b / checkpoint.STATE).read_bytes()
+    assert json.loads((a / checkpoint.META).read_text()) == json.loads((b / checkpoint.META).read_text())
+    from safetensors.numpy import load_file                 # our own writer's file is a safetensors file
+    assert all(np.isfinite(v).all() for v in load_file(a / checkpoint.STATE).values())
+
+
+def test_a_failed_background_write_is_raised_by_the_next_wait(tmp_path, monkeypatch):
+    from edgellm.exporters.distill import checkpoint
+    from edgellm.exporters.distill.ranks import Ranks
+
+    student = _tiny()
+    opt = torch.optim.AdamW(student.parameters())
+    w = checkpoint.Writer(tmp_path, Ranks(device="cpu"), background=True)
+
+    def broken(path, tensors):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_state", broken)
+    w.save(student, opt, {"settings": {}, "step": 1, "losses": []}, torch.Generator().get_state())
+    with pytest.raises(OSError, match="No space left"):
+        w.close()
+    assert not (tmp_path / checkpoint.NAME).exists()
