@@ -93,17 +93,28 @@ def _sha256(f) -> str:
     return h.hexdigest()
 
 
-def _flatten(model_sd: dict, optim_sd: dict) -> tuple[dict, dict]:
-    """(tensors for safetensors, the optimizer's non-tensor part for JSON).  Tensors that share
-    storage (a tied head) are copied apart: safetensors refuses aliases."""
+def _flatten(model_sd: dict, optim_sd: dict, buffers: dict | None = None) -> tuple[dict, dict]:
+    """(tensors for safetensors, the optimizer's non-tensor part for JSON), as a copy in host
+    memory that training can no longer change.  Tensors that share storage (a tied head) are
+    copied apart: safetensors refuses aliases.  ``buffers`` (one GPU process) keeps pinned host
+    tensors from one checkpoint to the next, so the copy off the GPU runs at full speed."""
     import torch
 
-    tensors, seen = {}, set()
+    tensors, seen, gpu = {}, set(), False
 
     def put(key, t):
-        t = t.detach().to("cpu").contiguous()
-        if t.untyped_storage().data_ptr() in seen:
-            t = t.clone()
+        nonlocal gpu
+        t = t.detach()
+        if buffers is not None and t.is_cuda:
+            buf = buffers.get(key)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = buffers[key] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf.copy_(t, non_blocking=True)
+            tensors[key], gpu = buf, True
+            return
+        t = t.to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen or buffers is not None:
+            t = t.clone()                       # (a background write must not see later steps)
         seen.add(t.untyped_storage().data_ptr())
         tensors[key] = t
 
@@ -116,9 +127,46 @@ def _flatten(model_sd: dict, optim_sd: dict) -> tuple[dict, dict]:
                 put(f"optim/{fqn}/{key}", v)
             else:
                 scalars.setdefault(fqn, {})[key] = v
+    if gpu:
+        torch.cuda.synchronize()
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
               for g in optim_sd.get("param_groups", [])]
     return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
+           "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def _write_state(path: Path, tensors: dict) -> str:
+    """``tensors`` as a safetensors file (header, then each tensor's bytes in order), fsynced;
+    returns its sha256.  Written here rather than by ``safetensors.save_file``, which first copies
+    every tensor into a Python bytes object: that doubled the host memory of a checkpoint and held
+    the interpreter's lock for seconds, stalling the training thread beside a background write.
+    File writes and hashing release that lock."""
+    header, offset = {}, 0
+    for key, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[key] = {"dtype": _DTYPES[str(t.dtype).removeprefix("torch.")], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + n]}
+        offset += n
+    import torch
+
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for block in (len(head).to_bytes(8, "little"), head):
+            f.write(block)
+            h.update(block)
+        for t in tensors.values():
+            if t.numel():
+                view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+                f.write(view)
+                h.update(view)
+        f.flush()
+        os.fsync(f.fileno())
+    return h.hexdigest()
 
 
 def _unflatten(tensors: dict, optim_json: dict) -> tuple[dict, dict]:
@@ -146,34 +194,87 @@ def _options(ranks: Ranks, loading: bool):
     return StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=loading)
 
 
-def save(work: Path, student, opt, meta: dict, gen_state, ranks: Ranks) -> None:
-    from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+class Writer:
+    """The checkpoints of one run.  Each is a consistent copy of the state at its step in host
+    memory (taken before ``save`` returns), then written into ``checkpoint.partial`` and renamed
+    into place.  With ``background`` (one GPU process) the writing runs in a thread while the GPU
+    trains on; the next ``save`` and ``close`` wait for it, and a failed write is raised there.
+    Otherwise it is written before ``save`` returns (a CPU run keeps no second copy of its state)."""
 
-    partial, final, old = work / f"{NAME}.partial", work / NAME, work / f"{NAME}.old"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model_sd, optim_sd = get_state_dict(student, opt, options=_options(ranks, False))   # collective
-    if ranks.main:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(mode=0o700)
-        tensors, optim_json = _flatten(model_sd, optim_sd)
-        save_file(tensors, str(partial / STATE))
-        with open(partial / STATE, "rb") as f:
-            os.fsync(f.fileno())
-            digest = _sha256(f)
-        body = {**meta, "optim": optim_json, "state_sha256": digest,
-                "generator": base64.b64encode(bytes(gen_state.tolist())).decode(), "world": ranks.world}
-        with open(partial / META, "w") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():
+    def __init__(self, work: Path, ranks: Ranks, background: bool = False):
+        self.work, self.ranks, self.background = work, ranks, background
+        self.buffers: dict | None = {} if background else None
+        self.thread = None
+        self.error: BaseException | None = None
+
+    def save(self, student, opt, meta: dict, gen_state) -> None:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        self.wait()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model_sd, optim_sd = get_state_dict(student, opt, options=_options(self.ranks, False))   # collective
+        if self.ranks.main:
+            tensors, optim_json = _flatten(model_sd, optim_sd, self.buffers)
+            body = {**meta, "losses": list(meta["losses"]), "optim": optim_json,
+                    "generator": base64.b64encode(bytes(gen_state.tolist())).decode(), "world": self.ranks.world}
+            if self.background:
+                import threading
+
+                self.thread = threading.Thread(target=self._write, args=(tensors, body), daemon=True,
+                                               name="edgellm-checkpoint")
+                self.thread.start()
+            else:
+                self._write(tensors, body)
+                self._raise()
+        barrier(self.ranks)
+
+    def _write(self, tensors: dict, body: dict) -> None:
+        work = self.work
+        partial, final, old = work / f"{NAME}.partial", work / NAME, work / f"{NAME}.old"
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(mode=0o700)
+            body["state_sha256"] = _write_state(partial / STATE, tensors)
+            with open(partial / META, "w") as f:
+                json.dump(body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+            partial.rename(final)
             shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        partial.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    barrier(ranks)
+        except BaseException as e:  # noqa: BLE001 - raised in the training thread by wait()
+            self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+    def wait(self) -> None:
+        """Until the checkpoint being written is on disk; its error, if it failed."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        self._raise()
+
+    def close(self, quiet: bool = False) -> None:
+        """``wait``, then free the host copies; ``quiet``: a failed write is not raised (another
+        error is already on its way)."""
+        try:
+            self.wait()
+        except BaseException:
+            if not quiet:
+                raise
+        finally:
+            self.buffers = {} if self.background else None
+
+
+def save(work: Path, student, opt, meta: dict, gen_state, ranks: Ranks) -> None:
+    """One checkpoint, written before returning."""
+    Writer(work, ranks).save(student, opt, meta, gen_state)
 
 
 def _read_meta(at: Path) -> dict:
