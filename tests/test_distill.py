@@ -106,6 +106,7 @@ def test_bad_input_fails_before_any_training(run_cli, teacher, tiny, tmp_path):
              ((str(teacher), "--size", "0.25", "--device", "cuda"), "no CUDA device"),
              ((str(teacher), "--size", "0.25", "--gpus", "2"), "--processes 2 runs the same on the CPU"),
              ((str(teacher), "--size", "0.25", "--processes", "3"), "does not split over 3 processes"),
+             ((str(teacher), "--size", "0.25", "--teacher-precision", "fp8"), "needs one process on a GPU"),
              ((str(teacher),), "give the student's size")]
     for args, message in cases:
         r = run_cli("distill", *args, *FAST, "-o", str(tmp_path / "out"))

@@ -21,9 +21,12 @@ teacher's tokenizer and a card (edgellm-distill.json, README.md) that `edgellm e
 
 Size: --size 0.25 (a share of the teacher's non-embedding parameters), --params 50M (total), or
 --layers N --hidden H.  Length: --steps N or --tokens N (batches of --batch x --seq tokens).
-Checkpoints go to a work folder beside the output every --checkpoint-every steps; after an
+Checkpoints go to a work folder beside the output every 10 minutes of training (or every
+--checkpoint-every N steps) and at the end (on one GPU, written while training goes on); after an
 interruption, the same command with --resume continues and ends where an uninterrupted run would,
-on the same number of GPUs or another (torch's distributed checkpoint format).
+on the same number of GPUs or another.  On one GPU the layers are compiled and, where the GPU
+multiplies FP8 and the teacher measures close to itself, the teacher runs in FP8
+(--teacher-precision, --no-compile).
 Families: llama, mistral, qwen2, qwen3.
 
 examples:
@@ -70,7 +73,8 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=positive_float, default=1.0, help="distillation temperature (default 1)")
     p.add_argument("--hidden-loss", type=float, default=0.0, metavar="W",
                    help="weight of the final-hidden-state MSE loss (default 0: logits only)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N", help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="steps between checkpoints (default: as many as take 10 minutes, timed on the first steps)")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}",
                    help="where to train: auto (default: a GPU when torch sees one), cpu, cuda or cuda:N")
     ranks = p.add_mutually_exclusive_group()
@@ -79,6 +83,13 @@ def add_parser(sub) -> None:
                             "sharded with FSDP2 over NCCL (implies --device cuda)")
     ranks.add_argument("--processes", type=positive_int, metavar="N",
                        help="the same on the CPU: N processes over gloo (--device cpu)")
+    p.add_argument("--teacher-precision", choices=("auto", "fp32", "bf16", "fp8"), default="auto",
+                   help="the teacher's arithmetic: auto (default) is fp32 on a CPU; on one GPU, fp8 where the GPU "
+                        "multiplies FP8 (Ada, Hopper) and the teacher's next-token distributions measure within "
+                        "0.01 nats of bf16's on the training text, else bf16")
+    p.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                   help="do not torch.compile the layers (compiled by default on one GPU: about a minute of "
+                        "compilation at the start buys faster steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -104,7 +115,7 @@ def request_from(args, teacher: Path, out: Path):
     steps = args.steps or (max(1, args.tokens // (args.batch * args.seq)) if args.tokens else 500)
     cfg = DistillConfig(steps=steps, batch=args.batch, seq=args.seq, lr=args.lr, temperature=args.temperature,
                         hidden_loss=args.hidden_loss, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                        device=args.device)
+                        device=args.device, teacher_precision=args.teacher_precision, compile=args.compile)
     data = read_text(args.data) if args.data else None
     return StudentRequest(teacher, out, cfg, args.size, args.params, args.layers, args.hidden, data,
                           str(args.data) if args.data else StudentRequest.data_name, args.resume, args.force,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgellm.errors import BadInput, EdgeLLMError
-from edgellm.exporters.distill.train import DistillConfig, Progress
+from edgellm.exporters.distill.train import WARMUP_STEPS, DistillConfig, Progress
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,9 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
     from edgellm.exporters.distill.ranks import barrier
 
     cfg = replace(req.config, device=ranks.device)
+    from edgellm.exporters.distill.teacher import check
+
+    check(cfg.teacher_precision, ranks)
     t_cfg = models.load_config(str(req.teacher))
     family_for(t_cfg, "distill")
     if ranks.main:
@@ -159,13 +162,17 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
         seen[:] = [p]
         progress(p)
 
+    setup: dict = {}
     with gpu_memory_guard(cfg.device, "distilling", "; the last checkpoint stays usable with --resume"):
         losses = train(student, None if cfg.baseline else teacher, ids, cfg, work, keep_h, req.resume,
-                       stop_after, progressed, ranks)
-    rate = seen[0].tokens_per_s if seen else None
+                       stop_after, progressed, ranks, setup)
+    last = seen[0] if seen else None
+    rate = (last.steady_tokens_per_s or last.tokens_per_s) if last else None
     throughput = {"device": cfg.device, "processes": ranks.world, "tokens_per_s": rate,
                   "tokens_per_s_per_device": rate / ranks.world if rate else None,
-                  "peak_gpu_bytes": peak_gpu_bytes(cfg.device)}
+                  "tokens_per_s_with_warmup": last.tokens_per_s if last else None,
+                  "steady_after_steps": WARMUP_STEPS if last and last.steady_tokens_per_s else 0,
+                  "peak_gpu_bytes": peak_gpu_bytes(cfg.device), **setup}
     if stop_after is not None and len(losses) < cfg.steps:
         raise EdgeLLMError(f"stopped after step {len(losses)} of {cfg.steps}; --resume continues")
     if ranks.distributed:                       # the whole student on rank 0; the others are done
@@ -173,9 +180,17 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
         if not ranks.main:
             return StudentResult(req.out, {})
         tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg)
+    elif setup.get("teacher_precision") == "fp8":        # measured against the teacher itself, not its FP8 copy
+        del teacher
+        tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg)
+    from edgellm.exporters.distill.teacher import uncompile_layers
+
+    for m in (student, teacher):                # the held-out windows have other shapes: eager, no recompiling
+        uncompile_layers(m)
     # measured where it trained: an 8B teacher's held-out pass takes minutes on a CPU, a second on a GPU
     student.to(cfg.device)
-    teacher.to(cfg.device)
+    # (bfloat16 on a GPU: an 8B teacher in float32 would need 32 GB where training needed 16 or 8)
+    teacher.to(cfg.device, dtype=torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32)
     say("measuring the student against the teacher on held-out text")
     ctx = min(cfg.seq, 512)
     r = evaluate(HFScorer(tok, student, "student"), held_out_text(), ctx, 8, HFScorer(tok, teacher, "teacher"))

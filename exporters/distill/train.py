@@ -4,8 +4,9 @@ One readable loop: batches of ``seq`` tokens drawn by a seeded generator from th
 loss = KL(teacher ‖ student) at temperature T (× T²), plus, when asked, the mean squared error
 between the two final hidden states on the channels the student kept (its channels are a subset
 of the teacher's, so no projection is needed).  AdamW with warm-up and cosine decay; gradient
-clipping.  Every ``checkpoint_every`` steps the student, optimizer, schedule and the data
-generator's state go to the work folder (``checkpoint``); ``resume`` continues from there and
+clipping.  Every ``checkpoint_every`` steps (by default: the steps that take
+``CHECKPOINT_S`` of steady training) the student, optimizer, schedule and the data generator's
+state go to the work folder (``checkpoint``); ``resume`` continues from there and
 reproduces the uninterrupted run (same seed, same batches; bit for bit on a CPU in one process),
 on the same number of processes or another (``ranks``).
 
@@ -35,14 +36,36 @@ class DistillConfig:
     warmup: float = 0.05
     temperature: float = 1.0
     hidden_loss: float = 0.0
-    checkpoint_every: int = 100
+    checkpoint_every: int | None = None     # steps; None: every CHECKPOINT_S of training (see _every)
     seed: int = 0
     device: str = "cpu"              # a torch device (compute.resolve): a resumed run may move
     baseline: bool = False          # random init + next-token loss (the benchmark's comparison)
+    teacher_precision: str = "auto"  # auto | fp32 | bf16 | fp8 (see teacher.prepare); a resumed run may change it
+    compile: bool | None = None     # torch.compile the layers; None: on for one CUDA process
 
     @property
     def tokens(self) -> int:
         return self.steps * self.batch * self.seq
+
+
+WARMUP_STEPS = 3     # steps left out of the steady rate: compilation and the allocator's first fills
+CHECKPOINT_S = 600   # the default checkpoint interval in seconds of training: a checkpoint holds the
+                     # student and its optimizer (a 1.5 B student: 18 GB), so a fixed 100 steps wrote
+                     # every 20 s on a GPU; ten minutes bounds what an interruption loses and what
+                     # checkpointing costs (a copy of the state off the GPU, about a second)
+
+
+def _every(seconds_per_step: float, ranks: Ranks) -> int:
+    """Steps between default checkpoints, the same on every rank (the slowest rank's count)."""
+    steps = max(1, int(CHECKPOINT_S / max(1e-6, seconds_per_step)))
+    if not ranks.distributed:
+        return steps
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([steps], dtype=torch.int64, device=ranks.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 @dataclass(frozen=True)
@@ -50,9 +73,10 @@ class Progress:
     step: int
     steps: int
     loss: float
-    tokens_per_s: float             # in all (every rank's share of the batch)
+    tokens_per_s: float             # in all (every rank's share of the batch), since the run started
     eta_s: float
     devices: int = 1
+    steady_tokens_per_s: float | None = None    # after the first WARMUP_STEPS steps of this run
 
 
 def _lr(cfg: DistillConfig, step: int) -> float:
@@ -63,25 +87,75 @@ def _lr(cfg: DistillConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+class _Losses:
+    """Each step's loss read back without stalling the GPU: on CUDA the value is copied into
+    pinned memory behind the step and read one step later, once an event says it is there, so
+    the host queues step n+1 while step n runs.  On a CPU, or across ranks, it is read at once."""
+
+    def __init__(self, lagged: bool):
+        import torch
+        self.lagged = lagged
+        self.waiting: list = []
+        self.slots = [torch.zeros(1, pin_memory=True) for _ in range(2)] if lagged else []
+
+    def put(self, step: int, loss) -> None:
+        import torch
+        if not self.lagged:
+            self.waiting.append((step, float(loss.item()), None))
+            return
+        slot = self.slots[step % 2]
+        slot.copy_(loss.detach().reshape(1), non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self.waiting.append((step, slot, ev))
+
+    def ready(self, flush: bool = False) -> list[tuple[int, float]]:
+        """(step, loss) of the steps whose loss can be read now (all of them with ``flush``)."""
+        keep = 0 if flush or not self.lagged else 1
+        out = []
+        while len(self.waiting) > keep:
+            step, v, ev = self.waiting.pop(0)
+            if ev is not None:
+                ev.synchronize()
+                v = float(v.item())
+            out.append((step, v))
+        return out
+
+
 def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, resume: bool = False,
           stop_after: int | None = None, progress: Callable[[Progress], None] = lambda p: None,
-          ranks: Ranks | None = None) -> list[float]:
+          ranks: Ranks | None = None, info: dict | None = None) -> list[float]:
     """Train ``student`` in place (sharded over ``ranks`` when there are several: see ``ranks``);
     returns the loss of every step run (averaged over the ranks).  ``stop_after`` ends the run
-    early after that step (as an interruption would), leaving the last checkpoint behind."""
+    early after that step (as an interruption would), leaving the last checkpoint behind.
+    ``info`` receives how the run was set up (teacher precision and its measured divergence,
+    compilation)."""
     import torch
-    import torch.nn.functional as F
 
     from edgellm.exporters.distill import checkpoint
+    from edgellm.exporters.distill.loss import Distilled
     from edgellm.exporters.distill.ranks import mean, shard
+    from edgellm.exporters.distill.teacher import compile_layers, prepare
 
     ranks = ranks or Ranks(device=cfg.device)
     dev = ranks.device
+    cuda = dev.startswith("cuda")
+    compiled = cfg.compile if cfg.compile is not None else (cuda and not ranks.distributed)
+    info = {} if info is None else info
+    info["compiled"] = bool(compiled)
     data = torch.as_tensor(ids.astype("int64"))
-    shard(student.to(dev), ranks).train()
+    net = Distilled(student.to(dev), cfg.temperature, compiled=compiled)
+    shard(net, ranks).train()
     if teacher is not None:
-        shard(teacher.to(dev), ranks).eval()
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
+        windows = [data[i * cfg.seq:(i + 1) * cfg.seq].reshape(1, -1) for i in range(min(4, len(data) // cfg.seq))]
+        info.update(prepare(teacher, cfg.teacher_precision, ranks, windows))
+        shard(teacher, ranks).eval()
+        if compiled:
+            compile_layers(teacher)
+    if compiled:
+        compile_layers(student)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95),
+                            fused=True if cuda and not ranks.distributed else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     start, losses = 0, []
     if resume and (got := checkpoint.load(work, student, opt, _settings(asdict(cfg)), ranks)) is not None:
@@ -90,47 +164,74 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
         start, losses = meta["step"], list(meta["losses"])
     keep = None if keep_h is None else keep_h.to(dev)
     mine = ranks.share(cfg.batch)
-    t0, done_tokens = time.perf_counter(), 0
-    for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
-        starts = torch.randint(0, len(data) - cfg.seq - 1, (cfg.batch,), generator=gen)   # the whole batch
-        x = torch.stack([data[s:s + cfg.seq] for s in starts[mine]]).to(dev)               # this rank's share
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda")):
-            if cfg.baseline:
-                loss = student(input_ids=x, labels=x).loss
-            else:
-                out = student(input_ids=x, output_hidden_states=cfg.hidden_loss > 0)
-                with torch.no_grad():
-                    ref = teacher(input_ids=x, output_hidden_states=cfg.hidden_loss > 0)
-                T = cfg.temperature
-                loss = F.kl_div(F.log_softmax(out.logits.float() / T, -1), F.log_softmax(ref.logits.float() / T, -1),
-                                log_target=True, reduction="batchmean") * T * T / cfg.seq
-                if cfg.hidden_loss > 0:
-                    loss = loss + cfg.hidden_loss * F.mse_loss(out.hidden_states[-1].float(),
-                                                               ref.hidden_states[-1].float().index_select(-1, keep))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()                                    # (sharded: gradients averaged over the ranks)
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        losses.append(mean(loss.item(), ranks))
-        done_tokens += cfg.batch * cfg.seq
-        rate = done_tokens / max(1e-9, time.perf_counter() - t0)
-        progress(Progress(step + 1, cfg.steps, losses[-1], rate, (cfg.steps - step - 1) * cfg.batch * cfg.seq / rate,
-                          ranks.world))
-        last = step + 1 == cfg.steps or (stop_after is not None and step + 1 >= stop_after)
-        if (step + 1) % cfg.checkpoint_every == 0 or last:
-            checkpoint.save(work, student, opt, {"settings": _settings(asdict(cfg)), "step": step + 1,
-                                                 "losses": losses}, gen.get_state(), ranks)
-        if stop_after is not None and step + 1 >= stop_after:
-            break
+    pending = _Losses(lagged=cuda and not ranks.distributed)
+    t0, steady = time.perf_counter(), None
+    every = cfg.checkpoint_every
+    warm_step = start + min(WARMUP_STEPS, max(0, cfg.steps - start - 1))
+    writer = checkpoint.Writer(work, ranks, background=cuda and not ranks.distributed)
+
+    def report(flush: bool = False) -> None:
+        nonlocal steady, every
+        for step, value in pending.ready(flush):
+            losses.append(mean(value, ranks))
+            now = time.perf_counter()
+            done = (step + 1 - start) * cfg.batch * cfg.seq
+            if step + 1 == warm_step:
+                steady = (now, done)
+                if every is None:               # the default interval, from the time a step takes
+                    every = _every((now - t0) / max(1, step + 1 - start), ranks)
+            rate = done / max(1e-9, now - t0)
+            steady_rate = None if steady is None or step + 1 == warm_step else \
+                (done - steady[1]) / max(1e-9, now - steady[0])
+            progress(Progress(step + 1, cfg.steps, losses[-1], rate, (cfg.steps - step - 1) * cfg.batch * cfg.seq / rate,
+                              ranks.world, steady_rate))
+
+    if warm_step == start:
+        steady = (t0, 0)
+        every = every or 10**9
+    try:
+        for step in range(start, cfg.steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr(cfg, step)
+            starts = torch.randint(0, len(data) - cfg.seq - 1, (cfg.batch,), generator=gen)   # the whole batch
+            x = torch.stack([data[s:s + cfg.seq] for s in starts[mine]])                       # this rank's share
+            x = x.pin_memory().to(dev, non_blocking=True) if cuda else x.to(dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                if cfg.baseline:
+                    loss = net(x)
+                else:
+                    with torch.no_grad():
+                        ref = teacher(input_ids=x, output_hidden_states=cfg.hidden_loss > 0)
+                    loss = net(x, ref.logits, ref.hidden_states[-1] if cfg.hidden_loss > 0 else None, keep,
+                               cfg.hidden_loss)
+                    del ref
+            opt.zero_grad(set_to_none=True)
+            loss.backward()                                    # (sharded: gradients averaged over the ranks)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            pending.put(step, loss)
+            last = step + 1 == cfg.steps or (stop_after is not None and step + 1 >= stop_after)
+            saving = last or (every is not None and (step + 1) % every == 0)
+            report(flush=saving or last)
+            if saving:
+                writer.save(student, opt, {"settings": _settings(asdict(cfg)), "step": step + 1,
+                                           "losses": losses}, gen.get_state())
+            if stop_after is not None and step + 1 >= stop_after:
+                break
+    except BaseException:
+        writer.close(quiet=True)
+        raise
+    writer.close()
     student.eval()
     return losses
 
 
+HOW = ("device", "teacher_precision", "compile")     # how a run computes, not what it trains
+
+
 def _settings(config: dict) -> dict:
-    """What a resumed run must share with its checkpoint: all but where it runs."""
-    return {k: v for k, v in config.items() if k != "device"}
+    """What a resumed run must share with its checkpoint: all but where and how it runs."""
+    return {k: v for k, v in config.items() if k not in HOW}
 
 
 def write_card(folder: Path, record: dict) -> None:
