@@ -106,16 +106,16 @@ def main() -> int:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             with torch.no_grad():
                 if compiled:
-                    th = teacher.model(input_ids=x).last_hidden_state.reshape(-1, tw.shape[1])
+                    th = teacher.model(input_ids=x, use_cache=False).last_hidden_state.reshape(-1, tw.shape[1])
                 else:
-                    tl = teacher(input_ids=x).logits.float()
+                    tl = teacher(input_ids=x, use_cache=False).logits.float()
             if compiled:
-                h = student.model(input_ids=x).last_hidden_state.reshape(-1, sw.shape[1])
+                h = student.model(input_ids=x, use_cache=False).last_hidden_state.reshape(-1, sw.shape[1])
                 loss = sum(torch.utils.checkpoint.checkpoint(kl, h[i:i + CHUNK], sw, th[i:i + CHUNK], tw,
                                                              use_reentrant=False)
                            for i in range(0, h.shape[0], CHUNK)) / h.shape[0]
             else:
-                s = F.log_softmax(student(input_ids=x).logits.float(), -1)
+                s = F.log_softmax(student(input_ids=x, use_cache=False).logits.float(), -1)
                 t = F.log_softmax(tl, -1)
                 loss = (t.exp() * (t - s)).sum(-1).mean()
         opt.zero_grad(set_to_none=True)

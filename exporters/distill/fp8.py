@@ -114,10 +114,10 @@ def measured_kld(teacher, batches) -> float:
     for x in batches:
         for f in layers:
             f.use_fp8 = False
-        ref = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
+        ref = F.log_softmax(teacher(input_ids=x, use_cache=False).logits.float(), -1)
         for f in layers:
             f.use_fp8 = True
-        got = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
+        got = F.log_softmax(teacher(input_ids=x, use_cache=False).logits.float(), -1)
         total += float((ref.exp() * (ref - got)).sum())
         n += ref.shape[0] * ref.shape[1]
         del ref, got

@@ -48,12 +48,17 @@ class Distilled(torch.nn.Module):
         self.student = student
         self.temperature = float(temperature)
         self.chunk = int(chunk)
-        self.kl = torch.compile(_chunk_kl, dynamic=False) if compiled else _chunk_kl
+        if compiled:
+            from edgellm.exporters.distill import teacher
+
+            self.kl = torch.compile(_chunk_kl, dynamic=False, backend=teacher.BACKEND)
+        else:
+            self.kl = _chunk_kl
 
     def forward(self, x, teacher_logits=None, teacher_hidden=None, keep=None, hidden_weight: float = 0.0):
         if teacher_logits is None:                      # no teacher: next-token loss (the baseline)
-            return self.student(input_ids=x, labels=x).loss
-        h = self.student.base_model(input_ids=x).last_hidden_state
+            return self.student(input_ids=x, labels=x, use_cache=False).loss
+        h = self.student.base_model(input_ids=x, use_cache=False).last_hidden_state
         head, cap = head_of(self.student)
         flat = h.reshape(-1, h.shape[-1])
         tl = teacher_logits.reshape(flat.shape[0], -1)

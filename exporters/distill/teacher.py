@@ -15,6 +15,7 @@ from edgellm.errors import BadInput
 from edgellm.exporters.distill.ranks import Ranks
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp8")
+BACKEND = "inductor"        # torch.compile's backend for the layers and the loss (tests count graphs with their own)
 
 
 def check(precision: str, ranks: Ranks) -> None:
@@ -63,7 +64,7 @@ def compile_layers(model) -> None:
     every layer of the same shape, so compiling costs seconds, not minutes, and the rest of the
     Hugging Face model stays eager and unchanged)."""
     for layer in model.base_model.layers:
-        layer.compile(dynamic=False)
+        layer.compile(dynamic=False, backend=BACKEND)
 
 
 def uncompile_layers(model) -> None:

@@ -169,6 +169,8 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
     every = cfg.checkpoint_every
     warm_step = start + min(WARMUP_STEPS, max(0, cfg.steps - start - 1))
     writer = checkpoint.Writer(work, ranks, background=cuda and not ranks.distributed)
+    if writer.background:
+        info["checkpoint_host_memory_s"] = round(writer.reserve(student), 2)
 
     def report(flush: bool = False) -> None:
         nonlocal steady, every
@@ -201,7 +203,7 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
                     loss = net(x)
                 else:
                     with torch.no_grad():
-                        ref = teacher(input_ids=x, output_hidden_states=cfg.hidden_loss > 0)
+                        ref = teacher(input_ids=x, output_hidden_states=cfg.hidden_loss > 0, use_cache=False)
                     loss = net(x, ref.logits, ref.hidden_states[-1] if cfg.hidden_loss > 0 else None, keep,
                                cfg.hidden_loss)
                     del ref
