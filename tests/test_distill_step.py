@@ -14,9 +14,9 @@ def _tiny(arch="llama", **kw):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(arch, vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                               tie_word_embeddings=False, **kw)
+    shape = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
+    cfg = AutoConfig.for_model(arch, **{**shape, **kw})
     return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
 
 
@@ -162,3 +162,51 @@ def test_a_failed_background_write_is_raised_by_the_next_wait(tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         w.close()
     assert not (tmp_path / checkpoint.NAME).exists()
+
+
+def test_compiled_layers_compile_once_per_shape_not_once_per_layer(monkeypatch, tmp_path):
+    """The decoder layers are compiled one by one but share a graph per shape.  A forward that
+    builds a key/value cache (transformers' default) guards each layer on its own cache entry:
+    one recompilation per layer until torch gives up and runs them eagerly, which made the first
+    GPU measurement a third of the speed it should have been."""
+    import numpy as np
+
+    from edgellm.exporters.distill import teacher as teacher_mod
+    from edgellm.exporters.distill import train as T
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(teacher_mod, "BACKEND", counting)
+    torch._dynamo.reset()
+    layers = 6
+    student, teacher = _tiny(num_hidden_layers=layers), _tiny(num_hidden_layers=layers, hidden_size=128)
+    ids = np.random.default_rng(0).integers(0, 300, 4000)
+    T.train(student, teacher, ids, T.DistillConfig(steps=3, batch=2, seq=32, compile=True), tmp_path)
+    torch._dynamo.reset()
+    assert 2 <= len(graphs) <= 4, len(graphs)        # each model's layer shape, the loss chunk
+
+
+def test_checkpoint_host_memory_is_one_exact_arena_reused_at_every_checkpoint(tmp_path):
+    from edgellm.exporters.distill import checkpoint
+    from edgellm.exporters.distill.ranks import Ranks
+
+    student = _tiny()
+    w = checkpoint.Writer(tmp_path, Ranks(device="cpu"), background=True)
+    w.reserve(student)
+    params = sum(p.numel() * 4 for p in student.parameters())
+    arena = w.buffers.arena
+    assert 3 * params <= arena.numel() < 3 * params + (1 << 20)         # no power-of-two rounding
+    views = [w.buffers.get(k, t) for k, t in student.state_dict().items()]
+    again = [w.buffers.get(k, t) for k, t in student.state_dict().items()]
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(views, again))
+    base, end = arena.data_ptr(), arena.data_ptr() + arena.numel()
+    assert all(base <= v.data_ptr() and v.data_ptr() + v.numel() * v.element_size() <= end for v in views)
+    assert all(v.data_ptr() % 64 == 0 for v in views)
+    big = w.buffers.get("too big", torch.zeros(4 * params // 4))      # past the arena: memory of its own
+    assert not base <= big.data_ptr() < end
+    w.close()
+    assert w.buffers.arena is None
