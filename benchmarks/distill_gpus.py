@@ -8,9 +8,9 @@ target: >= 1.8x on 2) and the peak GPU memory each run reports.  Then an N-GPU r
 its first checkpoint is resumed on one GPU (``--resume``; the checkpoint is torch's distributed
 format, resharded on load) to the end.
 
-With ``--gpus 1`` (issue 31) the one-GPU run (a checkpoint every ``--steps // 2`` steps, so one
-written on the way is inside the timed steps: the default interval, 10 minutes, would not
-checkpoint in so short a run) and, each in a
+With ``--gpus 1`` (issue 31) the one-GPU run (by default a checkpoint every ``--steps // 2`` steps,
+so one written on the way is inside the timed steps: the default interval, 10 minutes, would not
+checkpoint in so short a run; ``--checkpoint-steps``, ``--teacher-precision``) and, each in a
 process of its own on the same teacher, student shape and batch, the reference loops of
 ``distill_reference.py`` (``--loops compiled,plain``); prints tokens/s, peak GPU memory and
 edgellm's ratio to the compiled reference (target: >= 1.1x, <= 45 GB).
@@ -67,8 +67,11 @@ def _one_gpu(a, teacher: Path, work: Path) -> int:
     common = [str(teacher), "--params", a.params, "--steps", str(a.steps), "--batch", str(a.batch), "--seq",
               str(a.seq), "--device", "cuda", "--force"]
     rows = []
-    label = f"edgellm distill (a checkpoint every {max(1, a.steps // 2)} steps, inside the timing)"
-    card = _distill([*common, "--checkpoint-every", str(max(1, a.steps // 2)), "-o", str(work / "one")])
+    every = a.checkpoint_steps if a.checkpoint_steps is not None else max(1, a.steps // 2)
+    label = f"edgellm distill, teacher {a.teacher_precision}, " + \
+        (f"a checkpoint every {every} steps" if every else "checkpoints every 10 minutes")
+    card = _distill([*common, "--teacher-precision", a.teacher_precision,
+                     *(["--checkpoint-every", str(every)] if every else []), "-o", str(work / "one")])
     t = card["throughput"]
     rows.append((label, t["tokens_per_s"], t["peak_gpu_bytes"]))
     print(f"edgellm: {json.dumps(t)}", flush=True)
@@ -101,7 +104,8 @@ def _quality(a, work: Path) -> int:
     common = [str(a.teacher), "--size", str(a.size), "--batch", str(a.batch), "--seq", str(a.seq), "--data",
               str(text), "--device", "cuda", "--seed", "0", "--force"]
     # the pruned start alone: one step at a learning rate too small to move a float32 weight
-    _distill([*common, "--steps", "1", "--lr", "1e-30", "-o", str(work / "init")])
+    _distill([*common, "--steps", "1", "--lr", "1e-30", "--no-compile", "--teacher-precision", "bf16", "-o",
+              str(work / "init")])
     arms = {"edgellm distill now": work / "new", "reference loop, compiled": work / "ref"}
     card = _distill([*common, "--steps", str(a.steps), "-o", str(arms["edgellm distill now"])])
     print(f"now: {json.dumps(card['throughput'])}", flush=True)
@@ -149,6 +153,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--loops", default="compiled,plain", help="the reference loops beside --gpus 1")
+    ap.add_argument("--teacher-precision", default="auto", help="edgellm distill's, beside --gpus 1 (a random "
+                    "teacher measures far from itself in FP8, so auto keeps it bf16: fp8 times that path)")
+    ap.add_argument("--checkpoint-steps", type=int, help="beside --gpus 1: a checkpoint every N steps, inside "
+                    "the timing (default --steps // 2; 0: the default interval, 10 minutes)")
     ap.add_argument("--quality", action="store_true", help="held-out perplexity per loop (needs --teacher)")
     ap.add_argument("--size", type=float, default=0.25)
     ap.add_argument("--old-root", type=Path, help="with --quality: an older edgellm checkout to compare")
