@@ -105,9 +105,11 @@ def test_checkpoints_come_every_ten_minutes_of_training_by_default(monkeypatch, 
 
     ids = np.random.default_rng(0).integers(0, 300, 4000)
     cfg = T.DistillConfig(steps=8, batch=2, seq=32)
+    assert T.WARMUP_STEPS + T.TIMED_STEPS < 7
     assert cfg.checkpoint_every is None
     T.train(_tiny(), _tiny(), ids, cfg, tmp_path)
-    assert saved == list(range(T.WARMUP_STEPS + 1, 9))    # timed on the warm-up steps, then each one
+    # timed on the steady steps after the warm-up (decided as the last of them ends), then each one
+    assert saved == list(range(T.WARMUP_STEPS + T.TIMED_STEPS + 1, 9))
     saved.clear()
     monkeypatch.setattr(T, "CHECKPOINT_S", 600.0)
     T.train(_tiny(), _tiny(), ids, cfg, tmp_path)

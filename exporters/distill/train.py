@@ -36,7 +36,7 @@ class DistillConfig:
     warmup: float = 0.05
     temperature: float = 1.0
     hidden_loss: float = 0.0
-    checkpoint_every: int | None = None     # steps; None: every CHECKPOINT_S of training (see _every)
+    checkpoint_every: int | None = None     # steps; None: every CHECKPOINT_S of steady training (see _every)
     seed: int = 0
     device: str = "cpu"              # a torch device (compute.resolve): a resumed run may move
     baseline: bool = False          # random init + next-token loss (the benchmark's comparison)
@@ -49,6 +49,7 @@ class DistillConfig:
 
 
 WARMUP_STEPS = 3     # steps left out of the steady rate: compilation and the allocator's first fills
+TIMED_STEPS = 3      # steady steps timed for the default checkpoint interval (none is written before)
 CHECKPOINT_S = 600   # the default checkpoint interval in seconds of training: a checkpoint holds the
                      # student and its optimizer (a 1.5 B student: 18 GB), so a fixed 100 steps wrote
                      # every 20 s on a GPU; ten minutes bounds what an interruption loses and what
@@ -180,8 +181,10 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
             done = (step + 1 - start) * cfg.batch * cfg.seq
             if step + 1 == warm_step:
                 steady = (now, done)
-                if every is None:               # the default interval, from the time a step takes
-                    every = _every((now - t0) / max(1, step + 1 - start), ranks)
+            elif every is None and step + 1 == warm_step + TIMED_STEPS:
+                # the default interval, from the time a steady step takes (the warm-up steps hold
+                # the compilation: timed on them, a 10-minute interval came out as 30 seconds)
+                every = _every((now - steady[0]) / TIMED_STEPS, ranks)
             rate = done / max(1e-9, now - t0)
             steady_rate = None if steady is None or step + 1 == warm_step else \
                 (done - steady[1]) / max(1e-9, now - steady[0])
