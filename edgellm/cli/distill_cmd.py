@@ -74,7 +74,8 @@ def add_parser(sub) -> None:
     p.add_argument("--hidden-loss", type=float, default=0.0, metavar="W",
                    help="weight of the final-hidden-state MSE loss (default 0: logits only)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
-                   help="steps between checkpoints (default: as many as take 10 minutes, timed on the first steps)")
+                   help="steps between checkpoints (default: as many as take 10 minutes, timed on the first "
+                        "steps after the warm-up)")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}",
                    help="where to train: auto (default: a GPU when torch sees one), cpu, cuda or cuda:N")
     ranks = p.add_mutually_exclusive_group()
