@@ -60,7 +60,7 @@ def collect(model_dir: Path, text: str | None = None, context: int = 512, max_wi
     if threads:
         torch.set_num_threads(threads)
     _preflight(Path(model_dir), context, hessian, fisher)
-    tok, model = load_reference(Path(model_dir), trust_remote_code)
+    tok, model = load_reference(Path(model_dir), trust_remote_code, role=("the model to calibrate", ""))
     context = min(context, int(getattr(model.config, "max_position_embeddings", context) or context))
     wins = calibration_windows(tok, default_text() if text is None else text, context, max_windows)
     cal = Calibration(tokens=sum(map(len, wins)), windows=len(wins), context=context)

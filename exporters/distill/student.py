@@ -16,6 +16,8 @@ from typing import Callable
 from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.exporters.distill.train import WARMUP_STEPS, DistillConfig, Progress
 
+TEACHER = ("the teacher", "")          # what a teacher transformers cannot load is called (load_reference)
+
 
 @dataclass(frozen=True)
 class StudentRequest:
@@ -125,7 +127,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
                        "shares its teacher's, so the teacher must have one")
     shape = prune.student_shape(dict(t_cfg.raw), t_cfg.model_type, str(req.teacher), req.size, req.params,
                                 req.layers, req.hidden)
-    tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg)
+    tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg, TEACHER)
     if len(tok) > teacher.config.vocab_size:
         raise BadInput(f"{req.teacher}: the tokenizer has {len(tok)} tokens but the model {teacher.config.vocab_size}: "
                        "mismatched tokenizer")
@@ -179,10 +181,10 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
         student = _gathered(student, student_cfg, ranks)
         if not ranks.main:
             return StudentResult(req.out, {})
-        tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg)
+        tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg, TEACHER)
     elif setup.get("teacher_precision") == "fp8":        # measured against the teacher itself, not its FP8 copy
         del teacher
-        tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg)
+        tok, teacher = load_reference(req.teacher, req.trust_remote_code, t_cfg, TEACHER)
     from edgellm.exporters.distill.teacher import uncompile_layers
 
     for m in (student, teacher):                # the held-out windows have other shapes: eager, no recompiling

@@ -15,8 +15,12 @@ from pathlib import Path
 from edgellm.errors import EdgeLLMError
 
 
-def load_reference(model_dir: Path, trust_remote_code: bool = False, config=None):
-    """(tokenizer, float32 model in eval mode) of ``model_dir``; one line when transformers fails."""
+VERIFY = "the original model to verify against", "; --no-verify skips verification"
+
+
+def load_reference(model_dir: Path, trust_remote_code: bool = False, config=None, role: tuple[str, str] = VERIFY):
+    """(tokenizer, float32 model in eval mode) of ``model_dir``; one line when transformers fails,
+    naming what the model was loaded as (``role``: what it is, and a way round, if any)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -33,7 +37,7 @@ def load_reference(model_dir: Path, trust_remote_code: bool = False, config=None
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                      trust_remote_code=trust_remote_code, **kw)
     except Exception as e:  # noqa: BLE001 - whatever transformers raises, the user needs one line
-        raise EdgeLLMError(f"{model_dir}: transformers cannot load the original model to verify against "
-                           f"({type(e).__name__}: {e}); --no-verify skips verification") from None
+        raise EdgeLLMError(f"{model_dir}: transformers cannot load {role[0]} ({type(e).__name__}: {e}){role[1]}") \
+            from None
     model.eval()
     return tok, model
