@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -42,13 +41,12 @@ def chunk_kl(h, w, th, tw):
     return (t.exp() * (t - s)).sum()
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: float = 0.05) -> float:
-    """edgellm distill's schedule (linear warm-up, cosine to a tenth), so quality runs compare loops."""
-    warm = max(1, int(warmup * steps))
-    if step < warm:
-        return lr * (step + 1) / warm
-    t = (step - warm) / max(1, steps - warm)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+def lr_at(step: int, steps: int, lr: float) -> float:
+    """edgellm distill's own schedule (warm-up, cosine to a tenth), so quality runs compare loops,
+    not schedules; the loop itself is torch and transformers alone."""
+    from edgellm.exporters.distill.train import DistillConfig, _lr
+
+    return _lr(DistillConfig(steps=steps, lr=lr), step)
 
 
 def main() -> int:

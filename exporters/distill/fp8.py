@@ -68,33 +68,33 @@ class Fp8Linear(torch.nn.Module):
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 
-def _linears(teacher):
-    """(parent, name, layer) of every linear layer inside the teacher's decoder layers."""
+def _children(teacher, wanted):
+    """(parent, name, child) of every module inside the teacher's decoder layers that ``wanted`` takes."""
     for layer in teacher.base_model.layers:
         for parent in layer.modules():
             for name, child in parent.named_children():
-                if type(child) is torch.nn.Linear and child.in_features % 16 == 0 \
-                        and child.out_features % 16 == 0:         # what the FP8 product takes
+                if wanted(child):
                     yield parent, name, child
+
+
+def _fp8_able(m) -> bool:
+    """A plain linear layer of the sizes the FP8 product takes (multiples of 16)."""
+    return type(m) is torch.nn.Linear and m.in_features % 16 == 0 and m.out_features % 16 == 0
+
+
+def _swapped(teacher):
+    return _children(teacher, lambda m: isinstance(m, Fp8Linear))
 
 
 def convert(teacher) -> list[Fp8Linear]:
     """Swap the decoder's linear layers for ``Fp8Linear`` in place (the originals kept until
     ``commit`` or ``undo``)."""
     done = []
-    for parent, name, lin in list(_linears(teacher)):
+    for parent, name, lin in list(_children(teacher, _fp8_able)):
         f = Fp8Linear(lin)
         setattr(parent, name, f)
         done.append(f)
     return done
-
-
-def _swapped(teacher):
-    for layer in teacher.base_model.layers:
-        for parent in layer.modules():
-            for name, child in parent.named_children():
-                if isinstance(child, Fp8Linear):
-                    yield parent, name, child
 
 
 def undo(teacher) -> None:
