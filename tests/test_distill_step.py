@@ -33,7 +33,7 @@ def _full_kl(student, x, t_logits, temperature, hidden=None, keep=None, weight=0
 
 @pytest.mark.parametrize("arch,temperature,weight", [("llama", 1.0, 0.0), ("llama", 2.0, 0.5), ("gemma2", 1.0, 0.0)])
 def test_the_chunked_head_gives_the_full_logits_loss_and_gradients(arch, temperature, weight):
-    from edgellm.exporters.distill.loss import Distilled
+    from edgellm.exporters.distill.loss import Distilled, Teacher
 
     extra = {"final_logit_softcapping": 30.0, "head_dim": 16} if arch == "gemma2" else {}
     student = _tiny(arch, **extra)
@@ -44,11 +44,63 @@ def test_the_chunked_head_gives_the_full_logits_loss_and_gradients(arch, tempera
     want.backward()
     grads = {n: p.grad.clone() for n, p in student.named_parameters()}
     student.zero_grad()
-    got = Distilled(student, temperature, chunk=16)(x, t_logits, hidden, keep, weight)
+    got = Distilled(student, temperature, chunk=16)(x, Teacher(hidden, logits=t_logits), keep, weight)
     got.backward()
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (float(got), float(want))
     for n, p in student.named_parameters():
         assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-7), n
+
+
+@pytest.mark.parametrize("arch,tied", [("llama", False), ("llama", True), ("gemma2", False)])
+def test_the_teachers_logits_made_a_chunk_at_a_time_give_its_whole_logits_loss(arch, tied):
+    """One process: the teacher hands over its final hidden states and its head, not its logits
+    (soft-capped for Gemma 2); loss and gradients are those of the teacher's own logits."""
+    from edgellm.exporters.distill.loss import Distilled, run_teacher
+
+    extra = {"final_logit_softcapping": 30.0, "head_dim": 16} if arch == "gemma2" else {}
+    teacher = _tiny(arch, hidden_size=128, intermediate_size=256, **extra).eval()
+    student = _tiny(arch, tie_word_embeddings=tied, **extra)
+    x = torch.randint(0, 300, (2, 37))
+    with torch.no_grad():
+        t_logits = teacher(input_ids=x).logits * 4          # (sharper, so the loss is not near zero)
+    teacher.get_output_embeddings().weight.data *= 4
+    if arch == "gemma2":
+        teacher.config.final_logit_softcapping = 120.0      # tanh(4z / 120) * 120 = 4 (tanh(z / 30) * 30)
+    want = _full_kl(student, x, t_logits, 1.0)
+    want.backward()
+    grads = {n: p.grad.clone() for n, p in student.named_parameters()}
+    student.zero_grad()
+    ref = run_teacher(teacher, x)
+    assert ref.logits is None and ref.hidden.shape == (2, 37, 128)
+    got = Distilled(student, 1.0, chunk=32)(x, ref)
+    got.backward()
+    assert float(got.detach()) > 0.1
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (float(got), float(want))
+    for n, p in student.named_parameters():
+        assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_under_autocast_the_products_are_bfloat16_as_autocast_makes_them():
+    """On a GPU the loss runs under bfloat16 autocast: the fused loss casts as autocast would (its
+    value and gradients agree with autocast's own full-logits loss to bfloat16 rounding)."""
+    from edgellm.exporters.distill.loss import Distilled, run_teacher
+
+    teacher, student = _tiny(hidden_size=128, intermediate_size=256).eval(), _tiny()
+    x = torch.randint(0, 300, (2, 29))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            t_logits = teacher(input_ids=x).logits
+        want = _full_kl(student, x, t_logits, 1.0)
+        want.backward()
+        grads = {n: p.grad.clone() for n, p in student.named_parameters()}
+        student.zero_grad()
+        got = Distilled(student, 1.0, chunk=16)(x, run_teacher(teacher, x))
+    got.backward()
+    assert got.dtype == torch.float32 and abs(float(got.detach()) - float(want.detach())) < 2e-2 * float(want.detach())
+    for n, p in student.named_parameters():
+        assert p.grad.dtype == torch.float32
+        cos = F.cosine_similarity(p.grad.flatten(), grads[n].flatten(), dim=0)
+        assert cos > 0.99, (n, float(cos))
 
 
 def test_the_fp8_teacher_measures_its_distance_and_is_undone_or_kept():
@@ -146,6 +198,39 @@ def test_a_checkpoint_written_in_the_background_is_the_one_written_in_the_foregr
     assert json.loads((a / checkpoint.META).read_text()) == json.loads((b / checkpoint.META).read_text())
     from safetensors.numpy import load_file                 # our own writer's file is a safetensors file
     assert all(np.isfinite(v).all() for v in load_file(a / checkpoint.STATE).values())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the copies off a GPU run on a stream of their own (run on the GPU queue)"))])
+def test_a_background_checkpoint_holds_the_state_of_its_step_while_training_goes_on(tmp_path, device):
+    """On a GPU the copies into host memory overlap the next steps' forward and backward passes;
+    the optimizer waits for them (``before_update``), so the file holds the state at its step."""
+    from safetensors.torch import load_file
+
+    from edgellm.exporters.distill import checkpoint
+    from edgellm.exporters.distill.ranks import Ranks
+
+    student = _tiny(hidden_size=256, intermediate_size=1024, num_hidden_layers=4).to(device)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-2, fused=device == "cuda" or None)
+    x = torch.randint(0, 300, (4, 64), device=device)
+
+    def step():
+        student(input_ids=x, labels=x).loss.backward()
+        w.before_update()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    w = checkpoint.Writer(tmp_path, Ranks(device=device), background=True)
+    w.reserve(student)
+    step()
+    want = {f"model/{k}": v.detach().cpu().clone() for k, v in student.state_dict().items()}
+    w.save(student, opt, {"settings": {}, "step": 1, "losses": [1.0]}, torch.Generator().get_state())
+    for _ in range(3):
+        step()
+    w.close()
+    got = load_file(tmp_path / checkpoint.NAME / checkpoint.STATE)
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert not torch.equal(got["model/lm_head.weight"], student.lm_head.weight.detach().cpu())   # it moved on
 
 
 def test_a_failed_background_write_is_raised_by_the_next_wait(tmp_path, monkeypatch):

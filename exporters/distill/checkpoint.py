@@ -111,6 +111,15 @@ class HostBuffers:
         self.used = 0
         self.views: dict = {}
         self.registered = False
+        self.streams: dict = {}
+
+    def stream(self, device):
+        """The side stream the copies of ``device``'s tensors run on (one, reused)."""
+        import torch
+
+        if device not in self.streams:
+            self.streams[device] = torch.cuda.Stream(device)
+        return self.streams[device]
 
     def reserve(self, nbytes: int) -> None:
         import torch
@@ -146,21 +155,29 @@ class HostBuffers:
         self.arena, self.used, self.views, self.registered = None, 0, {}, False
 
 
-def _flatten(model_sd: dict, optim_sd: dict, buffers: HostBuffers | None = None) -> tuple[dict, dict]:
-    """(tensors for safetensors, the optimizer's non-tensor part for JSON), as a copy in host
-    memory that training can no longer change.  Tensors that share storage (a tied head) are
-    copied apart: safetensors refuses aliases.  ``buffers`` (one GPU process) holds the host
-    memory a GPU tensor is copied into, the same at every checkpoint."""
+def _flatten(model_sd: dict, optim_sd: dict, buffers: HostBuffers | None = None) -> tuple[dict, dict, object]:
+    """(tensors for safetensors, the optimizer's non-tensor part for JSON, an event or None) as a
+    copy in host memory that training can no longer change.  Tensors that share storage (a tied
+    head) are copied apart: safetensors refuses aliases.  ``buffers`` (one GPU process) holds the
+    host memory a GPU tensor is copied into, the same at every checkpoint; those copies run on a
+    stream of their own behind the work queued so far, without stopping the host, and the
+    returned CUDA event says when they are done: the caller must not change the state before it
+    (``Writer.before_update``) nor read the host copies before it (the writing thread waits)."""
     import torch
 
     tensors, seen, gpu = {}, set(), False
+    stream = None
 
     def put(key, t):
-        nonlocal gpu
+        nonlocal gpu, stream
         t = t.detach()
         if buffers is not None and t.is_cuda:
+            if stream is None:
+                stream = buffers.stream(t.device)
+                stream.wait_stream(torch.cuda.current_stream(t.device))
             buf = buffers.get(key, t)
-            buf.copy_(t, non_blocking=True)
+            with torch.cuda.stream(stream):
+                buf.copy_(t, non_blocking=True)
             tensors[key], gpu = buf, True
             return
         t = t.to("cpu").contiguous()
@@ -178,11 +195,13 @@ def _flatten(model_sd: dict, optim_sd: dict, buffers: HostBuffers | None = None)
                 put(f"optim/{fqn}/{key}", v)
             else:
                 scalars.setdefault(fqn, {})[key] = v
+    done = None
     if gpu:
-        torch.cuda.synchronize()
+        done = torch.cuda.Event()
+        done.record(stream)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
               for g in optim_sd.get("param_groups", [])]
-    return tensors, {"scalars": scalars, "param_groups": groups}
+    return tensors, {"scalars": scalars, "param_groups": groups}, done
 
 
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
@@ -257,6 +276,7 @@ class Writer:
         self.buffers = HostBuffers() if background else None
         self.thread = None
         self.error: BaseException | None = None
+        self.copied = None          # the CUDA event of the last checkpoint's copies off the GPU
 
     def reserve(self, student) -> float:
         """Page-locked host memory for ``student``'s checkpoints (its state and AdamW's two
@@ -282,13 +302,13 @@ class Writer:
             warnings.simplefilter("ignore")
             model_sd, optim_sd = get_state_dict(student, opt, options=_options(self.ranks, False))   # collective
         if self.ranks.main:
-            tensors, optim_json = _flatten(model_sd, optim_sd, self.buffers)
+            tensors, optim_json, self.copied = _flatten(model_sd, optim_sd, self.buffers)
             body = {**meta, "losses": list(meta["losses"]), "optim": optim_json,
                     "generator": base64.b64encode(bytes(gen_state.tolist())).decode(), "world": self.ranks.world}
             if self.background:
                 import threading
 
-                self.thread = threading.Thread(target=self._write, args=(tensors, body), daemon=True,
+                self.thread = threading.Thread(target=self._write, args=(tensors, body, self.copied), daemon=True,
                                                name="edgellm-checkpoint")
                 self.thread.start()
             else:
@@ -296,10 +316,22 @@ class Writer:
                 self._raise()
         barrier(self.ranks)
 
-    def _write(self, tensors: dict, body: dict) -> None:
+    def before_update(self) -> None:
+        """Call before the optimizer changes the state: the step's queued work waits (on the GPU,
+        the host goes on) until the last checkpoint's copies off the GPU are done.  The copies
+        overlap the next step's forward and backward passes, which only read the state."""
+        if self.copied is not None:
+            import torch
+
+            torch.cuda.current_stream().wait_event(self.copied)
+            self.copied = None
+
+    def _write(self, tensors: dict, body: dict, copied=None) -> None:
         work = self.work
         partial, final, old = work / f"{NAME}.partial", work / NAME, work / f"{NAME}.old"
         try:
+            if copied is not None:
+                copied.synchronize()            # the host copies are complete
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(mode=0o700)
             body["state_sha256"] = _write_state(partial / STATE, tensors)

@@ -134,7 +134,7 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
     import torch
 
     from edgellm.exporters.distill import checkpoint
-    from edgellm.exporters.distill.loss import Distilled
+    from edgellm.exporters.distill.loss import Distilled, run_teacher
     from edgellm.exporters.distill.ranks import mean, shard
     from edgellm.exporters.distill.teacher import compile_layers, prepare
 
@@ -205,15 +205,16 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
                 if cfg.baseline:
                     loss = net(x)
                 else:
-                    with torch.no_grad():
-                        ref = teacher(input_ids=x, output_hidden_states=cfg.hidden_loss > 0, use_cache=False)
-                    loss = net(x, ref.logits, ref.hidden_states[-1] if cfg.hidden_loss > 0 else None, keep,
-                               cfg.hidden_loss)
+                    ref = run_teacher(teacher, x, whole=ranks.distributed)
+                    loss = net(x, ref, keep, cfg.hidden_loss)
                     del ref
-            opt.zero_grad(set_to_none=True)
             loss.backward()                                    # (sharded: gradients averaged over the ranks)
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            writer.before_update()
             opt.step()
+            opt.zero_grad(set_to_none=True)    # now, not before the next backward: the gradients (a
+                                               # float32 copy of the student) are not held through the
+                                               # next forward pass, when its activations peak
             pending.put(step, loss)
             last = step + 1 == cfg.steps or (stop_after is not None and step + 1 >= stop_after)
             saving = last or (every is not None and (step + 1) % every == 0)
