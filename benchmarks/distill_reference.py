@@ -137,6 +137,7 @@ def main() -> int:
     seconds = begin.elapsed_time(end) / 1000
     out = {"loop": a.loop, "tokens_per_s": (total - warm) * a.batch * a.seq / seconds,
            "wall_s": time.perf_counter() - t0, "peak_gpu_bytes": torch.cuda.max_memory_allocated(),
+           "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(),
            "steps": total, "timed_steps": total - warm, "first_loss": float(losses[0]),
            "final_loss": float(sum(float(v) for v in losses[-10:]) / len(losses[-10:])),
            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}

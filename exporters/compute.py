@@ -51,6 +51,13 @@ def peak_gpu_bytes(device: str) -> int | None:
     return int(torch.cuda.max_memory_allocated(torch.device(device))) if is_gpu(device) else None
 
 
+def peak_gpu_reserved_bytes(device: str) -> int | None:
+    """The most GPU memory torch's allocator held (tensors and the cache's unused blocks)."""
+    import torch
+
+    return int(torch.cuda.max_memory_reserved(torch.device(device))) if is_gpu(device) else None
+
+
 @contextmanager
 def gpu_memory_guard(device: str, what: str, after: str = ""):
     """Running out of memory inside (the GPU's, or the host's: torch's CPU allocator failing)
