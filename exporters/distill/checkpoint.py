@@ -178,6 +178,7 @@ def _flatten(model_sd: dict, optim_sd: dict, buffers: HostBuffers | None = None)
             buf = buffers.get(key, t)
             with torch.cuda.stream(stream):
                 buf.copy_(t, non_blocking=True)
+            t.record_stream(stream)             # not reused by the allocator before the copy is done
             tensors[key], gpu = buf, True
             return
         t = t.to("cpu").contiguous()
