@@ -51,19 +51,29 @@ def test_the_chunked_head_gives_the_full_logits_loss_and_gradients(arch, tempera
         assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-7), n
 
 
-@pytest.mark.parametrize("arch,tied", [("llama", False), ("llama", True), ("gemma2", False)])
+@pytest.mark.parametrize("arch,tied", [("llama", False), ("llama", True), ("gemma2", False), ("bias", False)])
 def test_the_teachers_logits_made_a_chunk_at_a_time_give_its_whole_logits_loss(arch, tied):
     """One process: the teacher hands over its final hidden states and its head, not its logits
     (soft-capped for Gemma 2); loss and gradients are those of the teacher's own logits."""
     from edgellm.exporters.distill.loss import Distilled, run_teacher
 
     extra = {"final_logit_softcapping": 30.0, "head_dim": 16} if arch == "gemma2" else {}
+    bias, arch = arch == "bias", "llama" if arch == "bias" else arch
     teacher = _tiny(arch, hidden_size=128, intermediate_size=256, **extra).eval()
     student = _tiny(arch, tie_word_embeddings=tied, **extra)
+    if bias:                                                # heads with a bias, both models
+        for m in (teacher, student):
+            old = m.lm_head
+            m.lm_head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+            with torch.no_grad():
+                m.lm_head.weight.copy_(old.weight)
+                m.lm_head.bias.normal_()
     x = torch.randint(0, 300, (2, 37))
     with torch.no_grad():
         t_logits = teacher(input_ids=x).logits * 4          # (sharper, so the loss is not near zero)
     teacher.get_output_embeddings().weight.data *= 4
+    if teacher.get_output_embeddings().bias is not None:
+        teacher.get_output_embeddings().bias.data *= 4
     if arch == "gemma2":
         teacher.config.final_logit_softcapping = 120.0      # tanh(4z / 120) * 120 = 4 (tanh(z / 30) * 30)
     want = _full_kl(student, x, t_logits, 1.0)
@@ -94,8 +104,13 @@ def test_under_autocast_the_products_are_bfloat16_as_autocast_makes_them():
         want.backward()
         grads = {n: p.grad.clone() for n, p in student.named_parameters()}
         student.zero_grad()
-        got = Distilled(student, 1.0, chunk=16)(x, run_teacher(teacher, x))
+        net = Distilled(student, 1.0, chunk=16)
+        seen = []
+        kl = net.kl
+        net.kl = lambda h, w, *rest: seen.append((h.dtype, w.dtype)) or kl(h, w, *rest)
+        got = net(x, run_teacher(teacher, x))
     got.backward()
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}      # the products in autocast's dtype
     assert got.dtype == torch.float32 and abs(float(got.detach()) - float(want.detach())) < 2e-2 * float(want.detach())
     for n, p in student.named_parameters():
         assert p.grad.dtype == torch.float32
@@ -224,11 +239,15 @@ def test_a_background_checkpoint_holds_the_state_of_its_step_while_training_goes
     w.reserve(student)
     step()
     want = {f"model/{k}": v.detach().cpu().clone() for k, v in student.state_dict().items()}
+    names = {p: n for n, p in student.named_parameters()}
+    want.update({f"optim/{names[p]}/{k}": v.detach().cpu().clone() for p, st in opt.state.items()
+                 for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")})
     w.save(student, opt, {"settings": {}, "step": 1, "losses": [1.0]}, torch.Generator().get_state())
     for _ in range(3):
         step()
     w.close()
     got = load_file(tmp_path / checkpoint.NAME / checkpoint.STATE)
+    assert sum(k.startswith("optim/") for k in want) == 2 * len(names)
     assert all(torch.equal(got[k], v) for k, v in want.items())
     assert not torch.equal(got["model/lm_head.weight"], student.lm_head.weight.detach().cpu())   # it moved on
 

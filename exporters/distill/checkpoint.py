@@ -198,7 +198,7 @@ def _flatten(model_sd: dict, optim_sd: dict, buffers: HostBuffers | None = None)
                 scalars.setdefault(fqn, {})[key] = v
     done = None
     if gpu:
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(blocking=True)      # a thread waiting on it sleeps instead of spinning
         done.record(stream)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
               for g in optim_sd.get("param_groups", [])]
@@ -324,8 +324,9 @@ class Writer:
         if self.copied is not None:
             import torch
 
-            torch.cuda.current_stream().wait_event(self.copied)
-            self.copied = None
+            stream = next(iter(self.buffers.streams.values()))       # one GPU process: one side stream
+            torch.cuda.current_stream(stream.device).wait_event(self.copied)    # (its device's, which
+            self.copied = None                                       # need not be the current one)
 
     def _write(self, tensors: dict, body: dict, copied=None) -> None:
         work = self.work
@@ -369,6 +370,9 @@ class Writer:
             if not quiet:
                 raise
         finally:
+            if self.copied is not None:             # copies queued but no thread started (an error
+                self.copied.synchronize()           # in between): they must land before the memory goes
+                self.copied = None
             if self.buffers is not None:
                 self.buffers.release()
 

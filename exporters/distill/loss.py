@@ -43,7 +43,7 @@ def head_of(model) -> tuple[torch.nn.Module, float | None]:
 class Teacher:
     """What the loss needs of the teacher's forward: its final hidden states (after its norm) and
     either its logits whole (``logits``) or its head to make them a chunk at a time."""
-    hidden: torch.Tensor
+    hidden: torch.Tensor | None                 # None: a sharded teacher's, when no loss needs it
     logits: torch.Tensor | None = None
     head: torch.nn.Module | None = None
     cap: float | None = None
@@ -62,12 +62,14 @@ class Teacher:
 
 
 @torch.no_grad()
-def run_teacher(teacher, x, whole: bool = False) -> Teacher:
+def run_teacher(teacher, x, whole: bool = False, hidden: bool = True) -> Teacher:
     """The teacher's forward on token batch ``x``; ``whole``: its logits as its own forward makes
-    them (a teacher sharded over processes), else only its final hidden states."""
+    them (a teacher sharded over processes), else only its final hidden states.  ``hidden``
+    (``whole`` only): keep its final hidden states too (the hidden-state loss needs them; asking
+    for them holds every layer's for the step)."""
     if whole:
-        out = teacher(input_ids=x, output_hidden_states=True, use_cache=False)
-        return Teacher(out.hidden_states[-1], logits=out.logits)
+        out = teacher(input_ids=x, output_hidden_states=hidden, use_cache=False)
+        return Teacher(out.hidden_states[-1] if hidden else None, logits=out.logits)
     head, cap = head_of(teacher)
     return Teacher(teacher.base_model(input_ids=x, use_cache=False).last_hidden_state, head=head, cap=cap)
 
@@ -94,12 +96,13 @@ class _FusedKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, teacher: Teacher, kl, chunk: int, inv_t: float, cap, mm):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
         with torch.autocast(h.device.type, enabled=False):
             w = weight.to(mm)
             b = None if bias is None else bias.to(mm)
-            grad_h = torch.empty_like(h)
-            grad_w = torch.zeros_like(weight, dtype=torch.float32)
-            grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+            grad_h = torch.empty_like(h) if need_h else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+            grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
             total = h.new_zeros((), dtype=torch.float32)
             for i in range(0, h.shape[0], chunk):
                 hc = h[i:i + chunk].to(mm)
@@ -108,17 +111,19 @@ class _FusedKL(torch.autograd.Function):
                 if grad_b is not None:
                     grad_b += g.sum(0)
                 g = g.to(mm)
-                grad_h[i:i + chunk] = g @ w
-                grad_w += g.t() @ hc
-        ctx.grads = (grad_h, grad_w.to(weight.dtype), None if bias is None else grad_b.to(bias.dtype))
+                if grad_h is not None:
+                    grad_h[i:i + chunk] = g @ w
+                if grad_w is not None:
+                    grad_w += g.t() @ hc
+        ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                     None if grad_b is None else grad_b.to(bias.dtype))
         return total
 
     @staticmethod
     def backward(ctx, go):
-        grad_h, grad_w, grad_b = ctx.grads
+        grads = tuple(None if g is None else g.mul_(go) for g in ctx.grads)
         del ctx.grads
-        return (grad_h.mul_(go), grad_w.mul_(go), None if grad_b is None else grad_b.mul_(go),
-                None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 class Distilled(torch.nn.Module):

@@ -107,7 +107,7 @@ class _Losses:
         slot = self.slots[step % 2]
         slot.copy_(loss.detach().reshape(1), non_blocking=True)
         ev = torch.cuda.Event()
-        ev.record()
+        ev.record(torch.cuda.current_stream(loss.device))      # the loss's GPU, not the current device's
         self.waiting.append((step, slot, ev))
 
     def ready(self, flush: bool = False) -> list[tuple[int, float]]:
@@ -205,7 +205,7 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
                 if cfg.baseline:
                     loss = net(x)
                 else:
-                    ref = run_teacher(teacher, x, whole=ranks.distributed)
+                    ref = run_teacher(teacher, x, whole=ranks.distributed, hidden=cfg.hidden_loss > 0)
                     loss = net(x, ref, keep, cfg.hidden_loss)
                     del ref
             loss.backward()                                    # (sharded: gradients averaged over the ranks)
