@@ -242,6 +242,9 @@ def test_a_background_checkpoint_holds_the_state_of_its_step_while_training_goes
     names = {p: n for n, p in student.named_parameters()}
     want.update({f"optim/{names[p]}/{k}": v.detach().cpu().clone() for p, st in opt.state.items()
                  for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")})
+    if device == "cuda":                    # the copies' stream held back: the next steps run
+        with torch.cuda.stream(w.buffers.stream(torch.device("cuda", torch.cuda.current_device()))):
+            torch.cuda._sleep(200_000_000)  # long before the copies would, unless made to wait
     w.save(student, opt, {"settings": {}, "step": 1, "losses": [1.0]}, torch.Generator().get_state())
     for _ in range(3):
         step()
