@@ -98,6 +98,8 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool, plans: list 
         raise BadInput(f"--quant {req.quant} is not a {fmt} type; {fmt} offers {', '.join(names)}")
     if req.block_size is not None and not (entry.takes_block(req.quant) or (req.quant == "auto" and entry.takes_block())):
         raise BadInput("--block-size applies to ONNX int4 only")
+    if req.quant != "auto" and (problem := entry.choice_problem(model, entry.choice(req.quant, device, req.block_size))):
+        raise BadInput(problem)
     # a gate measures every build it tries: the plan offers it all that fit memory and speed
     gated = req.max_kld is not None or req.max_ppl_increase is not None
     budgets = planner.budgets_for(device, req.max_memory, req.min_decode_tps, req.context, model,

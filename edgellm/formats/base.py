@@ -125,6 +125,12 @@ class BuildFormat:
                     f"supported: {', '.join(sorted(self.families))}")
         return None
 
+    def choice_problem(self, model: ModelConfig, c: BuildChoice) -> str | None:
+        """Why this format cannot make build ``c`` of ``model`` although it takes the model
+        (a quantization it does not write for it); None when it can.  The planner never offers
+        such a build and the exporter refuses it before any work."""
+        return None
+
     def family_problem(self, family, noun: str) -> str | None:
         """Why this format cannot express ``family``'s model (a family the format supports asks,
         ``models/families/shape.py``); None when it can.  A format of fixed per-family graphs

@@ -83,10 +83,20 @@ class Onnx(BuildFormat):
         gathered = onnx_layout.tensor_bytes(emb, quant, block, resident=True)
         shared = quant in ("int4", "int8") and model.tied_embeddings     # one set of blocks, read by the head
         read = total - onnx_layout.rotary_bytes(model) - (0 if shared else gathered)
+        # a mixture of experts: a token reads the experts it is routed to, not the others
+        read -= sum(onnx_layout.tensor_bytes(t, quant, block, resident=True) * (t.experts - t.used) // t.experts
+                    for t in model.tensors if t.experts > 1)
         kind = {"fp32": "float32", "fp16": "float16", "int8": "int8", "int4": f"int4/{block}"}[quant]
         hist = Counter({kind: sum(t.is_matrix for t in model.tensors),
                         "float32": sum(not t.is_matrix for t in model.tensors)})
         return total, read, hist
+
+    def choice_problem(self, model, c):
+        if model.n_experts > 1 and c.quant in (OnnxQuant.INT8, OnnxQuant.INT4):
+            return (f"{model.name}: ONNX {c.quant} does not support mixture-of-experts models "
+                    f"({model.model_type}) yet (ONNX Runtime's quantized experts, QMoE, are not written); "
+                    "ONNX fp32 and fp16 are, and GGUF at any type")
+        return None
 
     def kernel_type(self, c: BuildChoice) -> str:
         """The matrix kernels a build runs (runtime/onnx_probe.py measures them): fp16 weights are

@@ -64,7 +64,8 @@ def candidate_choices(model: ModelConfig, device: DeviceProfile, formats: tuple[
     out = []
     for f in buildable_formats(model, formats):
         for c in f.candidates(device):
-            out.append(replace(c, calibrated=True) if calibrated and f.calibratable(c.quant) else c)
+            if f.choice_problem(model, c) is None:
+                out.append(replace(c, calibrated=True) if calibrated and f.calibratable(c.quant) else c)
     return out
 
 

@@ -33,6 +33,10 @@ class OnnxWriter(Writer):
             raise BadInput(f"ONNX export offers {', '.join(QUANTS)}; not {c.label}")
         ckpt = open_checkpoint(req.model_dir, req.allow_pickle)     # all input checks before any write
         arch = family_for(req.model, "onnx")
+        from edgellm.formats import format_for
+
+        if problem := format_for(c).choice_problem(req.model, c):
+            raise BadInput(problem)
         if not (req.model_dir / "tokenizer.json").is_file() and not (req.model_dir / "tokenizer.model").is_file():
             raise BadInput(f"{req.model_dir}: no tokenizer (tokenizer.json or tokenizer.model)")
         return Opened(ckpt, arch, {"block": c.block_size or INT8_EMBED_BLOCK})  # int8: blocks only in the embedding
