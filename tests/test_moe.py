@@ -1,6 +1,7 @@
 """Mixture-of-experts families (issue 29): qwen3_moe, mixtral and olmoe in GGUF, verified against
-transformers, byte-identical to llama.cpp's quantizer, priced by the experts a token uses, and
-refused in one line wherever edgellm does not take them yet."""
+transformers, byte-identical to llama.cpp's quantizer, priced by the experts a token uses; qwen3_moe
+and mixtral in float ONNX through ONNX Runtime's MoE operator; refused in one line wherever
+edgellm does not take them yet."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def test_the_plan_prices_decode_by_the_experts_a_token_uses():
 
 def test_moe_refusals_are_one_line_before_any_work(cli, tiny, tmp_path):
     q = moe(tiny, "qwen3_moe")
-    for flags, want in [(["--format", "onnx", "--quant", "int4"], "ONNX export does not support 'qwen3_moe'"),
+    for flags, want in [(["--format", "onnx", "--quant", "int4"], "ONNX int4 does not support mixture-of-experts"),
+                        (["--format", "onnx", "--quant", "int8"], "ONNX int8 does not support mixture-of-experts"),
                         (["--quant", "Q4_K_M", "--calibrate"], "--calibrate does not support mixture-of-experts")]:
         out = tmp_path / "out"
         r = cli("export", str(q), "--device", "laptop-x86-16gb", "-o", str(out), *flags)
@@ -70,6 +72,10 @@ def test_moe_refusals_are_one_line_before_any_work(cli, tiny, tmp_path):
     r = cli("distill", str(q), "-o", str(tmp_path / "s"), "--size", "0.5", "--steps", "1")
     assert r.returncode == 2 and "distillation does not support 'qwen3_moe'" in r.stderr, r.stderr
     assert not (tmp_path / "s").exists()
+    r = cli("export", str(moe(tiny, "olmoe")), "--device", "laptop-x86-16gb", "--format", "onnx", "--quant", "fp32",
+            "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "ONNX export does not support 'olmoe'" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     tied = tiny("olmoe", tied=True)
     r = cli("export", str(tied), "--device", "laptop-x86-16gb", "--quant", "F16", "-o", str(tmp_path / "t"))
     assert r.returncode == 2 and "olmoe graph needs its own output matrix" in r.stderr, r.stderr
@@ -94,6 +100,39 @@ def test_moe_configs_llama_cpp_would_run_differently_are_refused(cli, tiny, tmp_
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("arch,quant", [("qwen3_moe", "fp32"), ("mixtral", "fp32"), ("qwen3_moe", "fp16")])
+def test_moe_exports_to_onnx_through_onnx_runtimes_moe_operator_and_verifies(cli, tiny, tmp_path, arch, quant):
+    """Each MLP is one node of ONNX Runtime's MoE operator (softmax, top-k, renormalized, silu
+    gate times up, interleaved rows); the bundle verifies against transformers like any ONNX export."""
+    import onnx
+
+    m = export(cli, moe(tiny, arch), tmp_path / "b", "--format", "onnx", "--quant", quant)
+    v = m["verification"]
+    assert v["tokenizer"].startswith("identical") and v["held_out"]["top1_agreement"] > 0.99
+    assert v["held_out"]["mean_kld"] < (1e-9 if quant == "fp32" else 1e-5), v["held_out"]
+    graph = onnx.load(str(tmp_path / "b" / m["artifact"]), load_external_data=False).graph
+    nodes = [n for n in graph.node if n.op_type == "MoE"]
+    assert len(nodes) == 2 and all(n.domain == "com.microsoft" for n in nodes)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs["k"] == 2 and attrs["normalize_routing_weights"] == 1 and attrs["swiglu_fusion"] == 1
+    assert not any(n.op_type == "MatMul" and "mlp" in n.name for n in graph.node)       # no dense MLP left
+
+
+def test_the_plan_offers_onnx_moe_in_float_only_and_prices_its_active_experts():
+    from edgellm import devices, models
+    from edgellm.formats import format_for
+    from edgellm.formats.choice import BuildChoice
+    from edgellm.plan import planner
+
+    m = models.load_config("Qwen/Qwen3-30B-A3B")
+    device = devices.find("laptop-x86-16gb")
+    plan = planner.plan(m, device, planner.budgets_for(device, None, None, 4096, m), formats=("onnx",))
+    assert {str(c.choice.quant) for c in plan.candidates} == {"fp32", "fp16"}
+    c = BuildChoice.from_dict({"format": "onnx", "quant": "fp16", "kv_cache": "f32"})
+    total, read, _ = format_for(c).weights(m, c)
+    assert 0.09 < read / total < 0.13               # ~8/128 of the experts plus the dense part
+
+
 def test_a_checkpoint_missing_an_expert_is_refused_before_writing(cli, tiny, tmp_path):
     import shutil
 
@@ -106,6 +145,9 @@ def test_a_checkpoint_missing_an_expert_is_refused_before_writing(cli, tiny, tmp
     save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
     r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--quant", "Q4_K_M", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "blk.1.ffn_up_exps.weight needs experts 0-7" in r.stderr and "lacks expert(s) [5]" in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--format", "onnx", "--quant", "fp32", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no tensor 'model.layers.1.mlp.experts.5.up_proj.weight'" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
 
 

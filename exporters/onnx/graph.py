@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgellm.errors import BadInput
 from edgellm.models.families import Family
 from edgellm.exporters.onnx.weights import ExternalData, NBits, quantize_nbits
 
@@ -38,6 +39,8 @@ class Reader:
         self._names = set(ckpt.names())
 
     def __call__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise BadInput(f"the checkpoint has no tensor {name[:200]!r}, which its config.json's model needs")
         return np.asarray(self.ckpt.read(name), dtype=np.float32)
 
     def has(self, name: str) -> bool:
@@ -261,6 +264,11 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
         o = scaled(post(g.matmul(attn[0], arch.linear(read, names["o"]), f"layers.{i}.attn.o", bias(names["o"])),
                         names.get("post_attn_norm")))
         h, residual = skip_norm(o, residual, names["mlp_norm"])
+        if m.n_experts > 1:
+            pending = scaled(_experts(g, arch, read, i, h, hidden))
+            step += 1
+            progress(step, steps)
+            continue
         w_gate, w_up = arch.gate_up(read, i)
         up = g.matmul(h, w_up, f"layers.{i}.mlp.up", bias(names["up"]))
         if w_gate is None:                           # GPT-2: act(up), no gate
@@ -311,6 +319,19 @@ def build(arch: Family, read: Reader, weights: ExternalData, quant: str, block: 
                               producer_name="edgellm")
     model.ir_version = 10
     return model
+
+
+def _experts(g: Graph, arch: Family, read: Reader, i: int, h: str, hidden: int) -> str:
+    """Layer ``i``'s mixture of experts on ``h`` [B, S, hidden]: the router's float32 MatMul, then
+    ONNX Runtime's ``MoE`` operator (softmax, top-k, renormalized or not as the family routes,
+    each expert's silu(gate) * up and down) over the tokens flattened to [B * S, hidden]."""
+    router, fc1, fc2 = arch.moe(read, i)
+    flat = g.node("Reshape", [h, g.const("tokens_hidden", np.array([-1, hidden], np.int64))])
+    logits = g.node("MatMul", [flat, g.weights.add(f"layers.{i}.moe.router", np.ascontiguousarray(router.T))])
+    y = g.node("MoE", [flat, logits, g.weight(f"layers.{i}.moe.fc1", fc1), "", g.weight(f"layers.{i}.moe.fc2", fc2)],
+               domain=MS, name=f"layers.{i}.moe", k=arch.n_used, activation_type="swiglu", swiglu_fusion=1,
+               normalize_routing_weights=int(arch.renormalizes))
+    return g.node("Reshape", [y, g.node("Shape", [h])])
 
 
 def _head_norm(g: Graph, x: str, n: int, d: int, w: str, eps: float) -> str:

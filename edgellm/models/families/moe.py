@@ -9,8 +9,15 @@ expert, which the writer stacks expert by expert without holding the layer.  The
 
 What a token costs differs from what the file holds: memory holds every expert, a decoded token
 multiplies only its ``used`` experts (``TensorSpec.active_elements``), so the planner prices decode
-by the active weights.  ONNX, the NPU graph, calibration and distillation do not take these
-families yet; each refuses in one line before any work.
+by the active weights.
+
+ONNX (Qwen3-MoE and Mixtral, float32 and float16): each MLP is one node of ONNX Runtime's ``MoE``
+operator, which computes exactly these routers (softmax over the router's logits, top-k,
+renormalized weights, ``down(silu(gate) * up)`` per expert; benchmarks/RESULTS.md) with every
+expert's gate and up rows interleaved (``swiglu_fusion=1``; its CPU kernel refuses a separate
+gate).  Quantized ONNX (``QMoE``), OLMoE in ONNX (its q/k norms span the whole projection, not
+one head), the NPU graph, calibration and distillation do not take these families yet; each
+refuses in one line before any work.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ _EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts\.
 
 class MoE(Family):
     """A llama-style decoder whose every MLP is a mixture of gated experts."""
-    supports = frozenset({"gguf"})
+    supports = frozenset({"gguf", "onnx"})
     k_experts: ClassVar[tuple[str, ...]] = ("num_experts", "num_local_experts")
     k_expert_ffn: ClassVar[str] = "intermediate_size"
     # llama.cpp's graph renormalizes the top-k weights (Qwen3-MoE, Mixtral) or not (OLMoE): a
@@ -79,6 +86,34 @@ class MoE(Family):
         return (f"{self.name}: --calibrate does not support mixture-of-experts models ({self.cfg.get('model_type')}) "
                 "yet: export without it (llama.cpp's own recipe for the file type)")
 
+    # -- ONNX (ONNX Runtime's MoE operator) -----------------------------------------------------
+    moe_block: ClassVar[str] = "mlp"                                   # the layer's MLP module
+    expert_parts: ClassVar[tuple[str, str, str]] = ("gate_proj", "up_proj", "down_proj")
+
+    def moe(self, read, i: int):
+        """(router [experts, hidden], fc1 [experts, 2 x ffn, hidden] with each expert's gate and up
+        rows interleaved, fc2 [experts, hidden, ffn]) of layer ``i``, as ONNX Runtime's ``MoE``
+        operator takes them (float32).  A tensor of another shape is refused."""
+        import numpy as np
+
+        p = f"model.layers.{i}.{self.moe_block}."
+        n, hidden, ffn = self.n_experts, self.model.hidden, self.ffn_size(self.model.hidden)
+        gate, up, down = self.expert_parts
+
+        def tensor(name: str, shape: tuple[int, int]):
+            w = read(name)
+            if w.shape != shape:
+                raise BadInput(f"{self.name}: {name} has shape {list(w.shape)}; config.json implies {list(shape)}")
+            return w
+        router = tensor(p + "gate.weight", (n, hidden))
+        fc1 = np.empty((n, 2 * ffn, hidden), np.float32)
+        fc2 = np.empty((n, hidden, ffn), np.float32)
+        for e in range(n):
+            fc1[e, 0::2] = tensor(f"{p}experts.{e}.{gate}.weight", (ffn, hidden))
+            fc1[e, 1::2] = tensor(f"{p}experts.{e}.{up}.weight", (ffn, hidden))
+            fc2[e] = tensor(f"{p}experts.{e}.{down}.weight", (hidden, ffn))
+        return router, fc1, fc2
+
     # -- GGUF -----------------------------------------------------------------------------------
     def expert_of(self, hf_name: str) -> tuple[str, int] | None:
         """(the layer's stacked Hugging Face name, expert index) of one expert's tensor."""
@@ -128,6 +163,8 @@ class Mixtral(MoE):
     model_types = ("mixtral",)
     gguf_arch = "llama"
     permute_rotary = True
+    moe_block = "block_sparse_moe"
+    expert_parts = ("w1", "w3", "w2")
 
 
 @register
@@ -136,6 +173,7 @@ class Olmoe(MoE):
     model_types = ("olmoe",)
     gguf_arch = "olmoe"
     renormalizes = False
+    supports = frozenset({"gguf"})          # ONNX: the graph's q/k norms are per head, OLMoE's span the projection
 
     def format_problem(self, fmt) -> str | None:
         if fmt.key == "gguf" and self.model.tied_embeddings:
