@@ -1,6 +1,6 @@
 """Mixture-of-experts families (issue 29): qwen3_moe, mixtral and olmoe in GGUF, verified against
 transformers, byte-identical to llama.cpp's quantizer, priced by the experts a token uses; qwen3_moe
-and mixtral in float ONNX through ONNX Runtime's MoE operator; refused in one line wherever
+and mixtral in ONNX through ONNX Runtime's MoE and QMoE operators; refused in one line wherever
 edgellm does not take them yet."""
 
 from __future__ import annotations
@@ -62,9 +62,8 @@ def test_the_plan_prices_decode_by_the_experts_a_token_uses():
 
 def test_moe_refusals_are_one_line_before_any_work(cli, tiny, tmp_path):
     q = moe(tiny, "qwen3_moe")
-    for flags, want in [(["--format", "onnx", "--quant", "int4"], "ONNX int4 does not support mixture-of-experts"),
-                        (["--format", "onnx", "--quant", "int8"], "ONNX int8 does not support mixture-of-experts"),
-                        (["--quant", "Q4_K_M", "--calibrate"], "--calibrate does not support mixture-of-experts")]:
+    for flags, want in [(["--quant", "Q4_K_M", "--calibrate"], "--calibrate does not support mixture-of-experts"),
+                        (["--format", "onnx", "--quant", "int4", "--calibrate"], "--calibrate does not support mixture")]:
         out = tmp_path / "out"
         r = cli("export", str(q), "--device", "laptop-x86-16gb", "-o", str(out), *flags)
         assert r.returncode == 2 and want in r.stderr, r.stderr
@@ -100,25 +99,93 @@ def test_moe_configs_llama_cpp_would_run_differently_are_refused(cli, tiny, tmp_
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("arch,quant", [("qwen3_moe", "fp32"), ("mixtral", "fp32"), ("qwen3_moe", "fp16")])
-def test_moe_exports_to_onnx_through_onnx_runtimes_moe_operator_and_verifies(cli, tiny, tmp_path, arch, quant):
-    """Each MLP is one node of ONNX Runtime's MoE operator (softmax, top-k, renormalized, silu
-    gate times up, interleaved rows); the bundle verifies against transformers like any ONNX export."""
+@pytest.mark.parametrize("arch,quant,kld,top1", [("qwen3_moe", "fp32", 1e-9, 0.99), ("mixtral", "fp32", 1e-9, 0.99),
+                                                  ("qwen3_moe", "fp16", 1e-5, 0.99), ("qwen3_moe", "int8", 2e-3, 0.9),
+                                                  ("mixtral", "int4", 0.1, 0.5)])
+def test_moe_exports_to_onnx_through_onnx_runtimes_moe_operator_and_verifies(cli, tiny, tmp_path, arch, quant, kld, top1):
+    """Each MLP is one node of ONNX Runtime's MoE operator (QMoE for int8 and int4: softmax, top-k,
+    renormalized, silu gate times up, interleaved rows); the bundle verifies against transformers
+    like any ONNX export (a random tiny model's near-uniform distributions make top-1 fragile)."""
     import onnx
 
     m = export(cli, moe(tiny, arch), tmp_path / "b", "--format", "onnx", "--quant", quant)
     v = m["verification"]
-    assert v["tokenizer"].startswith("identical") and v["held_out"]["top1_agreement"] > 0.99
-    assert v["held_out"]["mean_kld"] < (1e-9 if quant == "fp32" else 1e-5), v["held_out"]
+    assert v["tokenizer"].startswith("identical") and v["held_out"]["top1_agreement"] > top1
+    assert v["held_out"]["mean_kld"] < kld, v["held_out"]
     graph = onnx.load(str(tmp_path / "b" / m["artifact"]), load_external_data=False).graph
-    nodes = [n for n in graph.node if n.op_type == "MoE"]
+    op = "QMoE" if quant in ("int8", "int4") else "MoE"
+    nodes = [n for n in graph.node if n.op_type == op]
     assert len(nodes) == 2 and all(n.domain == "com.microsoft" for n in nodes)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
     assert attrs["k"] == 2 and attrs["normalize_routing_weights"] == 1 and attrs["swiglu_fusion"] == 1
+    assert attrs.get("expert_weight_bits") == {"int8": 8, "int4": 4}.get(quant)
     assert not any(n.op_type == "MatMul" and "mlp" in n.name for n in graph.node)       # no dense MLP left
 
 
-def test_the_plan_offers_onnx_moe_in_float_only_and_prices_its_active_experts():
+@pytest.mark.parametrize("bits,block", [(8, None), (4, 32), (4, 16)])
+def test_quantized_experts_are_laid_out_as_onnx_runtimes_qmoe_reads_them(bits, block):
+    """One QMoE node on weights from ``quantize_experts`` against numpy on their dequantized values:
+    equal to float rounding (a wrong nibble order or scale layout is off by the weights' size)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgellm.exporters.onnx.weights import quantize_experts
+
+    rng = np.random.default_rng(0)
+    e, hidden, ffn, k = 4, 64, 32, 2
+    fc1, fc2 = rng.standard_normal((e, 2 * ffn, hidden), np.float32), rng.standard_normal((e, hidden, ffn), np.float32)
+    x, r = rng.standard_normal((5, hidden), np.float32), rng.standard_normal((5, e), np.float32)
+
+    def dequantized(w):
+        q, s = quantize_experts(w, bits, block)
+        if bits == 4:
+            q = np.stack([q & 15, q >> 4], -1).reshape(w.shape)
+        q = q.astype(np.float32) - (8 if bits == 4 else 128)
+        return (q.reshape(*w.shape[:2], -1, block) * s[..., None]).reshape(w.shape) if block else q * s[..., None]
+    d1, d2 = dequantized(fc1), dequantized(fc2)
+    assert np.abs(d1 - fc1).max() < (0.5 if bits == 4 else 0.02) * np.abs(fc1).max()
+    p = np.exp(r - r.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    want = np.zeros_like(x)
+    for t in range(len(x)):
+        top = np.argsort(-p[t])[:k]
+        for ex, wt in zip(top, p[t, top] / p[t, top].sum()):
+            a = d1[ex] @ x[t]
+            want[t] += wt * (d2[ex] @ (a[0::2] / (1 + np.exp(-a[0::2])) * a[1::2]))
+    inits = []
+    for name, w in (("fc1", fc1), ("fc2", fc2)):
+        q, s = quantize_experts(w, bits, block)
+        inits += [onnx.numpy_helper.from_array(q, name), onnx.numpy_helper.from_array(s, name + ".s")]
+    node = helper.make_node("QMoE", ["x", "r", "fc1", "fc1.s", "", "fc2", "fc2.s", ""], ["y"], domain="com.microsoft",
+                            k=k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=1,
+                            expert_weight_bits=bits, **({"block_size": block} if block else {}))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, hidden]),
+                                            helper.make_tensor_value_info("r", TensorProto.FLOAT, [None, e])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "r": r})[0]
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
+def test_onnx_int4_blocks_must_divide_the_experts_rows():
+    from edgellm.formats import format_for
+    from edgellm.formats.choice import BuildChoice
+    from edgellm.models.families import from_config_dict
+
+    cfg = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 256,
+           "intermediate_size": 512, "moe_intermediate_size": 96, "num_experts": 8, "num_experts_per_tok": 2,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+           "vocab_size": 1024, "tie_word_embeddings": False, "max_position_embeddings": 512}
+    m = from_config_dict(cfg, "m")
+    for block, refused in ((32, False), (64, True)):
+        c = BuildChoice.from_dict({"format": "onnx", "quant": "int4", "kv_cache": "f32", "block_size": block})
+        problem = format_for(c).choice_problem(m, c)
+        assert (problem is not None) == refused and (not refused or "do not divide the experts' rows" in problem)
+
+
+def test_the_plan_offers_onnx_moe_and_prices_its_active_experts():
     from edgellm import devices, models
     from edgellm.formats import format_for
     from edgellm.formats.choice import BuildChoice
@@ -127,7 +194,7 @@ def test_the_plan_offers_onnx_moe_in_float_only_and_prices_its_active_experts():
     m = models.load_config("Qwen/Qwen3-30B-A3B")
     device = devices.find("laptop-x86-16gb")
     plan = planner.plan(m, device, planner.budgets_for(device, None, None, 4096, m), formats=("onnx",))
-    assert {str(c.choice.quant) for c in plan.candidates} == {"fp32", "fp16"}
+    assert {str(c.choice.quant) for c in plan.candidates} == {"fp32", "fp16", "int8", "int4"}
     c = BuildChoice.from_dict({"format": "onnx", "quant": "fp16", "kv_cache": "f32"})
     total, read, _ = format_for(c).weights(m, c)
     assert 0.09 < read / total < 0.13               # ~8/128 of the experts plus the dense part

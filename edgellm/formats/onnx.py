@@ -92,10 +92,12 @@ class Onnx(BuildFormat):
         return total, read, hist
 
     def choice_problem(self, model, c):
-        if model.n_experts > 1 and c.quant in (OnnxQuant.INT8, OnnxQuant.INT4):
-            return (f"{model.name}: ONNX {c.quant} does not support mixture-of-experts models "
-                    f"({model.model_type}) yet (ONNX Runtime's quantized experts, QMoE, are not written); "
-                    "ONNX fp32 and fp16 are, and GGUF at any type")
+        if model.n_experts > 1 and c.quant == OnnxQuant.INT4:
+            widths = sorted({t.ne0 for t in model.tensors if t.experts > 1})      # the experts' input widths
+            if any(w % (c.block_size or 32) for w in widths):
+                return (f"{model.name}: ONNX int4 blocks of {c.block_size or 32} do not divide the experts' rows "
+                        f"({', '.join(map(str, widths))} weights); ONNX Runtime's QMoE needs whole blocks: "
+                        "choose --block-size among 16, 32, 64, 128 that divides them, or int8")
         return None
 
     def kernel_type(self, c: BuildChoice) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgellm.errors import BadInput
 from edgellm.models.families import Family
-from edgellm.exporters.onnx.weights import ExternalData, NBits, quantize_nbits
+from edgellm.exporters.onnx.weights import ExternalData, NBits, quantize_experts, quantize_nbits
 
 MS = "com.microsoft"
 QUANTS = ("fp32", "fp16", "int8", "int4")
@@ -328,9 +328,20 @@ def _experts(g: Graph, arch: Family, read: Reader, i: int, h: str, hidden: int) 
     router, fc1, fc2 = arch.moe(read, i)
     flat = g.node("Reshape", [h, g.const("tokens_hidden", np.array([-1, hidden], np.int64))])
     logits = g.node("MatMul", [flat, g.weights.add(f"layers.{i}.moe.router", np.ascontiguousarray(router.T))])
-    y = g.node("MoE", [flat, logits, g.weight(f"layers.{i}.moe.fc1", fc1), "", g.weight(f"layers.{i}.moe.fc2", fc2)],
-               domain=MS, name=f"layers.{i}.moe", k=arch.n_used, activation_type="swiglu", swiglu_fusion=1,
-               normalize_routing_weights=int(arch.renormalizes))
+    attrs = dict(domain=MS, name=f"layers.{i}.moe", k=arch.n_used, activation_type="swiglu", swiglu_fusion=1,
+                 normalize_routing_weights=int(arch.renormalizes))
+    if g.quant in ("int4", "int8"):          # QMoE: 8 bits a scale per row, 4 bits per block of the row
+        bits = 4 if g.quant == "int4" else 8
+        block = g.block if bits == 4 else None
+        ins = [flat, logits]
+        for name, w in (("fc1", fc1), ("fc2", fc2)):
+            q, scales = quantize_experts(w, bits, block)
+            ins += [g.weights.add(f"layers.{i}.moe.{name}.qweight", q),
+                    g.weights.add(f"layers.{i}.moe.{name}.scales", scales), ""]
+        y = g.node("QMoE", ins, expert_weight_bits=bits, **({"block_size": block} if block else {}), **attrs)
+    else:
+        y = g.node("MoE", [flat, logits, g.weight(f"layers.{i}.moe.fc1", fc1), "", g.weight(f"layers.{i}.moe.fc2", fc2)],
+                   **attrs)
     return g.node("Reshape", [y, g.node("Shape", [h])])
 
 

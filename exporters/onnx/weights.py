@@ -11,7 +11,10 @@ Weight encodings (ONNX MatMul layout: B is [K, N], K the input features):
   (``quantize_matmul_4bits``, the kernel MatMulNBitsQuantizer calls), asymmetric with a zero point
   per block, as MatMulNBitsQuantizer does by default; embeddings (int4 and int8) in the same block
   layout for GatherBlockQuantized;
-- int8 matrices: MatMulNBits blocks of 8 bits (``quantize_nbits``), as int4's are of 4.
+- int8 matrices: MatMulNBits blocks of 8 bits (``quantize_nbits``), as int4's are of 4;
+- a mixture's stacked experts for ONNX Runtime's ``QMoE`` (``quantize_experts``): symmetric, the
+  zero point fixed at the middle of the range, 8 bits with a scale per row, 4 bits with a scale per
+  block of the row (two weights a byte, the first in the low nibble).
 """
 
 from __future__ import annotations
@@ -35,6 +38,21 @@ class NBits:
     n: int
     bits: int
     block: int
+
+
+def quantize_experts(w: np.ndarray, bits: int, block: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked expert weights [experts, N, K] (out, in) -> (uint8 weights [experts, N, K * bits / 8],
+    float32 scales [experts, N] per row, or [experts, N, K / block]), round to nearest, as
+    ONNX Runtime's ``QMoE`` reads them (checked against a numpy reference: benchmarks/RESULTS.md)."""
+    e, n, k = w.shape
+    qmax, zero = (7, 8) if bits == 4 else (127, 128)
+    groups = w.reshape(e, n, k // block, block) if block else w.reshape(e, n, 1, k)
+    scale = np.abs(groups).max(-1) / qmax
+    scale[scale == 0] = 1.0
+    q = (np.clip(np.rint(groups / scale[..., None]), -qmax - 1, qmax) + zero).astype(np.uint8).reshape(e, n, k)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return np.ascontiguousarray(q), (scale if block else scale[..., 0]).astype(np.float32)
 
 
 def quantize_nbits(w_nk: np.ndarray, bits: int, block: int) -> NBits:

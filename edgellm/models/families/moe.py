@@ -11,13 +11,13 @@ What a token costs differs from what the file holds: memory holds every expert, 
 multiplies only its ``used`` experts (``TensorSpec.active_elements``), so the planner prices decode
 by the active weights.
 
-ONNX (Qwen3-MoE and Mixtral, float32 and float16): each MLP is one node of ONNX Runtime's ``MoE``
-operator, which computes exactly these routers (softmax over the router's logits, top-k,
+ONNX (Qwen3-MoE and Mixtral): each MLP is one node of ONNX Runtime's ``MoE`` operator (``QMoE``
+for int8 and int4), which computes exactly these routers (softmax over the router's logits, top-k,
 renormalized weights, ``down(silu(gate) * up)`` per expert; benchmarks/RESULTS.md) with every
 expert's gate and up rows interleaved (``swiglu_fusion=1``; its CPU kernel refuses a separate
-gate).  Quantized ONNX (``QMoE``), OLMoE in ONNX (its q/k norms span the whole projection, not
-one head), the NPU graph, calibration and distillation do not take these families yet; each
-refuses in one line before any work.
+gate).  OLMoE in ONNX (its q/k norms span the whole projection, not one head), the NPU graph,
+calibration and distillation do not take these families yet; each refuses in one line before any
+work.
 """
 
 from __future__ import annotations
