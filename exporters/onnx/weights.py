@@ -46,13 +46,16 @@ def quantize_experts(w: np.ndarray, bits: int, block: int | None) -> tuple[np.nd
     ONNX Runtime's ``QMoE`` reads them (checked against a numpy reference: benchmarks/RESULTS.md)."""
     e, n, k = w.shape
     qmax, zero = (7, 8) if bits == 4 else (127, 128)
-    groups = w.reshape(e, n, k // block, block) if block else w.reshape(e, n, 1, k)
-    scale = np.abs(groups).max(-1) / qmax
-    scale[scale == 0] = 1.0
-    q = (np.clip(np.rint(groups / scale[..., None]), -qmax - 1, qmax) + zero).astype(np.uint8).reshape(e, n, k)
-    if bits == 4:
-        q = q[..., 0::2] | (q[..., 1::2] << 4)
-    return np.ascontiguousarray(q), (scale if block else scale[..., 0]).astype(np.float32)
+    out = np.empty((e, n, k * bits // 8), np.uint8)
+    scales = np.empty((e, n, k // block if block else 1), np.float32)
+    for x in range(e):                       # an expert at a time: the temporaries stay one expert's
+        groups = w[x].reshape(n, -1, block or k)
+        scale = np.abs(groups).max(-1) / qmax
+        scale[scale == 0] = 1.0
+        q = (np.clip(np.rint(groups / scale[..., None]), -qmax - 1, qmax) + zero).astype(np.uint8).reshape(n, k)
+        out[x] = q[:, 0::2] | (q[:, 1::2] << 4) if bits == 4 else q
+        scales[x] = scale
+    return out, (scales if block else scales[..., 0])
 
 
 def quantize_nbits(w_nk: np.ndarray, bits: int, block: int) -> NBits:
