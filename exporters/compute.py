@@ -45,17 +45,15 @@ def gpu_memory(device: str) -> tuple[int, int]:
     return torch.cuda.mem_get_info(torch.device(device))
 
 
-def peak_gpu_bytes(device: str) -> int | None:
+def peak_gpu_bytes(device: str, reserved: bool = False) -> int | None:
+    """The most GPU memory tensors took; ``reserved``: that torch's allocator held (tensors and
+    its cache's unused blocks)."""
     import torch
 
-    return int(torch.cuda.max_memory_allocated(torch.device(device))) if is_gpu(device) else None
-
-
-def peak_gpu_reserved_bytes(device: str) -> int | None:
-    """The most GPU memory torch's allocator held (tensors and the cache's unused blocks)."""
-    import torch
-
-    return int(torch.cuda.max_memory_reserved(torch.device(device))) if is_gpu(device) else None
+    if not is_gpu(device):
+        return None
+    peak = torch.cuda.max_memory_reserved if reserved else torch.cuda.max_memory_allocated
+    return int(peak(torch.device(device)))
 
 
 @contextmanager

@@ -111,15 +111,15 @@ class HostBuffers:
         self.used = 0
         self.views: dict = {}
         self.registered = False
-        self.streams: dict = {}
+        self.side = None
 
     def stream(self, device):
-        """The side stream the copies of ``device``'s tensors run on (one, reused)."""
+        """The side stream the copies run on (one GPU process: one, on ``device``, reused)."""
         import torch
 
-        if device not in self.streams:
-            self.streams[device] = torch.cuda.Stream(device)
-        return self.streams[device]
+        if self.side is None:
+            self.side = torch.cuda.Stream(device)
+        return self.side
 
     def reserve(self, nbytes: int) -> None:
         import torch
@@ -324,9 +324,9 @@ class Writer:
         if self.copied is not None:
             import torch
 
-            stream = next(iter(self.buffers.streams.values()))       # one GPU process: one side stream
-            torch.cuda.current_stream(stream.device).wait_event(self.copied)    # (its device's, which
-            self.copied = None                                       # need not be the current one)
+            # the side stream's device's, which need not be the current one
+            torch.cuda.current_stream(self.buffers.side.device).wait_event(self.copied)
+            self.copied = None
 
     def _write(self, tensors: dict, body: dict, copied=None) -> None:
         work = self.work

@@ -24,7 +24,7 @@ inside its forward, where FSDP has gathered them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +47,13 @@ class Teacher:
     logits: torch.Tensor | None = None
     head: torch.nn.Module | None = None
     cap: float | None = None
+    _cast: tuple | None = field(default=None, init=False, repr=False)   # (dtype, head weight, bias) in it
 
     def rows(self, i: int, j: int, dtype) -> torch.Tensor:
         """Logits of tokens i..j (flattened over the batch), the products in ``dtype``."""
         if self.logits is not None:
             return self.logits.reshape(-1, self.logits.shape[-1])[i:j]
-        if getattr(self, "_cast", (None,))[0] != dtype:        # the head cast once per batch, not per chunk
+        if self._cast is None or self._cast[0] != dtype:       # the head cast once per batch, not per chunk
             b = self.head.bias
             self._cast = (dtype, self.head.weight.to(dtype), None if b is None else b.to(dtype))
         _, w, b = self._cast

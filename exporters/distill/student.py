@@ -155,7 +155,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
     s_model = from_config_dict(shape, str(req.out))
     say(f"student: {s_model.n_layers} layers, hidden {s_model.hidden}, {s_model.n_params:,} parameters "
         f"(teacher {t_cfg.n_params:,})")
-    from edgellm.exporters.compute import gpu_memory_guard, peak_gpu_bytes, peak_gpu_reserved_bytes
+    from edgellm.exporters.compute import gpu_memory_guard, peak_gpu_bytes
 
     say(f"training on {cfg.device}" + (f" and {ranks.world - 1} more processes (FSDP2)" if ranks.distributed else ""))
     seen: list[Progress] = []
@@ -175,7 +175,7 @@ def _distill(req: StudentRequest, say, progress, stop_after, ranks) -> StudentRe
                   "tokens_per_s_with_warmup": last.tokens_per_s if last else None,
                   "steady_after_steps": WARMUP_STEPS if last and last.steady_tokens_per_s else 0,
                   "peak_gpu_bytes": peak_gpu_bytes(cfg.device),
-                  "peak_gpu_reserved_bytes": peak_gpu_reserved_bytes(cfg.device), **setup}
+                  "peak_gpu_reserved_bytes": peak_gpu_bytes(cfg.device, reserved=True), **setup}
     if stop_after is not None and len(losses) < cfg.steps:
         raise EdgeLLMError(f"stopped after step {len(losses)} of {cfg.steps}; --resume continues")
     if ranks.distributed:                       # the whole student on rank 0; the others are done
