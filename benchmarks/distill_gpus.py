@@ -79,7 +79,7 @@ def _one_gpu(a, teacher: Path, work: Path) -> int:
         rows.append((label, t["tokens_per_s"], t["peak_gpu_bytes"], t.get("peak_gpu_reserved_bytes") or 0))
         print(f"edgellm: {json.dumps(t)}", flush=True)
     student = work / "one"
-    for loop in a.loops.split(","):
+    for loop in filter(None, a.loops.split(",")):
         r = _reference([str(teacher), str(student), "--loop", loop, "--batch", str(a.batch), "--seq", str(a.seq)])
         rows.append((f"reference loop, {loop}", r["tokens_per_s"], r["peak_gpu_bytes"], r.get("peak_gpu_reserved_bytes") or 0))
         print(f"reference {loop}: {json.dumps(r)}", flush=True)

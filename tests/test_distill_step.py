@@ -319,3 +319,27 @@ def test_checkpoint_host_memory_is_one_exact_arena_reused_at_every_checkpoint(tm
     assert not base <= big.data_ptr() < end
     w.close()
     assert w.buffers.arena is None
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0])     # gradients under and over the clipping norm
+def test_a_fused_adamw_clips_through_its_grad_scale_as_clip_grad_norm_then_step_does(scale):
+    """The fused optimizer's clip (its grad_scale) moves the weights as clip_grad_norm_ and a plain
+    step do, and the optimizer is left without a scale for anyone stepping it later."""
+    from edgellm.exporters.distill.train import _clipped_step
+
+    def run(fused_clip: bool):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Linear(32, 8))
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True)
+        for _ in range(3):
+            m(torch.randn(16, 32) * scale).pow(2).sum().backward()
+            if fused_clip:
+                _clipped_step(opt, 1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+        assert getattr(opt, "grad_scale", None) is None
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    torch.testing.assert_close(run(True), run(False), rtol=0, atol=1e-6)

@@ -88,6 +88,30 @@ def _lr(cfg: DistillConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+MAX_GRAD_NORM = 1.0
+
+
+def _clipped_step(opt, max_norm: float) -> None:
+    """The gradients clipped to a total norm of ``max_norm`` (as ``clip_grad_norm_``), then
+    ``opt.step()``.  A fused AdamW divides the gradients by its ``grad_scale`` as it reads them
+    (the hook torch's GradScaler uses), so there the clip costs one read of the gradients (the
+    norm) instead of a read and a rewrite more: a float32 copy of the student each way, about 4 ms
+    a step on a 1.5 B student.  Equal to clip-then-step up to the last bit of rounding (tested)."""
+    import torch
+
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if not opt.defaults.get("fused"):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        opt.step()
+        return
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    opt.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)    # clip_grad_norm_'s coefficient, inverted
+    try:
+        opt.step()
+    finally:
+        del opt.grad_scale
+
+
 class _Losses:
     """Each step's loss read back without stalling the GPU: on CUDA the value is copied into
     pinned memory behind the step and read one step later, once an event says it is there, so
@@ -209,9 +233,8 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
                     loss = net(x, ref, keep, cfg.hidden_loss)
                     del ref
             loss.backward()                                    # (sharded: gradients averaged over the ranks)
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             writer.before_update()
-            opt.step()
+            _clipped_step(opt, MAX_GRAD_NORM)
             opt.zero_grad(set_to_none=True)    # now, not before the next backward: the gradients (a
                                                # float32 copy of the student) are not held through the
                                                # next forward pass, when its activations peak
