@@ -62,8 +62,8 @@ def test_the_plan_prices_decode_by_the_experts_a_token_uses():
 
 def test_moe_refusals_are_one_line_before_any_work(cli, tiny, tmp_path):
     q = moe(tiny, "qwen3_moe")
-    for flags, want in [(["--quant", "Q4_K_M", "--calibrate"], "--calibrate does not support mixture-of-experts"),
-                        (["--format", "onnx", "--quant", "int4", "--calibrate"], "--calibrate does not support mixture")]:
+    for flags, want in [(["--format", "onnx", "--quant", "int4", "--calibrate"],
+                         "--calibrate does not support ONNX builds of mixture-of-experts")]:
         out = tmp_path / "out"
         r = cli("export", str(q), "--device", "laptop-x86-16gb", "-o", str(out), *flags)
         assert r.returncode == 2 and want in r.stderr, r.stderr
@@ -230,3 +230,72 @@ def test_the_planned_pi5_decode_of_qwen3_30b_a3b_meets_the_published_figure():
     spec.loader.exec_module(bench)
     for prof, name, bpw, tps, _ in bench.PUBLISHED_MOE:
         assert 0.75 <= bench.moe_planned(prof, name, bpw) / tps <= 1.25
+
+
+@pytest.mark.parametrize("arch", MOE)
+def test_calibrated_moe_builds_weigh_each_expert_by_the_tokens_routed_to_it(cli, tiny, tmp_path, arch):
+    """--calibrate on a mixture: each expert's importance from its own tokens, recorded per layer;
+    the experts keep the recipe's types; the build is closer to the model than the plain one."""
+    cal = export(cli, moe(tiny, arch), tmp_path / "c", "--quant", "Q3_K_M", "--calibrate")
+    plain = export(cli, moe(tiny, arch), tmp_path / "u", "--quant", "Q3_K_M")
+    experts = cal["calibration"]["experts"]
+    assert (experts["layers"], experts["experts_per_layer"], experts["unreached"]) == (2, 8, 0)
+    assert experts["min_tokens"] > 0 and "routed" in experts["per_expert"]
+    types = {t: n for t, n in plain["tensor_types"].items()}
+    assert cal["verification"]["held_out"]["mean_kld"] < 0.8 * plain["verification"]["held_out"]["mean_kld"]
+    assert sum(cal["tensor_types"].values()) == sum(types.values())
+
+
+def test_an_expert_no_calibration_token_reaches_gets_no_garbage_statistics(cli, tiny, tmp_path, monkeypatch):
+    """Expert 3 never routed to while calibrating: its down projection is rounded without weights,
+    byte for byte as in the uncalibrated file; its gate/up are weighted by every token's statistics
+    (so differ from the plain rounding), and the record says how many experts went unreached."""
+    import gguf
+
+    from edgellm.exporters.calibrate import common
+
+    record = common.ExpertStats.record
+    monkeypatch.setattr(common.ExpertStats, "record",
+                        lambda self, mod, hidden, chosen: record(self, mod, hidden, chosen.masked_fill(chosen == 3, 0)))
+    folder = moe(tiny, "qwen3_moe")
+    cal = export(cli, folder, tmp_path / "c", "--quant", "Q4_K_M", "--calibrate", "--no-verify")
+    plain = export(cli, folder, tmp_path / "u", "--quant", "Q4_K_M", "--no-verify")
+    assert cal["calibration"]["experts"]["unreached"] == 2          # expert 3 of each of the 2 layers
+
+    def tensors(d, m):
+        return {t.name: (t.tensor_type.name, t.data.reshape(8, -1)) for t in gguf.GGUFReader(d / m["artifact"]).tensors
+                if t.name.startswith("blk.0.ffn_") and t.name.endswith("_exps.weight")}
+    c, p = tensors(tmp_path / "c", cal), tensors(tmp_path / "u", plain)
+    for name in c:
+        assert c[name][0] == p[name][0]                             # the recipe's type either way
+    down, gate = c["blk.0.ffn_down_exps.weight"][1], c["blk.0.ffn_gate_exps.weight"][1]
+    assert (down[3] == p["blk.0.ffn_down_exps.weight"][1][3]).all()
+    assert not (down[0] == p["blk.0.ffn_down_exps.weight"][1][0]).all()
+    assert not (gate[3] == p["blk.0.ffn_gate_exps.weight"][1][3]).all()
+
+
+def test_expert_statistics_are_each_experts_own_tokens_shrunk_toward_a_prior():
+    import numpy as np
+    import torch
+
+    from edgellm.exporters.calibrate.common import EXPERT_PRIOR_TOKENS as K, ExpertStats
+
+    torch.manual_seed(0)
+    mod = torch.nn.Module()
+    mod.gate_up_proj = torch.nn.Parameter(torch.randn(4, 2 * 6, 5))
+    mod.act_fn = torch.nn.functional.silu
+    x = torch.randn(10, 5)
+    chosen = torch.tensor([[0, 1]] * 6 + [[1, 2]] * 4)              # expert 3 never; expert 2 four tokens
+    st = ExpertStats(("g", "u"), "d", 4, 5, 6, "cpu")
+    st.record(mod, x, chosen)
+    imp = st.importance()
+    assert imp["g"] is imp["u"] and imp["d"][3] is None
+    every = (x * x).mean(0).numpy()
+    np.testing.assert_allclose(imp["g"][3], every, rtol=1e-5)       # unreached: what any token brings
+    own = (x[6:] ** 2).sum(0).numpy()
+    np.testing.assert_allclose(imp["g"][2], (own + K * every) / (4 + K), rtol=1e-5)
+    g, u = (x[6:] @ mod.gate_up_proj[2].T).chunk(2, -1)
+    a2 = ((torch.nn.functional.silu(g) * u) ** 2).detach()
+    want = (a2.sum(0) + K * a2.mean(0).mean()) / (4 + K)
+    np.testing.assert_allclose(imp["d"][2], want.numpy(), rtol=1e-5)
+    assert st.summary() == {"experts": 4, "unreached": 1, "min_tokens": 0, "median_tokens": 5.0}

@@ -61,11 +61,16 @@ def candidate_choices(model: ModelConfig, device: DeviceProfile, formats: tuple[
                       calibrated: bool = False) -> list[BuildChoice]:
     """Every build of ``formats`` that can be made for ``model`` and run on ``device``; with
     ``calibrated`` the quantized ones are the calibrated kind."""
+    from edgellm.models.families.registry import family_of
+
     out = []
     for f in buildable_formats(model, formats):
+        # a format the family cannot calibrate offers none of its quantized builds: not silently uncalibrated ones
+        uncalibratable = calibrated and family_of(model).calibration_problem(f.format) is not None
         for c in f.candidates(device):
-            if f.choice_problem(model, c) is None:
-                out.append(replace(c, calibrated=True) if calibrated and f.calibratable(c.quant) else c)
+            if f.choice_problem(model, c) is not None or (uncalibratable and f.calibratable(c.quant)):
+                continue
+            out.append(replace(c, calibrated=True) if calibrated and f.calibratable(c.quant) else c)
     return out
 
 

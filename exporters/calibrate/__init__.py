@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgellm.exporters.calibrate.common import Calibration, calibration_windows, default_text
+from edgellm.exporters.calibrate.common import EXPERT_PRIOR_TOKENS, Calibration, calibration_windows, default_text
 from edgellm.exporters.calibrate.memory import CalibrationNeed, need, preflight
 
 __all__ = ["Calibration", "CalibrationData", "CalibrationNeed", "calibration_windows", "collect",
@@ -86,4 +86,18 @@ class CalibrationData:
         return {"text": self.source, "tokens": cal.tokens, "windows": cal.windows, "context": cal.context,
                 "device": cal.device, "precision": cal.precision, "fisher_tokens": cal.fisher_tokens,
                 "fisher_per": cal.fisher_per, "hessian_tokens": cal.hessian_tokens,
-                "seconds": cal.phases.seconds}     # the live record: the writer's phases (XᵀX, GPTQ) come later
+                "seconds": cal.phases.seconds,     # the live record: the writer's phases (XᵀX, GPTQ) come later
+                **({"experts": _experts_record(cal.experts)} if cal.experts else {})}
+
+
+def _experts_record(layers: dict) -> dict:
+    """A mixture's routing over the calibration text: per layer and over all, experts no token
+    reached (their gate/up importance is the layer's all-token one; their down projection is
+    rounded without weights: ``common.ExpertStats``) and the fewest tokens an expert got."""
+    return {"per_expert": "each expert's importance from the tokens routed to it (llama.cpp's imatrix "
+                          f"counting), shrunk toward a prior by {EXPERT_PRIOR_TOKENS} tokens' weight; an expert no token reached: "
+                          "gate/up weighted by every token's statistics, down rounded without weights",
+            "layers": len(layers), "experts_per_layer": max(s["experts"] for s in layers.values()),
+            "unreached": sum(s["unreached"] for s in layers.values()),
+            "min_tokens": min(s["min_tokens"] for s in layers.values()),
+            "per_layer": layers}

@@ -76,6 +76,7 @@ class Calibration:
     fisher_per: str = "window"       # its samples: a window's squared gradient, or each token's
     hessian_tokens: int = 0          # the tokens XᵀX was gathered on (0: all, or none asked for)
     phases: Phases = field(default_factory=Phases)     # where the time went (``Phases``)
+    experts: dict = field(default_factory=dict)        # mixtures of experts: ``ExpertStats.summary``
 
 
 def default_text(limit_bytes: int = 1 << 20) -> str:
@@ -211,3 +212,99 @@ def linear_inputs(model):
             yield names[id(w)], mod, False
         elif type(mod).__name__ == "Conv1D":
             yield names[id(w)], mod, True
+
+
+EXPERT_PRIOR_TOKENS = 8      # an expert's statistics are its routed tokens' plus this many tokens' worth of a prior
+
+
+class ExpertStats:
+    """Importance per input column of each expert of a mixture (transformers 5's fused experts
+    module: ``gate_up_proj`` [experts, 2 x ffn, hidden], ``down_proj`` [experts, hidden, ffn],
+    ``act_fn``), from the tokens the router sends to it, as llama.cpp's importance matrix counts
+    them for its merged expert tensors: each expert sees only its own tokens, and its mean x² is
+    over those.  Gathered by a hook on the experts module (its inputs: hidden states, the chosen
+    experts); the down projection's input (act(gate) * up of the routed tokens) is recomputed
+    there under the caller's autocast, as the module computes it.
+
+    Few tokens make a noisy mean, and an expert no calibration token reached has none, so each
+    expert's mean is shrunk toward a prior by ``EXPERT_PRIOR_TOKENS`` tokens' weight:
+    - gate and up: the mean over every token entering the layer's experts (what any token brings:
+      an expert's inputs are those, chosen by the router), so an unreached expert gets exactly it;
+    - down: a flat importance at the expert's own mean, and an unreached expert none at all: it is
+      rounded by ggml without importance weights, byte for byte as in the uncalibrated file (what
+      llama.cpp's imatrix tools settled on for experts without data: ik_llama.cpp PR 202).
+    """
+
+    def __init__(self, gate_up_keys: tuple[str, ...], down_key: str, experts: int, hidden: int, ffn: int, device):
+        import torch
+
+        self.gate_up_keys, self.down_key, self.experts = gate_up_keys, down_key, experts
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=device)      # noqa: E731
+        self.x_sum, self.x_n = z(experts, hidden), z(experts)
+        self.all_sum, self.all_n = z(hidden), 0
+        self.a_sum, self.a_n = z(experts, ffn), z(experts)
+
+    def record(self, mod, hidden, chosen) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        x = hidden.detach().reshape(-1, hidden.shape[-1])
+        routed = torch.zeros(x.shape[0], self.experts, dtype=torch.bool, device=x.device)
+        routed.scatter_(1, chosen.reshape(x.shape[0], -1).long().clamp(0, self.experts - 1), True)
+        with torch.no_grad():
+            xf = x.float()
+            sq = xf * xf
+            with torch.autocast(x.device.type, enabled=False):
+                self.all_sum += sq.sum(0)
+                self.all_n += x.shape[0]
+                self.x_sum += routed.T.float() @ sq
+                self.x_n += routed.sum(0).float()
+            for e in routed.any(0).nonzero()[:, 0].tolist():
+                tok = routed[:, e].nonzero()[:, 0]
+                gate, up = F.linear(x[tok], mod.gate_up_proj[e]).chunk(2, dim=-1)
+                a = (mod.act_fn(gate) * up).float()
+                self.a_sum[e] += (a * a).sum(0)
+                self.a_n[e] += tok.numel()
+
+    def importance(self) -> dict[str, list]:
+        """{checkpoint key: per expert, importance per column (or None: no weights)}."""
+        k = EXPERT_PRIOR_TOKENS
+        prior = (self.all_sum / max(1, self.all_n))[None, :]
+        gate_up = ((self.x_sum + k * prior) / (self.x_n[:, None] + k)).cpu().numpy()
+        n = self.a_n.cpu().numpy()
+        own = (self.a_sum / self.a_n.clamp(min=1)[:, None]).cpu().numpy()
+        down = [None if n[e] == 0 else ((own[e] * n[e] + k * own[e].mean()) / (n[e] + k)).astype(np.float32)
+                for e in range(self.experts)]
+        rows = [gate_up[e].astype(np.float32) for e in range(self.experts)]
+        return {**{key: rows for key in self.gate_up_keys}, self.down_key: down}
+
+    def summary(self) -> dict:
+        n = self.x_n.cpu().numpy()
+        return {"experts": self.experts, "unreached": int((n == 0).sum()), "min_tokens": int(n.min()),
+                "median_tokens": float(np.median(n))}
+
+
+def expert_hooks(module, prefix: str, parts, stats: dict) -> list:
+    """A hook on every fused experts module in ``module`` gathering ``ExpertStats`` into
+    ``stats`` (keyed by the module's name); ``parts`` (the family's ``checkpoint_parts``) names the
+    checkpoint tensors the statistics belong to: expert 0's gate, up and down (the names a GGUF
+    writer's stacked entry carries).  Returns the hook handles."""
+    handles = []
+    if parts is None:
+        return handles
+    for name, mod in module.named_modules():
+        gu, dn = getattr(mod, "gate_up_proj", None), getattr(mod, "down_proj", None)
+        if gu is None or dn is None or getattr(gu, "dim", lambda: 0)() != 3 or not hasattr(mod, "act_fn"):
+            continue
+        full = prefix + name + "."
+        gate_up, down = parts(full + "gate_up_proj"), parts(full + "down_proj")
+        if not gate_up or not down:
+            continue
+        experts, ffn2, hidden = gu.shape
+
+        def record(m, args, key=full, keys=(gate_up[0], down[0][0]), shape=(experts, hidden, ffn2 // 2)):
+            if key not in stats:
+                stats[key] = ExpertStats(*keys, *shape, args[0].device)
+            stats[key].record(m, args[0], args[1])
+        handles.append(mod.register_forward_pre_hook(record))
+    return handles

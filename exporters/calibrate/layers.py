@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm.exporters.calibrate.common import (LOGITS_BYTES, Calibration, calibration_windows, gram_done, input_hooks,
-                                                linear_inputs, spread)
+from edgellm.exporters.calibrate.common import (LOGITS_BYTES, Calibration, calibration_windows, expert_hooks,
+                                                gram_done, input_hooks, linear_inputs, spread)
 # the defaults' home is common (memory predicts with them too); named here as before
 from edgellm.exporters.calibrate.common import FISHER_PER, FISHER_WINDOWS, HESSIAN_WINDOWS  # noqa: F401
 from edgellm.exporters import host_memory
@@ -229,12 +229,15 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
                       threads: int | None = None, seed: int = 0, progress=lambda i, n: None,
                       work_dir: Path | None = None, fisher_sink=None, device: str = "cpu",
                       precision: str = "auto", fisher_windows: int | None = FISHER_WINDOWS,
-                      fisher_per: str = FISHER_PER, hessian_windows: int | None = HESSIAN_WINDOWS) -> Calibration:
+                      fisher_per: str = FISHER_PER, hessian_windows: int | None = HESSIAN_WINDOWS,
+                      parts=None) -> Calibration:
     """``fisher_sink(cal)``, called once the layers' importance is gathered (``cal.imatrix`` fills
     before any Fisher comes), returns what takes each tensor's Fisher diagonal when it is done:
     ``add(checkpoint name, array, rows=None)``, and ``wanted_rows(name)``: the rows it needs of a
     tensor (None: all), so only those are computed (``gguf.mix.Costs``).  Without it the Fisher
-    is kept whole in ``cal.fisher``."""
+    is kept whole in ``cal.fisher``.  ``parts``: the model family's ``checkpoint_parts`` (fused
+    parameters such as a mixture's experts, built from the checkpoint's per-expert tensors; their
+    importance is gathered per expert: ``common.ExpertStats``)."""
     import torch
 
     if fisher_per not in ("window", "token"):
@@ -248,7 +251,7 @@ def collect_layerwise(model_dir: Path, ckpt, text: str | None = None, context: i
     with gpu_memory_guard(dev, "calibrating", " (--calib-device cpu)"):
         return _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed,
                         progress, work_dir, fisher_sink, dev, compute_dtype(precision, dev), fisher_windows,
-                        fisher_per == "token", hessian_windows)
+                        fisher_per == "token", hessian_windows, parts)
 
 
 def compute_dtype(precision: str, device: str) -> str:
@@ -295,7 +298,7 @@ def bf16_is_faster(shape: tuple[int, int, int] = (512, 1024, 2048), repeats: int
 
 
 def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust_remote_code, seed, progress,
-             work_dir, fisher_sink, dev, dtype, fisher_windows, per_token: bool, hessian_windows) -> Calibration:
+             work_dir, fisher_sink, dev, dtype, fisher_windows, per_token: bool, hessian_windows, parts) -> Calibration:
     import torch
     from transformers import AutoTokenizer
 
@@ -303,7 +306,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     from edgellm.exporters.calibrate.stream import LayerStream
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    stream = LayerStream(Path(model_dir), ckpt, trust_remote_code, dev, dtype)
+    stream = LayerStream(Path(model_dir), ckpt, trust_remote_code, dev, dtype, parts)
     cfg = stream.config.get_text_config()
     context = min(context, int(getattr(cfg, "max_position_embeddings", context) or context))
     wins = calibration_windows(tok, default_text() if text is None else text, context, max_windows)
@@ -317,7 +320,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
     ph = cal.phases
     cal.fisher_per = "token" if per_token else "window"
     steps, done = n * (2 if fisher else 1) + 1, 0
-    sums, counts, grams, shared = {}, {}, {}, {}
+    sums, counts, grams, shared, experts = {}, {}, {}, {}, {}
     folder = Path(work_dir or tempfile.gettempdir())
     states = _States(folder, n + 1, W, (context, cfg.hidden_size), {*fw, *hw})
     # XᵀX gathered in the forward pass, on its windows, and kept on disk for the writer: no second
@@ -342,6 +345,7 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
                 layer_shared = {}
                 handles = input_hooks(layer, stream.prefixes[i], sums, counts, layer_grams, layer_shared,
                                       (lambda: in_hw[0]) if xtx else False, gram_rows)[0]
+                handles += expert_hooks(layer, stream.prefixes[i], parts, experts)
                 with torch.no_grad():
                     for w in range(W):
                         in_hw[0] = w in hw_set
@@ -405,6 +409,10 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
         done += 1
         progress(done, steps)
         _finish_inputs(cal, sums, counts, grams, shared, hessian)
+        for key, st in experts.items():                     # experts: importance only (no XᵀX, no Fisher)
+            cal.imatrix.update(st.importance())
+            cal.experts[key.rstrip(".")] = st.summary()
+        experts.clear()
         if hessian:                                         # the layers' XᵀX: when asked for
             cal.hessian = LayerHessians(stream, states, calls, names, dict(cal.hessian), hw, ph, xtx)
         if fisher:

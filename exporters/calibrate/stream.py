@@ -59,7 +59,7 @@ def _find_layers(model, n: int):
 
 class LayerStream:
     def __init__(self, model_dir: Path, ckpt, trust_remote_code: bool = False, device: str = "cpu",
-                 compute_dtype: str = "float32"):
+                 compute_dtype: str = "float32", parts=None):
         torch = _torch()
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -73,6 +73,7 @@ class LayerStream:
                                f"({type(e).__name__}: {e})") from None
         model.eval()
         self.ckpt, self.model, self.config, self.model_dir = ckpt, model, config, Path(model_dir)
+        self.parts = parts      # the family's checkpoint_parts: a fused parameter's checkpoint tensors
         self.device = device
         self._ahead, self._pool = {}, None          # layers being read ahead (load_layer's ``then``)
         self.compute_dtype = getattr(torch, compute_dtype)     # matrix products run in it (autocast)
@@ -152,17 +153,40 @@ class LayerStream:
     def _read_layer(self, i: int) -> dict:
         """Layer ``i``'s checkpoint tensors as stored (bfloat16 stays bfloat16: half the bytes to
         hold and to move to a GPU), read in full; the widening happens in ``load_layer``'s copy."""
-        torch = _torch()
         out = {}
         for name, p in self.layers[i].named_parameters():
-            cand = self._stored_name(self.prefixes[i] + name, tuple(p.shape))
-            dtype = self.ckpt.stored_dtype(cand)
-            raw = np.asarray(next(iter(self.ckpt.read_rows(cand, 1 << 62, raw=True))))   # whole, as stored
-            if dtype == "BF16" and raw.dtype == np.uint16:
-                out[name] = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+            full = self.prefixes[i] + name
+            sources = self.parts(full) if self.parts is not None and full not in self._names else None
+            if sources is None:
+                out[name] = self._read_whole(self._stored_name(full, tuple(p.shape)))
             else:
-                out[name] = torch.from_numpy(raw if raw.dtype.kind == "f" else widen(raw, dtype))
+                out[name] = self._assembled(full, sources, tuple(p.shape))
         return out
+
+    def _read_whole(self, cand: str):
+        """Checkpoint tensor ``cand`` whole, as stored (bfloat16 as torch's bfloat16)."""
+        torch = _torch()
+        dtype = self.ckpt.stored_dtype(cand)
+        raw = np.asarray(next(iter(self.ckpt.read_rows(cand, 1 << 62, raw=True))))
+        if dtype == "BF16" and raw.dtype == np.uint16:
+            return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(raw if raw.dtype.kind == "f" else widen(raw, dtype))
+
+    def _assembled(self, name: str, sources: list[tuple[str, ...]], shape: tuple):
+        """A fused parameter from its checkpoint tensors (``checkpoint_parts``): each slice's
+        tensors concatenated along rows, the slices stacked."""
+        torch = _torch()
+        missing = [c for group in sources for c in group if c not in self._names]
+        if missing:
+            raise EdgeLLMError(f"{name}: the checkpoint lacks {missing[0]}")
+        groups = [torch.cat([self._read_whole(c) for c in group]) for group in sources]
+        if len(groups) == 1 and tuple(groups[0].shape) == shape:      # one tensor, renamed
+            return groups[0]
+        t = torch.stack(groups)
+        if tuple(t.shape) != shape:
+            raise EdgeLLMError(f"{name}: its checkpoint tensors ({sources[0][0]} ...) make shape "
+                               f"{tuple(t.shape)}, the model wants {shape}")
+        return t
 
     # one layer at a time
     def load_layer(self, i: int, then: int | None = None):

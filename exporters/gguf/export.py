@@ -77,7 +77,7 @@ def _calibrated_types(req: ExportRequest, ckpt, arch, report: StepReport) -> Cal
 
     data = req.calibration or CalibrationData()
     cal = data.stats(req.model_dir, hessian=True, fisher=True, ckpt=ckpt, sink=sink,
-                     trust_remote_code=req.trust_remote_code,
+                     trust_remote_code=req.trust_remote_code, parts=arch.checkpoint_parts,
                      threads=req.threads, progress=lambda i, n: report.count(i, n, "calibrating a layer at a time:"))
     c = calibrated_gguf(req.model, ckpt, arch, req.choice.quant, cal, req.threads,
                         progress=lambda i, n: report.count(i, n, "measuring each tensor's sensitivity:"))
@@ -89,5 +89,8 @@ def _calibrated_types(req: ExportRequest, ckpt, arch, report: StepReport) -> Cal
             "peak_rss_bytes_so_far": peak_rss_bytes(), "peak_gpu_bytes": peak_gpu_bytes(cal.device), "method": "Fisher-sensitivity mixed types at the recipe's bytes; ggml's "
             "quantizers with importance weights and GPTQ error compensation between column blocks",
             "mix": c.mix.to_dict()}
+    if cal.experts:
+        info["method"] += ("; a mixture's experts keep the recipe's types and are rounded by ggml with each "
+                           "expert's own importance weights (no GPTQ: one XᵀX per expert would be 128 per layer)")
     return Calibrated((c.mix.types, c.imatrix, c.compensators), info)
 

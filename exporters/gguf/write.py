@@ -184,6 +184,17 @@ def _f16_rounded_rows(rows: np.ndarray, stored: str) -> np.ndarray:
     return t.to(torch.float16).to(torch.float32).numpy().reshape(rows.shape[0], -1)
 
 
+def _importance(imatrix: dict | None, e: Entry, row: int) -> np.ndarray | None:
+    """The importance weights for ``e``'s rows from ``row`` on: a stacked expert tensor's are per
+    expert (a list, an entry per expert: its own, or None for none; a chunk never spans two
+    experts: each expert's rows are read apart), as llama.cpp hands each expert's slice of its
+    importance matrix to the quantizer."""
+    imp = (imatrix or {}).get(e.gguf_name)
+    if isinstance(imp, list):
+        return imp[row // (e.rows // len(e.experts))]
+    return imp
+
+
 def _encode(rows: np.ndarray, ggml_type: str, out: np.ndarray, threads: int, stored: str = "F32",
             imatrix: np.ndarray | None = None) -> None:
     """Rows as stored -> ``out`` (a view of the tensor's final bytes) in ``ggml_type``; the rows are
@@ -352,7 +363,7 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
                                       outs[i][at:at + n * per_row], comp, threads)
                     else:
                         _encode(chunk.reshape(n, -1) if matrix else chunk, e.ggml_type,
-                                outs[i][at:at + n * per_row], threads, stored, (imatrix or {}).get(e.gguf_name))
+                                outs[i][at:at + n * per_row], threads, stored, _importance(imatrix, e, at // per_row if matrix else 0))
                 except BadInput as err:
                     raise BadInput(f"{e.hf_name}: {err.message}") from None
                 filled[i] = at + n * per_row

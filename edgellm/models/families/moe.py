@@ -31,6 +31,7 @@ from edgellm.models.families.registry import register
 from edgellm.models.tensors import TensorSpec
 
 _EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts\.)(\d+)\.(.+)$")
+_FUSED = re.compile(r"^(model\.layers\.\d+\.)mlp\.(experts\.gate_up_proj|experts\.down_proj|gate\.weight)$")
 
 
 class MoE(Family):
@@ -81,10 +82,28 @@ class MoE(Family):
                     TensorSpec(p + "ffn_down_exps.weight", ffn, hidden, experts=n, used=k)]
         return t
 
-    # -- what it does not do yet ------------------------------------------------------------------
-    def calibration_problem(self) -> str | None:
-        return (f"{self.name}: --calibrate does not support mixture-of-experts models ({self.cfg.get('model_type')}) "
-                "yet: export without it (llama.cpp's own recipe for the file type)")
+    # -- calibration (GGUF) ------------------------------------------------------------------------
+    def calibration_problem(self, fmt: str | None = None) -> str | None:
+        if fmt == "onnx":
+            return (f"{self.name}: --calibrate does not support ONNX builds of mixture-of-experts models "
+                    f"({self.cfg.get('model_type')}) yet: ONNX Runtime's QMoE experts are rounded to nearest; "
+                    "calibrate a GGUF build, or export ONNX without --calibrate")
+        return None
+
+    def checkpoint_parts(self, name: str) -> list[tuple[str, ...]] | None:
+        """transformers 5 fuses a layer's experts into ``mlp.experts.gate_up_proj`` [experts,
+        2 x ffn, hidden] (each expert's gate rows, then its up rows) and ``mlp.experts.down_proj``
+        [experts, hidden, ffn], and names the router ``mlp.gate``; checkpoints keep one tensor per
+        expert and part, under the family's block name (Mixtral: ``block_sparse_moe``, w1/w3/w2)."""
+        m = _FUSED.match(name)
+        if m is None:
+            return None
+        p = f"{m.group(1)}{self.moe_block}."
+        if m.group(2) == "gate.weight":
+            return None if self.moe_block == "mlp" else [(p + "gate.weight",)]
+        gate, up, down = self.expert_parts
+        parts = (gate, up) if m.group(2) == "experts.gate_up_proj" else (down,)
+        return [tuple(f"{p}experts.{e}.{part}.weight" for part in parts) for e in range(self.n_experts)]
 
     # -- ONNX (ONNX Runtime's MoE operator) -----------------------------------------------------
     moe_block: ClassVar[str] = "mlp"                                   # the layer's MLP module

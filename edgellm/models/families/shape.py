@@ -73,8 +73,16 @@ class Shape:
         """How many of each head's dimensions the rotary embedding turns."""
         return rotary_dim(self.cfg, self.cfg.get("head_dim") or self.need(self.k_hidden) // self.need(self.k_heads))
 
-    def calibration_problem(self) -> str | None:
-        """Why ``--calibrate`` cannot run on this family; None when it can."""
+    def calibration_problem(self, fmt: str | None = None) -> str | None:
+        """Why ``--calibrate`` cannot run on this family (for format ``fmt``: "gguf", "onnx"; None
+        or "auto": any); None when it can."""
+        return None
+
+    def checkpoint_parts(self, name: str) -> list[tuple[str, ...]] | None:
+        """The checkpoint tensors transformers builds its model's parameter ``name`` from, where
+        the checkpoint has no tensor of that name (calibration runs transformers' own layers on
+        the checkpoint's tensors): one tuple per slice along the parameter's first dimension, its
+        tensors concatenated along their rows.  None: the checkpoint holds ``name`` itself."""
         return None
 
     def format_problem(self, fmt) -> str | None:
