@@ -67,7 +67,9 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     # the layer's XᵀX as it is gathered and the last layer's as it is written; backward: gradients
     # and Fisher sums
     # + the next layer read ahead as stored (bfloat16, as checkpoints are: half the float32 layer)
-    layer_phase = layer + layer // 2 + graph + max(2 * grams, 2 * layer if fisher else 0) + layer // 2
+    # (a mixture's experts get no gradients: only the layer's other matrices have a Fisher)
+    experts = 4 * sum(t.n_elements for t in model.tensors if t.experts > 1) // n
+    layer_phase = layer + layer // 2 + graph + max(2 * grams, 2 * (layer - experts) if fisher else 0) + layer // 2
     head_phase = table + (5 * LOGITS_BYTES if fisher else 2 * LOGITS_BYTES)
     fw = spread(windows, fisher_windows) if fisher else []
     hw = spread(windows, hessian_windows) if hessian else []
