@@ -343,3 +343,25 @@ def test_a_fused_adamw_clips_through_its_grad_scale_as_clip_grad_norm_then_step_
         return torch.cat([p.detach().flatten() for p in m.parameters()])
 
     torch.testing.assert_close(run(True), run(False), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the float32-output product is CUDA's"))])
+def test_the_heads_gradient_accumulates_as_float32_sums_of_the_chunks_products(device):
+    """``accumulate`` adds a bfloat16 product into a float32 sum (inside the product where the
+    device has it, on a GPU: which is then checked to be taken), within bfloat16 rounding of the
+    float32 product's sum."""
+    from edgellm.exporters.distill import loss
+
+    gen = torch.Generator().manual_seed(1)
+    out = torch.randn(128, 64, generator=gen).to(device)
+    start = out.clone()
+    parts = [(torch.randn(128, 32, generator=gen).to(device).bfloat16(),
+              torch.randn(32, 64, generator=gen).to(device).bfloat16()) for _ in range(4)]
+    for a, b in parts:
+        loss.accumulate(out, a, b)
+    want = start + sum(a.float() @ b.float() for a, b in parts)
+    torch.testing.assert_close(out, want, rtol=2e-2, atol=5e-2)
+    assert out.dtype == torch.float32
+    if device == "cuda":
+        assert loss._fp32_addmm(str(out.device))
