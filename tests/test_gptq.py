@@ -56,3 +56,25 @@ def test_a_layers_factors_are_dropped_before_the_next_layers_hessians_are_made()
         assert comps.get(name, "Q4_0", 64) is not None
     assert [n for n, alive in asked if alive] == ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]
     assert dict(asked)["blk.1.attn_q.weight"] == 0
+
+
+def test_rounding_several_chunks_at_once_writes_the_same_file(cli, tiny, tmp_path, monkeypatch):
+    """On a GPU the writer rounds several row chunks at once (gptq.GPU_WORKERS); the file is the
+    one rounded a chunk at a time, byte for byte, and the phases are still recorded."""
+    import json
+
+    from edgellm.exporters.gguf import gptq
+
+    folder = tiny("llama")
+    outs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(gptq, "workers_for", lambda device, n=workers: n)
+        monkeypatch.setattr("edgellm.exporters.gguf.write.CHUNK_ELEMENTS", 64 * 256)     # several chunks a tensor
+        out = tmp_path / f"w{workers}"
+        r = cli("export", str(folder), "--device", "rpi5", "--quant", "Q4_K_M", "--calibrate", "--no-verify",
+                "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        m = json.loads((out / "manifest.json").read_text())
+        outs[workers] = (out / m["artifact"]).read_bytes()
+        assert m["calibration"]["seconds"]["GPTQ"] > 0 and m["calibration"]["seconds"]["ggml quantize"] > 0
+    assert outs[1] == outs[3]

@@ -32,11 +32,22 @@ FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (fi
 class Phases:
     """Seconds spent per named phase of a calibrated export, each counted once: a phase entered
     inside another (the cost table inside the backward pass) stops the outer one's clock while it
-    runs.  The manifest records them, and the calibration benchmark prints them."""
+    runs.  The manifest records them, and the calibration benchmark prints them.  Each thread
+    keeps its own nesting; phases that run in several threads at once (GPTQ's workers on a GPU)
+    add up their threads' seconds, which can then exceed the wall time."""
 
     def __init__(self):
+        import threading
+
         self.seconds: dict[str, float] = {}
-        self._open: list[list] = []             # [name, since] of the phases entered, innermost last
+        self._local = threading.local()         # per thread: [name, since] of the phases entered, innermost last
+        self._lock = threading.Lock()
+
+    @property
+    def _open(self) -> list[list]:
+        if not hasattr(self._local, "open"):
+            self._local.open = []
+        return self._local.open
 
     @contextmanager
     def __call__(self, name: str):
@@ -54,7 +65,8 @@ class Phases:
         if self._open:
             now = time.perf_counter()
             name, since = self._open[-1]
-            self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+            with self._lock:
+                self.seconds[name] = self.seconds.get(name, 0.0) + now - since
             self._open[-1][1] = now
 
     def to_dict(self) -> dict[str, float]:

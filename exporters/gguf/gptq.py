@@ -28,9 +28,14 @@ import numpy as np
 from edgellm.core.ggml import TYPES
 
 DAMP = 0.01
+GPU_WORKERS = 4       # row chunks rounded at once when the factors live on a GPU (Compensators.workers)
 # rounded as they are: at 8 bits and more the rounding error is (1/127)² of 4 bits' in size, and
 # compensating it is a Cholesky factor and its solves for nothing measurable (benchmarks/RESULTS.md)
 UNCOMPENSATED = ("F32", "F16", "BF16", "Q8_0")
+
+
+def workers_for(device) -> int:
+    return GPU_WORKERS if str(device).startswith("cuda") else 1
 
 
 def block_width(cols: int, ggml_type: str) -> int | None:
@@ -108,10 +113,14 @@ class Compensators:
     factors, not one per layer.  The token embedding is never compensated: its rows are looked
     up, not multiplied."""
 
-    def __init__(self, hessians, keep: int = 2, device: str = "cpu", phases=None):
+    def __init__(self, hessians, keep: int = 2, device: str = "cpu", phases=None, workers: int | None = None):
         from edgellm.exporters.calibrate.common import Phases
 
         self.phases = phases or Phases()    # where the writer's time goes (XᵀX, GPTQ, ggml's quantizers)
+        # row chunks the writer rounds at once: on a GPU several, so ggml's rounding on the CPU's
+        # cores overlaps the error updates on the GPU (one at a time, each waited for the other);
+        # on a CPU one (both already use every core)
+        self.workers = workers or workers_for(device)
         self.hessians = hessians            # a mapping; read only when a tensor asks (it may be lazy)
         self.keep = keep
         self.device = device

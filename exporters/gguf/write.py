@@ -184,6 +184,14 @@ def _f16_rounded_rows(rows: np.ndarray, stored: str) -> np.ndarray:
     return t.to(torch.float16).to(torch.float32).numpy().reshape(rows.shape[0], -1)
 
 
+def _named(e: Entry, fn, *args) -> None:
+    """``fn(*args)`` for tensor ``e``: bad input says which tensor."""
+    try:
+        fn(*args)
+    except BadInput as err:
+        raise BadInput(f"{e.hf_name}: {err.message}") from None
+
+
 def _importance(imatrix: dict | None, e: Entry, row: int) -> np.ndarray | None:
     """The importance weights for ``e``'s rows from ``row`` on: a stacked expert tensor's are per
     expert (a list, an entry per expert: its own, or None for none; a chunk never spans two
@@ -345,36 +353,58 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
     w.write_ti_data_to_file()
     outs = [np.empty(0, np.uint8)] * len(entries)
     filled = [0] * len(entries)
+    workers = max(1, getattr(compensators, "workers", 1))
     try:
-        with ThreadPoolExecutor(1) as writer:          # writing tensor i overlaps encoding i + 1
+        # writing tensor i overlaps encoding i + 1; with several ``workers`` (a calibration on a
+        # GPU) GPTQ rounds that many row chunks at once, so ggml's rounding of one (the CPU's
+        # cores) overlaps the error updates of another (the GPU), and tensors are written in order
+        # as they complete
+        with ThreadPoolExecutor(1) as writer, ThreadPoolExecutor(workers, thread_name_prefix="edgellm-gptq") as gptq:
+            done: list = []                 # (tensor index, its chunks' futures) not yet written, in order
             pending = None
+
+            def write_ready(limit: int) -> None:
+                """Wait until at most ``limit`` chunks are being rounded, then write the tensors at
+                the front whose chunks are all in and rounded."""
+                nonlocal pending
+                while sum(not f.done() for _, fs in done for f in fs) > limit:
+                    next(f for _, fs in done for f in fs if not f.done()).result()
+                while done:
+                    i, fs = done[0]
+                    if filled[i] != entries[i].nbytes or not all(f.done() for f in fs):
+                        return
+                    done.pop(0)
+                    for f in fs:
+                        f.result()                      # a chunk's error, raised here
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(w.write_tensor_data, outs[i])
+                    outs[i] = np.empty(0, np.uint8)     # the writer holds the only reference
+                    if compensators:
+                        host_memory.release()           # a layer's GPTQ factors and XᵀX, freed: back
+                    progress(i + 1, len(entries))
+
             for i, chunk, stored in _read_ahead(_tensor_chunks(entries, ckpt, arch, extras)):
                 e = entries[i]
                 if not outs[i].size:
                     outs[i] = np.empty(e.nbytes, dtype=np.uint8)
+                    done.append((i, []))
                 matrix = len(e.shape) > 1
                 n = len(chunk) if matrix else 1
                 per_row = e.nbytes // e.rows if matrix else e.nbytes
                 at = filled[i]
                 comp = compensators.get(e.gguf_name, e.ggml_type, e.shape[-1]) if compensators and matrix else None
-                try:
-                    if comp is not None:
-                        quantize_rows(_f16_rounded_rows(chunk.reshape(n, -1), stored), e.ggml_type,
-                                      outs[i][at:at + n * per_row], comp, threads)
-                    else:
-                        _encode(chunk.reshape(n, -1) if matrix else chunk, e.ggml_type,
-                                outs[i][at:at + n * per_row], threads, stored, _importance(imatrix, e, at // per_row if matrix else 0))
-                except BadInput as err:
-                    raise BadInput(f"{e.hf_name}: {err.message}") from None
+                dst = outs[i][at:at + n * per_row]
+                if comp is not None:
+                    rows = _f16_rounded_rows(chunk.reshape(n, -1), stored)
+                    # (each worker's ggml calls share the one pool of ``threads``)
+                    done[-1][1].append(gptq.submit(_named, e, quantize_rows, rows, e.ggml_type, dst, comp, threads))
+                else:
+                    _named(e, _encode, chunk.reshape(n, -1) if matrix else chunk, e.ggml_type, dst, threads, stored,
+                           _importance(imatrix, e, at // per_row if matrix else 0))
                 filled[i] = at + n * per_row
-                if filled[i] == e.nbytes:
-                    if pending is not None:
-                        pending.result()
-                    pending = writer.submit(w.write_tensor_data, outs[i])
-                    outs[i] = np.empty(0, np.uint8)   # the writer holds the only reference
-                    if compensators:
-                        host_memory.release()         # a layer's GPTQ factors and XᵀX, freed: back
-                    progress(i + 1, len(entries))
+                write_ready(workers)
+            write_ready(0)
             if pending is not None:
                 pending.result()
         w.flush()
