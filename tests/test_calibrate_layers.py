@@ -334,3 +334,25 @@ def test_a_layer_read_ahead_is_the_layer_read_now(tiny, tmp_path, stored):
         assert not stream._ahead
     finally:
         stream.close()
+
+
+def test_costs_worked_out_beside_the_calibration_are_the_same(tiny):
+    """On a GPU the cost table is worked out by a thread while the backward pass goes on: the
+    table is the one worked out in line, and its phase is recorded."""
+    import edgellm.exporters.gguf.mix as mix
+    from edgellm import models
+    from edgellm.exporters.calibrate.common import Phases
+    from edgellm.models.families import family_for
+
+    folder = tiny("llama")
+    model, ckpt = models.load_config(str(folder)), open_checkpoint(folder)
+    arch = family_for(model, "gguf")
+    cal = collect_layerwise(folder, ckpt, TEXT, context=64, max_windows=2, hessian=False, fisher=True, seed=1,
+                            precision="float32")
+    inline, phases = mix.Costs(model, ckpt, arch, cal.imatrix), Phases()
+    beside = mix.Costs(model, ckpt, arch, cal.imatrix, background=True, phases=phases)
+    for name, f in cal.fisher.items():
+        inline.add(name, f)
+        beside.add(name, f)
+    assert beside.complete().costs == inline.complete().costs
+    assert phases.seconds["cost table (beside the GPU)"] > 0 and beside._pool is None

@@ -72,7 +72,8 @@ def _calibrated_types(req: ExportRequest, ckpt, arch, report: StepReport) -> Cal
     from edgellm.exporters.gguf.mix import Costs, calibrated_gguf
 
     def sink(cal):                  # each tensor's Fisher into its costs as it comes: never all at once
-        cal.costs = Costs(req.model, ckpt, arch, cal.imatrix, req.threads)
+        cal.costs = Costs(req.model, ckpt, arch, cal.imatrix, req.threads,
+                          background=str(cal.device).startswith("cuda"), phases=cal.phases)
         return cal.costs
 
     data = req.calibration or CalibrationData()
