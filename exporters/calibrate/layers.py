@@ -423,6 +423,12 @@ def _collect(model_dir, ckpt, text, context, max_windows, hessian, fisher, trust
                     mods = token_modules(layer, params) if per_token else {}
                     tokens = TokenFisher(mods, fish, dtype=dtype) if mods else None
                     squared = [(name, p) for name, p in params if name not in mods]   # any the hooks cannot take
+                    # only those need their weight's gradient: the hooks' Fisher comes from each
+                    # product's input and output gradient, so autograd skips the weight-gradient
+                    # products (a third of a backward pass) and no float32 gradient of the layer
+                    # (or of a mixture's experts) is made
+                    for p in layer.parameters():
+                        p.requires_grad_(False)
                     for _, p in squared:
                         p.requires_grad_(True)
                     for w in fw:

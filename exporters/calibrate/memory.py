@@ -67,9 +67,12 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     # the layer's XᵀX as it is gathered and the last layer's as it is written; backward: gradients
     # and Fisher sums
     # + the next layer read ahead as stored (bfloat16, as checkpoints are: half the float32 layer)
-    # (a mixture's experts get no gradients: only the layer's other matrices have a Fisher)
+    # the backward pass: the Fisher sums of the layer's matrices (a mixture's experts have none; the
+    # weights themselves get no gradient: ``layers``), and each expert's bfloat16 weights the
+    # forward made for its products, which the backward keeps
     experts = 4 * sum(t.n_elements for t in model.tensors if t.experts > 1) // n
-    layer_phase = layer + layer // 2 + graph + max(2 * grams, 2 * (layer - experts) if fisher else 0) + layer // 2
+    backward = (layer - experts) + experts // 2
+    layer_phase = layer + layer // 2 + graph + max(2 * grams, backward if fisher else 0) + layer // 2
     head_phase = table + (5 * LOGITS_BYTES if fisher else 2 * LOGITS_BYTES)
     fw = spread(windows, fisher_windows) if fisher else []
     hw = spread(windows, hessian_windows) if hessian else []

@@ -179,14 +179,27 @@ class LayerStream:
         missing = [c for group in sources for c in group if c not in self._names]
         if missing:
             raise EdgeLLMError(f"{name}: the checkpoint lacks {missing[0]}")
-        groups = [torch.cat([self._read_whole(c) for c in group]) for group in sources]
-        if len(groups) == 1 and tuple(groups[0].shape) == shape:      # one tensor, renamed
-            return groups[0]
-        t = torch.stack(groups)
-        if tuple(t.shape) != shape:
-            raise EdgeLLMError(f"{name}: its checkpoint tensors ({sources[0][0]} ...) make shape "
-                               f"{tuple(t.shape)}, the model wants {shape}")
-        return t
+        if len(sources) == 1 and len(sources[0]) == 1:                # one tensor, renamed
+            t = self._read_whole(sources[0][0])
+            if tuple(t.shape) != shape:
+                raise EdgeLLMError(f"{name}: {sources[0][0]} has shape {tuple(t.shape)}, the model wants {shape}")
+            return t
+        if len(sources) != shape[0]:
+            raise EdgeLLMError(f"{name}: {len(sources)} slices in the checkpoint, the model wants {shape[0]}")
+        out = None                  # filled in place, a tensor at a time: the layer is held once, as stored
+        for e, group in enumerate(sources):
+            at = 0
+            for c in group:
+                t = self._read_whole(c)
+                if out is None:
+                    out = torch.empty(shape, dtype=t.dtype)
+                if t.dim() != 2 or tuple(t.shape[1:]) != shape[2:] or at + t.shape[0] > shape[1]:
+                    raise EdgeLLMError(f"{name}: {c} has shape {tuple(t.shape)}, which does not fit the model's {shape}")
+                out[e, at:at + t.shape[0]] = t
+                at += t.shape[0]
+            if at != shape[1]:
+                raise EdgeLLMError(f"{name}: {group[0]} ... make {at} rows, the model wants {shape[1]}")
+        return out
 
     # one layer at a time
     def load_layer(self, i: int, then: int | None = None):
