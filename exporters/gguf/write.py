@@ -395,10 +395,14 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
                 at = filled[i]
                 comp = compensators.get(e.gguf_name, e.ggml_type, e.shape[-1]) if compensators and matrix else None
                 dst = outs[i][at:at + n * per_row]
-                if comp is not None:
+                if comp is not None and workers > 1:
                     rows = _f16_rounded_rows(chunk.reshape(n, -1), stored)
                     # (each worker's ggml calls share the one pool of ``threads``)
                     done[-1][1].append(gptq.submit(_named, e, quantize_rows, rows, e.ggml_type, dst, comp, threads))
+                elif comp is not None:      # one at a time, in this thread: the next layer's XᵀX is not
+                    # read while this one is rounded (a CPU has no cores to spare, nor the memory)
+                    _named(e, quantize_rows, _f16_rounded_rows(chunk.reshape(n, -1), stored), e.ggml_type, dst,
+                           comp, threads)
                 else:
                     _named(e, _encode, chunk.reshape(n, -1) if matrix else chunk, e.ggml_type, dst, threads, stored,
                            _importance(imatrix, e, at // per_row if matrix else 0))
