@@ -120,6 +120,15 @@ def test_moe_exports_to_onnx_through_onnx_runtimes_moe_operator_and_verifies(cli
     assert attrs["k"] == 2 and attrs["normalize_routing_weights"] == 1 and attrs["swiglu_fusion"] == 1
     assert attrs.get("expert_weight_bits") == {"int8": 8, "int4": 4}.get(quant)
     assert not any(n.op_type == "MatMul" and "mlp" in n.name for n in graph.node)       # no dense MLP left
+    from edgellm import models
+    from edgellm.formats import format_for
+    from edgellm.formats.choice import BuildChoice
+
+    c = BuildChoice.from_dict({"format": "onnx", "quant": quant, "kv_cache": "f32",
+                               **({"block_size": 32} if quant == "int4" else {})})
+    written = sum(f.stat().st_size for f in (tmp_path / "b").iterdir() if f.name.startswith(m["artifact"].split(".")[0]))
+    predicted = format_for(c).file_bytes(models.load_config(str(moe(tiny, arch))), c)
+    assert abs(predicted / written - 1) < 0.05, (predicted, written)       # the plan's file size holds every expert
 
 
 @pytest.mark.parametrize("bits,block", [(8, None), (4, 32), (4, 16)])
@@ -195,9 +204,12 @@ def test_the_plan_offers_onnx_moe_and_prices_its_active_experts():
     device = devices.find("laptop-x86-16gb")
     plan = planner.plan(m, device, planner.budgets_for(device, None, None, 4096, m), formats=("onnx",))
     assert {str(c.choice.quant) for c in plan.candidates} == {"fp32", "fp16", "int8", "int4"}
-    c = BuildChoice.from_dict({"format": "onnx", "quant": "fp16", "kv_cache": "f32"})
-    total, read, _ = format_for(c).weights(m, c)
-    assert 0.09 < read / total < 0.13               # ~8/128 of the experts plus the dense part
+    for quant, per_weight in (("fp16", 4.0), ("int8", 1.0), ("int4", 0.625)):   # fp16 widened at load; int4/32: a float scale a block
+        c = BuildChoice.from_dict({"format": "onnx", "quant": quant, "kv_cache": "f32",
+                                   **({"block_size": 32} if quant == "int4" else {})})
+        total, read, _ = format_for(c).weights(m, c)
+        assert 0.09 < read / total < 0.13           # ~8/128 of the experts plus the dense part
+        assert per_weight <= total / m.n_params < 1.2 * per_weight, quant      # every expert is held
 
 
 def test_a_checkpoint_missing_an_expert_is_refused_before_writing(cli, tiny, tmp_path):

@@ -33,6 +33,9 @@ def tensor_bytes(t: TensorSpec, quant: str, block: int | None, resident: bool = 
         return t.n_elements * 4
     if quant == "fp16":
         return t.n_elements * 2
+    if t.experts > 1:                # a mixture's experts, as ONNX Runtime's QMoE takes them: symmetric
+        per_row = 1 if quant == "int8" else math.ceil(t.ne0 / block)       # codes, a float32 scale a row
+        return t.experts * t.ne1 * (t.ne0 * (8 if quant == "int8" else 4) // 8 + 4 * per_row)   # (int4: a block)
     if quant == "int8":
         block = INT8_EMBED_BLOCK
     assert block is not None
