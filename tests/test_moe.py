@@ -222,9 +222,12 @@ def test_a_checkpoint_missing_an_expert_is_refused_before_writing(cli, tiny, tmp
     weights = load_file(bad / "model.safetensors")
     del weights["model.layers.1.mlp.experts.5.up_proj.weight"]
     save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
-    r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--quant", "Q4_K_M", "-o", str(tmp_path / "o"))
-    assert r.returncode == 2 and "blk.1.ffn_up_exps.weight needs experts 0-7" in r.stderr and "lacks expert(s) [5]" in r.stderr
-    assert not (tmp_path / "o").exists()
+    for calibrate in ([], ["--calibrate"]):          # calibrated: refused before the calibration's work
+        r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--quant", "Q4_K_M", *calibrate, "-o",
+                str(tmp_path / "o"))
+        assert r.returncode == 2 and "blk.1.ffn_up_exps.weight needs experts 0-7" in r.stderr, r.stderr
+        assert "lacks expert(s) [5]" in r.stderr and "calibrating a layer" not in r.stderr
+        assert not (tmp_path / "o").exists()
     r = cli("export", str(bad), "--device", "laptop-x86-16gb", "--format", "onnx", "--quant", "fp32", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "no tensor 'model.layers.1.mlp.experts.5.up_proj.weight'" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()

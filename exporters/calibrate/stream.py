@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm.errors import EdgeLLMError
+from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.exporters.io.safetensors_reader import widen
 
 
@@ -178,7 +178,7 @@ class LayerStream:
         torch = _torch()
         missing = [c for group in sources for c in group if c not in self._names]
         if missing:
-            raise EdgeLLMError(f"{name}: the checkpoint lacks {missing[0]}")
+            raise BadInput(f"{name}: the checkpoint lacks {missing[0]}")
         if len(sources) == 1 and len(sources[0]) == 1:                # one tensor, renamed
             t = self._read_whole(sources[0][0])
             if tuple(t.shape) != shape:

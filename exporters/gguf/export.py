@@ -70,6 +70,9 @@ def _calibrated_types(req: ExportRequest, ckpt, arch, report: StepReport) -> Cal
     """Calibration statistics -> (type per tensor, importance matrix per tensor, GPTQ compensators)
     and the manifest's record."""
     from edgellm.exporters.gguf.mix import Costs, calibrated_gguf
+    from edgellm.exporters.gguf.write import plan_tensors
+
+    plan_tensors(req.model, ckpt, arch, req.choice.quant)   # a missing or misshapen tensor: refused before calibrating
 
     def sink(cal):                  # each tensor's Fisher into its costs as it comes: never all at once
         cal.costs = Costs(req.model, ckpt, arch, cal.imatrix, req.threads,
