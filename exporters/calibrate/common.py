@@ -306,7 +306,7 @@ def expert_hooks(module, prefix: str, parts, stats: dict) -> list:
         return handles
     for name, mod in module.named_modules():
         gu, dn = getattr(mod, "gate_up_proj", None), getattr(mod, "down_proj", None)
-        if gu is None or dn is None or getattr(gu, "dim", lambda: 0)() != 3 or not hasattr(mod, "act_fn"):
+        if getattr(gu, "ndim", 0) != 3 or dn is None or not hasattr(mod, "act_fn"):
             continue
         full = prefix + name + "."
         gate_up, down = parts(full + "gate_up_proj"), parts(full + "down_proj")

@@ -113,14 +113,14 @@ class Compensators:
     factors, not one per layer.  The token embedding is never compensated: its rows are looked
     up, not multiplied."""
 
-    def __init__(self, hessians, keep: int = 2, device: str = "cpu", phases=None, workers: int | None = None):
+    def __init__(self, hessians, keep: int = 2, device: str = "cpu", phases=None):
         from edgellm.exporters.calibrate.common import Phases
 
         self.phases = phases or Phases()    # where the writer's time goes (XᵀX, GPTQ, ggml's quantizers)
         # row chunks the writer rounds at once: on a GPU several, so ggml's rounding on the CPU's
         # cores overlaps the error updates on the GPU (one at a time, each waited for the other);
         # on a CPU one (both already use every core)
-        self.workers = workers or workers_for(device)
+        self.workers = workers_for(device)
         self.hessians = hessians            # a mapping; read only when a tensor asks (it may be lazy)
         self.keep = keep
         self.device = device

@@ -274,10 +274,9 @@ class Costs:
             self._futures.append(self._pool.submit(self._timed_add, hf_name, fisher, rows))
 
     def _timed_add(self, hf_name: str, fisher, rows) -> None:
-        if self.phases is None:
-            self._add(hf_name, fisher, rows)
-            return
-        with self.phases("cost table (beside the GPU)"):
+        from contextlib import nullcontext
+
+        with self.phases("cost table (beside the GPU)") if self.phases else nullcontext():
             self._add(hf_name, fisher, rows)
 
     def _add(self, hf_name: str, fisher: np.ndarray | None, rows: np.ndarray | None) -> None:
