@@ -10,9 +10,12 @@ Usage: python benchmarks/distill_profile.py TEACHER [--params 1.5B] [--batch 8] 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # kernel name patterns -> what they are (first match wins); the rest is "other"
@@ -47,7 +50,18 @@ def main() -> int:
     from edgellm.exporters.distill.train import DistillConfig
 
     first = 6
-    state: dict = {}
+    state: dict = {"gc_s": 0.0, "gc_n": 0}
+
+    def gc_timer(phase, info) -> None:        # Python's collector pausing the host during the profiled steps
+        if "prof" not in state or "done" in state:
+            return
+        if phase == "start":
+            state["gc_t"] = time.perf_counter()
+        elif "gc_t" in state:
+            state["gc_s"] += time.perf_counter() - state.pop("gc_t")
+            state["gc_n"] += 1
+
+    gc.callbacks.append(gc_timer)
 
     def progress(p) -> None:           # called as each step's loss is read (on a GPU: one step behind)
         if p.step == first:
@@ -57,6 +71,7 @@ def main() -> int:
         elif p.step == first + a.profile and "prof" in state:
             torch.cuda.synchronize()
             state["prof"].__exit__(None, None, None)
+            state["done"] = True
         if p.steady_tokens_per_s:
             state["rate"] = p.steady_tokens_per_s
 
@@ -82,9 +97,55 @@ def main() -> int:
     print("\ntop kernels:")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:15]:
         print(f"  {e.self_device_time_total / steps / 1e3:8.2f} ms  {e.count // steps:5d}x  {e.key[:110]}")
-    if a.out:
-        prof.export_chrome_trace(str(a.out))
+    trace = a.out or Path(tempfile.mkdtemp(prefix="edgellm-distill-trace-")) / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    print(f"\nPython's garbage collector during the profiled steps: {state['gc_n']} collections, "
+          f"{state['gc_s'] / steps * 1e3:.2f} ms a step")
+    gaps(json.loads(trace.read_text()), steps)
     return 0
+
+
+def gaps(trace: dict, steps: int) -> None:
+    """Where the GPU sat idle between the first and the last profiled kernel: the idle time by gap
+    size, the largest gaps, and for each whether the next kernel was launched late (the host was
+    behind) or early (the GPU waited on something else), with the host's op at its launch."""
+    ev = trace.get("traceEvents", trace) if isinstance(trace, dict) else trace
+    kernels = sorted((e for e in ev if e.get("cat") == "kernel" and "dur" in e), key=lambda e: e["ts"])
+    if not kernels:
+        print("no kernels in the trace")
+        return
+    launches = {e["args"].get("correlation"): e for e in ev if e.get("cat") == "cuda_runtime" and "args" in e}
+    ops = sorted((e for e in ev if e.get("cat") == "cpu_op" and "dur" in e), key=lambda e: e["ts"])
+    syncs: dict[str, list] = {}
+    for e in ev:
+        if e.get("cat") == "cuda_runtime" and re.search(r"Synchronize|Memcpy(?!Async)|cudaFree|cudaMalloc", e.get("name", "")):
+            s = syncs.setdefault(e["name"], [0, 0.0])
+            s[0] += 1
+            s[1] += e.get("dur", 0)
+    found, end = [], kernels[0]["ts"] + kernels[0]["dur"]
+    for k in kernels[1:]:
+        if k["ts"] > end:
+            found.append((k["ts"] - end, end, k))
+        end = max(end, k["ts"] + k["dur"])
+    span = end - kernels[0]["ts"]
+    idle = sum(g for g, _, _ in found)
+    print(f"\nGPU timeline over the profiled steps: {len(kernels) // steps} kernels a step, "
+          f"idle {idle / steps / 1e3:.2f} ms of {span / steps / 1e3:.1f} ms a step")
+    for lo, hi in ((0, 5), (5, 20), (20, 200), (200, 2000), (2000, 1e12)):
+        part = [g for g, _, _ in found if lo <= g < hi]
+        print(f"  gaps {lo:>5}-{hi if hi < 1e12 else 'inf':>5} us: {len(part) // steps:6d} a step, "
+              f"{sum(part) / steps / 1e3:7.2f} ms a step")
+    for name, (n, t) in sorted(syncs.items(), key=lambda kv: -kv[1][1]):
+        print(f"  host: {name} {n // steps} a step, {t / steps / 1e3:.2f} ms a step")
+    print("largest gaps (us; 'late' = the next kernel was launched after the GPU went idle):")
+    for g, start, k in sorted(found, key=lambda f: -f[0])[:10]:
+        launch = launches.get(k.get("args", {}).get("correlation"))
+        where, late = "?", float("nan")
+        if launch is not None:
+            late = launch["ts"] - start
+            inner = [o for o in ops if o["ts"] <= launch["ts"] <= o["ts"] + o["dur"]]
+            where = " < ".join(o["name"][:40] for o in sorted(inner, key=lambda o: o["dur"])[:3]) or "-"
+        print(f"  {g:9.0f}  launch {late:+9.0f}  next {k['name'][:50]}  at {where}")
 
 
 if __name__ == "__main__":

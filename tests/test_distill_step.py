@@ -365,3 +365,21 @@ def test_the_heads_gradient_accumulates_as_float32_sums_of_the_chunks_products(d
     assert out.dtype == torch.float32
     if device == "cuda":
         assert loss._fp32_addmm(str(out.device))
+
+
+def test_frozen_heap_hands_the_objects_back():
+    import gc
+
+    from edgellm.exporters.distill.train import _frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    with _frozen_heap():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()                                  # someone else froze objects: theirs stay frozen
+    try:
+        with _frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -16,6 +16,8 @@ loss instead (no teacher): the comparison the benchmark makes.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import time
@@ -147,6 +149,23 @@ class _Losses:
         return out
 
 
+@contextlib.contextmanager
+def _frozen_heap():
+    """The objects alive when training starts (the models, their compiled code: millions on a
+    real teacher) moved out of the garbage collector's reach for the loop, as ``gc.freeze``
+    documents for long-lived objects: a full collection otherwise walks all of them, pausing the
+    host that must keep the GPU's queue full.  Objects made during the loop are still collected;
+    the frozen ones are handed back afterwards (unless someone else had frozen objects too)."""
+    gc.collect()
+    mine = gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if mine:
+            gc.unfreeze()
+
+
 def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, resume: bool = False,
           stop_after: int | None = None, progress: Callable[[Progress], None] = lambda p: None,
           ranks: Ranks | None = None, info: dict | None = None) -> list[float]:
@@ -218,6 +237,8 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
     if warm_step == start:
         steady = (t0, 0)
         every = every or 10**9
+    frozen = _frozen_heap() if cuda else contextlib.nullcontext()
+    frozen.__enter__()
     try:
         for step in range(start, cfg.steps):
             for g in opt.param_groups:
@@ -250,6 +271,8 @@ def train(student, teacher, ids, cfg: DistillConfig, work: Path, keep_h=None, re
     except BaseException:
         writer.close(quiet=True)
         raise
+    finally:
+        frozen.__exit__(None, None, None)
     writer.close()
     student.eval()
     return losses
