@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,8 @@ def main() -> int:
         return r.returncode
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     manifest = json.loads((out / "manifest.json").read_text())
+    if a.out is None:
+        shutil.rmtree(out.parent, ignore_errors=True)      # our own temporary folder (an 8B bundle: 5 GB)
     gb = 1e9
     print(f"model {a.model.name}: {model.n_params / 1e9:.2f} B parameters, {a.windows} windows of 512 tokens")
     print(f"predicted peak RSS  {predicted.ram / gb:6.2f} GB   temporary disk {predicted.disk / gb:.2f} GB")

@@ -351,8 +351,11 @@ def test_costs_worked_out_beside_the_calibration_are_the_same(tiny):
                             precision="float32")
     inline, phases = mix.Costs(model, ckpt, arch, cal.imatrix), Phases()
     beside = mix.Costs(model, ckpt, arch, cal.imatrix, background=True, phases=phases)
+    beside.QUEUED_BYTES = 1                                     # the calibration waits for the thread
     for name, f in cal.fisher.items():
         inline.add(name, f)
         beside.add(name, f)
+        queued = [n for _, n in beside._futures]                # a bounded queue: never every tensor's Fisher
+        assert len(queued) == 1 or sum(queued) <= mix.Costs.QUEUED_BYTES
     assert beside.complete().costs == inline.complete().costs
     assert phases.seconds["cost table (beside the GPU)"] > 0 and beside._pool is None

@@ -23,6 +23,8 @@ HESSIAN_WINDOWS = 16         # windows GPTQ's XᵀX is gathered on (None or 0: a
                              # input: 2·4864² flops a token), so it is not gathered on every window
                              # of a long calibration text; see benchmarks/RESULTS.md for what more
                              # windows buy
+SINK_QUEUE_BYTES = 64 << 20   # Fisher rows a sink working in the background may hold waiting (beyond
+                             # one tensor): a GPU's backward pass outruns the cost table's thread
 FISHER_PER = "token"         # "token": Σ_t g_t² x_t², a sample per token (fisher.TokenFisher),
                              # which keeps the bench model's calibrated KLD on 4 windows (within 1%
                              # of all 16 squared per window); "window": each window's squared gradient

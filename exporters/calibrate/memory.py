@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgellm.errors import EdgeLLMError
-from edgellm.exporters.calibrate.common import FISHER_WINDOWS, HESSIAN_WINDOWS, spread
+from edgellm.exporters.calibrate.common import FISHER_WINDOWS, HESSIAN_WINDOWS, SINK_QUEUE_BYTES, spread
 
 PROCESS = 700 << 20          # Python, torch, transformers, the tokenizer, before any tensor of the model
 MARGIN = 1.15                # allocator slack over the sum of the tensors alive at the peak
@@ -87,8 +87,13 @@ def need(model, context: int, windows: int, hessian: bool = True, fisher: bool =
     if on_gpu:                  # the layers, the statistics and GPTQ's factor on the GPU; the host keeps
         # the process, the XᵀX as they come back, one flipped copy of H while its factor is made and
         # a tensor's rows
+        # + the Fisher rows queued for the cost table's thread (common.SINK_QUEUE_BYTES, and one
+        # tensor beyond it, which may come whole: at most two of a layer's matrices fused)
+        matrix = max((t.n_elements for t in model.tensors if t.ne1 > 1 and t.experts == 1 and t.name.startswith("blk.")),
+                     default=0)
         gpu = int(MARGIN * max(stats + grams, gptq))
-        ram = int(MARGIN * (kept + grams + 4 * widest * widest + 8 * h * f + layer)) + PROCESS   # + two layers as read
+        ram = int(MARGIN * (kept + grams + 4 * widest * widest + 8 * h * f + layer + SINK_QUEUE_BYTES
+                            + 2 * 4 * matrix)) + PROCESS   # + two layers as read
     else:
         gpu = 0
         ram = int(MARGIN * (max(stats, gptq) + kept)) + PROCESS
