@@ -124,13 +124,17 @@ def two_way_ties(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
     return sorted((a, b) for a, b in edges if a < b and (b, a) in edges)
 
 
-def main() -> int:
+def import_graph() -> dict[str, set[str]]:
     mods = modules()
     known = set(mods)
     # a package's __init__ is imported by every submodule import: not an edge of its own
-    graph = {m: {t for t in imports(p, m, known) if not m.startswith(t + ".")} for m, p in mods.items()}
+    return {m: {t for t in imports(p, m, known) if not m.startswith(t + ".")} for m, p in mods.items()}
+
+
+def main() -> int:
+    graph = import_graph()
     found = circles(graph)
-    print(f"modules {len(mods)}, import circles {len(found)}")
+    print(f"modules {len(graph)}, import circles {len(found)}")
     for c in found:
         print("  " + " <-> ".join(c))
     ties = two_way_ties(graph)

@@ -22,7 +22,9 @@ import numpy as np
 MS = "com.microsoft"
 FLOAT, UINT8, INT32 = 1, 2, 6           # TensorProto.DataType
 ACCURACY_LEVEL = 4                       # exporters/onnx/export.py's default
-WEIGHT_TYPES = ("fp32", "int8", "int4/32", "int4/128")
+# a probe's weight type -> (bits, block) of its MatMulNBits products; None: float32 MatMul
+WEIGHT_BITS = {"fp32": None, "int8": (8, 32), "int4/32": (4, 32), "int4/128": (4, 128)}
+WEIGHT_TYPES = tuple(WEIGHT_BITS)
 
 
 # --- protobuf wire format: just what a ModelProto needs -------------------------------------
@@ -98,11 +100,10 @@ class _Builder:
         return name
 
     def matmul(self, x: str, k: int, n: int, name: str) -> str:
-        if self.type == "fp32":
+        if WEIGHT_BITS[self.type] is None:
             w = self.rng.standard_normal((k, n), np.float32) * 0.02
             return self.node("MatMul", [x, self.init(name + ".w", w)], name)
-        bits = 8 if self.type == "int8" else 4
-        block = 32 if self.type == "int8" else int(self.type.split("/")[1])
+        bits, block = WEIGHT_BITS[self.type]
         blocks = -(-k // block)
         packed = self.rng.integers(0, 256, (n, blocks, block * bits // 8), np.uint8)
         scales = np.full((n, blocks), 0.01, np.float32)

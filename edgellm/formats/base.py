@@ -39,6 +39,7 @@ class BuildFormat:
     accelerator_only: ClassVar[bool] = False   # runs on an accelerator, never on the CPU
     windowed_cache: ClassVar[bool] = False     # the runtime keeps only a sliding window's tokens
     fixed_architectures: ClassVar[bool] = False   # the runtime has one graph per family (llama.cpp's archs)
+    calibrates_experts: ClassVar[bool] = False    # --calibrate weights a mixture's experts (else: refused)
     rope_kinds: ClassVar[tuple] = (None, "default", "linear", "llama3")   # what a graph of our own computes
     partial_rotary: ClassVar[bool] = False     # rotary embeddings on part of each head
     scoring_rows: ClassVar[int | None] = None  # positions of logits its backend holds while scoring

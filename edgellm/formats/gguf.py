@@ -18,6 +18,7 @@ class Gguf(BuildFormat):
     format = Format.GGUF
     runtime = "llama.cpp"
     fixed_architectures = True           # llama.cpp's graph per architecture
+    calibrates_experts = True            # each expert's importance from the tokens routed to it
     windowed_cache = True                # llama.cpp's SWA cache (GroupQueryAttention keeps all)
     exporter = "edgellm.exporters.gguf.export:GgufWriter"
     backend = "edgellm.runtime.llamacpp:LlamaCppModel"

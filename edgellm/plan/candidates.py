@@ -66,7 +66,7 @@ def candidate_choices(model: ModelConfig, device: DeviceProfile, formats: tuple[
     out = []
     for f in buildable_formats(model, formats):
         # a format the family cannot calibrate offers none of its quantized builds: not silently uncalibrated ones
-        uncalibratable = calibrated and family_of(model).calibration_problem(f.format) is not None
+        uncalibratable = calibrated and family_of(model).calibration_problem(f) is not None
         for c in f.candidates(device):
             if f.choice_problem(model, c) is not None or (uncalibratable and f.calibratable(c.quant)):
                 continue

@@ -39,7 +39,7 @@ def prepare(teacher, precision: str, ranks: Ranks, windows) -> dict:
     dev = ranks.device
     cuda = dev.startswith("cuda")
     chosen = precision if precision != "auto" else ("fp32" if not cuda else "bf16")
-    teacher.to(dev, dtype=torch.float32 if chosen == "fp32" else torch.bfloat16)
+    teacher.to(dev, dtype={"fp32": torch.float32}.get(chosen, torch.bfloat16))   # fp8: bf16, its layers swapped below
     out = {"teacher_precision": chosen}
     want_fp8 = precision == "fp8" or (precision == "auto" and fp8.available(dev) and not ranks.distributed)
     if not want_fp8:

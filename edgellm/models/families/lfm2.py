@@ -102,7 +102,7 @@ class Lfm2(Family):
             out.append(TensorSpec("output.weight", hidden, vocab))
         return out
 
-    def calibration_problem(self, fmt: str | None = None) -> str | None:
+    def calibration_problem(self, fmt=None) -> str | None:
         return f"{self.name}: --calibrate does not support LFM2's convolution layers yet: export without it"
 
     # -- GGUF -----------------------------------------------------------------------------------

@@ -83,11 +83,11 @@ class MoE(Family):
         return t
 
     # -- calibration (GGUF) ------------------------------------------------------------------------
-    def calibration_problem(self, fmt: str | None = None) -> str | None:
-        if fmt == "onnx":
-            return (f"{self.name}: --calibrate does not support ONNX builds of mixture-of-experts models "
-                    f"({self.cfg.get('model_type')}) yet: ONNX Runtime's QMoE experts are rounded to nearest; "
-                    "calibrate a GGUF build, or export ONNX without --calibrate")
+    def calibration_problem(self, fmt=None) -> str | None:
+        if fmt is not None and not fmt.calibrates_experts:
+            return (f"{self.name}: --calibrate does not support {fmt.format.upper()} builds of mixture-of-experts models "
+                    f"({self.cfg.get('model_type')}) yet: their experts are rounded to nearest; "
+                    "calibrate a GGUF build, or export without --calibrate")
         return None
 
     def checkpoint_parts(self, name: str) -> list[tuple[str, ...]] | None:
@@ -195,7 +195,7 @@ class Olmoe(MoE):
     supports = frozenset({"gguf"})          # ONNX: the graph's q/k norms are per head, OLMoE's span the projection
 
     def format_problem(self, fmt) -> str | None:
-        if fmt.key == "gguf" and self.model.tied_embeddings:
+        if fmt.fixed_architectures and self.model.tied_embeddings:
             return (f"{self.name}: llama.cpp's olmoe graph needs its own output matrix; a tied head "
                     "(tie_word_embeddings) is not supported")
         return None

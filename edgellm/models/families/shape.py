@@ -73,9 +73,9 @@ class Shape:
         """How many of each head's dimensions the rotary embedding turns."""
         return rotary_dim(self.cfg, self.cfg.get("head_dim") or self.need(self.k_hidden) // self.need(self.k_heads))
 
-    def calibration_problem(self, fmt: str | None = None) -> str | None:
-        """Why ``--calibrate`` cannot run on this family (for format ``fmt``: "gguf", "onnx"; None
-        or "auto": any); None when it can."""
+    def calibration_problem(self, fmt=None) -> str | None:
+        """Why ``--calibrate`` cannot run on this family (for ``fmt``, a registered format; None:
+        any); None when it can."""
         return None
 
     def checkpoint_parts(self, name: str) -> list[tuple[str, ...]] | None:
