@@ -2,6 +2,7 @@
 it derives from: pyo3's PanicException and torch's CheckpointException are BaseException only."""
 
 import argparse
+import errno
 
 import pytest
 
@@ -21,12 +22,15 @@ class PanicException(BaseException):           # what pyo3 raises when Rust code
     (MemoryError(), 1),
     (ValueError("a bug\nwith a second line\x1b[31m"), 1),
     (BadInput("a name\nwith\x1b]0;title\x07 escapes"), 2),
+    (OSError(errno.ENOSPC, "No space left on device", "/work/out\n\x1b[31mstudent"), 1),   # a full disk, said so
+    (OSError(errno.EACCES, "Permission denied", "/x"), 1),
 ])
 def test_one_line_and_the_right_code(capsys, error, code):
     def fail(args):
         raise error
     assert _dispatch(argparse.Namespace(func=fail, debug=False)) == code
     err = capsys.readouterr().err
+    assert ("no space left" in err) == (getattr(error, "errno", None) == errno.ENOSPC)
     assert err.startswith("edgellm: error: ") and err.count("\n") == 1 and "\x1b" not in err and "\x07" not in err
 
 

@@ -7,6 +7,7 @@ traceback appears only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -67,6 +68,13 @@ def _on_terminate(signum, frame) -> None:
     raise Terminated(signum)
 
 
+def _unexpected(args, e: BaseException) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"edgellm: error: unexpected {type(e).__name__}: {one_line(e)} (--debug shows where)", file=sys.stderr)
+    return 1
+
+
 def _dispatch(args) -> int:
     try:
         return args.func(args) or 0
@@ -93,11 +101,18 @@ def _dispatch(args) -> int:
     except MemoryError:
         print("edgellm: error: ran out of memory", file=sys.stderr)
         return 1
-    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, not a traceback
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _unexpected(args, e)
         if args.debug:
             traceback.print_exc()
-        print(f"edgellm: error: unexpected {type(e).__name__}: {one_line(e)} (--debug shows where)", file=sys.stderr)
+        where = f" writing {e.filename}" if e.filename else ""
+        print("edgellm: error: " + one_line(f"no space left on the disk{where}: free some, or point the output "
+                                            "(and --work-dir where the command has one) at a disk with room"),
+              file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, not a traceback
+        return _unexpected(args, e)
     except BaseException as e:  # noqa: BLE001 - not Exception: pyo3's PanicException, torch's CheckpointException
         if isinstance(e, (SystemExit, GeneratorExit)):
             raise
