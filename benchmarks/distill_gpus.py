@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -168,6 +169,13 @@ def main() -> int:
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="edgellm-distill-gpus-"))
+    try:                                    # students, checkpoints, a built teacher: tens of GB
+        return _run(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(a, work: Path) -> int:
     if a.quality:
         if a.teacher is None:
             raise SystemExit("--quality needs --teacher (a trained model: a random one has no perplexity to keep)")

@@ -13,6 +13,7 @@ import argparse
 import gc
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -78,8 +79,11 @@ def main() -> int:
     cfg = DistillConfig(steps=max(a.steps, first + a.profile + 2), batch=a.batch, seq=a.seq, device="cuda",
                         teacher_precision=a.teacher_precision)
     out = Path(tempfile.mkdtemp(prefix="edgellm-distill-profile-")) / "student"
-    r = distill_student(StudentRequest(a.teacher, out, cfg, params=count_arg(a.params)), say=lambda s: print(s, flush=True),
-                        progress=progress)
+    try:
+        r = distill_student(StudentRequest(a.teacher, out, cfg, params=count_arg(a.params)),
+                            say=lambda s: print(s, flush=True), progress=progress)
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)      # the student and its checkpoint: GBs
     prof = state["prof"]
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and not re.search(ANNOTATIONS, e.key)]
     total = sum(e.self_device_time_total for e in events)
