@@ -272,9 +272,10 @@ class Costs:
     def add(self, hf_name: str, fisher: np.ndarray | None, rows: np.ndarray | None = None) -> None:
         """``fisher``: the tensor's Fisher diagonal, or with ``rows`` (``wanted_rows``) those rows'.
         In the background, only the rows the estimate reads are queued, and at most
-        ``QUEUED_BYTES`` of them (or one tensor) wait: the thread is slower than a GPU's backward pass, and an unbounded queue of
-        whole Fisher diagonals held 10 GB more than the preflight allowed on the 8B shape (13.7 GB
-        measured against 4.4 predicted, RESULTS.md); the calibration waits for the thread instead."""
+        ``QUEUED_BYTES`` of them (or one tensor) wait: the thread is slower than a GPU's backward
+        pass, and an unbounded queue of whole Fisher diagonals held 10 GB more than the preflight
+        allowed on the 8B shape (13.7 GB measured against 4.4 predicted, RESULTS.md); the
+        calibration waits for the thread instead."""
         if self._pool is None:
             self._add(hf_name, fisher, rows)
             return
