@@ -57,16 +57,18 @@ def main() -> int:
     t0 = time.perf_counter()
     # the export's progress lines (its stderr) pass through as they come: a run cut short still
     # shows how far it got
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t0
-    cpu1 = _cpu_times()
-    gpu = _gpu_report(smi)
-    if r.returncode != 0:
-        return r.returncode
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    manifest = json.loads((out / "manifest.json").read_text())
-    if a.out is None:
-        shutil.rmtree(out.parent, ignore_errors=True)      # our own temporary folder (an 8B bundle: 5 GB)
+    try:
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - t0
+        cpu1 = _cpu_times()
+        gpu = _gpu_report(smi)
+        if r.returncode != 0:
+            return r.returncode
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        manifest = json.loads((out / "manifest.json").read_text())
+    finally:
+        if a.out is None:
+            shutil.rmtree(out.parent, ignore_errors=True)      # our own temporary folder (an 8B bundle: 5 GB)
     gb = 1e9
     print(f"model {a.model.name}: {model.n_params / 1e9:.2f} B parameters, {a.windows} windows of 512 tokens")
     print(f"predicted peak RSS  {predicted.ram / gb:6.2f} GB   temporary disk {predicted.disk / gb:.2f} GB")

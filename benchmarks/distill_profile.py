@@ -103,9 +103,12 @@ def main() -> int:
         print(f"  {e.self_device_time_total / steps / 1e3:8.2f} ms  {e.count // steps:5d}x  {e.key[:110]}")
     trace = a.out or Path(tempfile.mkdtemp(prefix="edgellm-distill-trace-")) / "trace.json"
     prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())
+    if a.out is None:
+        shutil.rmtree(trace.parent, ignore_errors=True)   # hundreds of MB
     print(f"\nPython's garbage collector during the profiled steps: {state['gc_n']} collections, "
           f"{state['gc_s'] / steps * 1e3:.2f} ms a step")
-    gaps(json.loads(trace.read_text()), steps)
+    gaps(events, steps)
     return 0
 
 
@@ -114,7 +117,8 @@ def gaps(trace: dict, steps: int) -> None:
     size, the largest gaps, and for each whether the next kernel was launched late (the host was
     behind) or early (the GPU waited on something else), with the host's op at its launch."""
     ev = trace.get("traceEvents", trace) if isinstance(trace, dict) else trace
-    kernels = sorted((e for e in ev if e.get("cat") == "kernel" and "dur" in e), key=lambda e: e["ts"])
+    kernels = sorted((e for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e),
+                     key=lambda e: e["ts"])       # copies and fills keep the GPU busy too
     if not kernels:
         print("no kernels in the trace")
         return
@@ -133,7 +137,7 @@ def gaps(trace: dict, steps: int) -> None:
         end = max(end, k["ts"] + k["dur"])
     span = end - kernels[0]["ts"]
     idle = sum(g for g, _, _ in found)
-    print(f"\nGPU timeline over the profiled steps: {len(kernels) // steps} kernels a step, "
+    print(f"\nGPU timeline over the profiled steps: {len(kernels) // steps} kernels and copies a step, "
           f"idle {idle / steps / 1e3:.2f} ms of {span / steps / 1e3:.1f} ms a step")
     for lo, hi in ((0, 5), (5, 20), (20, 200), (200, 2000), (2000, 1e12)):
         part = [g for g, _, _ in found if lo <= g < hi]

@@ -200,7 +200,7 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     if calibration is not None and req.quant != "auto":
         if not any(f.format == req.format and f.calibratable(req.quant) for f in FORMATS.values()):
             raise BadInput(f"--calibrate applies to GGUF types below F16 and ONNX int4; not {req.format} {req.quant}")
-    named = next((f for f in FORMATS.values() if f.format == req.format), None)     # None: "auto"
+    named = next((f for f in FORMATS.values() if f.format == req.format), None)
     if calibration is not None and (why := family_of(model).calibration_problem(named)):
         raise BadInput(why)
     if calibration is not None:                 # where it runs, and whether it fits: before any work

@@ -356,6 +356,28 @@ def test_costs_worked_out_beside_the_calibration_are_the_same(tiny):
         inline.add(name, f)
         beside.add(name, f)
         queued = [n for _, n in beside._futures]                # a bounded queue: never every tensor's Fisher
-        assert len(queued) == 1 or sum(queued) <= mix.Costs.QUEUED_BYTES
+        assert len(queued) == 1 or sum(queued) <= beside.QUEUED_BYTES
     assert beside.complete().costs == inline.complete().costs
     assert phases.seconds["cost table (beside the GPU)"] > 0 and beside._pool is None
+
+
+def test_a_failed_cost_in_the_background_stops_the_thread(tiny):
+    """A tensor whose costs fail in the background thread: the error reaches the calibration at
+    its next hand-over, and the queued rest is not worked out."""
+    import edgellm.exporters.gguf.mix as mix
+    from edgellm import models
+    from edgellm.models.families import family_for
+
+    folder = tiny("llama")
+    model, ckpt = models.load_config(str(folder)), open_checkpoint(folder)
+    costs = mix.Costs(model, ckpt, family_for(model, "gguf"), {}, background=True)
+    costs.QUEUED_BYTES = 1
+
+    def fail(*args):
+        raise RuntimeError("a ggml round trip failed")
+    costs._timed_add = fail
+    names = [e.hf_name for e in costs.quantized]
+    costs.add(names[0], np.ones(costs.quantized[0].shape, np.float32))
+    with pytest.raises(RuntimeError, match="round trip"):
+        costs.add(names[1], np.ones(costs.quantized[1].shape, np.float32))
+    assert costs._pool is None and costs._futures == []

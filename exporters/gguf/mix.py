@@ -283,7 +283,12 @@ class Costs:
             fisher, rows = np.ascontiguousarray(fisher[pick]), pick
         size = 0 if fisher is None else fisher.nbytes
         while self._futures and sum(n for _, n in self._futures) + size > self.QUEUED_BYTES:
-            self._futures.pop(0)[0].result()
+            try:
+                self._futures.pop(0)[0].result()
+            except BaseException:
+                self._pool.shutdown(wait=False, cancel_futures=True)     # the queued rest is not worked out
+                self._pool, self._futures = None, []
+                raise
         self._futures.append((self._pool.submit(self._timed_add, hf_name, fisher, rows), size))
 
     def _timed_add(self, hf_name: str, fisher, rows) -> None:
