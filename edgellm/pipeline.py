@@ -24,6 +24,7 @@ from edgellm.models.families import family_of
 from edgellm.plan import planner, report
 from edgellm.formats.choice import BuildChoice
 from edgellm.formats import FORMATS, format_for, resolved
+from edgellm.formats import entry as format_named
 
 Say = Callable[[object], None]           # a str, or an exporters.stages.Progress (str() is its line)
 
@@ -200,8 +201,7 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     if calibration is not None and req.quant != "auto":
         if not any(f.format == req.format and f.calibratable(req.quant) for f in FORMATS.values()):
             raise BadInput(f"--calibrate applies to GGUF types below F16 and ONNX int4; not {req.format} {req.quant}")
-    named = next((f for f in FORMATS.values() if f.format == req.format), None)
-    if calibration is not None and (why := family_of(model).calibration_problem(named)):
+    if calibration is not None and (why := family_of(model).calibration_problem(format_named(req.format))):
         raise BadInput(why)
     if calibration is not None:                 # where it runs, and whether it fits: before any work
         calibration = dataclasses.replace(calibration, device=resolve(req.calib_device, "--calib-device"))

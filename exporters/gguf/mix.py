@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgellm.exporters import host_memory
-from edgellm.exporters.calibrate.common import SINK_QUEUE_BYTES
+from edgellm.exporters.calibrate.common import SINK_QUEUE_BYTES, Phases
 from edgellm.core.ggml import TYPES
 
 # K-quant rows (multiples of 256) and the rest (multiples of 32)
@@ -241,7 +241,7 @@ class Costs:
         # while the calibration goes on, so ggml's round trips on the CPU overlap the GPU's
         # backward pass instead of stopping it (48 s of an 8B shape's run on an H100); on a CPU
         # both want every core, so they take turns.  ``complete`` waits for them.
-        self._pool, self._futures, self.phases = None, [], phases
+        self._pool, self._futures, self.phases = None, [], phases or Phases()
         if background:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgellm-costs")
@@ -292,9 +292,7 @@ class Costs:
         self._futures.append((self._pool.submit(self._timed_add, hf_name, fisher, rows), size))
 
     def _timed_add(self, hf_name: str, fisher, rows) -> None:
-        from contextlib import nullcontext
-
-        with self.phases("cost table (beside the GPU)") if self.phases else nullcontext():
+        with self.phases("cost table (beside the GPU)"):
             self._add(hf_name, fisher, rows)
 
     def _add(self, hf_name: str, fisher: np.ndarray | None, rows: np.ndarray | None) -> None:

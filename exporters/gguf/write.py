@@ -353,7 +353,7 @@ def write_gguf(model: ModelConfig, ckpt: Checkpoint, arch: Family, vocab: Vocab,
     w.write_ti_data_to_file()
     outs = [np.empty(0, np.uint8)] * len(entries)
     filled = [0] * len(entries)
-    workers = max(1, getattr(compensators, "workers", 1))
+    workers = compensators.workers if compensators is not None else 1
     try:
         # writing tensor i overlaps encoding i + 1; with several ``workers`` (a calibration on a
         # GPU) GPTQ rounds that many row chunks at once, so ggml's rounding of one (the CPU's
