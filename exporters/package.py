@@ -92,9 +92,11 @@ def copy_tokenizer(model_dir: Path, tmp: Path) -> None:
             (tmp / fname).write_bytes(read_small_bytes(src, 256 << 20 if fname == "tokenizer.json" else MAX_CONFIG_BYTES))
 
 
-def write_manifest(tmp: Path, artifact: str, body: dict, tools: dict) -> dict:
-    """manifest.json: ``body`` plus the size and sha256 of every file in the folder."""
-    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+def write_manifest(tmp: Path, artifact: str, body: dict, tools: dict, known: dict | None = None) -> dict:
+    """manifest.json: ``body`` plus the size and sha256 of every file in the folder (``known``:
+    digests the writer took as it wrote, file name -> hex; the others are read and hashed)."""
+    known = known or {}
+    files = {p.name: {"sha256": known.get(p.name) or sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "artifact": artifact, **body,
                 "files": files, "tools": tools}

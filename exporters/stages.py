@@ -98,11 +98,13 @@ class Calibrated:
 @dataclass(frozen=True)
 class Written:
     """The write stage's output: the artifact's file name in the bundle, the files whose bytes
-    make the build's size (the artifact's when empty), and the format's manifest sections."""
+    make the build's size (the artifact's when empty), the format's manifest sections, and the
+    sha256 of files the writer hashed as it wrote them (file name -> hex digest)."""
     artifact: str
     sized_files: tuple[str, ...] = ()
     manifest: dict = field(default_factory=dict)
     tensor_types: dict = field(default_factory=dict)
+    sha256: dict = field(default_factory=dict)
 
 
 class Writer:
@@ -184,7 +186,7 @@ def run_export(writer: Writer, req: ExportRequest, progress: ProgressFn = lambda
         if calibrated is not None:
             extra["calibration"] = calibrated.record
         files = write_manifest(tmp, written.artifact, manifest_body(req, report, **extra),
-                               tool_versions(writer.tools))
+                               tool_versions(writer.tools), known=written.sha256)
     size = sum(files[f]["bytes"] for f in (written.sized_files or (written.artifact,)))
     return ExportResult(req.out, req.out / written.artifact, size, written.tensor_types, report,
                         time.perf_counter() - t0)

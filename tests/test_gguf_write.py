@@ -83,11 +83,39 @@ def test_ggml_dequantizer_gives_the_gguf_packages_values(ggml_type, monkeypatch)
         ggml_quant.dequantize(ggml_type, buf[:-1], 512)
 
 
-def test_gptqs_float16_rounding_in_torch_is_the_tables():
-    """GPTQ's rows are rounded through float16 by torch (every core); the values are the lookup
-    table's for every finite bfloat16 pattern in float16's range, subnormals included."""
+def test_float16_rounding_of_bfloat16_is_numpys_for_every_pattern():
+    """bfloat16 rows rounded through float16 (what the quantizer sees), by the widening shift and
+    the subnormals' fix-up and by torch for GPTQ's rows: numpy's own float16 round trip, bit for
+    bit, for every finite bfloat16 pattern in float16's range (signed zeros and subnormals
+    included); past the range, one clear refusal."""
+    from edgellm.errors import BadInput
     from edgellm.exporters.gguf.write import _BF16_F16_OVERFLOW, _f16_rounded, _f16_rounded_rows
 
     every = np.arange(1 << 16, dtype=np.uint16)
     every = every[(every & 0x7FFF) < _BF16_F16_OVERFLOW].reshape(2, -1)
-    assert np.array_equal(_f16_rounded_rows(every, "BF16"), _f16_rounded(every, "BF16"))
+    want = (every.astype(np.uint32) << 16).view(np.float32).astype(np.float16).astype(np.float32)
+    for got in (_f16_rounded(every, "BF16"), _f16_rounded_rows(every, "BF16")):
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    for bad in (0x4780, 0x7F80, 0xFFC0):            # rounds to inf in float16; inf; NaN
+        with pytest.raises(BadInput, match="float16's range"):
+            _f16_rounded(np.array([[0x3F80, bad]], dtype=np.uint16), "BF16")
+
+
+@pytest.mark.parametrize("quant,threads", [("F16", 1), ("Q4_K_M", 2)])
+def test_the_writer_hashes_the_file_it_writes(tmp_path, tiny, quant, threads):
+    """write_gguf's digest (the manifest takes it instead of reading the file back) is the
+    sha256 of the bytes on disk."""
+    import hashlib
+
+    from edgellm import models
+    from edgellm.exporters.gguf.vocab import read_vocab
+    from edgellm.exporters.gguf.write import write_gguf
+    from edgellm.exporters.io.checkpoint import open_checkpoint
+    from edgellm.models.families import family_for
+
+    folder = tiny("qwen2")
+    m = models.load_config(str(folder))
+    path = tmp_path / "m.gguf"
+    digest = write_gguf(m, open_checkpoint(folder), family_for(m, "gguf"), read_vocab(folder, m.vocab), folder,
+                        path, quant, threads)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()

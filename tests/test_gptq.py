@@ -69,7 +69,7 @@ def test_rounding_several_chunks_at_once_writes_the_same_file(cli, tiny, tmp_pat
     outs = {}
     for workers in (1, 3):
         monkeypatch.setattr(gptq, "workers_for", lambda device, n=workers: n)
-        monkeypatch.setattr("edgellm.exporters.gguf.write.CHUNK_ELEMENTS", 64 * 256)     # several chunks a tensor
+        monkeypatch.setattr("edgellm.exporters.gguf.write.GPTQ_CHUNK_ELEMENTS", 64 * 256)     # several chunks a tensor
         out = tmp_path / f"w{workers}"
         r = cli("export", str(folder), "--device", "rpi5", "--quant", "Q4_K_M", "--calibrate", "--no-verify",
                 "-o", str(out))

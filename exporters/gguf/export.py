@@ -49,15 +49,16 @@ class GgufWriter(Writer):
         else:
             guard = nullcontext()
         with guard:
-            write_gguf(req.model, opened.checkpoint, opened.arch, opened.extra["vocab"], req.model_dir, artifact,
-                       req.choice.quant, req.threads,
-                       lambda i, n: report.count(i, n, f"converting to GGUF {req.choice.quant}: tensor"),
-                       types=types, imatrix=imatrix, compensators=compensators)
+            digest = write_gguf(req.model, opened.checkpoint, opened.arch, opened.extra["vocab"], req.model_dir,
+                                artifact, req.choice.quant, req.threads,
+                                lambda i, n: report.count(i, n, f"converting to GGUF {req.choice.quant}: tensor"),
+                                types=types, imatrix=imatrix, compensators=compensators)
         counts: dict[str, int] = {}
         for t in read_header(artifact).tensors:
             counts[t.type_name] = counts.get(t.type_name, 0) + 1
         counts = dict(sorted(counts.items()))
-        return Written(name, manifest={"tensor_types": counts}, tensor_types=counts)
+        return Written(name, manifest={"tensor_types": counts}, tensor_types=counts,
+                       sha256={name: digest} if digest else {})
 
 
 def export_gguf(req: ExportRequest, stage: Callable[[str], None] = lambda s: None) -> ExportResult:

@@ -31,9 +31,15 @@ TYPE_IDS = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
-    import llama_cpp
+    from importlib.util import find_spec
 
-    libdir = Path(llama_cpp.__file__).parent / "lib"
+    # the package's folder, not the package: importing llama_cpp loads libllama, its chat
+    # templates and jinja2 (0.15 s of a 5 s export), and only ggml's base library is needed here
+    spec = find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("llama-cpp-python is not installed: GGUF export needs its ggml library",
+                                  name="llama_cpp")
+    libdir = Path(next(iter(spec.submodule_search_locations))) / "lib"
     candidates = sorted(libdir.glob("libggml-base.*")) + sorted(libdir.glob("libggml.*"))
     for path in candidates:
         try:
