@@ -10,6 +10,7 @@ as the stages' typed ``Progress`` events.  Needs the ``[export]`` extra.
 from __future__ import annotations
 
 import dataclasses
+import math
 import importlib
 import importlib.util
 import warnings
@@ -182,6 +183,30 @@ def _calibration(req: BuildRequest):
     return CalibrationData(req.calib_text, req.calib_source, req.calib_windows, device=req.calib_device)
 
 
+def _weights_fit_config(folder: Path, model) -> None:
+    """The checkpoint holds about the parameters config.json describes, from the safetensors
+    headers alone: every size this export plans (disk, memory, calibration) comes from the config,
+    and a config that describes another model (4,096 experts beside a checkpoint of 8) would
+    otherwise be refused for want of thousands of GiB, not for what it is.  The writers then match
+    every tensor by name and shape."""
+    from edgellm.exporters.io.checkpoint import open_checkpoint
+
+    qc = model.raw.get("quantization_config")
+    if qc is not None:
+        method = qc.get("quant_method") if isinstance(qc, dict) else None
+        raise BadInput(f"{model.name}: its weights are already quantized ({str(method or 'quantization_config')[:40]}); "
+                       "edgellm builds from the original float32/float16/bfloat16 weights: export from the "
+                       "unquantized model")
+    if not any(Path(folder).glob("*.safetensors")):
+        return                              # pickles: loaded once, by the writer, only if allowed
+    ckpt = open_checkpoint(folder)
+    held = sum(math.prod(ckpt.info(n).shape) for n in ckpt.names())
+    described = model.n_params
+    if described > 2 * held + (1 << 20):    # (tied heads, buffers and rounding: far inside 2x)
+        raise BadInput(f"{model.name}: config.json describes {described:,} parameters, but the checkpoint holds "
+                       f"{held:,}: they do not belong to the same model")
+
+
 def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     """Plan, (distil), export, verify and package ``req.model`` for ``req.device``."""
     need_export_extra()
@@ -194,6 +219,7 @@ def build_bundle(req: BuildRequest, say: Say = lambda s: None) -> BuildResult:
     device = devices.find(req.device)
     folder = weights_folder(req.model)
     model = dataclasses.replace(models.load_config(str(folder)), name=public_name(req.model))
+    _weights_fit_config(folder, model)
     calibration = _calibration(req)
     gate = Gate(req.max_kld, req.max_ppl_increase)
     if gate and not req.verify:

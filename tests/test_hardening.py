@@ -109,6 +109,11 @@ def test_an_absurd_layer_count_is_refused_at_once(run_cli, model_dir, layers):
     ("tie_word_embeddings", "yes", "true or false"),
     ("architectures", "Qwen2ForCausalLM", "must be a list"),
     ("rope_scaling", [1], "must be an object"),
+    ("original_max_position_embeddings", 0, "edgellm takes 1 to"),        # divided by in long-rope
+    ("original_max_position_embeddings", -5, "edgellm takes 1 to"),       # packed unsigned into the GGUF
+    ("rope_scaling", {"rope_type": "longrope", "attention_factor": "x"}, "'attention_factor' must be a finite number"),
+    ("rope_scaling", {"rope_type": "yarn", "original_max_position_embeddings": 0}, "from 1 to"),
+    ("num_experts_per_tok", 2.5, "must be a whole number"),
 ])
 def test_odd_config_fields_are_one_line_and_exit_2(run_cli, model_dir, key, value, says):
     cfg = json.loads((CORPUS.parent.parent / "edgellm/models/examples/Qwen--Qwen2.5-0.5B-Instruct.json").read_text())

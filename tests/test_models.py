@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,41 @@ def test_unknown_hub_id_without_network(monkeypatch):
 def test_a_mixture_of_experts_counts_what_a_token_uses():
     assert abs(models.load_config("Qwen/Qwen3-30B-A3B").n_active_params - 3.3e9) < 0.06e9
     assert abs(models.load_config("allenai/OLMoE-1B-7B-0125-Instruct").n_active_params - 1.28e9) < 0.01e9
+
+
+EXAMPLES = Path(__file__).parent.parent / "edgellm" / "models" / "examples"
+
+
+@pytest.mark.parametrize("example,change,message", [
+    # an activation llama.cpp's graph for the family does not compute: a different model
+    ("Qwen--Qwen2.5-0.5B-Instruct.json", {"hidden_act": "gelu"}, "hidden_act 'gelu', but llama.cpp's qwen2 graph"),
+    ("google--gemma-3-1b-it.json", {"hidden_activation": "relu"}, "llama.cpp's gemma3 graph .* compute gelu_new"),
+    ("openai-community--gpt2.json", {"activation_function": "relu"}, "activation_function 'relu'"),
+    ("google--gemma-2-2b-it.json", {"hidden_activation": "silu"}, "hidden_activation 'silu'"),
+    # transformers follows layer_types, llama.cpp its own pattern: they must agree
+    ("google--gemma-3-1b-it.json", {"layer_types": ["full_attention"] * 26},
+     "is not the layout llama.cpp's gemma3 graph runs \\(full attention on layer\\(s\\) 5, 11"),
+    ("google--gemma-3-1b-it.json", {"sliding_window": 0}, "need a 'sliding_window' of at least 1"),
+    ("Qwen--Qwen2.5-0.5B-Instruct.json", {"layer_types": ["x"] * 24}, "'full_attention' or 'sliding_attention'"),
+])
+def test_configs_that_would_build_another_model_are_refused(example, change, message):
+    import json
+
+    from edgellm.models.families import from_config_dict
+
+    cfg = {**json.loads((EXAMPLES / example).read_text()), **change}
+    with pytest.raises(BadInput, match=message):
+        from_config_dict(cfg, example)
+
+
+def test_the_published_configs_name_the_layouts_llama_cpp_runs():
+    """The layout a real config's layer_types would give (transformers 5's own rule for Gemma 3:
+    every 6th layer full) passes the check."""
+    import json
+
+    from edgellm.models.families import from_config_dict
+
+    cfg = json.loads((EXAMPLES / "google--gemma-3-1b-it.json").read_text())
+    n = cfg["num_hidden_layers"]
+    cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
+    assert from_config_dict(cfg, "gemma-3-1b").windows.count(None) == n // 6

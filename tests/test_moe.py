@@ -84,7 +84,16 @@ def test_moe_refusals_are_one_line_before_any_work(cli, tiny, tmp_path):
     (lambda cfg, d: cfg.update(norm_topk_prob=False), "always renormalizes"),
     (lambda cfg, d: cfg.update(mlp_only_layers=[1]), "dense MLP layers among the experts"),
     (lambda cfg, d: cfg.update(num_experts_per_tok=9), "exceeds the 8 experts"),
-    (lambda cfg, d: cfg.update(num_experts=9), "config.json implies [9, 256]"),
+    (lambda cfg, d: cfg.update(num_experts=9, num_local_experts=9), "config.json implies [9, 256]"),
+    # hostile or inconsistent values: one line naming the key, before any size is planned from them
+    (lambda cfg, d: cfg.update(num_experts=9), "num_experts=9 and num_local_experts=8 disagree"),
+    (lambda cfg, d: cfg.update(num_local_experts="8"), "'num_local_experts' is '8'; it must be a whole number"),
+    (lambda cfg, d: cfg.update(num_local_experts=10**9), "'num_local_experts' is 1000000000; edgellm takes 1 to 4,096"),
+    (lambda cfg, d: cfg.update(norm_topk_prob="yes"), "'norm_topk_prob' is 'yes'; it must be true or false"),
+    (lambda cfg, d: cfg.update(num_local_experts=4096, moe_intermediate_size=1 << 20),
+     "parameters, but the checkpoint holds"),
+    (lambda cfg, d: cfg.update(quantization_config={"quant_method": "gptq", "bits": 4}),
+     "its weights are already quantized (gptq)"),
 ])
 def test_moe_configs_llama_cpp_would_run_differently_are_refused(cli, tiny, tmp_path, change, want):
     import shutil

@@ -21,6 +21,8 @@ class Gemma(Family):
     norm_offset = 1.0
     explicit_head_dims = True
     activation = "gelu_tanh"
+    k_activation = "hidden_act"             # Gemma 1's; transformers reads its legacy "gelu" as the tanh form
+    activation_aliases = frozenset({"gelu"})
     supports = frozenset({"gguf", "onnx", "distill"})
 
     @property
@@ -39,6 +41,8 @@ class Gemma2(Gemma):
     post_norms = True
     sliding_window_attention = True
     supports = frozenset({"gguf", "onnx"})
+    k_activation = "hidden_activation"      # Gemma 2 and 3 read this key (no legacy alias)
+    activation_aliases = frozenset()
 
     def hf_layer(self, i: int) -> dict[str, str]:
         p = f"model.layers.{i}."

@@ -25,6 +25,7 @@ class GPT2(Family):
     supports = frozenset({"gguf", "onnx"})
     rotary = False
     activation = "gelu_tanh"           # gelu_new
+    k_activation = "activation_function"
     layer_norm = True
     embed = "transformer.wte.weight"
     position_embed = "transformer.wpe.weight"

@@ -28,6 +28,11 @@ class Lfm2(Family):
     default_tied = True
 
     # -- shape --------------------------------------------------------------------------------
+    k_activation = ""           # transformers' LFM2 MLP is SiLU whatever the config says, as llama.cpp's
+
+    def _check_layer_types(self, layers: int) -> None:
+        """Convolution or attention per layer: checked by ``layer_kinds``."""
+
     def layer_kinds(self, layers: int) -> list[str]:
         """"conv" or "full_attention" per layer (config ``layer_types``, or older ``full_attn_idxs``)."""
         kinds = self.cfg.get("layer_types")

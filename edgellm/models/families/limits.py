@@ -24,6 +24,10 @@ WHOLE = {
     "vocab_size": (1, 1 << 23),
     "max_position_embeddings": (0, 1 << 27), "n_positions": (0, 1 << 27),   # 134 M tokens
     "sliding_window": (0, 1 << 27), "sliding_window_pattern": (0, 512), "no_rope_layer_interval": (0, 512),
+    "original_max_position_embeddings": (1, 1 << 27),
+    # mixtures of experts (the largest released: 384 experts, 8 a token) and LFM2's blocks
+    "num_experts": (1, 4096), "num_local_experts": (1, 4096), "num_experts_per_tok": (1, 4096),
+    "moe_intermediate_size": (1, 1 << 20), "decoder_sparse_step": (0, 512), "block_ff_dim": (1, 1 << 20),
 }
 # key -> (exclusive least, most) for numbers
 NUMBER = {
@@ -35,8 +39,12 @@ NUMBER = {
     "embedding_multiplier": (0.0, 1e6), "residual_multiplier": (0.0, 1e6),
     "attention_multiplier": (0.0, 1e6), "logits_scaling": (0.0, 1e6),
 }
-LISTS = ("layer_types", "no_rope_layers")
-FLAGS = ("tie_word_embeddings", "use_sliding_window", "attention_bias", "mlp_bias")
+LISTS = ("layer_types", "no_rope_layers", "mlp_only_layers", "full_attn_idxs")
+FLAGS = ("tie_word_embeddings", "use_sliding_window", "attention_bias", "mlp_bias", "norm_topk_prob", "conv_bias")
+# rope_scaling's own numbers (its factor lists are checked where they are read)
+ROPE_NUMBERS = {"factor": (0.0, 1e6), "attention_factor": (0.0, 1e6), "low_freq_factor": (0.0, 1e6),
+                "high_freq_factor": (0.0, 1e6), "beta_fast": (0.0, 1e6), "beta_slow": (0.0, 1e6),
+                "mscale": (0.0, 1e6), "mscale_all_dim": (-1e6, 1e6)}
 
 
 def check_values(cfg: dict[str, Any], name: str) -> None:
@@ -72,3 +80,12 @@ def check_values(cfg: dict[str, Any], name: str) -> None:
     rs = cfg.get("rope_scaling")
     if rs is not None and not isinstance(rs, dict):
         raise bad("rope_scaling", "it must be an object (or null)")
+    for key, (lo, hi) in ROPE_NUMBERS.items() if isinstance(rs, dict) else ():
+        v = rs.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or not lo < v <= hi):
+            raise bad("rope_scaling", f"its '{key}' must be a finite number above {lo:g} and at most {hi:g}")
+    orig = rs.get("original_max_position_embeddings") if isinstance(rs, dict) else None
+    if orig is not None and (isinstance(orig, bool) or not isinstance(orig, int) or not 1 <= orig <= 1 << 27):
+        raise bad("rope_scaling", "its 'original_max_position_embeddings' must be a whole number from 1 to "
+                  f"{1 << 27:,}")

@@ -46,6 +46,10 @@ class MoE(Family):
     # -- shape --------------------------------------------------------------------------------
     @property
     def n_experts(self) -> int:
+        given = {k: self.cfg[k] for k in self.k_experts if self.cfg.get(k) is not None}
+        if len(set(map(repr, given.values()))) > 1:         # transformers reads one, edgellm the other
+            raise BadInput(f"{self.name}: config.json: {' and '.join(f'{k}={v!r}' for k, v in given.items())} "
+                           "disagree; which is the model's expert count?")
         for k in self.k_experts:
             if isinstance(self.cfg.get(k), int) and not isinstance(self.cfg.get(k), bool):
                 return self.need(k)

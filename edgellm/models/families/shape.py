@@ -20,6 +20,10 @@ WHAT = {"gguf": "GGUF export", "onnx": "ONNX export", "onnx-npu": "the static NP
 FORMAT_ENTRIES: dict[str, object] = {}
 
 
+# the activation names transformers gives each function llama.cpp's graphs compute
+ACTIVATIONS = {"silu": frozenset({"silu", "swish"}), "gelu_tanh": frozenset({"gelu_pytorch_tanh", "gelu_new"})}
+
+
 class Shape:
     """Llama-style decoder: RMSNorm, rotary attention (GQA), gated MLP.  Families flip flags."""
 
@@ -31,6 +35,8 @@ class Shape:
     k_heads: ClassVar[str] = "num_attention_heads"
     k_ffn: ClassVar[str] = "intermediate_size"
     k_context: ClassVar[str] = "max_position_embeddings"
+    k_activation: ClassVar[str] = "hidden_act"   # the key transformers reads the MLP's activation from ("": none)
+    activation_aliases: ClassVar[frozenset[str]] = frozenset()   # other names transformers maps onto it
     default_tied: ClassVar[bool] = False
     # layout flags
     qkv_bias: ClassVar[bool] = False          # biases on q/k/v projections
@@ -107,6 +113,8 @@ class Shape:
             raise BadInput(f"{self.name}: config.json: num_attention_heads ({heads}) is not a "
                            f"multiple of num_key_value_heads ({kv})")
         layers = self.need(self.k_layers)
+        self._check_activation()
+        self._check_layer_types(layers)
         if "partial_rotary_factor" in self.cfg and (self.rotary_dim < 2 or self.rotary_dim % 2):
             raise BadInput(f"{self.name}: config.json: partial_rotary_factor "
                            f"{self.cfg['partial_rotary_factor']!r} turns {self.rotary_dim} of {head_dim} "
@@ -123,6 +131,43 @@ class Shape:
                            windows=self.windows(layers), tensors=tuple(self.tensors(**shape)),
                            attention_layers=self.attention_layers(layers), state_elements=self.state_elements(),
                            raw=self.cfg, **shape)
+
+    def _check_activation(self) -> None:
+        """The MLP's activation in config.json is the one llama.cpp's graph for the family and
+        edgellm's ONNX graph compute (``activation``): transformers runs whatever the config names,
+        so another one would make a file that is a different model, caught (if at all) only by a
+        quality number after the whole export."""
+        value = self.cfg.get(self.k_activation) if self.k_activation else None
+        accepted = ACTIVATIONS.get(self.activation, frozenset({self.activation})) | self.activation_aliases
+        if value is not None and (not isinstance(value, str) or value not in accepted):
+            raise BadInput(f"{self.name}: config.json: {self.k_activation} {str(value)[:40]!r}, but llama.cpp's "
+                           f"{self.gguf_arch} graph and edgellm's ONNX graph compute {' / '.join(sorted(accepted))}; "
+                           "the file would be a different model")
+
+    def _check_layer_types(self, layers: int) -> None:
+        """``layer_types`` (transformers 5) names each layer's attention.  Where the family has
+        sliding-window layers, transformers follows the list and llama.cpp its own pattern
+        (``is_sliding``), so the list must name that layout; elsewhere it must at least be one
+        of the two kinds per layer.  Families whose layers are not all attention override this."""
+        if (self.sliding_window_attention and self.cfg.get("sliding_window") == 0
+                and any(self.is_sliding(i) for i in range(layers))):
+            raise BadInput(f"{self.name}: config.json: sliding-window layers need a 'sliding_window' of at least 1")
+        types = self.cfg.get("layer_types")
+        if types is None:
+            return
+        want = ["sliding_attention" if self.is_sliding(i) else "full_attention" for i in range(layers)]
+        if not self.sliding_window_attention:   # (a window llama.cpp does not keep: accepted as before)
+            if (isinstance(types, list) and len(types) == layers
+                    and all(t in ("full_attention", "sliding_attention") for t in types)):
+                return
+            raise BadInput(f"{self.name}: config.json: layer_types must name 'full_attention' or "
+                           f"'sliding_attention' for each of the {layers} layers")
+        if types != want:
+            full = [str(i) for i in range(layers) if not self.is_sliding(i)]
+            raise BadInput(f"{self.name}: config.json: layer_types {str(types)[:80]} is not the layout llama.cpp's "
+                           f"{self.gguf_arch} graph runs (full attention on layer(s) {', '.join(full[:6]) or 'none'}"
+                           f"{', ...' if len(full) > 6 else ''}, a sliding window elsewhere); the file would be a "
+                           "different model")
 
     def shrunk(self, layers: int, width: float) -> dict[str, Any]:
         """config.json of a smaller student of this family: ``layers`` deep, hidden, MLP and
