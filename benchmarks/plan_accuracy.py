@@ -132,7 +132,7 @@ def main() -> int:
     if not args.reuse_kernels or not tuned.exists():
         edgellm("device", "measure", "--name", "here", "-o", str(tuned))
     model = models.load_config(str(model_dir))
-    from edgellm.formats import FORMATS
+    from edgellm.formats.choice import BuildChoice
 
     builds = [("gguf", q) for q in args.types.split(",") if q] + [("onnx", q) for q in args.onnx.split(",") if q]
     name = {b: b[1] if b[0] == "gguf" else f"onnx-{b[1]}" for b in builds}
@@ -154,9 +154,10 @@ def main() -> int:
         pps, tgs = zip(*samples[b])
         spread[quant] = (max(pps) / min(pps), max(tgs) / min(tgs))
         preds = []
+        # the build the bundle is (its KV cache type too: the export's plan chose it), not a default
+        choice = BuildChoice.from_dict(json.loads((work / f"bundle-{quant}" / "manifest.json").read_text())["choice"])
         for prof in (plain, tuned):
             device = devices.find(str(prof))
-            choice = FORMATS[b[0]].choice(b[1], device)
             budgets = planner.budgets_for(device, None, None, 1024, model)
             c = planner.evaluate_choice(model, device, budgets, choice)
             preds.append((c.estimate.prefill_tps, c.estimate.decode_tps))

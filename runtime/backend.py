@@ -75,12 +75,13 @@ class TokenizedBackend:
         return text_pieces(self.tokenizer.decode, self.generate(ids, max_tokens, temperature, seed))
 
 
-def load_backend(spec, path: Path, n_ctx: int, threads: int | None, scoring: bool) -> Backend:
-    """The backend class ``spec`` names ("module:class", imported now, or the class) opened on ``path``."""
+def load_backend(spec, path: Path, n_ctx: int, threads: int | None, scoring: bool, **options) -> Backend:
+    """The backend class ``spec`` names ("module:class", imported now, or the class) opened on ``path``;
+    ``options``: what the build asks of its runtime (formats' ``backend_options``, e.g. the KV cache's type)."""
     if isinstance(spec, str):
         module, name = spec.split(":")
         spec = getattr(importlib.import_module(module), name)
-    return spec.open(path, n_ctx=n_ctx, threads=threads, scoring=scoring)
+    return spec.open(path, n_ctx=n_ctx, threads=threads, scoring=scoring, **options)
 
 
 def recorded_choice(bundle: Bundle):
@@ -115,7 +116,8 @@ def open_backend(folder: str | Path, n_ctx: int = 2048, threads: int | None = No
     bundle = open_bundle(Path(folder))
     try:
         choice = recorded_choice(bundle)
-        return bundle, load_backend(format_for(choice).backend, bundle.artifact, n_ctx, threads, scoring)
+        fmt = format_for(choice)
+        return bundle, load_backend(fmt.backend, bundle.artifact, n_ctx, threads, scoring, **fmt.backend_options(choice))
     except EdgeLLMError as e:
         bundle.close()
         e.message = bundle.shown(e.message)

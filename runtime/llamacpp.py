@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -73,6 +74,25 @@ def _trained_context(path: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _cache_type(path: Path, kv_cache: str) -> str:
+    """``kv_cache``, or f16 where llama.cpp cannot make it: a q8_0 cache's blocks of 32 must divide
+    a head (bundles planned before edgellm checked that recorded q8_0 for narrower heads)."""
+    from edgellm.runtime.gguf_check import read_header
+
+    if kv_cache != "q8_0":
+        return kv_cache
+    meta = read_header(path, check_meaning=False).metadata
+    arch = meta.get("general.architecture")
+    heads, width = meta.get(f"{arch}.attention.head_count"), meta.get(f"{arch}.embedding_length")
+    head = meta.get(f"{arch}.attention.key_length") or (
+        width // heads if isinstance(heads, int) and isinstance(width, int) and heads > 0 else None)
+    if isinstance(head, int) and head % 32:
+        warnings.warn(f"{path.name}: heads of {head} cannot hold llama.cpp's q8_0 cache (blocks of 32); "
+                      "it runs with an f16 cache", stacklevel=3)
+        return "f16"
+    return kv_cache
+
+
 def _cpu_has_amx() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -114,13 +134,23 @@ SCORING_BATCH = 64          # positions per llama_decode when scoring: llama.cpp
                             # vocabulary's 512-position window is 512 MiB a copy)
 
 
+# the KV cache's element type as a build records it (formats/choice.py's KVCache) -> llama.cpp's
+# ggml type; a half-precision cache is llama.cpp's default
+KV_TYPES = {"f16": 1, "q8_0": 8, "f32": 0}
+
+
 class LlamaCppModel:
-    def __init__(self, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
+    def __init__(self, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False,
+                 kv_cache: str = "f16"):
         try:
             from llama_cpp import Llama
         except ImportError:
             raise EdgeLLMError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
+        if kv_cache not in KV_TYPES:
+            raise BadInput(f"{path}: a KV cache of {str(kv_cache)[:40]!r} is not one llama.cpp runs here "
+                           f"({', '.join(KV_TYPES)})")
         self.path = Path(path)
+        self.kv_cache = kv_cache = _cache_type(self.path, kv_cache)
         self.threads = threads or default_threads()
         trained = _trained_context(self.path)
         if trained:
@@ -139,19 +169,22 @@ class LlamaCppModel:
                 self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx,
                                  n_batch=min(n_ctx, SCORING_BATCH if scoring else 512),
                                  n_threads=self.threads, n_threads_batch=self.threads,
-                                 logits_all=False, flash_attn=True, verbose=supervised)
+                                 logits_all=False, flash_attn=True, verbose=supervised,
+                                 type_k=KV_TYPES[kv_cache], type_v=KV_TYPES[kv_cache])
         except (ValueError, RuntimeError) as e:
             raise BadInput(f"{self.path}: llama.cpp could not load it ({e})") from None
         self.load_s = time.perf_counter() - t0
         self.n_ctx = n_ctx
 
     @classmethod
-    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False):
-        """Our bounds-checked GGUF reader passes the file before llama.cpp parses it."""
+    def open(cls, path: Path, n_ctx: int = 2048, threads: int | None = None, scoring: bool = False,
+             kv_cache: str = "f16"):
+        """Our bounds-checked GGUF reader passes the file before llama.cpp parses it.  ``kv_cache``:
+        the cache's element type the build was planned with (its memory and speed assume it)."""
         from edgellm.runtime.gguf_check import read_header
 
         read_header(Path(path))
-        return cls(path, n_ctx=n_ctx, threads=threads, scoring=scoring)
+        return cls(path, n_ctx=n_ctx, threads=threads, scoring=scoring, kv_cache=kv_cache)
 
     @property
     def n_vocab(self) -> int:

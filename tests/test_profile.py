@@ -118,3 +118,47 @@ def test_a_prompt_longer_than_one_batch_is_fed_in_batches(run_cli, tmp_path):
                 "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["n_prompt"] == 600
+
+
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+def test_a_bundle_runs_the_kv_cache_its_plan_chose(tmp_path, kv):
+    """The plan's memory and speed are for the build's cache type; llama.cpp's own default is f16,
+    so a q8_0 build ran with twice the cache the plan counted until the backend was told."""
+    from edgellm.runtime.backend import open_backend
+    from edgellm.runtime.synthetic_gguf import Shape, write
+
+    gguf = write(tmp_path / "m.gguf", Shape(hidden=64, ffn=64, layers=1, heads=2, kv_heads=1, vocab=300, context=256))
+    folder = write_bundle(tmp_path / "b", {"m.gguf": gguf.read_bytes()}, "m.gguf", dict(F16_CHOICE, kv_cache=kv))
+    bundle, model = open_backend(folder, n_ctx=64)
+    try:
+        assert model.kv_cache == kv
+        assert model.llm.context_params.type_k == model.llm.context_params.type_v == {"f16": 1, "q8_0": 8}[kv]
+        assert model.profile(4, 4, 1).decode_tps > 0                  # it runs with that cache
+    finally:
+        bundle.close()
+
+
+def test_heads_a_q8_0_cache_cannot_hold_run_with_f16_and_are_not_planned_so(tmp_path):
+    from edgellm.models.families import from_config_dict
+    from edgellm.plan.candidates import candidate_choices
+    from edgellm import devices
+    from edgellm.runtime.backend import open_backend
+
+    folder = write_bundle(tmp_path / "b", {"m.gguf": (CORPUS / "valid.gguf").read_bytes()}, "m.gguf",
+                          dict(F16_CHOICE, kv_cache="q8_0"))        # heads of 8, from an older edgellm
+    with pytest.warns(UserWarning, match="heads of 8 cannot hold llama.cpp's q8_0 cache"):
+        bundle, model = open_backend(folder, n_ctx=64)
+    assert model.kv_cache == "f16" and model.profile(4, 4, 1).decode_tps > 0
+    bundle.close()
+    del model
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 96, "intermediate_size": 64,
+           "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 300}
+    kvs = {str(c.kv_cache) for c in candidate_choices(from_config_dict(cfg, "h48"), devices.find("rpi5-8gb"), ("gguf",))}
+    assert kvs == {"f16"}                                               # heads of 48: no q8_0 cache offered
+    kvs = {str(c.kv_cache) for c in candidate_choices(from_config_dict(dict(cfg, hidden_size=128), "h64"),
+                                                      devices.find("rpi5-8gb"), ("gguf",))}
+    assert kvs == {"f16", "q8_0"}
+
+
+F16_CHOICE = {"version": 2, "format": "gguf", "quant": "F16", "kv_cache": "f16", "block_size": None,
+              "calibrated": False, "target": "cpu", "int8_levels": None}

@@ -106,6 +106,11 @@ class BuildFormat:
     def kv_element_bytes(self, c: BuildChoice) -> float:
         return 4.0
 
+    def backend_options(self, c: BuildChoice) -> dict:
+        """What the runtime backend must be told to run build ``c`` as it was planned (keyword
+        arguments of the backend's ``open``)."""
+        return {}
+
     # -- quality and verification -------------------------------------------------------------
     def quality(self, model: ModelConfig, c: BuildChoice):
         """The expected quality of build ``c`` of ``model`` (formats/quality.py's model)."""

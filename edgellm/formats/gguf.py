@@ -77,6 +77,16 @@ class Gguf(BuildFormat):
     def kv_element_bytes(self, c):
         return self.KV[c.kv_cache]
 
+    def choice_problem(self, model, c):
+        if c.kv_cache is KVCache.Q8_0 and model.head_dim % 32:
+            return (f"{model.name}: llama.cpp's q8_0 KV cache stores blocks of 32, which do not divide this model's "
+                    f"heads of {model.head_dim}; its builds keep an f16 cache")
+        return None
+
+    def backend_options(self, c):
+        # the plan's memory and speed are for this cache type; llama.cpp's own default is f16
+        return {"kv_cache": c.kv_cache.value}
+
     def quality(self, model, c):
         typed = [(t, ty) for t, ty in tensor_types(model, c.quant) if t.quantizable]
         return predict(model, typed, "edgellm" if c.calibrated else None, str(c.kv_cache), str(c.quant))
@@ -87,6 +97,9 @@ class Gguf(BuildFormat):
     def app_runtime_lines(self, folder, first, lang):
         split = " (the other parts beside it are found by llama.cpp itself)" if "-of-" in first else ""
         return [f"Runtime: a llama.cpp binding (llama.android, llama.swiftui, llama.rn). Load `{folder}/{first}`{split}; "
-                "the chat template is inside the GGUF (`tokenizer.chat_template`), so the binding's chat API uses it.", "",
+                "the chat template is inside the GGUF (`tokenizer.chat_template`), so the binding's chat API uses it. "
+                "Give the context the KV cache type `manifest.json` records (`choice.kv_cache`; for q8_0, flash attention "
+                "on and the K and V cache types q8_0): the plan's memory and speed assume it, and llama.cpp's default is "
+                "f16.", "",
                 "```" + lang, (f'val model = LLamaAndroid.instance().load("{folder}/{first}")' if lang == "kotlin" else
                                f'let context = try LlamaContext.create_context(path: "{folder}/{first}")'), "```"]

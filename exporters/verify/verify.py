@@ -116,9 +116,12 @@ def verify_file(model_dir: Path, choice, path: Path, threads: int, trust_remote_
     from edgellm.runtime.backend import load_backend
 
     fmt = format_for(choice)
-    cand = load_backend(fmt.backend, path, context, threads, scoring=True)
-    return verify_candidate(model_dir, cand, path.name, fmt.runtime, fmt.tolerance(choice.quant),
-                            trust_remote_code, context, progress)
+    tolerance = fmt.tolerance(choice.quant)
+    # a float build's logits check the conversion itself, so its runtime runs exactly (llama.cpp's
+    # f16 cache); a quantized build is measured as it ships (its cache type too)
+    options = fmt.backend_options(choice) if tolerance is None else {}
+    cand = load_backend(fmt.backend, path, context, threads, scoring=True, **options)
+    return verify_candidate(model_dir, cand, path.name, fmt.runtime, tolerance, trust_remote_code, context, progress)
 
 
 def _check_chat(tok, cand, name: str, runtime: str) -> str:
