@@ -25,6 +25,11 @@ class Shape:
     kv_heads: int = 4
     vocab: int = 4096
     context: int = 1024
+    head_dim: int = 0           # 0: hidden / heads (llama's default); else its own key/value length
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.hidden // self.heads
 
 
 def _s(text: str) -> bytes:
@@ -58,14 +63,14 @@ def _i32s(key, items):
 
 def tensors(s: Shape) -> list[tuple[str, tuple[int, ...]]]:
     """(GGUF name, numpy shape [rows, cols]) in llama.cpp's llama layout."""
-    hd = s.hidden // s.heads
+    hd = s.hd
     out = [("token_embd.weight", (s.vocab, s.hidden)), ("output_norm.weight", (s.hidden,)),
            ("output.weight", (s.vocab, s.hidden))]
     for i in range(s.layers):
         p = f"blk.{i}."
         out += [(p + "attn_norm.weight", (s.hidden,)), (p + "ffn_norm.weight", (s.hidden,)),
-                (p + "attn_q.weight", (s.hidden, s.hidden)), (p + "attn_k.weight", (s.kv_heads * hd, s.hidden)),
-                (p + "attn_v.weight", (s.kv_heads * hd, s.hidden)), (p + "attn_output.weight", (s.hidden, s.hidden)),
+                (p + "attn_q.weight", (s.heads * hd, s.hidden)), (p + "attn_k.weight", (s.kv_heads * hd, s.hidden)),
+                (p + "attn_v.weight", (s.kv_heads * hd, s.hidden)), (p + "attn_output.weight", (s.hidden, s.heads * hd)),
                 (p + "ffn_gate.weight", (s.ffn, s.hidden)), (p + "ffn_up.weight", (s.ffn, s.hidden)),
                 (p + "ffn_down.weight", (s.hidden, s.ffn))]
     return out
@@ -79,7 +84,8 @@ def write(path: Path, s: Shape = Shape(), seed: int = 0) -> Path:
            _u32("llama.embedding_length", s.hidden), _u32("llama.feed_forward_length", s.ffn),
            _u32("llama.attention.head_count", s.heads), _u32("llama.attention.head_count_kv", s.kv_heads),
            _f32("llama.attention.layer_norm_rms_epsilon", 1e-5), _f32("llama.rope.freq_base", 10000.0),
-           _u32("llama.rope.dimension_count", s.hidden // s.heads),
+           _u32("llama.rope.dimension_count", s.hd), _u32("llama.attention.key_length", s.hd),
+           _u32("llama.attention.value_length", s.hd),
            _str("tokenizer.ggml.model", "gpt2"), _str("tokenizer.ggml.pre", "default"),
            _strs("tokenizer.ggml.tokens", tokens), _i32s("tokenizer.ggml.token_type", [1] * len(tokens)),
            _strs("tokenizer.ggml.merges", ["t 0"]), _u32("tokenizer.ggml.bos_token_id", 0),

@@ -28,14 +28,22 @@ def _qwen_like():
                              "max_position_embeddings": 32768}, "qwen-like")
 
 
+ATTENTION = tuple(Shape(hidden=128, ffn=64, layers=4, heads=8, kv_heads=2, vocab=512, context=2048, head_dim=hd)
+                  for hd in (32, 64))
+
+
 def test_measured_costs_come_back_for_the_runtime_and_each_type():
     report, notes = {}, []          # notes: measured anyway on a busy CI machine (the refusal is tested in test_busy)
-    costs = kernels.measure_kernels(2, types=("Q4_0",), source="test", shapes=SMALL, report=report, notes=notes)
+    costs = kernels.measure_kernels(2, types=("Q4_0",), source="test", shapes=SMALL, report=report, notes=notes,
+                                    attention_shapes=ATTENTION)
     assert all(isinstance(n, str) and n for n in notes)
     assert set(costs) == {"llama.cpp", "llama.cpp:Q8_0", "llama.cpp:Q4_0"}      # Q8_0 carries the runtime's
     assert 0 <= report["drift"] < 10            # the first probe timed again at the end
     assert kernels.drift((1.0, 2.0), (1.2, 1.9)) == pytest.approx(0.2)
     assert isinstance(costs["llama.cpp"], RuntimeCost) and costs["llama.cpp"].attention_gflops > 0
+    per_head = {(kv, hd): ns for kv, hd, ns in costs["llama.cpp"].attention_ns}   # decode attention, from depth
+    assert set(per_head) <= {(kv, hd) for kv in ("f16", "q8_0") for hd in (32, 64)}
+    assert len(per_head) >= 2 and all(0 < ns < 1e4 for ns in per_head.values())
     for key in ("llama.cpp:Q8_0", "llama.cpp:Q4_0"):
         r = costs[key]
         assert r.source == "test" and min(r.decode_row_ns, r.decode_weight_ps, r.prefill_weight_ps) >= 0
@@ -63,6 +71,69 @@ def test_the_fit_recovers_known_costs_from_the_probes_timings():
         assert (r.decode_row_ns, r.decode_weight_ps, r.prefill_row_ns, r.prefill_weight_ps) == \
             pytest.approx((rate.decode_row_ns, rate.decode_weight_ps, rate.prefill_row_ns, rate.prefill_weight_ps),
                           rel=1e-3)
+
+
+def test_the_attention_probes_have_the_head_size_they_are_named_for(tmp_path):
+    """A probe's heads are its own size, not hidden / heads, in the tensors and in the metadata
+    llama.cpp builds the graph from."""
+    from edgellm.runtime.gguf_check import read_header
+    from edgellm.runtime.synthetic_gguf import tensors, write
+
+    shape = kernels._attention_shapes()[-1]
+    assert (shape.hidden, shape.heads, shape.kv_heads, shape.hd) == (512, 16, 4, kernels.ATTENTION_HEAD_DIMS[-1])
+    dims = dict(tensors(shape))
+    assert dims["blk.0.attn_q.weight"] == (16 * shape.hd, 512) and dims["blk.0.attn_output.weight"] == (512, 16 * shape.hd)
+    assert dims["blk.0.attn_k.weight"] == (4 * shape.hd, 512)
+    small = Shape(hidden=64, ffn=32, layers=1, heads=2, kv_heads=1, vocab=300, context=256, head_dim=48)
+    meta = read_header(write(tmp_path / "p.gguf", small)).metadata
+    assert meta["llama.attention.key_length"] == meta["llama.attention.value_length"] == 48
+    assert meta["llama.rope.dimension_count"] == 48
+
+
+def test_decode_attention_is_priced_per_head_size_where_measured():
+    """The measured figure for the model's head size replaces the one FLOP rate (a 128-wide head
+    measured 2-4x cheaper per FLOP than a 64-wide one on a CPU with 128-wide half-precision steps);
+    another head size, or another cache type, keeps the FLOP rate."""
+    device = devices.find("laptop-x86-16gb")
+    model = _qwen_like()                                      # heads of 64
+    rate = {"Q8_0": TypeRate(24.0, 28.0, 7.7, 3.8)}
+
+    def tuned(**cost):
+        return dataclasses.replace(device, kernels=(("llama.cpp", RuntimeCost(token_us=50.0, attention_gflops=4.0,
+                                                                              **cost)),
+                                                    *((f"llama.cpp:{t}", r) for t, r in rate.items())))
+
+    q8, q8kv = BuildChoice("gguf", "Q8_0", "f16"), BuildChoice("gguf", "Q8_0", "q8_0")
+    flop_rate = estimate(model, tuned(), q8, 4096)
+    other = estimate(model, tuned(attention_ns=(("f16", 128, 1.0), ("q8_0", 64, 1.0))), q8, 4096)
+    assert other.decode_tps == flop_rate.decode_tps           # no figure for heads of 64: the FLOP rate
+    cheap = estimate(model, tuned(attention_ns=(("f16", 64, 1.0), ("f16", 128, 500.0))), q8, 4096)
+    dear = estimate(model, tuned(attention_ns=(("f16", 64, 500.0),)), q8, 4096)
+    assert cheap.decode_tps > flop_rate.decode_tps > dear.decode_tps
+    positions = 512 + 64                                      # the planner's position
+    heads_positions = model.n_heads * model.n_layers * positions
+    assert 1 / dear.decode_tps - 1 / cheap.decode_tps == pytest.approx(499e-9 * heads_positions, rel=1e-6)
+    assert estimate(model, tuned(attention_ns=(("f16", 64, 500.0),)), q8kv, 4096).decode_tps == \
+        estimate(model, tuned(), q8kv, 4096).decode_tps       # a q8_0 cache: not what was measured
+    assert estimate(model, tuned(attention_ns=(("q8_0", 64, 1.0),)), q8kv, 4096).decode_tps > \
+        estimate(model, tuned(), q8kv, 4096).decode_tps
+
+
+def test_a_profile_reads_attention_per_head_size_and_refuses_nonsense(tmp_path):
+    from edgellm.errors import BadInput
+
+    base = open(devices.find("laptop-x86-16gb").source).read()
+    p = tmp_path / "d.toml"
+    p.write_text(base + '\n[kernels]\n"llama.cpp" = { token_us = 5, attention_ns = { "q8_0:64" = 30, "f16:64" = 60.5, '
+                        '"f16:128" = 24 } }\n')
+    assert devices.catalog.load_file(p).kernel("llama.cpp").attention_ns == \
+        (("f16", 64, 60.5), ("f16", 128, 24.0), ("q8_0", 64, 30.0))
+    for table, match in [('{ "f16:64" = -1 }', "expected a number > 0"), ('{ x = 1 }', "keys are a cache type"),
+                         ('{ "f16:0" = 1 }', "keys are"), ('{ "f16:99999" = 1 }', "keys are"), ('{ "q4:64" = 1 }', "keys are"),
+                         ('{ 64 = 1 }', "keys are"), ("5", "expected a table")]:
+        p.write_text(base + f'\n[kernels]\n"llama.cpp" = {{ token_us = 5, attention_ns = {table} }}\n')
+        with pytest.raises(BadInput, match="kernels.llama.cpp.attention_ns: " + match):
+            devices.catalog.load_file(p)
 
 
 def test_nnls_drops_a_column_that_would_come_out_negative():

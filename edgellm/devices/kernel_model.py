@@ -16,8 +16,14 @@ So every ggml tensor type gets four measured figures (edgellm/devices/kernels.py
 
 and the runtime three: decode seconds per token (graph build, sampling), per decoder layer (the
 graph's other nodes and the threads' barriers between them, pinned by tiny probes of 4, 12 and 24
-narrow layers), and the rate of decode's attention over the KV cache (measured as the slowdown of
-decode at a depth of 1024 tokens), which the planner adds for the position it predicts at.  The
+narrow layers), and decode's attention over the KV cache (measured as the slowdown of decode at
+depth), which the planner adds for the position it predicts at.  Attention is measured per head
+size: its cost does not follow its FLOPs, because llama.cpp's CPU flash attention runs a head's dot
+products and updates in SIMD steps of the build's vector width and the rest element by element (on
+a 2-core Xeon with AVX512-FP16, whose half-precision step is 128, a head of 64 or 96 took 60-96 ns
+per cached position and layer, one of 128 took 24 and one of 256 about 50 with its larger cache);
+each cache type llama.cpp runs for edgellm's builds (f16, q8_0) is measured too.  A head size the
+profile has no figure for is priced at the one FLOP rate instead.  The
 per-layer work that grows with the layer's width (norms, rope) is carried in the per-row
 figures.  A build's time is the sum over its tensors at their own type's rates.  Numpy-free and
 torch-free: the device imports it to fit the figures.
@@ -51,6 +57,14 @@ class RuntimeCost:
     # between them, whatever the layer's width (SmolLM2-135M's 30 narrow layers decode 20-30%
     # slower than rows and weights alone predict)
     layer_us: float = 0.0
+    # decode attention in ns per query head, cached position and layer: (cache type, head size, ns)
+    attention_ns: tuple[tuple[str, int, float], ...] = ()
+
+    def attention_seconds(self, kv_cache: str, head_dim: int, head_positions: float) -> float | None:
+        """Decode attention's seconds over ``head_positions`` (query heads x cached positions,
+        summed over layers) with this cache type and head size, or None where not measured."""
+        ns = next((ns for kv, hd, ns in self.attention_ns if kv == kv_cache and hd == head_dim), None)
+        return None if ns is None else ns * 1e-9 * head_positions
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,11 @@ GGML_TYPES = tuple(PURE_FTYPE)
 RUNTIME = "llama.cpp"
 PROMPT, GEN, REPEATS = 512, 64, 3     # the prompt the planner predicts at; decode timed over GEN tokens
 SHORT, DEPTH = 8, 1024                 # decode after a short prompt; attention timed at DEPTH
+# decode attention per cache type and head size (kernel_model.py says why): the head sizes of the
+# families edgellm exports, each on a probe of 16 query heads over 4 KV heads, timed at a depth near
+# the planner's position (576 cached tokens)
+ATTENTION_HEAD_DIMS, ATTENTION_DEPTH = (64, 80, 96, 128, 256), 512
+ATTENTION_CACHES = {"f16": 1, "q8_0": 32}      # the GGUF builds' cache types, and their block sizes
 
 
 def _shapes():
@@ -51,6 +56,13 @@ def _shapes():
               Shape(hidden=2048, ffn=5632, layers=2, heads=16, kv_heads=4, vocab=4096, context=2048))
     tiny = tuple(Shape(hidden=64, ffn=256, layers=n, heads=1, kv_heads=1, vocab=4096, context=2048) for n in (4, 12, 24))
     return probes, tiny
+
+
+def _attention_shapes():
+    from edgellm.runtime.synthetic_gguf import Shape
+
+    return tuple(Shape(hidden=512, ffn=256, layers=8, heads=16, kv_heads=4, vocab=4096, context=2048, head_dim=hd)
+                 for hd in ATTENTION_HEAD_DIMS)
 
 
 def _quantize(src: Path, dst: Path, ftype: str, threads: int) -> None:
@@ -97,6 +109,43 @@ def _time(path: Path, threads: int, depth: int = 0) -> tuple[tuple[float, ...], 
     return tuple(PROMPT / t for t in pre.samples_prefill_tps), tuple(1.0 / t for t in dec.samples_decode_tps)
 
 
+def _time_attention(path: Path, threads: int, kv_cache: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(decode seconds per token after a short prompt, and after ATTENTION_DEPTH more cached
+    tokens), one figure per repeat."""
+    from edgellm.runtime.llamacpp import LlamaCppModel
+
+    m = LlamaCppModel.open(path, n_ctx=ATTENTION_DEPTH + SHORT + GEN + 8, threads=threads, kv_cache=kv_cache)
+    try:
+        shallow = m.profile(SHORT, GEN, REPEATS)
+        deep = m.profile(SHORT, GEN, REPEATS, depth=ATTENTION_DEPTH)
+    finally:
+        del m
+    return tuple(1.0 / t for t in shallow.samples_decode_tps), tuple(1.0 / t for t in deep.samples_decode_tps)
+
+
+def measure_attention(threads: int, work: Path, progress: Callable[[str], None], notes: list[str] | None = None,
+                      shapes=None) -> tuple[tuple[str, int, float], ...]:
+    """(cache type, head size, ns per query head, cached position and layer) of decode attention,
+    per probe and cache type; one whose deeper cache did not measure slower is left out (the
+    planner then prices it at the FLOP rate)."""
+    from edgellm.runtime.synthetic_gguf import write
+
+    out = []
+    for shape in shapes or _attention_shapes():
+        progress(f"measuring llama.cpp decode attention, heads of {shape.hd}")
+        path = write(work / f"attention-{shape.hd}.gguf", shape)
+        for kv, block in ATTENTION_CACHES.items():
+            if shape.hd % block:                     # a cache's blocks must divide a head: never planned
+                continue
+            shallow, deep = timed(f"llama.cpp attention, heads of {shape.hd}, {kv} cache",
+                                  lambda: _time_attention(path, threads, kv), progress, notes, threads)
+            if deep > shallow:
+                out.append((kv, shape.hd, round((deep - shallow) * 1e9 / (shape.layers * shape.heads * ATTENTION_DEPTH),
+                                                3)))
+        path.unlink()
+    return tuple(out)
+
+
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Least squares of ``a x = b`` in relative error, with ``x >= 0`` (columns whose
     coefficient comes out negative are dropped and the rest refitted)."""
@@ -113,7 +162,7 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: float | None, source: str,
-        runtime: str = RUNTIME, base: str = BASE) -> dict:
+        runtime: str = RUNTIME, base: str = BASE, attention_ns: tuple[tuple[str, int, float], ...] = ()) -> dict:
     """``timings``: type -> (load, prefill s, decode s) per probe, the two probes first; Q8_0 also
     carries the tiny probes, which pin the runtime's per-token and per-layer costs for every type.  The decode
     timings come with the probes' attention (at ``attention_gflops``) taken out; the planner adds
@@ -124,7 +173,7 @@ def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: f
                                  np.array([d for *_, d in pinned]))
     out: dict[str, object] = {runtime: RuntimeCost(
         token_us=round(float(token_s) * 1e6, 2), source=source, layer_us=round(float(layer_s) * 1e6, 3),
-        attention_gflops=None if attention_gflops is None else round(attention_gflops, 2))}
+        attention_gflops=None if attention_gflops is None else round(attention_gflops, 2), attention_ns=attention_ns)}
     for ty, rows in timings.items():
         rows = rows[:2]
         dec = q8 if ty == base else nnls(np.array([ld.decode() for ld, *_ in rows], float),
@@ -166,7 +215,8 @@ def drift(first: tuple[float, float], again: tuple[float, float]) -> float:
 
 def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: None,
                     types: tuple[str, ...] = GGML_TYPES, source: str = "", shapes=None,
-                    report: dict | None = None, notes: list[str] | None = None) -> dict[str, object]:
+                    report: dict | None = None, notes: list[str] | None = None,
+                    attention_shapes=None) -> dict[str, object]:
     """``"llama.cpp"`` -> RuntimeCost and ``"llama.cpp:TYPE"`` -> TypeRate, measured here.  The
     first probe is timed again at the end: ``report["drift"]`` is how far the machine's speed
     moved meanwhile (a shared or throttling machine), which no single timing shows."""
@@ -199,6 +249,7 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
                 timings.setdefault(ty, []).append((probe_load(shape, ty), pre, dec))
                 if path != f16:
                     path.unlink()
+        per_head = measure_attention(threads, work, progress, notes, attention_shapes)
         if report is not None and len(types) > 1:
             path = work / "again.gguf"
             _quantize(sources[0][1], path, PURE_FTYPE[BASE], threads)
@@ -206,7 +257,7 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
             report["drift"] = drift(first, again)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return fit(timings, attention / 1e9, source)
+    return fit(timings, attention / 1e9, source, attention_ns=per_head)
 
 
 # --- ONNX Runtime ---------------------------------------------------------------------------

@@ -109,9 +109,11 @@ fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threa
         for key, r in costs.items():
             fields = ("token_us", "layer_us", "attention_gflops") if isinstance(r, RuntimeCost) else \
                 ("decode_row_ns", "decode_weight_ps", "prefill_row_ns", "prefill_weight_ps")
-            text += f"{_q(key)} = {{ " + ", ".join(f"{f} = {getattr(r, f)}" for f in fields
-                                                  if getattr(r, f) is not None) + \
-                f", source = {_q(r.source)} }}\n"
+            values = [f"{f} = {getattr(r, f)}" for f in fields if getattr(r, f) is not None]
+            if isinstance(r, RuntimeCost) and r.attention_ns:
+                values.append("attention_ns = { " + ", ".join(f'"{kv}:{hd}" = {ns}' for kv, hd, ns in r.attention_ns)
+                              + " }")
+            text += f"{_q(key)} = {{ " + ", ".join(values) + f", source = {_q(r.source)} }}\n"
     if notes:                     # --allow-busy: the profile says which figures a busy machine gave
         head, _, rest = text.partition("\n")
         text = head + "\n# MEASURED ON A BUSY MACHINE (--allow-busy); these figures are suspect:\n" + \

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from edgellm import units
 from edgellm.core.ggml import GGML_TYPES
-from edgellm.core.names import FORMAT_NAMES, KERNEL_TYPES, RUNTIME_NAMES
+from edgellm.core.names import FORMAT_NAMES, KERNEL_TYPES, KV_CACHE_NAMES, RUNTIME_NAMES
 from edgellm.errors import BadInput
 
 SCHEMA_VERSION = 1
@@ -200,15 +200,33 @@ _ACCEL = {"name": (_string, True), "kind": (_choice(ACCEL_KINDS), True),
 _BUDGETS = {"context": (_positive_count, False), "min_decode_tps": (_positive, False),
             "max_memory": (_positive_bytes, False)}
 _SECTIONS = {"memory", "cpu", "accelerators", "budgets", "kernels"}
+
+
+def _attention_table(v: Any) -> tuple[tuple[str, int, float], ...]:
+    """``{ "f16:64" = 66.2, "q8_0:128" = 23.9 }``: cache type and head size -> ns per query head,
+    cached position and layer."""
+    if not isinstance(v, dict) or len(v) > 64:
+        raise units.UnitError('expected a table of at most 64 entries, e.g. { "f16:64" = 60.5, "q8_0:64" = 31.0 }')
+    out = {}
+    for key, ns in v.items():
+        kv, _, hd = str(key).partition(":")
+        if not (kv in KV_CACHE_NAMES and hd.isdigit() and len(hd) <= 5 and 1 <= int(hd) <= 4096):
+            raise units.UnitError(f"keys are a cache type ({', '.join(KV_CACHE_NAMES)}) and a head size from 1 to "
+                                  f"4096, e.g. \"f16:64\"; got {units.show_value(key)}")
+        out[kv, int(hd)] = _positive(ns)
+    return tuple((kv, hd, ns) for (kv, hd), ns in sorted(out.items()))
+
+
 # [kernels] (edgellm/devices/kernel_model.py): "runtime" = its own costs, "runtime:TYPE" = a type's
 _KERNEL_COST = {"token_us": (lambda v: _nonneg(v), True), "attention_gflops": (lambda v: _positive(v), False),
+                "attention_ns": (_attention_table, False),
                 "layer_us": (lambda v: _nonneg(v), False),
                 "source": (lambda v: _string(v), False)}
 _KERNEL_TYPE = {"decode_row_ns": (lambda v: _nonneg(v), True), "decode_weight_ps": (lambda v: _nonneg(v), True),
                 "prefill_row_ns": (lambda v: _nonneg(v), False), "prefill_weight_ps": (lambda v: _nonneg(v), False),
                 "source": (lambda v: _string(v), False)}
-_KERNELS_HINT = ('kernels: expected "runtime" = { token_us, layer_us, attention_gflops } and "runtime:GGML_TYPE" = '
-                 '{ decode_row_ns, decode_weight_ps, prefill_row_ns, prefill_weight_ps } (rerun edgellm device measure)')
+_KERNELS_HINT = ('kernels: expected "runtime" = { token_us, layer_us, attention_gflops, attention_ns } and '
+                 '"runtime:GGML_TYPE" = { decode_row_ns, decode_weight_ps, prefill_row_ns, prefill_weight_ps } (rerun edgellm device measure)')
 
 
 def _nonneg(v: Any) -> float:

@@ -118,8 +118,13 @@ def _measured(model: ModelConfig, device: DeviceProfile, fmt: BuildFormat, choic
     per_weight = {ty: fmt.bytes_per_weight(ty) / bandwidth for ty in load}
     t_decode = decode_seconds(load, rates, cost, per_weight, model.n_layers)
     t_prefill = prefill_seconds(load, rates, prompt, {ty: 2 / prefill_flops_s for ty in load})
-    if cost.attention_gflops:               # attention over the cache at its measured rate
-        t_decode += model.attention_flops(position) / (cost.attention_gflops * 1e9)
+    flops = model.attention_flops(position)
+    per_head = cost.attention_seconds(choice.kv_cache.value, model.head_dim, flops / (4 * model.head_dim)) \
+        if model.head_dim else None
+    if per_head is not None:                # measured for this cache type and head size
+        t_decode += per_head
+    elif cost.attention_gflops:             # attention over the cache at its measured FLOP rate
+        t_decode += flops / (cost.attention_gflops * 1e9)
     else:                                   # the cache read at the bandwidth
         t_decode += kv_bytes(model, choice, position) / bandwidth
     missing = tuple(sorted(ty for ty in load if ty not in rates))
