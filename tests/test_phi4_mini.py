@@ -52,9 +52,7 @@ def test_phi4_mini_exports_and_matches_at_short_and_long_positions(run_cli, phi4
         r = run_cli("eval", str(out), "--reference", str(phi4), "--context", str(context), "--windows", "1", "--json")
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
-        # the bundle runs the q8_0 cache its plan chose (a random tiny model's flat logits turn a few
-        # top-1 choices on it); the long factors missing would cost a KLD over 0.05 (above)
-        assert res["mean_kld"] < 1e-3 and res["top1_agreement"] > 0.95, (context, res)
+        assert res["mean_kld"] < 1e-3 and res["top1_agreement"] > 0.97, (context, res)
 
 
 def test_wrong_long_rope_tables_are_one_line_and_no_bundle(cli, phi4, tmp_path):

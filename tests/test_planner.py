@@ -181,3 +181,24 @@ def test_onnx_quality_follows_the_weight_type_and_block(llama1b):
            for q, b in (("fp32", None), ("fp16", None), ("int8", None), ("int4", 32), ("int4", 64), ("int4", 128))}
     assert kld["fp32", None] <= kld["fp16", None] < kld["int8", None] < kld["int4", 32] < kld["int4", 128]
     assert kld["int4", 32] < kld["int4", 64] < kld["int4", 128]
+
+
+def test_a_named_type_keeps_the_exact_f16_cache_unless_only_a_smaller_one_fits():
+    """`export --quant Q` takes llama.cpp's own f16 cache when it fits (a q8_0 cache turned the real
+    SmolLM2's near-tie answer to "What is the capital of France?" into French), and the q8_0 cache
+    when only that fits the memory budget."""
+    from edgellm.models.families import from_config_dict
+    from edgellm.pipeline import BuildRequest, _candidates
+
+    model = from_config_dict({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 2048,
+                              "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+                              "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 32768},
+                             "mha-1b")
+    device = devices.find("laptop-x86-16gb")
+    [(roomy, _)] = _candidates(BuildRequest("m", "laptop-x86-16gb", quant="Q4_K_M", context=4096), model, device, False)
+    assert str(roomy.kv_cache) == "f16"
+    f16 = planner.evaluate_choice(model, device, planner.budgets_for(device, None, None, 32768, model),
+                                  BuildChoice("gguf", "Q4_K_M", "f16")).estimate.memory.total
+    [(tight, _)] = _candidates(BuildRequest("m", "laptop-x86-16gb", quant="Q4_K_M", context=32768,
+                                            max_memory=f16 - 1), model, device, False)
+    assert str(tight.kv_cache) == "q8_0"                  # 32768 tokens of an MHA cache: only q8_0 fits
