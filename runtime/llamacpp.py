@@ -86,9 +86,13 @@ def _cache_type(path: Path, kv_cache: str) -> str:
     heads, width = meta.get(f"{arch}.attention.head_count"), meta.get(f"{arch}.embedding_length")
     head = meta.get(f"{arch}.attention.key_length") or (
         width // heads if isinstance(heads, int) and isinstance(width, int) and heads > 0 else None)
-    if isinstance(head, int) and head % 32:
-        warnings.warn(f"{path.name}: heads of {head} cannot hold llama.cpp's q8_0 cache (blocks of 32); "
-                      "it runs with an f16 cache", stacklevel=3)
+    value = meta.get(f"{arch}.attention.value_length")
+    widths = [w for w in (head, value) if isinstance(w, int) and not isinstance(w, bool)]
+    if any(w % 32 for w in widths):
+        from edgellm.errors import EdgeLLMWarning
+
+        warnings.warn(f"{path.name}: heads of {'/'.join(map(str, widths))} cannot hold llama.cpp's q8_0 cache "
+                      "(blocks of 32); it runs with an f16 cache", EdgeLLMWarning, stacklevel=3)
         return "f16"
     return kv_cache
 

@@ -130,7 +130,8 @@ def test_a_profile_reads_attention_per_head_size_and_refuses_nonsense(tmp_path):
         (("f16", 64, 60.5), ("f16", 128, 24.0), ("q8_0", 64, 30.0))
     for table, match in [('{ "f16:64" = -1 }', "expected a number > 0"), ('{ x = 1 }', "keys are a cache type"),
                          ('{ "f16:0" = 1 }', "keys are"), ('{ "f16:99999" = 1 }', "keys are"), ('{ "q4:64" = 1 }', "keys are"),
-                         ('{ 64 = 1 }', "keys are"), ("5", "expected a table")]:
+                         ('{ 64 = 1 }', "keys are"), ('{ "f16:\u00b2" = 1 }', "keys are"),
+                         ('{ "f16:064" = 1 }', "keys are"), ("5", "expected a table")]:
         p.write_text(base + f'\n[kernels]\n"llama.cpp" = {{ token_us = 5, attention_ns = {table} }}\n')
         with pytest.raises(BadInput, match="kernels.llama.cpp.attention_ns: " + match):
             devices.catalog.load_file(p)
@@ -350,3 +351,23 @@ def test_a_tick_of_counting_is_not_a_busy_machine(monkeypatch):
     with busy.Watch() as w:
         pass
     assert 0.8 < w.others <= 1.0
+
+
+def test_a_remote_measurement_writes_attention_figures_its_parser_reads_back():
+    """`device measure --remote` re-writes the far side's checked profile: the per-head attention
+    table must come back as the table the schema reads (a list of lists was refused, and an ONNX
+    runtime's empty one too)."""
+    import tomllib
+
+    from edgellm.cli.devices_cmd import _profile_toml
+    from edgellm.devices.schema import profile_from_dict
+
+    device = devices.find("laptop-x86-16gb")
+    kernels = (("llama.cpp", RuntimeCost(token_us=1.5, attention_gflops=4.4, layer_us=2.0, source="far [x]",
+                                         attention_ns=(("f16", 64, 64.6), ("q8_0", 128, 36.8)))),
+               ("onnxruntime", RuntimeCost(token_us=0.0, source="far")),
+               ("llama.cpp:Q4_0", TypeRate(17.0, 16.0, 7.0, 3.7, source="far")))
+    text = _profile_toml(dataclasses.replace(device, kernels=kernels), "pi")
+    back = profile_from_dict(tomllib.loads(text), "<remote>")
+    assert back.kernel("llama.cpp") == kernels[0][1] and back.kernel("onnxruntime") == kernels[1][1]
+    assert back.kernel("llama.cpp:Q4_0") == kernels[2][1]

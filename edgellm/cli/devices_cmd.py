@@ -157,7 +157,7 @@ def _measure_remote(args, name: str) -> tuple[devices.DeviceProfile, str]:
     from edgellm.remote import MAX_WORK_S
 
     remote = remote_of(args, stderr_progress)
-    stderr_progress(f"measuring {remote.name}" + (" with kernels (about two minutes)" if args.kernels else ""))
+    stderr_progress(f"measuring {remote.name}" + (" with kernels (about three to four minutes)" if args.kernels else ""))
     kernels = (f" --kernels {','.join(_kernel_types(args.kernels))}" if args.kernels else " --no-kernels") + \
         (" --allow-busy" if args.allow_busy else "")
     path = ".cache/edgellm/remote/measured.toml"
@@ -219,9 +219,9 @@ def _profile_toml(p: devices.DeviceProfile, host: str) -> str:
     for a in p.accelerators:
         lines += ["", "[[accelerators]]"] + keys(a, {"compute": "OPS"})
     if p.kernels:
-        lines += ["", "[kernels]"] + [
-            f"{q(k)} = {{ " + ", ".join(f"{f} = {q(v)}" for f, v in dataclasses.asdict(rate).items()
-                                        if v is not None and v != "") + " }" for k, rate in p.kernels]
+        from edgellm.devices.measure import kernel_entry
+
+        lines += ["", "[kernels]"] + [kernel_entry(k, rate, q) for k, rate in p.kernels]
     return "\n".join(lines) + "\n"
 
 

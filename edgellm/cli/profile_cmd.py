@@ -72,7 +72,7 @@ def _model_info(bundle, model) -> dict:
         build = "unavailable"
     artifact = m["artifact"]
     size = sum(f["bytes"] for n, f in m["files"].items() if n == artifact or n.endswith((".onnx.data", ".gguf")))
-    kv = choice.get("kv_cache") or "f16"
+    kv = getattr(model, "kv_cache", None) or choice.get("kv_cache") or "f16"     # the cache that ran
     return {"file": artifact, "type": f"{(m.get('model') or {}).get('architecture', '?')} {choice['quant']}",
             "size": size, "n_params": (m.get("model") or {}).get("parameters"), "type_k": kv, "type_v": kv,
             "backend": f"CPU ({fmt.runtime_label or fmt.runtime})", "build_commit": build}

@@ -20,8 +20,8 @@ narrow layers), and decode's attention over the KV cache (measured as the slowdo
 depth), which the planner adds for the position it predicts at.  Attention is measured per head
 size: its cost does not follow its FLOPs, because llama.cpp's CPU flash attention runs a head's dot
 products and updates in SIMD steps of the build's vector width and the rest element by element (on
-a 2-core Xeon with AVX512-FP16, whose half-precision step is 128, a head of 64 or 96 took 60-96 ns
-per cached position and layer, one of 128 took 24 and one of 256 about 50 with its larger cache);
+a 2-core Xeon with AVX512-FP16, whose half-precision step is 128, a head of 64 or 96 took 65-131 ns
+per query head, cached position and layer with an f16 cache, one of 128 took 31 and one of 256 39);
 each cache type llama.cpp runs for edgellm's builds (f16, q8_0) is measured too.  A head size the
 profile has no figure for is priced at the one FLOP rate instead.  The
 per-layer work that grows with the layer's width (norms, rope) is carried in the per-row

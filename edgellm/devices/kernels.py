@@ -139,9 +139,9 @@ def measure_attention(threads: int, work: Path, progress: Callable[[str], None],
                 continue
             shallow, deep = timed(f"llama.cpp attention, heads of {shape.hd}, {kv} cache",
                                   lambda: _time_attention(path, threads, kv), progress, notes, threads)
-            if deep > shallow:
-                out.append((kv, shape.hd, round((deep - shallow) * 1e9 / (shape.layers * shape.heads * ATTENTION_DEPTH),
-                                                3)))
+            ns = round((deep - shallow) * 1e9 / (shape.layers * shape.heads * ATTENTION_DEPTH), 3)
+            if deep > 1.01 * shallow and ns > 0:     # a slowdown lost in the noise is no figure
+                out.append((kv, shape.hd, ns))
         path.unlink()
     return tuple(out)
 
@@ -200,7 +200,8 @@ def attention_flops(shape) -> float:
 
 def timed(what: str, run: Callable[[], tuple], progress: Callable[[str], None],
           notes: list[str] | None = None, threads: int | None = None) -> tuple[float, float]:
-    """``run()`` -> (prefill samples, decode samples), taken again while the machine was busy
+    """``run()`` -> two tuples of samples (prefill and decode; for the attention probes, decode
+    shallow and deep), taken again while the machine was busy
     (runtime/busy.py: other processes on the CPU, or repeats too far apart); medians.  ``notes``:
     busy timings are kept and said there instead of refused (``device measure --allow-busy``)."""
     pre, dec = busy.quiet(what, run, lambda others, r: busy.verdict(others, r[0]) or busy.verdict(None, r[1]),

@@ -14,6 +14,7 @@ import socket
 import tomllib
 from typing import Callable
 
+from edgellm.devices.kernel_model import RuntimeCost
 from edgellm.devices.schema import DeviceProfile, profile_from_dict
 from edgellm.errors import MachineBusy
 from edgellm.units import fmt_bytes, fmt_rate
@@ -29,6 +30,20 @@ def default_name() -> str:
 
 def _q(value: str) -> str:
     return json.dumps(value)       # a JSON string is a valid TOML basic string
+
+
+def kernel_entry(key: str, r, q: Callable[[str], str] = _q) -> str:
+    """One line of a profile's [kernels]: a runtime's costs (RuntimeCost) or a type's rates
+    (TypeRate), as the schema reads them back; ``q`` quotes the strings."""
+    fields = ("token_us", "layer_us", "attention_gflops") if isinstance(r, RuntimeCost) else \
+        ("decode_row_ns", "decode_weight_ps", "prefill_row_ns", "prefill_weight_ps")
+    values = [f"{f} = {getattr(r, f)!r}" for f in fields if getattr(r, f) is not None]
+    if isinstance(r, RuntimeCost) and r.attention_ns:      # checked names: a cache type and a head size
+        values.append("attention_ns = { " + ", ".join(f'"{kv}:{hd}" = {ns!r}' for kv, hd, ns in r.attention_ns)
+                      + " }")
+    if r.source:
+        values.append(f"source = {q(r.source)}")
+    return f"{q(key)} = {{ " + ", ".join(values) + " }"
 
 
 def measure(name: str, progress: Callable[[str], None] = lambda s: None,
@@ -88,7 +103,6 @@ fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threa
 """
     if kernels:
         from edgellm.devices.kernels import GGML_TYPES, measure_kernels, measure_onnx_kernels
-        from edgellm.devices.kernel_model import RuntimeCost
         from edgellm.runtime.onnx_probe import WEIGHT_TYPES
 
         wanted = kernel_types or GGML_TYPES + WEIGHT_TYPES
@@ -106,14 +120,7 @@ fp32_measured = "{flops / 1e9:.1f} GFLOPS"        # {by}: numpy sgemm, all threa
                  "# llama-cpp-python and onnxruntime themselves on random-weight probe models (edgellm/devices/kernels.py,\n"
                  "# edgellm/devices/kernel_model.py); the planner sums a build's tensors at their own type's rates\n"
                  "[kernels]\n")
-        for key, r in costs.items():
-            fields = ("token_us", "layer_us", "attention_gflops") if isinstance(r, RuntimeCost) else \
-                ("decode_row_ns", "decode_weight_ps", "prefill_row_ns", "prefill_weight_ps")
-            values = [f"{f} = {getattr(r, f)}" for f in fields if getattr(r, f) is not None]
-            if isinstance(r, RuntimeCost) and r.attention_ns:
-                values.append("attention_ns = { " + ", ".join(f'"{kv}:{hd}" = {ns}' for kv, hd, ns in r.attention_ns)
-                              + " }")
-            text += f"{_q(key)} = {{ " + ", ".join(values) + f", source = {_q(r.source)} }}\n"
+        text += "".join(kernel_entry(key, r) + "\n" for key, r in costs.items())
     if notes:                     # --allow-busy: the profile says which figures a busy machine gave
         head, _, rest = text.partition("\n")
         text = head + "\n# MEASURED ON A BUSY MACHINE (--allow-busy); these figures are suspect:\n" + \

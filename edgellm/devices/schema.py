@@ -8,6 +8,7 @@ file and the key, so a typo in a user's profile cannot silently become a default
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -210,9 +211,10 @@ def _attention_table(v: Any) -> tuple[tuple[str, int, float], ...]:
     out = {}
     for key, ns in v.items():
         kv, _, hd = str(key).partition(":")
-        if not (kv in KV_CACHE_NAMES and hd.isdigit() and len(hd) <= 5 and 1 <= int(hd) <= 4096):
+        if not (kv in KV_CACHE_NAMES and re.fullmatch(r"[1-9][0-9]{0,3}", hd) and int(hd) <= 4096) \
+                or (kv, int(hd)) in out:
             raise units.UnitError(f"keys are a cache type ({', '.join(KV_CACHE_NAMES)}) and a head size from 1 to "
-                                  f"4096, e.g. \"f16:64\"; got {units.show_value(key)}")
+                                  f"4096, each once, e.g. \"f16:64\"; got {units.show_value(key)}")
         out[kv, int(hd)] = _positive(ns)
     return tuple((kv, hd, ns) for (kv, hd), ns in sorted(out.items()))
 
