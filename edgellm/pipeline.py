@@ -23,7 +23,7 @@ from edgellm.errors import BadInput, EdgeLLMError, EdgeLLMWarning, NothingFits
 from edgellm.models.source import HUB_ID
 from edgellm.models.families import family_of
 from edgellm.plan import planner, report
-from edgellm.formats.choice import BuildChoice, KVCache
+from edgellm.formats.choice import BuildChoice
 from edgellm.formats import FORMATS, format_for, resolved
 from edgellm.formats import entry as format_named
 
@@ -119,7 +119,7 @@ def _candidates(req: BuildRequest, model, device, calibrated: bool, plans: list 
         # that type as it fits the budgets, with the runtime's exact f16 cache unless only a smaller
         # one fits (a q8_0 cache costs quality, and a near tie like SmolLM2's first answer token turns
         # on it); then the faster build, at equal speed the accelerator's (the plan's order)
-        named.sort(key=lambda c: (not c.fits, c.choice.kv_cache is not KVCache.F16, -c.estimate.decode_tps,
+        named.sort(key=lambda c: (not c.fits, not format_for(c.choice).exact_cache(c.choice), -c.estimate.decode_tps,
                                   c.estimate.unit == "cpu"))
         c = named[0] if named else None
         if c is None:                    # a block size the plan's table does not list

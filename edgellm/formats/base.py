@@ -106,6 +106,10 @@ class BuildFormat:
     def kv_element_bytes(self, c: BuildChoice) -> float:
         return 4.0
 
+    def exact_cache(self, c: BuildChoice) -> bool:
+        """Whether build ``c`` keeps its runtime's exact KV cache (not a quantized one)."""
+        return True
+
     def backend_options(self, c: BuildChoice) -> dict:
         """What the runtime backend must be told to run build ``c`` as it was planned (keyword
         arguments of the backend's ``open``)."""

@@ -83,6 +83,9 @@ class Gguf(BuildFormat):
                     f"heads of {model.head_dim}; its builds keep an f16 cache")
         return None
 
+    def exact_cache(self, c):
+        return c.kv_cache is KVCache.F16
+
     def backend_options(self, c):
         # the plan's memory and speed are for this cache type; llama.cpp's own default is f16
         return {"kv_cache": c.kv_cache.value}
