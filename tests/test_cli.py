@@ -143,3 +143,14 @@ def test_demo_builds_exports_verifies_runs_and_profiles(run_cli, tmp_path):
 def test_no_command_prints_help(run_cli):
     r = run_cli()
     assert r.returncode == 2 and "exit codes:" in r.stdout
+
+
+def test_a_memory_budget_set_too_low_says_how_much_would_do(run_cli):
+    """--max-memory below every build: the advice names the budget that fits on this device (not
+    another device, whose own budget the user's flag would not change), and that budget works."""
+    r = run_cli("plan", "HuggingFaceTB/SmolLM2-135M-Instruct", "--device", "rpi5-8gb", "--max-memory", "10MB")
+    line = one_line_error(r, 3)
+    assert "would fit: a larger memory budget: --max-memory " in line, line
+    budget = line.split("--max-memory ")[1].split()[0]
+    ok = run_cli("plan", "HuggingFaceTB/SmolLM2-135M-Instruct", "--device", "rpi5-8gb", "--max-memory", budget)
+    assert ok.returncode == 0, ok.stderr

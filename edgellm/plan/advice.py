@@ -130,8 +130,21 @@ def bigger_devices(model, device, budgets, formats, limit: int = 3) -> str | Non
     return f"a bigger device: {names}"
 
 
+def more_memory(model, device, budgets, formats) -> str | None:
+    """A memory budget set below the device's own (``--max-memory``): the least that a build
+    meeting every other budget needs on this device, rounded up to whole MiB."""
+    if budgets.max_memory >= device.memory_budget:
+        return None
+    roomy = dataclasses.replace(budgets, max_memory=device.memory_budget)
+    fits = [c for c in evaluate(model, device, roomy, formats) if c.fits]
+    if not fits:
+        return None
+    c = min(fits, key=lambda c: c.estimate.memory.total)
+    return f"a larger memory budget: --max-memory {math.ceil(c.estimate.memory.total / 2**20)}MiB fits {c.choice.label}"
+
+
 def what_would_fit(model: ModelConfig, device: DeviceProfile, budgets: Budgets,
                    formats: tuple[str, ...]) -> list[str]:
     found = [s(model, device, budgets, formats)
-             for s in (shorter_context, smaller_student, lossier_build, bigger_devices)]
+             for s in (more_memory, shorter_context, smaller_student, lossier_build, bigger_devices)]
     return [s for s in found if s]
