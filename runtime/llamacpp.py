@@ -17,6 +17,8 @@ from typing import Iterator
 
 import numpy as np
 
+from edgellm.core.ggml import kv_cache_block
+from edgellm.core.names import KV_CACHE_TYPES
 from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.runtime.profiling import Profile, default_threads, depth_prefix, profile_prompt, summarize
 from edgellm.runtime.quiet import captured_stderr
@@ -75,11 +77,12 @@ def _trained_context(path: Path) -> int | None:
 
 
 def _cache_type(path: Path, kv_cache: str) -> str:
-    """``kv_cache``, or f16 where llama.cpp cannot make it: a q8_0 cache's blocks of 32 must divide
+    """``kv_cache``, or f16 where llama.cpp cannot make it: a quantized cache's blocks must divide
     a head (bundles planned before edgellm checked that recorded q8_0 for narrower heads)."""
     from edgellm.runtime.gguf_check import read_header
 
-    if kv_cache != "q8_0":
+    block = kv_cache_block(kv_cache)
+    if block == 1:
         return kv_cache
     meta = read_header(path, check_meaning=False).metadata
     arch = meta.get("general.architecture")
@@ -88,11 +91,11 @@ def _cache_type(path: Path, kv_cache: str) -> str:
         width // heads if isinstance(heads, int) and isinstance(width, int) and heads > 0 else None)
     value = meta.get(f"{arch}.attention.value_length")
     widths = [w for w in (head, value) if isinstance(w, int) and not isinstance(w, bool)]
-    if any(w % 32 for w in widths):
+    if any(w % block for w in widths):
         from edgellm.errors import EdgeLLMWarning
 
-        warnings.warn(f"{path.name}: heads of {'/'.join(map(str, widths))} cannot hold llama.cpp's q8_0 cache "
-                      "(blocks of 32); it runs with an f16 cache", EdgeLLMWarning, stacklevel=3)
+        warnings.warn(f"{path.name}: heads of {'/'.join(map(str, widths))} cannot hold llama.cpp's {kv_cache} "
+                      f"cache (blocks of {block}); it runs with an f16 cache", EdgeLLMWarning, stacklevel=3)
         return "f16"
     return kv_cache
 
@@ -138,9 +141,6 @@ SCORING_BATCH = 64          # positions per llama_decode when scoring: llama.cpp
                             # vocabulary's 512-position window is 512 MiB a copy)
 
 
-# the KV cache's element type as a build records it (formats/choice.py's KVCache) -> llama.cpp's
-# ggml type; a half-precision cache is llama.cpp's default
-KV_TYPES = {"f16": 1, "q8_0": 8, "f32": 0}
 
 
 class LlamaCppModel:
@@ -150,9 +150,9 @@ class LlamaCppModel:
             from llama_cpp import Llama
         except ImportError:
             raise EdgeLLMError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
-        if kv_cache not in KV_TYPES:
+        if kv_cache not in KV_CACHE_TYPES:
             raise BadInput(f"{path}: a KV cache of {str(kv_cache)[:40]!r} is not one llama.cpp runs here "
-                           f"({', '.join(KV_TYPES)})")
+                           f"({', '.join(KV_CACHE_TYPES)})")
         self.path = Path(path)
         self.kv_cache = kv_cache = _cache_type(self.path, kv_cache)
         self.threads = threads or default_threads()
@@ -174,7 +174,7 @@ class LlamaCppModel:
                                  n_batch=min(n_ctx, SCORING_BATCH if scoring else 512),
                                  n_threads=self.threads, n_threads_batch=self.threads,
                                  logits_all=False, flash_attn=True, verbose=supervised,
-                                 type_k=KV_TYPES[kv_cache], type_v=KV_TYPES[kv_cache])
+                                 type_k=KV_CACHE_TYPES[kv_cache], type_v=KV_CACHE_TYPES[kv_cache])
         except (ValueError, RuntimeError) as e:
             raise BadInput(f"{self.path}: llama.cpp could not load it ({e})") from None
         self.load_s = time.perf_counter() - t0

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+def kv_cache_block(kv_cache: str) -> int:
+    """Elements per block of a KV cache type (core/names.KV_CACHE_TYPES): what must divide a head."""
+    from edgellm.core.names import KV_CACHE_TYPES
+
+    return GGML_TYPES[KV_CACHE_TYPES[kv_cache]][1]
+
+
 GGML_TYPES = {
     0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
     7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84),

@@ -10,5 +10,6 @@ FORMAT_NAMES: set[str] = {"gguf", "onnx"}
 KERNEL_TYPES: dict[str, frozenset[str]] = {
     "onnxruntime": frozenset({"fp32", "int8", "int4/16", "int4/32", "int4/64", "int4/128"})}
 # llama.cpp's KV cache element types, as builds record them (formats/choice.py's KVCache) and as
-# a profile keys the decode attention it measured per cache type (devices/kernels.py)
-KV_CACHE_NAMES: tuple[str, ...] = ("f16", "q8_0", "f32")
+# a profile keys the decode attention it measured per cache type (devices/kernels.py) -> their
+# ggml type id (core/ggml.py: a quantized cache's blocks must divide a head)
+KV_CACHE_TYPES: dict[str, int] = {"f16": 1, "q8_0": 8, "f32": 0}

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgellm.core.ggml import kv_cache_block
 from edgellm.devices.kernel_model import Load, RuntimeCost, TypeRate, loads
 from edgellm.runtime import busy
 
@@ -46,7 +47,7 @@ SHORT, DEPTH = 8, 1024                 # decode after a short prompt; attention 
 # families edgellm exports, each on a probe of 16 query heads over 4 KV heads, timed at a depth near
 # the planner's position (576 cached tokens)
 ATTENTION_HEAD_DIMS, ATTENTION_DEPTH = (64, 80, 96, 128, 256), 512
-ATTENTION_CACHES = {"f16": 1, "q8_0": 32}      # the GGUF builds' cache types, and their block sizes
+ATTENTION_CACHES = ("f16", "q8_0")             # the cache types GGUF builds are planned with
 
 
 def _shapes():
@@ -134,8 +135,8 @@ def measure_attention(threads: int, work: Path, progress: Callable[[str], None],
     for shape in shapes or _attention_shapes():
         progress(f"measuring llama.cpp decode attention, heads of {shape.hd}")
         path = write(work / f"attention-{shape.hd}.gguf", shape)
-        for kv, block in ATTENTION_CACHES.items():
-            if shape.hd % block:                     # a cache's blocks must divide a head: never planned
+        for kv in ATTENTION_CACHES:
+            if shape.hd % kv_cache_block(kv):        # a cache's blocks must divide a head: never planned
                 continue
             shallow, deep = timed(f"llama.cpp attention, heads of {shape.hd}, {kv} cache",
                                   lambda: _time_attention(path, threads, kv), progress, notes, threads)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from edgellm import units
 from edgellm.core.ggml import GGML_TYPES
-from edgellm.core.names import FORMAT_NAMES, KERNEL_TYPES, KV_CACHE_NAMES, RUNTIME_NAMES
+from edgellm.core.names import FORMAT_NAMES, KERNEL_TYPES, KV_CACHE_TYPES, RUNTIME_NAMES
 from edgellm.errors import BadInput
 
 SCHEMA_VERSION = 1
@@ -211,9 +211,9 @@ def _attention_table(v: Any) -> tuple[tuple[str, int, float], ...]:
     out = {}
     for key, ns in v.items():
         kv, _, hd = str(key).partition(":")
-        if not (kv in KV_CACHE_NAMES and re.fullmatch(r"[1-9][0-9]{0,3}", hd) and int(hd) <= 4096) \
+        if not (kv in KV_CACHE_TYPES and re.fullmatch(r"[1-9][0-9]{0,3}", hd) and int(hd) <= 4096) \
                 or (kv, int(hd)) in out:
-            raise units.UnitError(f"keys are a cache type ({', '.join(KV_CACHE_NAMES)}) and a head size from 1 to "
+            raise units.UnitError(f"keys are a cache type ({', '.join(KV_CACHE_TYPES)}) and a head size from 1 to "
                                   f"4096, each once, e.g. \"f16:64\"; got {units.show_value(key)}")
         out[kv, int(hd)] = _positive(ns)
     return tuple((kv, hd, ns) for (kv, hd), ns in sorted(out.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from edgellm.core.ggml import kv_cache_block
 from edgellm.formats.quality import predict
 from edgellm.formats.base import F16_TOLERANCE, BuildFormat
 from edgellm.formats.choice import BuildChoice, Format, GgufQuant, KVCache, Target
@@ -78,9 +79,9 @@ class Gguf(BuildFormat):
         return self.KV[c.kv_cache]
 
     def choice_problem(self, model, c):
-        if c.kv_cache is KVCache.Q8_0 and model.head_dim % 32:
-            return (f"{model.name}: llama.cpp's q8_0 KV cache stores blocks of 32, which do not divide this model's "
-                    f"heads of {model.head_dim}; its builds keep an f16 cache")
+        if model.head_dim % (block := kv_cache_block(c.kv_cache.value)):
+            return (f"{model.name}: llama.cpp's {c.kv_cache} KV cache stores blocks of {block}, which do not divide "
+                    f"this model's heads of {model.head_dim}; its builds keep an f16 cache")
         return None
 
     def exact_cache(self, c):
