@@ -86,6 +86,24 @@ def _ram_bytes() -> int:
     return total
 
 
+def last_level_cache_bytes() -> int | None:
+    """The largest CPU cache (Linux: sysfs; macOS: sysctl), or None where it cannot be read."""
+    if platform.system() == "Darwin":
+        sizes = [_sysctl(n) for n in ("hw.l3cachesize", "hw.perflevel0.l2cachesize", "hw.l2cachesize")]
+    else:
+        base = Path("/sys/devices/system/cpu/cpu0/cache")
+        sizes = [_read(str(d / "size")) for d in sorted(base.glob("index[0-9]*"))] if base.is_dir() else []
+    return max((b for raw in sizes if (b := cache_size(raw))), default=None)
+
+
+def cache_size(raw: str | None) -> int | None:
+    """sysfs's "491520K" (or sysctl's bytes) -> bytes; None for anything else."""
+    text = (raw or "").strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    return int(digits) * scale if digits.isascii() and digits.isdigit() and len(digits) <= 12 and int(digits) else None
+
+
 def probe() -> HostInfo:
     """Describe this machine."""
     machine = platform.machine().lower()

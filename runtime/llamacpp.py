@@ -13,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -260,10 +260,12 @@ class LlamaCppModel:
                                             seed=seed, stream=True):
             yield c["choices"][0]["text"]
 
-    def _timed_run(self, prompt: list[int], gen_tokens: int, prefix: list[int] = ()) -> tuple[float, float, float]:
+    def _timed_run(self, prompt: list[int], gen_tokens: int, prefix: list[int] = (),
+                   evict: Callable[[], None] | None = None) -> tuple[float, float, float]:
         """(prefill s, time to first token s, decode s) through llama.cpp's C API directly: one
         llama_decode for the prompt, then one per token, the greedy choice taken on a zero-copy
-        view of llama.cpp's logits (no per-token copy of the vocabulary, no candidate array)."""
+        view of llama.cpp's logits (no per-token copy of the vocabulary, no candidate array).
+        ``evict``: called before each decoded token, outside the timing (membench.CacheEvictor)."""
         import llama_cpp as C
 
         ctx, n_vocab = self.llm.ctx, self.n_vocab
@@ -285,23 +287,28 @@ class LlamaCppModel:
         t1 = time.perf_counter()
         tok = (C.llama_token * 1)(greedy())
         ttft = time.perf_counter() - t0
-        t2 = time.perf_counter()
+        spent = 0.0
         for _ in range(gen_tokens):
+            if evict is not None:
+                evict()
+            t2 = time.perf_counter()
             if C.llama_decode(ctx, C.llama_batch_get_one(tok, 1)) != 0:
                 raise EdgeLLMError("llama.cpp failed to decode a token")
             tok[0] = greedy()
-        t3 = time.perf_counter()
+            spent += time.perf_counter() - t2
         self.llm.reset()
-        return t1 - t0, ttft, t3 - t2
+        return t1 - t0, ttft, spent
 
-    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int, depth: int = 0) -> Profile:
+    def profile(self, prompt_tokens: int, gen_tokens: int, repeats: int, depth: int = 0,
+                evict: Callable[[], None] | None = None) -> Profile:
         """Time prefill of a ``prompt_tokens`` prompt and greedy decode of ``gen_tokens``, after
-        ``depth`` tokens already in the cache (llama-bench's -d)."""
+        ``depth`` tokens already in the cache (llama-bench's -d); ``evict`` runs before each
+        decoded token, untimed."""
         if depth + prompt_tokens + gen_tokens > self.n_ctx:
             raise BadInput(f"depth + --prompt-tokens + --gen-tokens ({depth + prompt_tokens + gen_tokens}) exceed "
                            f"the context ({self.n_ctx})")
         prompt = profile_prompt(self.tokenize, prompt_tokens)
         prefix = depth_prefix(prompt or [0], depth)
         self._timed_run(prompt[:min(8, len(prompt))], 2)          # warm-up, as llama-bench does
-        runs = [self._timed_run(prompt, gen_tokens, prefix) for _ in range(repeats)]
+        runs = [self._timed_run(prompt, gen_tokens, prefix, evict) for _ in range(repeats)]
         return summarize(runs, self.threads, prompt_tokens, gen_tokens, self.load_s, depth)

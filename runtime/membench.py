@@ -59,3 +59,25 @@ def matmul_throughput(n: int = 1024, passes: int = 5) -> float:
     reps = 4
     t = _best_time(lambda: [a @ b for _ in range(reps)], passes)
     return 2 * n**3 * reps / t
+
+
+class CacheEvictor:
+    """Reads a buffer twice the last-level cache (at least 64 MiB, at most an eighth of the RAM
+    and 2 GiB), a byte of each cache line: called between decoded tokens, it leaves a small probe's
+    weights to stream from memory as a real model's do.  On a CPU whose shared cache holds a
+    probe (a cloud Xeon's 480 MiB L3: probes of 50-100 MB), decode timed warm ran Q4_0 2.4x
+    faster per weight than a model of 400 MB, which no prediction for real models can use."""
+
+    def __init__(self, cache_bytes: int | None, ram_bytes: int | None = None):
+        size = max(2 * (cache_bytes or 0), 64 << 20)
+        self.nbytes = int(min(size, 2 << 30, (ram_bytes or 1 << 40) // 8))
+        self._buf = np.ones(self.nbytes, dtype=np.uint8)
+
+    def __call__(self) -> None:
+        self._buf[::64].sum(dtype=np.uint64)
+
+
+def cache_evictor() -> CacheEvictor:
+    from edgellm.runtime import hostinfo
+
+    return CacheEvictor(hostinfo.last_level_cache_bytes(), hostinfo._ram_bytes())

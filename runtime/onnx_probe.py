@@ -190,9 +190,10 @@ class Probe:
 
 
 def time_probe(path: Path, shape, threads: int, prompt: int, gen: int, repeats: int,
-               past: int) -> tuple[list[float], list[float]]:
+               past: int, evict=None) -> tuple[list[float], list[float]]:
     """Seconds to run a ``prompt``-token prompt at once, and per token to run one token after
-    ``past`` cached ones (``gen`` runs), one figure per repeat, after a warm-up run of each."""
+    ``past`` cached ones (``gen`` runs, ``evict()`` untimed before each), one figure per repeat,
+    after a warm-up run of each."""
     import time
 
     probe = Probe(path, shape, threads)
@@ -204,8 +205,12 @@ def time_probe(path: Path, shape, threads: int, prompt: int, gen: int, repeats: 
         t0 = time.perf_counter()
         prefill()
         pre.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        spent = 0.0
         for _ in range(gen):
+            if evict is not None:
+                evict()
+            t0 = time.perf_counter()
             decode()
-        dec.append((time.perf_counter() - t0) / gen)
+            spent += time.perf_counter() - t0
+        dec.append(spent / gen)
     return pre, dec

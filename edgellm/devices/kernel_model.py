@@ -8,11 +8,18 @@ of the time, which is why one bytes-per-second figure per type, taken on another
 carry over.
 So every ggml tensor type gets four measured figures (edgellm/devices/kernels.py):
 
-- decode: seconds per row and per weight of each matrix read for a token;
+- decode: seconds per row and per weight of each matrix read for a token, timed with the CPU's
+  caches refilled with other bytes before every token: a model worth planning for streams its
+  weights from memory, while a 50-100 MB probe can sit in a server's last-level cache (a cloud
+  Xeon with 480 MiB of L3 decoded such a Q4_0 probe 2.4x faster per weight than a 400 MB model);
 - prefill: the same per prompt token (the head only for the last token, as llama.cpp computes
-  it).  The per-row figure also carries the attention and element-wise work, which grow with a
-  layer's width as its rows do: on the 2-core EPYC a Q4_0 layer 1024 wide prefills at 10 ps per
-  weight and token, one 2048 wide at 6.6;
+  it).  The per-row figure also carries the element-wise work, which grows with a layer's width as
+  its rows do: on the 2-core EPYC a Q4_0 layer 1024 wide prefills at 10 ps per weight and token,
+  one 2048 wide at 6.6.  A prompt's attention is priced apart (below), per cache type and head
+  size, because it grows with the prompt's square and its kernel depends on the cache: with an
+  f16 cache llama.cpp runs it tiled, with q8_0 a query row at a time (a 2-core Xeon: 3.1 and 13.6
+  ns per query head, position attended and layer for heads of 64; a q8_0 cache slowed a small
+  mixture's 512-token prefill by 55%);
 
 and the runtime three: decode seconds per token (graph build, sampling), per decoder layer (the
 graph's other nodes and the threads' barriers between them, pinned by tiny probes of 4, 12 and 24
@@ -59,12 +66,28 @@ class RuntimeCost:
     layer_us: float = 0.0
     # decode attention in ns per query head, cached position and layer: (cache type, head size, ns)
     attention_ns: tuple[tuple[str, int, float], ...] = ()
+    # prefill attention the same way, per query head, position it attends to and layer, in a batch
+    # of prompt tokens (another kernel: f16 caches run tiled, q8_0 a row at a time); measured
+    # with the per-type prefill figures, which then carry none of their probes' attention
+    prefill_attention_ns: tuple[tuple[str, int, float], ...] = ()
 
     def attention_seconds(self, kv_cache: str, head_dim: int, head_positions: float) -> float | None:
         """Decode attention's seconds over ``head_positions`` (query heads x cached positions,
         summed over layers) with this cache type and head size, or None where not measured."""
         ns = next((ns for kv, hd, ns in self.attention_ns if kv == kv_cache and hd == head_dim), None)
         return None if ns is None else ns * 1e-9 * head_positions
+
+    def prefill_attention_seconds(self, kv_cache: str, head_dim: int, head_positions: float) -> float | None:
+        """A prompt's attention over ``head_positions`` (query heads x positions each attends to,
+        summed over layers and prompt tokens), or None where the profile has no prefill figures
+        (its per-type figures then carry their probes' attention, as profiles before these did).
+        A head size not measured is priced from the nearest one measured for the cache type, in
+        proportion to the head size (its FLOPs)."""
+        measured = [(hd, ns) for kv, hd, ns in self.prefill_attention_ns if kv == kv_cache]
+        if not measured:
+            return None
+        hd, ns = min(measured, key=lambda m: (abs(m[0] - head_dim), m[0]))
+        return ns * head_dim / hd * 1e-9 * head_positions
 
 
 @dataclass(frozen=True)

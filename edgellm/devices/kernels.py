@@ -5,7 +5,10 @@ weight for decode and prefill; per runtime, seconds per token.  To separate them
 each type is measured on two random-weight llama-shaped probes (runtime/synthetic_gguf.py,
 about 100 M parameters each) with rows of 1024 and 2048 weights, each
 quantized *pure* (every matrix that type) by llama.cpp's own quantizer and profiled by edgellm's
-llama.cpp backend; two tiny probes of 4 and 12 layers (rows of 64) pin the per-token cost.  A
+llama.cpp backend; two tiny probes of 4 and 12 layers (rows of 64) pin the per-token cost.
+Decode is timed a token at a time with the CPU's caches refilled before each (a server's
+last-level cache can hold a probe, never a model worth planning), and a prompt's attention, timed
+on the attention probes per cache type and head size, is taken out of the prefill timings.  A
 non-negative least-squares fit on relative error turns the timings into the figures.  About 8 s
 per type on a 2-core x86.  ONNX Runtime's kernels are measured the same way on probe graphs of
 the ONNX export's own ops (runtime/onnx_probe.py), per weight type of its builds.
@@ -42,6 +45,10 @@ PURE_FTYPE = {"F16": None, "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5
 GGML_TYPES = tuple(PURE_FTYPE)
 RUNTIME = "llama.cpp"
 PROMPT, GEN, REPEATS = 512, 64, 3     # the prompt the planner predicts at; decode timed over GEN tokens
+# the probes' decode: COLD_GEN tokens, each after the CPU's caches were filled with other bytes
+# (runtime/membench.CacheEvictor): a probe of 50-100 MB can sit in a server's last-level cache,
+# where it decodes up to 2.4x faster per weight than any model worth planning for
+COLD_GEN = 16
 SHORT, DEPTH = 8, 1024                 # decode after a short prompt; attention timed at DEPTH
 # decode attention per cache type and head size (kernel_model.py says why): the head sizes of the
 # families edgellm exports, each on a probe of 16 query heads over 4 KV heads, timed at a depth near
@@ -96,55 +103,84 @@ def probe_load(shape, ggml_type: str) -> Load:
     return dataclasses.replace(loads(model, [(t, ggml_type) for t in model.tensors])[ggml_type], layers=shape.layers)
 
 
-def _time(path: Path, threads: int, depth: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _time(path: Path, threads: int, evict: Callable[[], None], depth: int = 0) -> tuple[tuple[float, ...], ...]:
     """(prefill seconds for PROMPT tokens, decode seconds per token after a short prompt, or after
-    ``depth`` tokens of cache), one figure per repeat."""
+    ``depth`` tokens of cache, each token from cold caches), one figure per repeat."""
     from edgellm.runtime.llamacpp import LlamaCppModel
 
-    m = LlamaCppModel.open(path, n_ctx=max(PROMPT, depth) + SHORT + GEN + 8, threads=threads)
+    m = LlamaCppModel.open(path, n_ctx=max(PROMPT, depth) + SHORT + COLD_GEN + 8, threads=threads)
     try:
         pre = m.profile(PROMPT, 1, REPEATS)
-        dec = m.profile(SHORT, GEN, REPEATS, depth=depth)
+        dec = m.profile(SHORT, COLD_GEN, REPEATS, depth=depth, evict=evict)
     finally:
         del m
     return tuple(PROMPT / t for t in pre.samples_prefill_tps), tuple(1.0 / t for t in dec.samples_decode_tps)
 
 
-def _time_attention(path: Path, threads: int, kv_cache: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _time_attention(path: Path, threads: int, kv_cache: str) -> tuple[tuple[float, ...], ...]:
     """(decode seconds per token after a short prompt, and after ATTENTION_DEPTH more cached
-    tokens), one figure per repeat."""
+    tokens; prefill seconds of a PROMPT-token prompt, and of the same prompt after ATTENTION_DEPTH
+    cached tokens), one figure per repeat: the same batches, so only attention tells them apart."""
     from edgellm.runtime.llamacpp import LlamaCppModel
 
-    m = LlamaCppModel.open(path, n_ctx=ATTENTION_DEPTH + SHORT + GEN + 8, threads=threads, kv_cache=kv_cache)
+    m = LlamaCppModel.open(path, n_ctx=ATTENTION_DEPTH + max(PROMPT + 1, SHORT + GEN) + 8, threads=threads,
+                           kv_cache=kv_cache)
     try:
         shallow = m.profile(SHORT, GEN, REPEATS)
         deep = m.profile(SHORT, GEN, REPEATS, depth=ATTENTION_DEPTH)
+        prompt = m.profile(PROMPT, 1, REPEATS)
+        prompt_deep = m.profile(PROMPT, 1, REPEATS, depth=ATTENTION_DEPTH)
     finally:
         del m
-    return tuple(1.0 / t for t in shallow.samples_decode_tps), tuple(1.0 / t for t in deep.samples_decode_tps)
+    return (tuple(1.0 / t for t in shallow.samples_decode_tps), tuple(1.0 / t for t in deep.samples_decode_tps),
+            tuple(PROMPT / t for t in prompt.samples_prefill_tps),
+            tuple(PROMPT / t for t in prompt_deep.samples_prefill_tps))
+
+
+Table = tuple[tuple[str, int, float], ...]
 
 
 def measure_attention(threads: int, work: Path, progress: Callable[[str], None], notes: list[str] | None = None,
-                      shapes=None) -> tuple[tuple[str, int, float], ...]:
-    """(cache type, head size, ns per query head, cached position and layer) of decode attention,
-    per probe and cache type; one whose deeper cache did not measure slower is left out (the
-    planner then prices it at the FLOP rate)."""
+                      shapes=None) -> tuple[Table, Table]:
+    """(cache type, head size, ns per query head, position attended and layer) of decode attention
+    and of a prompt's, per probe and cache type; one whose deeper cache did not measure slower is
+    left out (the planner then prices decode at the FLOP rate, a prompt from the nearest head size)."""
     from edgellm.runtime.synthetic_gguf import write
 
-    out = []
+    decode, prefill = [], []
     for shape in shapes or _attention_shapes():
-        progress(f"measuring llama.cpp decode attention, heads of {shape.hd}")
+        progress(f"measuring llama.cpp attention, heads of {shape.hd}")
         path = write(work / f"attention-{shape.hd}.gguf", shape)
         for kv in ATTENTION_CACHES:
             if shape.hd % kv_cache_block(kv):        # a cache's blocks must divide a head: never planned
                 continue
-            shallow, deep = timed(f"llama.cpp attention, heads of {shape.hd}, {kv} cache",
-                                  lambda: _time_attention(path, threads, kv), progress, notes, threads)
-            ns = round((deep - shallow) * 1e9 / (shape.layers * shape.heads * ATTENTION_DEPTH), 3)
-            if deep > 1.01 * shallow and ns > 0:     # a slowdown lost in the noise is no figure
-                out.append((kv, shape.hd, ns))
+            shallow, deep, prompt, prompt_deep = timed(f"llama.cpp attention, heads of {shape.hd}, {kv} cache",
+                                                       lambda: _time_attention(path, threads, kv), progress,
+                                                       notes, threads)
+            for out, (a, b), queries in ((decode, (shallow, deep), 1), (prefill, (prompt, prompt_deep), PROMPT)):
+                ns = round((b - a) * 1e9 / (shape.layers * shape.heads * ATTENTION_DEPTH * queries), 3)
+                if b > 1.01 * a and ns > 0:          # a slowdown lost in the noise is no figure
+                    out.append((kv, shape.hd, ns))
         path.unlink()
-    return tuple(out)
+    return tuple(decode), tuple(prefill)
+
+
+def without_prompt_attention(timings: dict[str, list], shapes, prefill_ns: Table) -> tuple[dict[str, list], Table]:
+    """The probes' prefill timings less their own prompt attention (an f16 cache, their head
+    size), so that the per-type figures price the matrices alone and the planner adds the target's
+    attention at its own cache type and head size; ``prefill_ns`` comes back empty (and the timings
+    as they were: attention then stays folded into the figures) when a probe's head size has no
+    figure."""
+    cost = RuntimeCost(token_us=0.0, prefill_attention_ns=tuple(f for f in prefill_ns if f[0] == "f16"))
+    exact = {hd for _, hd, _ in cost.prefill_attention_ns}
+    if any(s.hd not in exact for s in shapes):
+        return timings, ()
+    attention = [cost.prefill_attention_seconds("f16", s.hd, _probe_model(s).prompt_head_positions(PROMPT))
+                 for s in shapes]
+    out = {}
+    for ty, rows in timings.items():       # (never below half the timing: a noisy figure is no licence)
+        out[ty] = [(ld, max(pre - a, pre / 2), dec) for (ld, pre, dec), a in zip(rows, attention)] + rows[len(shapes):]
+    return out, prefill_ns
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,18 +199,19 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: float | None, source: str,
-        runtime: str = RUNTIME, base: str = BASE, attention_ns: tuple[tuple[str, int, float], ...] = ()) -> dict:
+        runtime: str = RUNTIME, base: str = BASE, attention_ns: Table = (), prefill_attention_ns: Table = ()) -> dict:
     """``timings``: type -> (load, prefill s, decode s) per probe, the two probes first; Q8_0 also
     carries the tiny probes, which pin the runtime's per-token and per-layer costs for every type.  The decode
     timings come with the probes' attention (at ``attention_gflops``) taken out; the planner adds
-    the target's back at its position.  Prefill keeps its attention in the figures: batched, it
-    runs at another rate, and it is a few percent of a 512-token prompt."""
+    the target's back at its position.  Prefill timings come with theirs taken out where
+    ``prefill_attention_ns`` is given (``without_prompt_attention``), else keep it in the figures."""
     pinned = timings[base]
     token_s, layer_s, *q8 = nnls(np.array([[1.0, ld.layers, *ld.decode()] for ld, _, _ in pinned]),
                                  np.array([d for *_, d in pinned]))
     out: dict[str, object] = {runtime: RuntimeCost(
         token_us=round(float(token_s) * 1e6, 2), source=source, layer_us=round(float(layer_s) * 1e6, 3),
-        attention_gflops=None if attention_gflops is None else round(attention_gflops, 2), attention_ns=attention_ns)}
+        attention_gflops=None if attention_gflops is None else round(attention_gflops, 2), attention_ns=attention_ns,
+        prefill_attention_ns=prefill_attention_ns)}
     for ty, rows in timings.items():
         rows = rows[:2]
         dec = q8 if ty == base else nnls(np.array([ld.decode() for ld, *_ in rows], float),
@@ -196,18 +233,18 @@ def _probe_model(shape):
 def attention_flops(shape) -> float:
     """FLOPs of the probe's attention for a timed decode token: after the short prompt, half-way
     through the generated tokens."""
-    return _probe_model(shape).attention_flops(SHORT + GEN // 2)
+    return _probe_model(shape).attention_flops(SHORT + COLD_GEN // 2)
 
 
 def timed(what: str, run: Callable[[], tuple], progress: Callable[[str], None],
-          notes: list[str] | None = None, threads: int | None = None) -> tuple[float, float]:
-    """``run()`` -> two tuples of samples (prefill and decode; for the attention probes, decode
-    shallow and deep), taken again while the machine was busy
+          notes: list[str] | None = None, threads: int | None = None) -> tuple[float, ...]:
+    """``run()`` -> tuples of samples (prefill and decode; for the attention probes, decode and
+    prefill, shallow and deep), taken again while the machine was busy
     (runtime/busy.py: other processes on the CPU, or repeats too far apart); medians.  ``notes``:
     busy timings are kept and said there instead of refused (``device measure --allow-busy``)."""
-    pre, dec = busy.quiet(what, run, lambda others, r: busy.verdict(others, r[0]) or busy.verdict(None, r[1]),
-                          progress, notes, threads)
-    return statistics.median(pre), statistics.median(dec)
+    samples = busy.quiet(what, run, lambda others, r: busy.verdict(others, r[0]) or
+                         next(filter(None, (busy.verdict(None, x) for x in r[1:])), None), progress, notes, threads)
+    return tuple(statistics.median(x) for x in samples)
 
 
 def drift(first: tuple[float, float], again: tuple[float, float]) -> float:
@@ -222,10 +259,12 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
     """``"llama.cpp"`` -> RuntimeCost and ``"llama.cpp:TYPE"`` -> TypeRate, measured here.  The
     first probe is timed again at the end: ``report["drift"]`` is how far the machine's speed
     moved meanwhile (a shared or throttling machine), which no single timing shows."""
+    from edgellm.runtime.membench import cache_evictor
     from edgellm.runtime.synthetic_gguf import write
 
     probes, tiny = shapes or _shapes()
     types = tuple(dict.fromkeys((BASE, *types)))         # BASE carries the runtime's own costs
+    evict = cache_evictor()
     work = Path(tempfile.mkdtemp(prefix="edgellm-kernels-"))
     timings: dict[str, list] = {}
     attention = first = None
@@ -239,32 +278,33 @@ def measure_kernels(threads: int, progress: Callable[[str], None] = lambda s: No
                 if path != f16:
                     _quantize(f16, path, PURE_FTYPE[ty], threads)
                 what = f"llama.cpp {ty} on a {shape.hidden}-wide probe"
-                pre, dec = timed(what, lambda: _time(path, threads), progress, notes, threads)
+                pre, dec = timed(what, lambda: _time(path, threads, evict), progress, notes, threads)
                 first = first or (pre, dec)
                 if attention is None:       # the first probe, Q8_0: attention's rate from depth
-                    deep = timed(what + " at depth", lambda: _time(path, threads, DEPTH), progress, notes,
+                    deep = timed(what + " at depth", lambda: _time(path, threads, evict, DEPTH), progress, notes,
                                  threads)[1]
-                    flops = _probe_model(shape).attention_flops(DEPTH + SHORT + GEN // 2) - \
+                    flops = _probe_model(shape).attention_flops(DEPTH + SHORT + COLD_GEN // 2) - \
                         attention_flops(shape)
                     attention = flops / max(deep - dec, 1e-9)
-                dec -= attention_flops(shape) / attention     # prefill keeps its own (batched) attention
+                dec -= attention_flops(shape) / attention     # prefill's: without_prompt_attention
                 timings.setdefault(ty, []).append((probe_load(shape, ty), pre, dec))
                 if path != f16:
                     path.unlink()
-        per_head = measure_attention(threads, work, progress, notes, attention_shapes)
+        per_head, prompt_ns = measure_attention(threads, work, progress, notes, attention_shapes)
+        timings, prompt_ns = without_prompt_attention(timings, probes, prompt_ns)
         if report is not None and len(types) > 1:
             path = work / "again.gguf"
             _quantize(sources[0][1], path, PURE_FTYPE[BASE], threads)
-            again = timed(f"llama.cpp {BASE} again", lambda: _time(path, threads), progress, notes, threads)
+            again = timed(f"llama.cpp {BASE} again", lambda: _time(path, threads, evict), progress, notes, threads)
             report["drift"] = drift(first, again)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return fit(timings, attention / 1e9, source, attention_ns=per_head)
+    return fit(timings, attention / 1e9, source, attention_ns=per_head, prefill_attention_ns=prompt_ns)
 
 
 # --- ONNX Runtime ---------------------------------------------------------------------------
 ONNX_RUNTIME, ONNX_BASE = "onnxruntime", "int4/32"
-ONNX_GEN = 32                  # single-token runs per repeat, each after the same cache
+ONNX_GEN = COLD_GEN            # single-token runs per repeat, each after the same cache (and cold caches)
 ONNX_DEPTH = 1536              # attention's rate: decode after this many more cached tokens (a larger
                                # difference than llama.cpp's 1024: ONNX Runtime's is the noisier)
 
@@ -287,17 +327,19 @@ def measure_onnx_kernels(threads: int, progress: Callable[[str], None] = lambda 
     measured here on random-weight probes run as the ONNX backend runs a model (runtime/onnx_probe.py),
     the same way as llama.cpp's."""
     from edgellm.runtime import onnx_probe
+    from edgellm.runtime.membench import cache_evictor
 
     probes, tiny = shapes or _shapes()
+    evict = cache_evictor()
     types = tuple(dict.fromkeys((ONNX_BASE, *(types or onnx_probe.WEIGHT_TYPES))))
     work = Path(tempfile.mkdtemp(prefix="edgellm-onnx-kernels-"))
     timings: dict[str, list] = {}
-    past = SHORT + GEN // 2                # the position llama.cpp's decode timings stand for
+    past = SHORT + COLD_GEN // 2           # the position llama.cpp's decode timings stand for
     deep = ONNX_DEPTH + past
     extra_flops = extra_s = 0.0            # attention over the deeper cache, summed over both probes
 
     def run(path, shape, at):
-        return lambda: onnx_probe.time_probe(path, shape, threads, PROMPT, ONNX_GEN, REPEATS, at)
+        return lambda: onnx_probe.time_probe(path, shape, threads, PROMPT, ONNX_GEN, REPEATS, at, evict)
     try:
         for ty in types:
             progress(f"measuring ONNX Runtime {ty} kernels")

@@ -38,9 +38,10 @@ def kernel_entry(key: str, r, q: Callable[[str], str] = _q) -> str:
     fields = ("token_us", "layer_us", "attention_gflops") if isinstance(r, RuntimeCost) else \
         ("decode_row_ns", "decode_weight_ps", "prefill_row_ns", "prefill_weight_ps")
     values = [f"{f} = {getattr(r, f)!r}" for f in fields if getattr(r, f) is not None]
-    if isinstance(r, RuntimeCost) and r.attention_ns:      # checked names: a cache type and a head size
-        values.append("attention_ns = { " + ", ".join(f'"{kv}:{hd}" = {ns!r}' for kv, hd, ns in r.attention_ns)
-                      + " }")
+    for table in ("attention_ns", "prefill_attention_ns") if isinstance(r, RuntimeCost) else ():
+        if getattr(r, table):                               # checked names: a cache type and a head size
+            values.append(f"{table} = {{ " + ", ".join(f'"{kv}:{hd}" = {ns!r}' for kv, hd, ns in getattr(r, table))
+                          + " }")
     if r.source:
         values.append(f"source = {q(r.source)}")
     return f"{q(key)} = {{ " + ", ".join(values) + " }"

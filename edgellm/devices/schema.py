@@ -221,13 +221,14 @@ def _attention_table(v: Any) -> tuple[tuple[str, int, float], ...]:
 
 # [kernels] (edgellm/devices/kernel_model.py): "runtime" = its own costs, "runtime:TYPE" = a type's
 _KERNEL_COST = {"token_us": (lambda v: _nonneg(v), True), "attention_gflops": (lambda v: _positive(v), False),
-                "attention_ns": (_attention_table, False),
+                "attention_ns": (_attention_table, False), "prefill_attention_ns": (_attention_table, False),
                 "layer_us": (lambda v: _nonneg(v), False),
                 "source": (lambda v: _string(v), False)}
 _KERNEL_TYPE = {"decode_row_ns": (lambda v: _nonneg(v), True), "decode_weight_ps": (lambda v: _nonneg(v), True),
                 "prefill_row_ns": (lambda v: _nonneg(v), False), "prefill_weight_ps": (lambda v: _nonneg(v), False),
                 "source": (lambda v: _string(v), False)}
-_KERNELS_HINT = ('kernels: expected "runtime" = { token_us, layer_us, attention_gflops, attention_ns } and '
+_KERNELS_HINT = ('kernels: expected "runtime" = { token_us, layer_us, attention_gflops, attention_ns, '
+                 'prefill_attention_ns } and '
                  '"runtime:GGML_TYPE" = { decode_row_ns, decode_weight_ps, prefill_row_ns, prefill_weight_ps } (rerun edgellm device measure)')
 
 

@@ -67,6 +67,15 @@ class ModelConfig:
         return 4 * self.n_heads * self.head_dim * sum(
             position if w is None else min(position, w) for w in self._attending_windows())
 
+    def prompt_head_positions(self, prompt: int) -> int:
+        """Query heads x positions attended, summed over a ``prompt``-token prompt's tokens (each
+        attends to itself and those before it, within its layer's window) and the layers."""
+        def attended(w: int | None) -> int:
+            if w is None or w >= prompt:
+                return prompt * (prompt + 1) // 2
+            return w * (w + 1) // 2 + (prompt - w) * w
+        return self.n_heads * sum(attended(w) for w in self._attending_windows())
+
     def _attending_windows(self) -> list[int | None]:
         """The window (None: full) of every layer that attends."""
         windows = self.windows or (None,) * self.n_layers

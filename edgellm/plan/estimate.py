@@ -118,6 +118,9 @@ def _measured(model: ModelConfig, device: DeviceProfile, fmt: BuildFormat, choic
     per_weight = {ty: fmt.bytes_per_weight(ty) / bandwidth for ty in load}
     t_decode = decode_seconds(load, rates, cost, per_weight, model.n_layers)
     t_prefill = prefill_seconds(load, rates, prompt, {ty: 2 / prefill_flops_s for ty in load})
+    if model.head_dim:                      # the prompt's attention, where measured apart from the rates
+        t_prefill += cost.prefill_attention_seconds(choice.kv_cache.value, model.head_dim,
+                                                    model.prompt_head_positions(prompt)) or 0.0
     flops = model.attention_flops(position)
     per_head = cost.attention_seconds(choice.kv_cache.value, model.head_dim, flops / (4 * model.head_dim)) \
         if model.head_dim else None
