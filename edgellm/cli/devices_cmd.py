@@ -35,8 +35,9 @@ def add_parser(sub) -> None:
                         description="Measure this machine (cores, ISA, RAM, multi-threaded memory "
                                     "read and copy bandwidth, fp32 matmul rate, and the decode and prefill "
                                     "rates of llama.cpp's and ONNX Runtime's kernels for each weight type) and "
-                                    "write a profile that `--device NAME` then finds.  Takes about two minutes "
-                                    "(ten seconds with --no-kernels).  Run it on a quiet machine: it refuses "
+                                    "write a profile that `--device NAME` then finds.  Takes three to six minutes on "
+                                    "a 2-core machine, the more the larger its last-level cache (decode is timed "
+                                    "from cold caches), ten seconds with --no-kernels.  Run it on a quiet machine: it refuses "
                                     "(exit code 7) when other processes use the CPU, whose figures would be wrong.")
     m.add_argument("--name", default=None, help=f"profile name (default: {default_name()})")
     m.add_argument("-o", "--output", type=Path, default=None,
@@ -157,7 +158,7 @@ def _measure_remote(args, name: str) -> tuple[devices.DeviceProfile, str]:
     from edgellm.remote import MAX_WORK_S
 
     remote = remote_of(args, stderr_progress)
-    stderr_progress(f"measuring {remote.name}" + (" with kernels (about three to four minutes)" if args.kernels else ""))
+    stderr_progress(f"measuring {remote.name}" + (" with kernels (three to six minutes)" if args.kernels else ""))
     kernels = (f" --kernels {','.join(_kernel_types(args.kernels))}" if args.kernels else " --no-kernels") + \
         (" --allow-busy" if args.allow_busy else "")
     path = ".cache/edgellm/remote/measured.toml"
