@@ -179,3 +179,18 @@ def test_exports_are_deterministic(cli, run_cli, tiny, tmp_path):
     assert a == b
     for name in a["files"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_float_builds_figures_say_they_were_measured_on_the_exact_cache(cli, tiny, tmp_path):
+    """A float build's verification checks the conversion with llama.cpp's exact f16 cache; when
+    the bundle runs a q8_0 cache, its manifest says so beside the figures (and an f16 build's says
+    nothing: it was measured as it runs)."""
+    from edgellm.formats.choice import BuildChoice
+    from edgellm.exporters.verify.verify import verify_file
+
+    folder = tiny("llama")
+    manifest = export(cli, folder, tmp_path / "b", "--quant", "F16", "--no-verify")
+    artifact = tmp_path / "b" / manifest["artifact"]
+    q8 = verify_file(folder, BuildChoice("gguf", "F16", "q8_0"), artifact, 1)
+    assert q8["measured_with"] == "llama.cpp's exact defaults, to check the conversion; the bundle runs kv_cache q8_0"
+    assert "measured_with" not in verify_file(folder, BuildChoice("gguf", "F16", "f16"), artifact, 1)

@@ -142,6 +142,8 @@ def run(args) -> int:
               f"perplexity x{h['ppl_ratio']:.4f}")
         if str(v.get("chat_template", "")).startswith("differs"):
             print(f"note: the chat prompt {v['chat_template']}")
+        if v.get("measured_with"):
+            print(f"note: measured with {v['measured_with']}")
     else:
         print("not verified (--no-verify)")
     print(f"run it:     edgellm run {result.bundle} -p \"Hello\"\nprofile it: edgellm profile {result.bundle}")

@@ -119,9 +119,15 @@ def verify_file(model_dir: Path, choice, path: Path, threads: int, trust_remote_
     tolerance = fmt.tolerance(choice.quant)
     # a float build's logits check the conversion itself, so its runtime runs exactly (llama.cpp's
     # f16 cache); a quantized build is measured as it ships (its cache type too)
-    options = fmt.backend_options(choice) if tolerance is None else {}
+    ships = fmt.backend_options(choice)
+    options = ships if tolerance is None else {}
     cand = load_backend(fmt.backend, path, context, threads, scoring=True, **options)
-    return verify_candidate(model_dir, cand, path.name, fmt.runtime, tolerance, trust_remote_code, context, progress)
+    report = verify_candidate(model_dir, cand, path.name, fmt.runtime, tolerance, trust_remote_code, context,
+                              progress)
+    if tolerance is not None and not fmt.exact_cache(choice):     # the manifest says what was measured
+        report["measured_with"] = (f"{fmt.runtime}'s exact defaults, to check the conversion; the bundle runs "
+                                   + ", ".join(f"{k} {v}" for k, v in sorted(ships.items())))
+    return report
 
 
 def _check_chat(tok, cand, name: str, runtime: str) -> str:
