@@ -86,6 +86,17 @@ def _ram_bytes() -> int:
     return total
 
 
+def available_bytes() -> int | None:
+    """Memory that can be had now without swapping (Linux: MemAvailable, page cache counted as
+    reclaimable), or None where it cannot be read."""
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if key == "MemAvailable" and fields and fields[0].isdigit() and len(fields[0]) <= 15:
+            return int(fields[0]) * 1024
+    return None
+
+
 def last_level_cache_bytes() -> int | None:
     """The largest CPU cache (Linux: sysfs; macOS: sysctl), or None where it cannot be read."""
     if platform.system() == "Darwin":

@@ -66,12 +66,25 @@ class CacheEvictor:
     and 2 GiB), a byte of each cache line: called between decoded tokens, it leaves a small probe's
     weights to stream from memory as a real model's do.  On a CPU whose shared cache holds a
     probe (a cloud Xeon's 480 MiB L3: probes of 50-100 MB), decode timed warm ran Q4_0 2.4x
-    faster per weight than a model of 400 MB, which no prediction for real models can use."""
+    faster per weight than a model of 400 MB, which no prediction for real models can use.
+    The read runs on one thread: on a CPU whose cores have last-level caches of their own (several
+    chiplets or sockets) it refills the reading core's, not necessarily those of the cores the
+    runtime's threads ran on (a known limit; the checked machines have one shared L3).  A
+    container's memory: at most a quarter of what is available now, halved again if numpy cannot
+    have it, down to 8 MiB."""
 
-    def __init__(self, cache_bytes: int | None, ram_bytes: int | None = None):
+    def __init__(self, cache_bytes: int | None, ram_bytes: int | None = None, available: int | None = None):
         size = max(2 * (cache_bytes or 0), 64 << 20)
-        self.nbytes = int(min(size, 2 << 30, (ram_bytes or 1 << 40) // 8))
-        self._buf = np.ones(self.nbytes, dtype=np.uint8)
+        size = int(min(size, 2 << 30, (ram_bytes or 1 << 40) // 8, (available or 1 << 40) // 4))
+        while True:
+            try:
+                self._buf = np.ones(max(size, 8 << 20), dtype=np.uint8)
+                break
+            except MemoryError:
+                if size <= 8 << 20:
+                    raise
+                size //= 2
+        self.nbytes = self._buf.nbytes
 
     def __call__(self) -> None:
         self._buf[::64].sum(dtype=np.uint64)
@@ -80,4 +93,4 @@ class CacheEvictor:
 def cache_evictor() -> CacheEvictor:
     from edgellm.runtime import hostinfo
 
-    return CacheEvictor(hostinfo.last_level_cache_bytes(), hostinfo._ram_bytes())
+    return CacheEvictor(hostinfo.last_level_cache_bytes(), hostinfo._ram_bytes(), hostinfo.available_bytes())

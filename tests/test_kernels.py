@@ -121,7 +121,10 @@ def test_a_prompts_attention_is_priced_per_cache_type_and_head_size():
     wide = RuntimeCost(token_us=0.0, prefill_attention_ns=table)
     assert wide.prefill_attention_seconds("q8_0", 96, 1e9) == pytest.approx(13.0 * 96 / 64)    # nearest: 64
     assert wide.prefill_attention_seconds("q8_0", 256, 1e9) == pytest.approx(20.0 * 2)
-    assert wide.prefill_attention_seconds("q4_0", 64, 1e9) is None
+    assert wide.prefill_attention_seconds("q4_0", 64, 1e9) == pytest.approx(3.0)     # none of its own: f16's
+    f16_only = RuntimeCost(token_us=0.0, prefill_attention_ns=table[:1])   # q8_0's lost in a noisy timing
+    assert f16_only.prefill_attention_seconds("q8_0", 64, 1e9) == pytest.approx(3.0)    # f16's: a lower bound
+    assert RuntimeCost(token_us=0.0).prefill_attention_seconds("f16", 64, 1e9) is None
     windowed = dataclasses.replace(model, windows=(8,) * 24)
     assert windowed.prompt_head_positions(512) == 14 * 24 * (8 * 9 // 2 + (512 - 8) * 8)
 
@@ -444,6 +447,10 @@ def test_probes_decode_from_cold_caches(tmp_path):
     assert membench.CacheEvictor(None, 8 << 30).nbytes == 64 << 20          # unknown cache: 64 MiB
     assert membench.CacheEvictor(40 << 20, 8 << 30).nbytes == 80 << 20
     assert membench.CacheEvictor(480 << 20, 1 << 30).nbytes == 128 << 20    # never over an eighth of RAM
+    assert membench.CacheEvictor(480 << 20, 8 << 30, 100 << 20).nbytes == 25 << 20     # a quarter of what is free
+    assert membench.CacheEvictor(None, 8 << 30, 1 << 20).nbytes == 8 << 20  # but at least 8 MiB
+    avail = hostinfo.available_bytes()
+    assert avail is None or avail > 0
     calls = []
     path = write(tmp_path / "p.gguf", Shape(hidden=64, ffn=128, layers=2, heads=2, kv_heads=1, vocab=300, context=256))
     m = LlamaCppModel.open(path, n_ctx=128, threads=1)

@@ -14,12 +14,13 @@ So every ggml tensor type gets four measured figures (edgellm/devices/kernels.py
   Xeon with 480 MiB of L3 decoded such a Q4_0 probe 2.4x faster per weight than a 400 MB model);
 - prefill: the same per prompt token (the head only for the last token, as llama.cpp computes
   it).  The per-row figure also carries the element-wise work, which grows with a layer's width as
-  its rows do: on the 2-core EPYC a Q4_0 layer 1024 wide prefills at 10 ps per weight and token,
-  one 2048 wide at 6.6.  A prompt's attention is priced apart (below), per cache type and head
-  size, because it grows with the prompt's square and its kernel depends on the cache: with an
-  f16 cache llama.cpp runs it tiled, with q8_0 a query row at a time (a 2-core Xeon: 3.1 and 13.6
-  ns per query head, position attended and layer for heads of 64; a q8_0 cache slowed a small
-  mixture's 512-token prefill by 55%);
+  its rows do (on the 2-core EPYC, with attention still in the figures then, a Q4_0 layer 1024
+  wide prefilled at 10 ps per weight and token, one 2048 wide at 6.6).  A prompt's attention is
+  priced apart (below), per cache type and head size, because it grows with the prompt's square
+  and its kernel depends on the cache: with an f16 cache llama.cpp runs it tiled, with q8_0 a
+  query row at a time (a 2-core Xeon, three runs: 2.6-2.9 and 13.2-15.4 ns per query head,
+  position attended and layer for heads of 64; a q8_0 cache slowed a small mixture's 512-token
+  prefill by 55%);
 
 and the runtime three: decode seconds per token (graph build, sampling), per decoder layer (the
 graph's other nodes and the threads' barriers between them, pinned by tiny probes of 4, 12 and 24
@@ -82,8 +83,11 @@ class RuntimeCost:
         summed over layers and prompt tokens), or None where the profile has no prefill figures
         (its per-type figures then carry their probes' attention, as profiles before these did).
         A head size not measured is priced from the nearest one measured for the cache type, in
-        proportion to the head size (its FLOPs)."""
-        measured = [(hd, ns) for kv, hd, ns in self.prefill_attention_ns if kv == kv_cache]
+        proportion to the head size (its FLOPs); a cache type with no figure (lost in a noisy
+        timing) at the f16 cache's, which the per-type figures were cleared of: a lower bound, not
+        nothing."""
+        measured = [(hd, ns) for kv, hd, ns in self.prefill_attention_ns if kv == kv_cache] or \
+            [(hd, ns) for kv, hd, ns in self.prefill_attention_ns if kv == "f16"]
         if not measured:
             return None
         hd, ns = min(measured, key=lambda m: (abs(m[0] - head_dim), m[0]))

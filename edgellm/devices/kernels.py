@@ -9,8 +9,9 @@ llama.cpp backend; two tiny probes of 4 and 12 layers (rows of 64) pin the per-t
 Decode is timed a token at a time with the CPU's caches refilled before each (a server's
 last-level cache can hold a probe, never a model worth planning), and a prompt's attention, timed
 on the attention probes per cache type and head size, is taken out of the prefill timings.  A
-non-negative least-squares fit on relative error turns the timings into the figures.  About 8 s
-per type on a 2-core x86.  ONNX Runtime's kernels are measured the same way on probe graphs of
+non-negative least-squares fit on relative error turns the timings into the figures.  About 10 s
+per type on a 2-core x86 (more where the last-level cache is large: the refills are reads of twice
+its size).  ONNX Runtime's kernels are measured the same way on probe graphs of
 the ONNX export's own ops (runtime/onnx_probe.py), per weight type of its builds.
 
 Every timing is checked for a busy machine (runtime/busy.py): taken again when another process
@@ -44,7 +45,7 @@ PURE_FTYPE = {"F16": None, "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5
               "Q2_K": "Q2_K"}
 GGML_TYPES = tuple(PURE_FTYPE)
 RUNTIME = "llama.cpp"
-PROMPT, GEN, REPEATS = 512, 64, 3     # the prompt the planner predicts at; decode timed over GEN tokens
+PROMPT, GEN, REPEATS = 512, 64, 3     # the prompt the planner predicts at; the attention probes' decode: GEN tokens
 # the probes' decode: COLD_GEN tokens, each after the CPU's caches were filled with other bytes
 # (runtime/membench.CacheEvictor): a probe of 50-100 MB can sit in a server's last-level cache,
 # where it decodes up to 2.4x faster per weight than any model worth planning for
