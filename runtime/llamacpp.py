@@ -20,6 +20,7 @@ import numpy as np
 from edgellm.core.ggml import kv_cache_block
 from edgellm.core.names import KV_CACHE_TYPES
 from edgellm.errors import BadInput, EdgeLLMError
+from edgellm.runtime.membench import timed_steps
 from edgellm.runtime.profiling import Profile, default_threads, depth_prefix, profile_prompt, summarize
 from edgellm.runtime.quiet import captured_stderr
 from edgellm.runtime.tokenizer import render_chat
@@ -139,8 +140,6 @@ def _without_extra_buffers():
 SCORING_BATCH = 64          # positions per llama_decode when scoring: llama.cpp's output and compute
                             # buffers hold this many rows of logits, not the window's (a 262,144-token
                             # vocabulary's 512-position window is 512 MiB a copy)
-
-
 
 
 class LlamaCppModel:
@@ -287,15 +286,12 @@ class LlamaCppModel:
         t1 = time.perf_counter()
         tok = (C.llama_token * 1)(greedy())
         ttft = time.perf_counter() - t0
-        spent = 0.0
-        for _ in range(gen_tokens):
-            if evict is not None:
-                evict()
-            t2 = time.perf_counter()
+        def step() -> None:
             if C.llama_decode(ctx, C.llama_batch_get_one(tok, 1)) != 0:
                 raise EdgeLLMError("llama.cpp failed to decode a token")
             tok[0] = greedy()
-            spent += time.perf_counter() - t2
+
+        spent = timed_steps(step, gen_tokens, evict)
         self.llm.reset()
         return t1 - t0, ttft, spent
 

@@ -61,6 +61,18 @@ def matmul_throughput(n: int = 1024, passes: int = 5) -> float:
     return 2 * n**3 * reps / t
 
 
+def timed_steps(step: Callable[[], object], n: int, evict: Callable[[], None] | None = None) -> float:
+    """Seconds ``n`` calls of ``step`` took, ``evict()`` (a CacheEvictor) run untimed before each."""
+    spent = 0.0
+    for _ in range(n):
+        if evict is not None:
+            evict()
+        t0 = time.perf_counter()
+        step()
+        spent += time.perf_counter() - t0
+    return spent
+
+
 class CacheEvictor:
     """Reads a buffer twice the last-level cache (at least 64 MiB, at most an eighth of the RAM
     and 2 GiB), a byte of each cache line: called between decoded tokens, it leaves a small probe's

@@ -196,6 +196,8 @@ def time_probe(path: Path, shape, threads: int, prompt: int, gen: int, repeats: 
     after a warm-up run of each."""
     import time
 
+    from edgellm.runtime.membench import timed_steps
+
     probe = Probe(path, shape, threads)
     prefill, decode = probe.run_fn(prompt, 0), probe.run_fn(1, past)
     prefill()
@@ -205,12 +207,5 @@ def time_probe(path: Path, shape, threads: int, prompt: int, gen: int, repeats: 
         t0 = time.perf_counter()
         prefill()
         pre.append(time.perf_counter() - t0)
-        spent = 0.0
-        for _ in range(gen):
-            if evict is not None:
-                evict()
-            t0 = time.perf_counter()
-            decode()
-            spent += time.perf_counter() - t0
-        dec.append(spent / gen)
+        dec.append(timed_steps(decode, gen, evict) / gen)
     return pre, dec

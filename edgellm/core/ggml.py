@@ -5,12 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-def kv_cache_block(kv_cache: str) -> int:
-    """Elements per block of a KV cache type (core/names.KV_CACHE_TYPES): what must divide a head."""
-    from edgellm.core.names import KV_CACHE_TYPES
-
-    return GGML_TYPES[KV_CACHE_TYPES[kv_cache]][1]
-
 
 GGML_TYPES = {
     0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
@@ -41,3 +35,10 @@ class GgmlType:
 
 
 TYPES = {name: GgmlType(name, block, block_bytes) for name, block, block_bytes in GGML_TYPES.values()}
+
+
+def kv_cache_block(kv_cache: str) -> int:
+    """Elements per block of a KV cache type (core/names.KV_CACHE_TYPES): what must divide a head."""
+    from edgellm.core.names import KV_CACHE_TYPES
+
+    return GGML_TYPES[KV_CACHE_TYPES[kv_cache]][1]
