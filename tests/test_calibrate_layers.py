@@ -300,6 +300,28 @@ def test_auto_precision_on_the_cpu_is_whichever_this_cpu_multiplies_faster(monke
     assert cl.compute_dtype("bfloat16", "cpu") == "bfloat16"          # asked for: as asked
 
 
+@pytest.mark.parametrize("bf16_per_row, expected, full_bf16_timed", [
+    (0.37e-3 / 512 * 240, False, False),    # no bfloat16 kernel (AVX2-only EPYC: 240x slower): a slice answers
+    (0.37e-3 / 512 / 2.5, True, True),      # 2.5x faster (a Zen 4 with AVX512-BF16): bfloat16
+    (0.37e-3 / 512 / 1.1, False, True),     # barely faster: not worth the precision
+])
+def test_the_bfloat16_probe_stops_early_where_bfloat16_has_no_fast_kernel(bf16_per_row, expected, full_bf16_timed):
+    """On a CPU whose torch has no bfloat16 kernel the old probe timed six full bfloat16 products:
+    34 s of every calibrated export on a 2-core AVX2 EPYC.  Now a 32nd of the rows is timed
+    first, and the full product only where bfloat16 might win."""
+    from edgellm.exporters.calibrate import layers as cl
+
+    asked = []
+
+    def seconds(dtype, rows):
+        asked.append((dtype, rows))
+        return rows * (0.37e-3 / 512 if dtype == "f32" else bf16_per_row)
+
+    assert cl.bf16_wins(seconds, "f32", "bf16", 512, 5) is expected
+    assert (("bf16", 512) in asked) is full_bf16_timed
+    assert ("bf16", 16) in asked                                     # the slice first, always
+
+
 @pytest.mark.parametrize("stored", ["F32", "BF16"])
 def test_a_layer_read_ahead_is_the_layer_read_now(tiny, tmp_path, stored):
     """``load_layer(i, then=j)`` starts reading layer j on a thread while i runs; the layer it
