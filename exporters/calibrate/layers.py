@@ -299,7 +299,7 @@ def bf16_is_faster(shape: tuple[int, int, int] = (512, 1024, 2048), repeats: int
 def bf16_wins(seconds, f32, bf16, rows: int, repeats: int) -> bool:
     """``bf16_is_faster``'s decision from ``seconds(dtype, rows)`` (one product, timed).  bfloat16
     is first timed on a 32nd of the rows: where torch has no bfloat16 kernel for this CPU (a
-    2-core AMD EPYC with AVX2 only: 1 GFLOP/s, against 89 in float32) the whole probe took 34 s of
+    2-core AMD EPYC with AVX2 only: 0.37 GFLOP/s, against 89 in float32) the whole probe took 34 s of
     every calibrated export, and the slice answers in a fraction of a second."""
     seconds(f32, rows)                                  # the first call sets up the kernel
     best32 = min(seconds(f32, rows) for _ in range(repeats))
