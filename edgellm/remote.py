@@ -22,7 +22,6 @@ The far side is another machine, so what crosses is handled as a stranger's inpu
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import hashlib
 import json
@@ -31,10 +30,8 @@ import os
 import re
 import selectors
 import shlex
-import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -74,14 +71,13 @@ def _private_config(path: str) -> str:
     """``--ssh-config FILE`` read once (a regular file, bounded, never blocking on a FIFO or a
     device) into a file only we can change, which ssh then reads: a swap after the check or a
     FIFO ssh would wait on forever cannot happen."""
-    from edgellm.core.files import read_small_bytes
+    from edgellm.core.files import private_dir, read_small_bytes
 
     try:
         data = read_small_bytes(Path(path), MAX_SSH_CONFIG)
     except BadInput as e:
         raise BadInput(f"--ssh-config {e.message}") from None
-    d = tempfile.mkdtemp(prefix="edgellm-ssh-")
-    atexit.register(shutil.rmtree, d, True)
+    d = private_dir("edgellm-ssh-")
     copy = os.path.join(d, "config")
     fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -248,11 +244,12 @@ def local_wheel(say=lambda s: None) -> Path:
     import sys
 
     import edgellm
+    from edgellm.core.files import private_dir
 
     root = Path(edgellm.__file__).resolve().parent.parent
     if not (root / "pyproject.toml").is_file():
         raise BadInput("--install: this edgellm is not installed from a source tree; pass --install WHEEL")
-    out = Path(tempfile.mkdtemp(prefix="edgellm-wheel-"))
+    out = Path(private_dir("edgellm-wheel-"))
     say(f"building a wheel of {root}")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                         "--quiet", "--wheel-dir", str(out), str(root)], capture_output=True, text=True)

@@ -303,6 +303,18 @@ def test_ssh_config_is_a_small_regular_file(run_cli, tmp_path, bundle, kind):
     assert time.monotonic() - t0 < 20
 
 
+def test_the_private_copy_of_ssh_config_is_removed_when_the_command_ends(run_cli, tmp_path, bundle):
+    """profile runs its work in a supervised child, which ends through os._exit (no atexit): the
+    copy of --ssh-config, and its folder, are removed all the same."""
+    config, scratch = tmp_path / "ssh-config", tmp_path / "tmp"
+    config.write_text(f"Host edge-test\n  HostName 127.0.0.1\n  Port {free_port()}\n")
+    scratch.mkdir()
+    r = run_cli("profile", str(bundle), *ARGS, "--remote", "edge-test", "--ssh-config", str(config),
+                env={"TMPDIR": str(scratch)}, timeout=60)
+    assert r.returncode == 4, r.stderr
+    assert list(scratch.iterdir()) == []
+
+
 def test_a_file_swapped_or_cut_after_the_check_is_not_what_is_sent(sshd, tmp_path):
     """What is sent is read through the descriptors the check hashed: a file renamed over a
     checked one is not sent (the checked bytes are); one cut short in place is refused, and

@@ -24,6 +24,7 @@ import signal
 import sys
 from typing import Callable
 
+from edgellm.core.files import remove_private_dirs
 from edgellm.errors import EXIT_CRASHED
 
 MAX_HELD = 5000               # lines of other output kept (shown after a run that ended normally)
@@ -84,6 +85,7 @@ def supervised(work: Callable[[], int], what: str, show_all: bool = False) -> in
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                remove_private_dirs()                       # os._exit skips atexit
             finally:
                 os._exit(code)
     os.close(w)

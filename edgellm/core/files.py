@@ -182,3 +182,27 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_PRIVATE_DIRS: list[str] = []
+
+
+def private_dir(prefix: str) -> str:
+    """A new temporary folder only we can read, removed when this process ends: at a normal exit
+    (atexit) and where a supervised child ends through ``os._exit``, which skips atexit
+    (``remove_private_dirs``, called there)."""
+    import atexit
+
+    d = tempfile.mkdtemp(prefix=prefix)
+    if not _PRIVATE_DIRS:
+        atexit.register(remove_private_dirs)
+    _PRIVATE_DIRS.append(d)
+    return d
+
+
+def remove_private_dirs() -> None:
+    """Remove the folders ``private_dir`` made in this process (each one ours by construction)."""
+    import shutil
+
+    while _PRIVATE_DIRS:
+        shutil.rmtree(_PRIVATE_DIRS.pop(), ignore_errors=True)
