@@ -105,10 +105,11 @@ def corpus_ids(tok, spec: RefSpec):
     standard library, the bench model all of it, the docs model its whole training split."""
     import numpy as np
 
+    from edgellm.exporters.io.tokenizer_source import text_ids
     from edgellm.textdata import corpus_text
 
     text = corpus_text(spec.corpus, "training", 2 << 20 if spec.name == "small" else None)
-    return np.asarray(tok.encode(text, add_special_tokens=False), dtype=np.uint16)
+    return np.asarray(text_ids(tok, text), dtype=np.uint16)
 
 
 def corpus_of(model_dir: Path) -> str:

@@ -62,3 +62,22 @@ def test_both_exports_verify_and_ship_what_transformers_runs(disagreeing, tmp_pa
     assert manifest["verification"]["tokenizer"] == "identical ids on all prompts"
     shipped = json.loads((out / "tokenizer.json").read_text())["pre_tokenizer"]
     assert shipped == json.loads(AutoTokenizer.from_pretrained(str(disagreeing)).backend_tokenizer.to_str())["pre_tokenizer"]
+
+
+def test_long_text_is_tokenized_without_transformers_length_warning(tiny, caplog):
+    """Calibration, held-out and training texts are long on purpose and cut into windows afterwards:
+    transformers' "sequence length is longer than the specified maximum" is noise a user never sees."""
+    from transformers import AutoTokenizer
+
+    from edgellm.exporters.calibrate.common import calibration_windows
+    from edgellm.exporters.io.tokenizer_source import text_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny("llama"))
+    tok.model_max_length = 64
+    text = "def f(x):\n    return x + 1\n" * 400
+    caplog.clear()
+    windows = calibration_windows(tok, text, 32, 8)
+    assert len(windows) == 8 and all(len(w) == 32 for w in windows)
+    assert not [r for r in caplog.records if "longer than the specified maximum" in r.getMessage()]
+    assert text_ids(tok, text) == tok.encode(text, add_special_tokens=False)
+    assert [r for r in caplog.records if "longer than the specified maximum" in r.getMessage()]  # the plain one does

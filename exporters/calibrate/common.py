@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgellm.errors import BadInput
+from edgellm.exporters.io.tokenizer_source import text_ids
 
 MIN_WINDOWS = 2
 MIN_CHARS_PER_TOKEN = 1.0
@@ -99,7 +100,7 @@ def default_text(limit_bytes: int = 1 << 20) -> str:
 
 
 def calibration_windows(tok, text: str, context: int, max_windows: int) -> list[list[int]]:
-    ids = tok.encode(text, add_special_tokens=False)
+    ids = text_ids(tok, text)
     unk = getattr(tok, "unk_token_id", None)
     n_unk = sum(i == unk for i in ids) if unk is not None else 0
     # text the tokenizer was built for takes 2-5 characters a token; far fewer means unknown

@@ -15,6 +15,7 @@ from typing import Callable
 
 from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.exporters.distill.train import WARMUP_STEPS, DistillConfig, Progress
+from edgellm.exporters.io.tokenizer_source import text_ids
 
 TEACHER = ("the teacher", "")          # what a teacher transformers cannot load is called (load_reference)
 
@@ -72,7 +73,7 @@ def work_dir(out: Path) -> Path:
 def _tokens(tok, text: str, cfg: DistillConfig):
     import numpy as np
 
-    ids = np.asarray(tok.encode(text, add_special_tokens=False), dtype=np.int64)
+    ids = np.asarray(text_ids(tok, text), dtype=np.int64)
     if len(ids) < cfg.seq + 2 or len(ids) < cfg.batch * cfg.seq // 4:
         raise BadInput(f"the training text is {len(ids)} tokens: too short for one batch of {cfg.batch} x "
                        f"{cfg.seq} (give more text with --data, or a smaller --batch/--seq)")

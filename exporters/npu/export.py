@@ -13,6 +13,7 @@ import numpy as np
 
 from edgellm.errors import BadInput
 from edgellm.exporters.io.checkpoint import open_checkpoint
+from edgellm.exporters.io.tokenizer_source import text_ids
 from edgellm.exporters.stages import ExportRequest, ExportResult, Opened, Writer, Written, run_export
 from edgellm.models.families import family_for
 
@@ -24,7 +25,7 @@ def _calibration_ids(model_dir: Path, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    return tok.encode(text, add_special_tokens=False)
+    return text_ids(tok, text)
 
 
 class NpuWriter(Writer):

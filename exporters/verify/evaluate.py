@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import BadInput
+from edgellm.exporters.io.tokenizer_source import text_ids
 from edgellm.metrics import Tally, aligned, log_softmax, rows_per_slice
 from edgellm.runtime.backend import logit_slices
 
@@ -34,7 +35,7 @@ class HFScorer:
         return cls(*load_reference(weights_folder(target)), target)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        return text_ids(self.tok, text)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         from edgellm.exporters.verify.verify import _hf_logits

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgellm.errors import EdgeLLMError
 from edgellm.exporters.io.reference import load_reference
+from edgellm.exporters.io.tokenizer_source import text_ids
 from edgellm.metrics import Tally, aligned
 from edgellm.runtime.backend import logit_slices
 from edgellm.textdata import held_out_text
@@ -197,10 +198,10 @@ def verify_candidate(model_dir: Path, cand, name: str, runtime: str, tolerance: 
 def _held_out_agreement(tok, hf, cand, bos: list[int], context: int):
     """Agreement over up to HELD_OUT_WINDOWS non-overlapping windows of ``context`` tokens of
     held-out text, each scored on its own; every position predicts the next token of its window."""
-    text_ids = tok.encode(held_out_text(), add_special_tokens=False)
+    ids_of_text = text_ids(tok, held_out_text())
     step = context - len(bos)
-    wins = [bos + text_ids[i:i + step] for i in range(0, len(text_ids) - step + 1, step)][:HELD_OUT_WINDOWS]
-    wins = wins or [(bos + text_ids)[:context]]
+    wins = [bos + ids_of_text[i:i + step] for i in range(0, len(ids_of_text) - step + 1, step)][:HELD_OUT_WINDOWS]
+    wins = wins or [(bos + ids_of_text)[:context]]
     tally = Tally()
     for w in wins:
         nxt = np.asarray(w[1:], dtype=np.int64)          # position i predicts token i + 1; the last, nothing
