@@ -97,3 +97,10 @@ def corpus_text(corpus: str, split: str, limit_bytes: int | None = None) -> str:
         text = docs_split()[0 if split == "training" else 1]
         return text if limit_bytes is None else text[:limit_bytes]
     raise ValueError(f"corpus: 'source' or 'docs', not {corpus!r}")
+
+
+def text_ids(tok, text: str) -> list[int]:
+    """``text``'s token ids by the transformers tokenizer ``tok``, no special tokens added.  The
+    texts given here are long on purpose (calibration, held-out or training text, cut into windows
+    afterwards): transformers' warning that they exceed the model's length is noise, not shown."""
+    return tok.encode(text, add_special_tokens=False, verbose=False)

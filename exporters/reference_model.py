@@ -105,8 +105,7 @@ def corpus_ids(tok, spec: RefSpec):
     standard library, the bench model all of it, the docs model its whole training split."""
     import numpy as np
 
-    from edgellm.exporters.io.tokenizer_source import text_ids
-    from edgellm.textdata import corpus_text
+    from edgellm.textdata import corpus_text, text_ids
 
     text = corpus_text(spec.corpus, "training", 2 << 20 if spec.name == "small" else None)
     return np.asarray(text_ids(tok, text), dtype=np.uint16)

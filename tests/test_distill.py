@@ -14,7 +14,7 @@ def teacher():
     return reference_model("small")
 
 
-def test_a_pruned_student_learns_and_beats_an_untrained_one(run_cli, teacher, tmp_path):
+def test_a_pruned_student_learns_and_beats_an_untrained_one(cli, run_cli, teacher, tmp_path):
     r = run_cli("distill", str(teacher), "--size", "0.25", *FAST, "-o", str(tmp_path / "s"), "--json", timeout=900)
     assert r.returncode == 0, r.stderr
     card = json.loads(r.stdout)
@@ -32,8 +32,8 @@ def test_a_pruned_student_learns_and_beats_an_untrained_one(run_cli, teacher, tm
         if (tmp_path / "s" / f).is_file():                 # transformers 5 writes no special_tokens_map
             shutil.copy(tmp_path / "s" / f, tmp_path / "u" / f)
     scores = {}
-    for name in ("s", "u"):
-        e = run_cli("eval", str(tmp_path / name), "--context", "64", "--windows", "8", "--json")
+    for name in ("s", "u"):                      # scored in this process: the distillation ran as a user runs it
+        e = cli("eval", str(tmp_path / name), "--context", "64", "--windows", "8", "--json")
         assert e.returncode == 0, e.stderr
         scores[name] = json.loads(e.stdout)["perplexity"]
     assert scores["s"] < 0.5 * scores["u"]
@@ -90,7 +90,7 @@ def test_running_out_of_memory_mid_run_is_one_line_and_the_checkpoint_resumes(te
     assert resumed.record["throughput"]["device"] == "cpu" and resumed.record["throughput"]["tokens_per_s"] > 0
 
 
-def test_bad_input_fails_before_any_training(run_cli, teacher, tiny, tmp_path):
+def test_bad_input_fails_before_any_training(cli, teacher, tiny, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("x = 1\n")
     no_tok = tmp_path / "no-tokenizer"
@@ -108,8 +108,8 @@ def test_bad_input_fails_before_any_training(run_cli, teacher, tiny, tmp_path):
              ((str(teacher), "--size", "0.25", "--processes", "3"), "does not split over 3 processes"),
              ((str(teacher), "--size", "0.25", "--teacher-precision", "fp8"), "needs one process on a GPU"),
              ((str(teacher),), "give the student's size")]
-    for args, message in cases:
-        r = run_cli("distill", *args, *FAST, "-o", str(tmp_path / "out"))
+    for args, message in cases:          # in this process: each case is refused before any work
+        r = cli("distill", *args, *FAST, "-o", str(tmp_path / "out"))
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "out").exists()

@@ -70,7 +70,7 @@ def test_long_text_is_tokenized_without_transformers_length_warning(tiny, caplog
     from transformers import AutoTokenizer
 
     from edgellm.exporters.calibrate.common import calibration_windows
-    from edgellm.exporters.io.tokenizer_source import text_ids
+    from edgellm.textdata import text_ids
 
     tok = AutoTokenizer.from_pretrained(tiny("llama"))
     tok.model_max_length = 64

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.exporters.io.tokenizer_source import text_ids
+from edgellm.textdata import text_ids
 
 MIN_WINDOWS = 2
 MIN_CHARS_PER_TOKEN = 1.0

@@ -15,7 +15,7 @@ from typing import Callable
 
 from edgellm.errors import BadInput, EdgeLLMError
 from edgellm.exporters.distill.train import WARMUP_STEPS, DistillConfig, Progress
-from edgellm.exporters.io.tokenizer_source import text_ids
+from edgellm.textdata import text_ids
 
 TEACHER = ("the teacher", "")          # what a teacher transformers cannot load is called (load_reference)
 

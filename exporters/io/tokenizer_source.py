@@ -136,9 +136,3 @@ def _probe(folder: str, out: str, trust_remote_code: bool) -> None:
 if __name__ == "__main__":
     _probe(sys.argv[1], sys.argv[2], "--trust-remote-code" in sys.argv[3:])
 
-
-def text_ids(tok, text: str) -> list[int]:
-    """``text``'s token ids by the transformers tokenizer ``tok``, no special tokens added.  The
-    texts given here are long on purpose (calibration, held-out or training text, cut into windows
-    afterwards): transformers' warning that they exceed the model's length is noise, not shown."""
-    return tok.encode(text, add_special_tokens=False, verbose=False)

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgellm.errors import BadInput
 from edgellm.exporters.io.checkpoint import open_checkpoint
-from edgellm.exporters.io.tokenizer_source import text_ids
+from edgellm.textdata import text_ids
 from edgellm.exporters.stages import ExportRequest, ExportResult, Opened, Writer, Written, run_export
 from edgellm.models.families import family_for
 

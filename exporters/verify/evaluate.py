@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import BadInput
-from edgellm.exporters.io.tokenizer_source import text_ids
+from edgellm.textdata import text_ids
 from edgellm.metrics import Tally, aligned, log_softmax, rows_per_slice
 from edgellm.runtime.backend import logit_slices
 

@@ -20,10 +20,9 @@ import numpy as np
 
 from edgellm.errors import EdgeLLMError
 from edgellm.exporters.io.reference import load_reference
-from edgellm.exporters.io.tokenizer_source import text_ids
 from edgellm.metrics import Tally, aligned
 from edgellm.runtime.backend import logit_slices
-from edgellm.textdata import held_out_text
+from edgellm.textdata import held_out_text, text_ids
 
 PROMPTS = (
     "The capital of France is",
