@@ -389,7 +389,8 @@ def test_an_upload_killed_midway_leaves_no_file_under_its_final_name(tmp_path_fa
         exe = Path(PY).with_name("edgellm")
         cli = subprocess.Popen([str(exe), "profile", str(b), *ARGS, "--remote", "edge-test", "--ssh-config",
                                 str(config()), "--remote-python", PY], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp_path)})
+        # (SIGKILL leaves no time to remove the private copy of --ssh-config: in tmp_path, not /tmp)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not list(CACHE.glob("killed-*/weights.bin.partial")):
             time.sleep(0.1)
