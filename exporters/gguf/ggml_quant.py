@@ -85,7 +85,8 @@ def _to_float(type_name: str):
     return _TO_FLOAT(t.to_float)
 
 
-def _spans(n: int, threads: int) -> list[tuple[int, int]]:
+def spans(n: int, threads: int) -> list[tuple[int, int]]:
+    """``n`` rows split into at most ``threads`` contiguous (start, end) spans."""
     step = -(-n // max(1, threads))
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
@@ -124,7 +125,7 @@ def dequantize(type_name: str, data: np.ndarray, n_per_row: int, threads: int = 
         if b > a:
             fn(data[a * rb:].ctypes.data, out[a:].ctypes.data, (b - a) * n_per_row)
 
-    _run(work, _spans(n, threads))
+    _run(work, spans(n, threads))
     return out
 
 
@@ -155,4 +156,4 @@ def quantize_into(type_name: str, rows: np.ndarray, out: np.ndarray, threads: in
                                        None if imat is None else imat.ctypes.data)
         assert done == (b - a) * rb
 
-    _run(work, _spans(n, threads))
+    _run(work, spans(n, threads))

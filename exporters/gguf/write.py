@@ -31,7 +31,7 @@ from edgellm.errors import BadInput
 from edgellm.exporters.io.checkpoint import Checkpoint
 from edgellm.models.families import Family
 from edgellm.exporters.gguf.vocab import Vocab, add_to_writer
-from edgellm.exporters.gguf.ggml_quant import pool, quantize_into, row_bytes
+from edgellm.exporters.gguf.ggml_quant import pool, quantize_into, row_bytes, spans
 from edgellm.exporters.io.safetensors_reader import widen
 from edgellm.models.config import ModelConfig
 from edgellm.formats.gguf_recipes import tensor_types
@@ -245,13 +245,11 @@ def _encode(e: Entry, rows: np.ndarray, out: np.ndarray, threads: int, stored: s
     futures.  The caller reads and hands over the next chunk while these run, so the threads never
     wait for it (waiting on each chunk left each of two threads idle 2 s of a 10 s export)."""
     n = rows.shape[0] if rows.ndim > 1 else 1
-    if rows.ndim < 2 or n < 2 * threads:
-        return [pool(max(1, threads)).submit(_named, e, _encode_span, rows, e.ggml_type, out, stored, imatrix)]
+    parts = spans(n, threads) if rows.ndim > 1 and n >= 2 * threads else [(0, n)]
     per_row = out.nbytes // n
-    step = -(-n // threads)
-    return [pool(threads).submit(_named, e, _encode_span, rows[a:a + step], e.ggml_type,
-                                 out[a * per_row:min(n, a + step) * per_row], stored, imatrix)
-            for a in range(0, n, step)]
+    return [pool(max(1, threads)).submit(_named, e, _encode_span, rows[a:b] if rows.ndim > 1 else rows, e.ggml_type,
+                                         out[a * per_row:b * per_row], stored, imatrix)
+            for a, b in parts]
 
 
 def _chunks(entry: Entry, ckpt: Checkpoint, arch: Family, extras: dict,
