@@ -39,23 +39,28 @@ def held_out_text(limit_bytes: int = HELD_OUT_BYTES) -> str:
 def training_files(limit_bytes: int | None = None) -> list[Path]:
     """Every standard-library source file (sub-packages too, site-packages never) outside the
     held-out set, in a fixed order: top-level modules first, then the rest by path."""
-    root = stdlib_dir()
-    held = set(held_out_files())
-    top = sorted(root.glob("*.py"))
-    rest = sorted(p for p in root.rglob("*.py")
-                  if p.parent != root and "site-packages" not in p.relative_to(root).parts)
     files, total = [], 0
-    for p in top + rest:
-        if p in held:
-            continue
-        size = p.stat().st_size
+    for p, size in _training_sources():
         if limit_bytes is not None and total + size > limit_bytes:
             break
         files.append(p)
         total += size
     if not files:
-        raise RuntimeError(f"no Python sources under {root} to learn from")
+        raise RuntimeError(f"no Python sources under {stdlib_dir()} to learn from")
     return files
+
+
+@lru_cache(maxsize=1)
+def _training_sources() -> tuple[tuple[Path, int], ...]:
+    root = stdlib_dir()
+    held = set(held_out_files())
+    top = sorted(root.glob("*.py"))
+    # the stdlib's own site-packages (a system or pyenv Python's installed packages: torch and
+    # the rest, 20,000+ files here) is never walked: listing it took a second of each calibration
+    subdirs = [d for d in root.iterdir() if d.name != "site-packages" and d.is_dir()]
+    rest = sorted(p for d in subdirs for p in d.rglob("*.py")
+                  if "site-packages" not in p.relative_to(root).parts)
+    return tuple((p, p.stat().st_size) for p in top + rest if p not in held)
 
 
 def training_text(limit_bytes: int | None = None) -> str:

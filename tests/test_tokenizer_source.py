@@ -81,3 +81,21 @@ def test_long_text_is_tokenized_without_transformers_length_warning(tiny, caplog
     assert not [r for r in caplog.records if "longer than the specified maximum" in r.getMessage()]
     assert text_ids(tok, text) == tok.encode(text, add_special_tokens=False)
     assert [r for r in caplog.records if "longer than the specified maximum" in r.getMessage()]  # the plain one does
+
+
+@pytest.mark.parametrize("kind", ["bpe", "sentencepiece"])
+def test_calibration_windows_are_those_of_the_whole_text(tiny, spm_tokenizer, tmp_path, kind):
+    """Calibration tokenizes a prefix of its 1 MB text, not all of it: its windows are exactly the
+    whole text's first ones, for a byte-level BPE and for a SentencePiece tokenizer (no
+    pre-tokenizer: the whole text one word), and a text that is barely long enough."""
+    from transformers import AutoTokenizer
+
+    from edgellm.exporters.calibrate.common import calibration_windows, default_text
+    from edgellm.textdata import text_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny("llama")) if kind == "bpe" else spm_tokenizer
+    text = default_text()
+    whole = text_ids(tok, text)
+    for context, n in ((512, 16), (64, 3), (len(whole) // 2, 4)):
+        want = [whole[i * context:(i + 1) * context] for i in range(min(len(whole) // context, n))]
+        assert calibration_windows(tok, text, context, n) == want, (context, n)
