@@ -37,7 +37,7 @@ def test_a_pruned_student_learns_and_beats_an_untrained_one(cli, run_cli, teache
         assert e.returncode == 0, e.stderr
         scores[name] = json.loads(e.stdout)["perplexity"]
     assert scores["s"] < 0.5 * scores["u"]
-    x = run_cli("export", str(tmp_path / "s"), "--device", "rpi5", "--quant", "Q8_0", "-o", str(tmp_path / "b"))
+    x = cli("export", str(tmp_path / "s"), "--device", "rpi5", "--quant", "Q8_0", "-o", str(tmp_path / "b"))
     assert x.returncode == 0, x.stderr
 
 
@@ -115,9 +115,9 @@ def test_bad_input_fails_before_any_training(cli, teacher, tiny, tmp_path):
         assert not (tmp_path / "out").exists()
 
 
-def test_export_allow_distill_builds_the_student_the_plan_proposes(run_cli, teacher, tmp_path):
+def test_export_allow_distill_builds_the_student_the_plan_proposes(cli, run_cli, teacher, tmp_path):
     budget = ("--device", "rpi5", "--min-decode-tps", "2200", "--context", "256")   # the teacher's builds are slower
-    refused = run_cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"))
+    refused = cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"))
     assert refused.returncode == 3 and "distilled student" in refused.stderr
     r = run_cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"), "--allow-distill",
                 "--distill-steps", "20", "--json", timeout=900)
@@ -132,9 +132,10 @@ def test_export_allow_distill_builds_the_student_the_plan_proposes(run_cli, teac
 
 
 @pytest.mark.parametrize("arch", ["phi3", "gemma"])
-def test_fused_and_gemma_students_keep_the_teachers_rows_and_distil(run_cli, tiny, tmp_path, arch):
+def test_fused_and_gemma_students_keep_the_teachers_rows_and_distil(cli, tiny, tmp_path, arch):
     """Phi-3 stacks q|k|v and gate|up in one matrix each: the student keeps the rows the separate
-    projections would keep.  Then the CLI distils and the student exports like any model."""
+    projections would keep.  Then the CLI distils and the student exports like any model (in this
+    process: a distillation as its own process is test_a_pruned_student_learns...'s)."""
     import numpy as np
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -164,9 +165,9 @@ def test_fused_and_gemma_students_keep_the_teachers_rows_and_distil(run_cli, tin
     else:
         assert torch.equal(sl.mlp.gate_proj.weight, tl.mlp.gate_proj.weight[ffn][:, keep_h])
     if arch == "phi3":                  # llama.cpp's phi3 needs hidden = heads x head size
-        r = run_cli("distill", str(folder), "--hidden", "192", *FAST, "-o", str(tmp_path / "x"))
+        r = cli("distill", str(folder), "--hidden", "192", *FAST, "-o", str(tmp_path / "x"))
         assert r.returncode == 2 and "heads x head size" in r.stderr and not (tmp_path / "x").exists()
-    r = run_cli("distill", str(folder), "--size", "0.4", *FAST, "-o", str(tmp_path / "s"), "--json", timeout=900)
+    r = cli("distill", str(folder), "--size", "0.4", *FAST, "-o", str(tmp_path / "s"), "--json")
     assert r.returncode == 0, r.stderr
-    r = run_cli("export", str(tmp_path / "s"), "--device", "rpi5", "--quant", "Q8_0", "-o", str(tmp_path / "b"))
+    r = cli("export", str(tmp_path / "s"), "--device", "rpi5", "--quant", "Q8_0", "-o", str(tmp_path / "b"))
     assert r.returncode == 0, r.stderr

@@ -33,9 +33,9 @@ def test_the_long_factors_matter_past_the_original_context(phi4):
 
 
 @pytest.mark.parametrize("fmt,quant", [("gguf", "F16"), ("onnx", "fp32")])
-def test_phi4_mini_exports_and_matches_at_short_and_long_positions(run_cli, phi4, tmp_path, fmt, quant):
+def test_phi4_mini_exports_and_matches_at_short_and_long_positions(cli, phi4, tmp_path, fmt, quant):
     out = tmp_path / "b"
-    r = run_cli("export", str(phi4), "--device", "laptop-x86-16gb", "--format", fmt, "--quant", quant, "-o", str(out))
+    r = cli("export", str(phi4), "--device", "laptop-x86-16gb", "--format", fmt, "--quant", quant, "-o", str(out))
     assert r.returncode == 0, r.stderr
     v = json.loads((out / "manifest.json").read_text())["verification"]
     assert v["tokenizer"].startswith("identical") and v["logits_max_rel_diff"] < 0.05
@@ -49,7 +49,7 @@ def test_phi4_mini_exports_and_matches_at_short_and_long_positions(run_cli, phi4
         assert {t.name: int(t.shape[0]) for t in g.tensors if t.name.startswith("rope_factors")} == \
             {"rope_factors_long.weight": 24, "rope_factors_short.weight": 24}
     for context in (1024,):                      # past the original context of 512 (within: verification)
-        r = run_cli("eval", str(out), "--reference", str(phi4), "--context", str(context), "--windows", "1", "--json")
+        r = cli("eval", str(out), "--reference", str(phi4), "--context", str(context), "--windows", "1", "--json")
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
         assert res["mean_kld"] < 1e-3 and res["top1_agreement"] > 0.97, (context, res)
