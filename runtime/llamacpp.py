@@ -229,6 +229,30 @@ class LlamaCppModel:
             C.llama_batch_free(batch)
             C.llama_memory_clear(C.llama_get_memory(ctx), True)
 
+    def greedy_ids(self, tokens: list[int], n: int) -> list[int]:
+        """The ``n`` tokens greedy decoding takes after ``tokens``, end-of-generation tokens
+        included (verification compares continuations of a fixed length): one llama_decode per
+        batch of the prompt, then one per token."""
+        import llama_cpp as C
+
+        if len(tokens) + n > self.n_ctx:
+            raise ValueError(f"{len(tokens) + n} tokens do not fit a context of {self.n_ctx}")
+        ctx, n_vocab, step = self.llm.ctx, self.n_vocab, self.llm.n_batch
+        C.llama_memory_clear(C.llama_get_memory(ctx), True)
+        out: list[int] = []
+        try:
+            todo = list(tokens)
+            while len(out) < n:
+                for a in range(0, len(todo), step):
+                    chunk = (C.llama_token * len(todo[a:a + step]))(*todo[a:a + step])
+                    if C.llama_decode(ctx, C.llama_batch_get_one(chunk, len(chunk))) != 0:
+                        raise EdgeLLMError("llama.cpp failed to evaluate a prompt")
+                out.append(int(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax()))
+                todo = out[-1:]
+        finally:
+            C.llama_memory_clear(C.llama_get_memory(ctx), True)
+        return out
+
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits for every position of ``tokens`` (open with ``scoring`` for small batches)."""
         return np.concatenate([part for _, part in self.logit_slices(tokens)]) if tokens else \

@@ -93,6 +93,16 @@ class OnnxModel(TokenizedBackend):
         out, _ = self.step(tokens, self.empty_cache(), keep=len(tokens))
         return out
 
+    def greedy_ids(self, tokens: list[int], n: int) -> list[int]:
+        """The ``n`` tokens greedy decoding takes after ``tokens``, end-of-generation tokens
+        included (verification compares continuations of a fixed length)."""
+        logits, cache = self.step(list(tokens), self.empty_cache())
+        out = [int(logits[-1].argmax())]
+        while len(out) < n:
+            logits, cache = self.step(out[-1:], cache)
+            out.append(int(logits[-1].argmax()))
+        return out
+
     # --- generation ------------------------------------------------------------------------
     def generate(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
         rng = np.random.default_rng(seed)
