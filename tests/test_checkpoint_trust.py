@@ -65,7 +65,8 @@ def test_a_checkpoint_round_trips_as_data_only(saved):
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], fresh_opt.state_dict()["state"][0]["exp_avg"])
 
 
-def test_a_planted_work_folder_is_refused_never_unpickled_never_deleted(run_cli, teacher, tmp_path):
+def test_a_planted_work_folder_is_refused_never_unpickled_never_deleted(cli, teacher, tmp_path):
+    """In this process (an unpickled payload would write the witness here as well)."""
     out, witness = tmp_path / "s", tmp_path / "ran-code"
 
     class Payload:
@@ -77,7 +78,7 @@ def test_a_planted_work_folder_is_refused_never_unpickled_never_deleted(run_cli,
     (work / "checkpoint" / ".metadata").write_bytes(pickle.dumps(Payload()))     # what DCP would read
     (work / "checkpoint" / "meta.json").write_text(json.dumps({"step": 2, "losses": [1.0, 1.0], "settings": {}}))
     for resume in (["--resume"], []):
-        r = run_cli("distill", str(teacher), "--layers", "2", "--steps", "4", "--batch", "2", "--seq", "64",
+        r = cli("distill", str(teacher), "--layers", "2", "--steps", "4", "--batch", "2", "--seq", "64",
                     "-o", str(out), *resume)
         assert r.returncode == 2, r.stderr
         assert "not an edgellm distillation work folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -115,12 +115,13 @@ def test_bad_input_fails_before_any_training(cli, teacher, tiny, tmp_path):
         assert not (tmp_path / "out").exists()
 
 
-def test_export_allow_distill_builds_the_student_the_plan_proposes(cli, run_cli, teacher, tmp_path):
+def test_export_allow_distill_builds_the_student_the_plan_proposes(cli, teacher, tmp_path):
+    """In this process: a distillation as its own process is test_a_pruned_student_learns...'s."""
     budget = ("--device", "rpi5", "--min-decode-tps", "2200", "--context", "256")   # the teacher's builds are slower
     refused = cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"))
     assert refused.returncode == 3 and "distilled student" in refused.stderr
-    r = run_cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"), "--allow-distill",
-                "--distill-steps", "20", "--json", timeout=900)
+    r = cli("export", str(teacher), *budget, "-o", str(tmp_path / "b"), "--allow-distill",
+            "--distill-steps", "20", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     student = tmp_path / "small-v1-student"
