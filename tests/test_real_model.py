@@ -71,7 +71,10 @@ def test_the_tokenizer_is_the_one_transformers_runs(real):
 
 def test_f16_is_verified_and_answers_paris(real_gguf_bundle, run_cli):
     """F16, not Q8_0: the original model's own first answer token is a near tie ("The" 0.152,
-    "L" 0.140 in float32), and a Q8_0 build (mean KLD 0.004) may tip it into French."""
+    "L" 0.140 in float32), and a Q8_0 build (mean KLD 0.004) may tip it into French.  The
+    publisher's own Q4_1 file does: through llama.cpp's chat completion, greedy, it answers
+    "L'Étoile, la Marseillaise, ..." where this F16 build answers "The capital of France is Paris."
+    (2026-12-08, a 2-core Zen 3)."""
     manifest = json.loads((real_gguf_bundle / "manifest.json").read_text())
     held = manifest["verification"]["held_out"]
     assert held["mean_kld"] < 0.001 and held["top1_agreement"] > 0.98, held
