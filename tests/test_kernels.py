@@ -76,6 +76,26 @@ def test_the_fit_recovers_known_costs_from_the_probes_timings():
                           rel=1e-3)
 
 
+def test_onnx_runtimes_decode_is_fitted_per_weight_only():
+    """ONNX Runtime's decode rates have no per-row term (its per-product cost is not per row, and
+    the two probes cannot tell the two apart); the weight rate is the probes' own, whatever part a
+    row term would have taken."""
+    cost = RuntimeCost(token_us=40.0, layer_us=30.0)
+    base, int8 = TypeRate(0.0, 200.0, 4.5, 14.7), TypeRate(49.0, 62.4, 6.6, 23.8)
+    probes, tiny = kernels._shapes()
+    timings = {}
+    for ty, rate in (("fp32", base), ("int8", int8)):
+        for shape in probes + (tiny if ty == "fp32" else ()):
+            load = kernels.onnx_probe_load(shape)
+            timings.setdefault(ty, []).append((load, prefill_seconds({ty: load}, {ty: rate}, kernels.PROMPT, {}),
+                                               decode_seconds({ty: load}, {ty: rate}, cost, {}, shape.layers)))
+    got = kernels.fit(timings, 50.0, "t", "onnxruntime", "fp32", decode_rows=False)["onnxruntime:int8"]
+    assert got.decode_row_ns == 0
+    per_weight = [(d - 40e-6 - 30e-6 * ld.layers) / ld.decode()[1] * 1e12 for ld, _, d in timings["int8"]]
+    assert min(per_weight) <= got.decode_weight_ps <= max(per_weight)
+    assert (got.prefill_row_ns, got.prefill_weight_ps) == pytest.approx((6.6, 23.8), rel=1e-3)
+
+
 def test_the_probes_prompt_attention_is_taken_out_of_the_prefill_fit():
     """Prefill timings made from known rates plus the probes' own prompt attention (an f16 cache at
     their head sizes) fit back to the rates once that attention is taken out; a probe head size with

@@ -203,7 +203,8 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: float | None, source: str,
-        runtime: str = RUNTIME, base: str = BASE, attention_ns: Table = (), prefill_attention_ns: Table = ()) -> dict:
+        runtime: str = RUNTIME, base: str = BASE, attention_ns: Table = (), prefill_attention_ns: Table = (),
+        decode_rows: bool = True) -> dict:
     """``timings``: type -> (load, prefill s, decode s) per probe, the two probes first; Q8_0 also
     carries the tiny probes, which pin the runtime's per-token and per-layer costs for every type.  The decode
     timings come with the probes' attention (at ``attention_gflops``) taken out; the planner adds
@@ -218,7 +219,8 @@ def fit(timings: dict[str, list[tuple[Load, float, float]]], attention_gflops: f
         prefill_attention_ns=prefill_attention_ns)}
     for ty, rows in timings.items():
         rows = rows[:2]
-        dec = q8 if ty == base else nnls(np.array([ld.decode() for ld, *_ in rows], float),
+        dec = q8 if ty == base else nnls(np.array([ld.decode() for ld, *_ in rows], float)
+                                            * ([1.0, 1.0] if decode_rows else [0.0, 1.0]),
                                             np.array([d - token_s - layer_s * ld.layers for ld, _, d in rows]))
         pre = nnls(np.array([ld.prefill(PROMPT) for ld, *_ in rows], float), np.array([p for _, p, _ in rows]))
         out[f"{runtime}:{ty}"] = TypeRate(decode_row_ns=round(float(dec[0]) * 1e9, 3),
@@ -364,4 +366,8 @@ def measure_onnx_kernels(threads: int, progress: Callable[[str], None] = lambda 
     for rows in timings.values():                # decode without the probes' own attention
         for i, (load, pre, dec) in enumerate(rows):
             rows[i] = (load, pre, dec - attention_flops(shapes_timed[i]) / attention)
-    return fit(timings, attention / 1e9, source, ONNX_RUNTIME, ONNX_BASE)
+    # decode per weight only: ONNX Runtime's per-product cost is not a per-row one, and the two
+    # probes' rows (1,316 and 2,447 weights on average) cannot tell them apart; a row term fitted
+    # there priced the Qwen2.5-0.5B shape's tied head (151,936 rows of 896) at 15.9 ms a token
+    # where one MatMulNBits of it measured 11 ms (2-core Zen 3, benchmarks/RESULTS.md)
+    return fit(timings, attention / 1e9, source, ONNX_RUNTIME, ONNX_BASE, decode_rows=False)
