@@ -229,28 +229,40 @@ class LlamaCppModel:
             C.llama_batch_free(batch)
             C.llama_memory_clear(C.llama_get_memory(ctx), True)
 
+    def _feed(self, tokens: list[int], what: str) -> None:
+        """``tokens`` into the context, at most n_batch per llama_decode (the last one's logits kept)."""
+        import llama_cpp as C
+
+        step = self.llm.n_batch
+        for a in range(0, len(tokens), step):
+            chunk = (C.llama_token * len(tokens[a:a + step]))(*tokens[a:a + step])
+            if C.llama_decode(self.llm.ctx, C.llama_batch_get_one(chunk, len(chunk))) != 0:
+                raise EdgeLLMError(f"llama.cpp failed to evaluate {what}")
+
+    def _last_choice(self) -> int:
+        """The greedy choice after the last llama_decode, on a zero-copy view of its logits."""
+        import llama_cpp as C
+
+        return int(np.ctypeslib.as_array(C.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,)).argmax())
+
     def greedy_ids(self, tokens: list[int], n: int) -> list[int]:
         """The ``n`` tokens greedy decoding takes after ``tokens``, end-of-generation tokens
-        included (verification compares continuations of a fixed length): one llama_decode per
-        batch of the prompt, then one per token."""
+        included (verification compares continuations of a fixed length)."""
         import llama_cpp as C
 
         if len(tokens) + n > self.n_ctx:
             raise ValueError(f"{len(tokens) + n} tokens do not fit a context of {self.n_ctx}")
-        ctx, n_vocab, step = self.llm.ctx, self.n_vocab, self.llm.n_batch
-        C.llama_memory_clear(C.llama_get_memory(ctx), True)
+        memory = C.llama_get_memory(self.llm.ctx)
+        C.llama_memory_clear(memory, True)
         out: list[int] = []
         try:
-            todo = list(tokens)
+            self._feed(list(tokens), "a prompt")
+            out.append(self._last_choice())
             while len(out) < n:
-                for a in range(0, len(todo), step):
-                    chunk = (C.llama_token * len(todo[a:a + step]))(*todo[a:a + step])
-                    if C.llama_decode(ctx, C.llama_batch_get_one(chunk, len(chunk))) != 0:
-                        raise EdgeLLMError("llama.cpp failed to evaluate a prompt")
-                out.append(int(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax()))
-                todo = out[-1:]
+                self._feed(out[-1:], "a token")
+                out.append(self._last_choice())
         finally:
-            C.llama_memory_clear(C.llama_get_memory(ctx), True)
+            C.llama_memory_clear(memory, True)
         return out
 
     def logits(self, tokens: list[int]) -> np.ndarray:
@@ -291,16 +303,11 @@ class LlamaCppModel:
         ``evict``: called before each decoded token, outside the timing (membench.CacheEvictor)."""
         import llama_cpp as C
 
-        ctx, n_vocab = self.llm.ctx, self.n_vocab
+        ctx = self.llm.ctx
         C.llama_memory_clear(C.llama_get_memory(ctx), True)
         step = self.llm.n_batch
-        for i in range(0, len(prefix), step):                # the context depth: filled, not timed
-            chunk = (C.llama_token * len(prefix[i:i + step]))(*prefix[i:i + step])
-            if C.llama_decode(ctx, C.llama_batch_get_one(chunk, len(chunk))) != 0:
-                raise EdgeLLMError("llama.cpp failed to evaluate the context prefix")
-
-        def greedy() -> int:
-            return int(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax())
+        self._feed(list(prefix), "the context prefix")        # the context depth: filled, not timed
+        greedy = self._last_choice
 
         chunks = [(C.llama_token * len(prompt[i:i + step]))(*prompt[i:i + step]) for i in range(0, len(prompt), step)]
         t0 = time.perf_counter()
